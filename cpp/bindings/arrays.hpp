@@ -1,0 +1,49 @@
+#pragma once
+// Zero-copy validation of the arrays of one call. Nothing here converts or copies: an array the
+// kernel cannot update in place is rejected with an error that names the argument and list index.
+// (pybind11's py::array_t would silently copy a strided or mistyped array, and the in-place write
+// would be lost: BUILD-FACTS.md.)
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace fastmomentum::bindings {
+
+namespace py = pybind11;
+
+enum class Dtype { f32, f64 };
+enum class Access { read, write };
+
+// A validated array: its memory and where it came from (for error messages).
+struct CheckedArray {
+    py::array array;
+    void* data;
+    std::int64_t size;
+    std::size_t nbytes;
+    Dtype dtype;
+    Access access;
+    const char* list;  // "params", "grads", "buffers"
+    std::size_t index;
+};
+
+// `obj` must be a list or tuple (never an array: that would iterate its rows); returns its items. `name` is the argument's name.
+std::vector<py::handle> items_of(py::handle obj, const char* name);
+
+// `obj` must be a numpy.ndarray of native float32/float64, C-contiguous and aligned, and
+// writeable when `access` is write.
+CheckedArray check_array(py::handle obj, const char* list, std::size_t index, Access access);
+
+// `other` must have the dtype and shape of `ref`.
+void check_matches(const CheckedArray& other, const CheckedArray& ref);
+
+// No array that is written may share memory with any other array of the call (two reads may).
+void check_no_overlap(const std::vector<CheckedArray>& arrays);
+
+std::string label(const CheckedArray& a);  // e.g. "grads[3]"
+
+}  // namespace fastmomentum::bindings

@@ -1,0 +1,81 @@
+// Build and runtime configuration: version, ISAs, threads. Also applies FASTMOMENTUM_ISA at import.
+
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstdlib>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "fastmomentum/cpu_features.hpp"
+#include "fastmomentum/threads.hpp"
+#include "register.hpp"
+
+namespace fastmomentum::bindings {
+namespace py = pybind11;
+namespace {
+
+std::vector<std::string> isas_where(bool (*pred)(Isa)) {
+    std::vector<std::string> out;
+    for (Isa isa : kAllIsas)
+        if (pred(isa)) out.emplace_back(isa_name(isa));
+    return out;
+}
+
+void select_isa_by_name(const std::string& name) {
+    const auto isa = isa_from_name(name);
+    if (!isa) throw py::value_error("unknown ISA '" + name + "'; expected baseline, avx2 or avx512");
+    try {
+        select_isa(*isa);
+    } catch (const std::invalid_argument& e) {
+        throw py::value_error(e.what());
+    }
+}
+
+// FASTMOMENTUM_ISA, when set and not empty, forces the ISA; an unusable value fails the import
+// rather than silently running something other than what was asked for.
+void apply_isa_env() {
+    const char* forced = std::getenv(kIsaEnvVar);
+    if (forced == nullptr || *forced == '\0') return;
+    try {
+        select_isa_by_name(forced);
+    } catch (const py::value_error& e) {
+        throw std::runtime_error(std::string(kIsaEnvVar) + "=" + forced + ": " + e.what());
+    }
+}
+
+py::dict config() {
+    py::dict d;
+    d["version"] = FM_VERSION;
+    d["isa"] = std::string(isa_name(active_isa()));
+    d["isas_compiled"] = isas_where(isa_compiled);
+    d["isas_supported"] = isas_where([](Isa isa) { return isa_compiled(isa) && isa_supported(isa); });
+    d["openmp"] = openmp_enabled();
+    d["openmp_version"] = openmp_version();
+    d["threads"] = max_threads();
+    d["grain"] = grain();
+    d["compiler"] = FM_COMPILER;
+    d["fp_contract"] = "off";
+    return d;
+}
+
+}  // namespace
+
+void register_config(py::module_& m) {
+    apply_isa_env();
+    m.attr("__version__") = FM_VERSION;
+    m.def("config", &config, "Build and runtime configuration as a dict.");
+    m.def("set_num_threads", [](int n) {
+        if (n < 1) throw py::value_error("set_num_threads: n must be >= 1, got " + std::to_string(n));
+        set_thread_cap(n);
+    }, py::arg("n"));
+    m.def("get_num_threads", &max_threads);
+    m.def("select_isa", &select_isa_by_name, py::arg("name"));
+    m.def("set_grain", [](std::int64_t elements) {
+        if (elements < 1) throw py::value_error("grain must be >= 1, got " + std::to_string(elements));
+        set_grain(elements);
+    }, py::arg("elements"));
+}
+
+}  // namespace fastmomentum::bindings

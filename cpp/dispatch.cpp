@@ -1,0 +1,101 @@
+// Baseline-only: CPU detection, the table of compiled kernel sets, and the ISA in use. Never
+// compiled with ISA flags, so nothing here can execute an instruction the CPU lacks.
+
+#include <array>
+#include <atomic>
+#include <stdexcept>
+#include <string>
+
+#include "fastmomentum/cpu_features.hpp"
+
+FM_DECLARE_KERNEL_SET(fastmomentum::baseline)
+#ifdef FM_HAVE_AVX2
+FM_DECLARE_KERNEL_SET(fastmomentum::avx2)
+#endif
+#ifdef FM_HAVE_AVX512
+FM_DECLARE_KERNEL_SET(fastmomentum::avx512)
+#endif
+
+namespace fastmomentum {
+namespace {
+
+// Indexed by Isa; an ISA that was not compiled keeps a null set.
+const std::array<KernelSet, 3>& table() {
+    static const std::array<KernelSet, 3> sets = {
+        baseline::kernel_set(),
+#ifdef FM_HAVE_AVX2
+        avx2::kernel_set(),
+#else
+        KernelSet{nullptr, nullptr},
+#endif
+#ifdef FM_HAVE_AVX512
+        avx512::kernel_set(),
+#else
+        KernelSet{nullptr, nullptr},
+#endif
+    };
+    return sets;
+}
+
+std::atomic<int> g_active{-1};  // an Isa, or -1 before the first use
+
+}  // namespace
+
+std::string_view isa_name(Isa isa) {
+    switch (isa) {
+        case Isa::avx2: return "avx2";
+        case Isa::avx512: return "avx512";
+        case Isa::baseline: break;
+    }
+    return "baseline";
+}
+
+std::optional<Isa> isa_from_name(std::string_view name) {
+    for (Isa isa : kAllIsas)
+        if (isa_name(isa) == name) return isa;
+    return std::nullopt;
+}
+
+bool isa_compiled(Isa isa) { return table()[static_cast<int>(isa)].f32 != nullptr; }
+
+bool isa_supported(Isa isa) {
+    if (isa == Isa::baseline) return true;
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+    // libgcc's checks include the OS's XSAVE support for the wide registers.
+    __builtin_cpu_init();
+    const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (isa == Isa::avx2) return avx2;
+    return avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw");
+#else
+    return false;
+#endif
+}
+
+Isa best_isa() {
+    for (Isa isa : {Isa::avx512, Isa::avx2})
+        if (isa_compiled(isa) && isa_supported(isa)) return isa;
+    return Isa::baseline;
+}
+
+void select_isa(Isa isa) {
+    const std::string name(isa_name(isa));
+    if (!isa_compiled(isa))
+        throw std::invalid_argument("ISA '" + name + "' was not compiled into this build of fastmomentum");
+    if (!isa_supported(isa))
+        throw std::invalid_argument("ISA '" + name + "' is not supported by this CPU");
+    g_active.store(static_cast<int>(isa));
+}
+
+Isa active_isa() {
+    int active = g_active.load();
+    if (active < 0) {
+        select_isa(best_isa());
+        active = g_active.load();
+    }
+    return static_cast<Isa>(active);
+}
+
+const KernelSet& active_kernels() { return table()[static_cast<int>(active_isa())]; }
+
+}  // namespace fastmomentum

@@ -1,0 +1,44 @@
+#pragma once
+// The ISA-neutral kernel interface: a list of tensor slices and one hyper-parameter struct in, the
+// arrays updated in place. Each ISA object (cpp/kernels/sgd_kernels.cpp compiled once per ISA)
+// defines `fastmomentum::<isa>::kernel_set()`; dispatch.cpp gathers them into a table.
+
+#include <cstddef>
+#include <cstdint>
+
+#include "fastmomentum/hyper.hpp"
+
+namespace fastmomentum {
+
+// One tensor of a call: C-contiguous, aligned memory of `size` elements of the call's dtype.
+// `buf` is null when the call has no momentum buffer (momentum == 0).
+struct TensorRef {
+    void* param;
+    const void* grad;
+    void* buf;
+    std::int64_t size;
+    bool first_step;
+};
+
+// How a call may use threads: at most `threads`, and no thread for fewer than `grain` elements.
+struct Launch {
+    int threads;
+    std::int64_t grain;
+};
+
+// Updates every tensor in place; returns the number of threads that ran.
+using KernelFn = int (*)(const TensorRef* tensors, std::size_t count, const Hyper& hyper,
+                         const Launch& launch);
+
+struct KernelSet {
+    KernelFn f32;
+    KernelFn f64;
+};
+
+// Declares one ISA object's entry point, e.g. FM_DECLARE_KERNEL_SET(avx2).
+#define FM_DECLARE_KERNEL_SET(isa) \
+    namespace isa {                \
+    KernelSet kernel_set();        \
+    }
+
+}  // namespace fastmomentum

@@ -1,0 +1,84 @@
+#pragma once
+// THE per-element update math of fastmomentum. Every kernel (each CPU ISA object, and the CUDA
+// kernels) includes this header and calls `update`; no formula is written anywhere else.
+//
+// Exactness contract (tested bitwise):
+//   * hyper-parameters are combined in double on the host (1 - tau, lr * wd, s * wd) and rounded
+//     ONCE to the array's dtype (`coeffs`);
+//   * each element then goes through the operations below, in the order written, each one rounded
+//     in the array's dtype. Kernels are compiled with FMA contraction OFF, so every ISA (and any
+//     thread count) produces the same bits as a plain NumPy evaluation of the same expressions.
+//
+// ODR safety: the functions live in an inline namespace named after the ISA the including object
+// is compiled for (FM_ISA), so each ISA's copy has its own mangled names and the linker can never
+// substitute, say, the AVX-512 copy into the baseline path (BUILD-FACTS.md, "ODR hazard").
+
+#include "fastmomentum/hyper.hpp"
+
+#ifndef FM_ISA
+#error "Define FM_ISA (the instruction-set namespace, e.g. baseline, avx2, avx512, cuda) first."
+#endif
+
+#if defined(__CUDACC__)
+#define FM_HOST_DEVICE __host__ __device__
+#else
+#define FM_HOST_DEVICE
+#endif
+
+namespace fastmomentum::rules {
+inline namespace FM_ISA {
+
+// Hyper-parameters -> coefficients in the array's dtype (host side, once per call).
+template <class T>
+FM_HOST_DEVICE inline Coeffs<T> coeffs(const Hyper& h) {
+    double decoupled = 0.0;
+    if (h.decay_mode == DecayMode::decoupled) decoupled = h.lr * h.weight_decay;
+    if (h.decay_mode == DecayMode::sgdw) decoupled = h.schedule_multiplier * h.weight_decay;
+    return Coeffs<T>{
+        static_cast<T>(h.lr),
+        static_cast<T>(h.momentum),
+        static_cast<T>(1.0 - h.dampening),
+        static_cast<T>(h.decay_mode == DecayMode::coupled ? h.weight_decay : 0.0),
+        static_cast<T>(decoupled),
+        static_cast<T>(h.maximize ? -1.0 : 1.0),
+    };
+}
+
+// Which decay variant a call uses. A zero weight decay is skipped entirely (as PyTorch does), so
+// an infinite parameter never turns into NaN through 0 * inf.
+FM_HOST_DEVICE inline Decay decay_of(const Hyper& h) {
+    if (h.weight_decay == 0.0) return Decay::none;
+    return h.decay_mode == DecayMode::coupled ? Decay::coupled : Decay::decoupled;
+}
+
+// Which buffer form a tensor uses this step. `first_step` matters only to the torch convention.
+FM_HOST_DEVICE inline Form form_of(const Hyper& h, bool first_step) {
+    if (h.momentum == 0.0) return Form::plain;
+    if (h.style == Style::keras) return Form::keras;
+    return first_step ? Form::torch_first : Form::torch;
+}
+
+// One element: p (parameter) and b (buffer / velocity) updated in place from gradient g.
+// For Form::plain, b is not read or written.
+template <class T, Form F, bool Nesterov, Decay D>
+FM_HOST_DEVICE inline void update(T& p, T& b, const T g, const Coeffs<T>& k) {
+    T d = k.grad_sign * g;                                     // maximize flips the sign first
+    if constexpr (D == Decay::coupled) d = d + k.coupled_decay * p;        // g + wd*p
+    if constexpr (D == Decay::decoupled) p = p - k.decoupled_decay * p;    // before the step
+
+    if constexpr (F == Form::plain) {
+        p = p - k.lr * d;
+    } else if constexpr (F == Form::keras) {
+        b = k.momentum * b - k.lr * d;                                      // v <- mu*v - lr*g
+        if constexpr (Nesterov) p = p + (k.momentum * b - k.lr * d);
+        else p = p + b;
+    } else {
+        if constexpr (F == Form::torch_first) b = d;                        // b <- g, step 1
+        else b = k.momentum * b + k.one_minus_dampening * d;                // mu*b + (1-tau)*g
+        if constexpr (Nesterov) p = p - k.lr * (d + k.momentum * b);
+        else p = p - k.lr * b;
+    }
+}
+
+}  // namespace FM_ISA
+}  // namespace fastmomentum::rules

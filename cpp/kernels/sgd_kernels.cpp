@@ -1,0 +1,132 @@
+// The fused momentum-SGD kernels. This one source is compiled once per ISA (CMake passes
+// -DFM_ISA=<name> and that ISA's flags) into namespace fastmomentum::<isa>; everything else here
+// has internal linkage, so no two ISA objects share a symbol.
+//
+// One call = one pass: each element of p, g (and b) is read once and p (and b) written once.
+// All tensors of a call are seen as one concatenated element range that is split evenly across
+// the threads of ONE parallel region; each thread walks the tensors that overlap its range. The
+// update is element-wise, so the split cannot change any result bit.
+
+#include <algorithm>
+#include <cstdint>
+
+#include "fastmomentum/kernels.hpp"
+#include "fastmomentum/rules.hpp"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace fastmomentum::FM_ISA {
+namespace {
+
+using std::int64_t;
+
+// The inner loop: a plain loop over one tensor's [lo, hi) that the compiler vectorises for this
+// ISA. The variant is a template parameter, so the loop body has no branches. `k` is taken by
+// value so the compiler knows the stores cannot alias it and keeps the coefficients in registers.
+template <class T, Form F, bool Nesterov, Decay D>
+void update_span(const TensorRef& t, int64_t lo, int64_t hi, const Coeffs<T> k) {
+    T* __restrict p = static_cast<T*>(t.param) + lo;
+    const T* __restrict g = static_cast<const T*>(t.grad) + lo;
+    const int64_t n = hi - lo;
+    if constexpr (F == Form::plain) {
+#pragma omp simd
+        for (int64_t i = 0; i < n; ++i) {
+            T no_buffer{};
+            rules::update<T, F, Nesterov, D>(p[i], no_buffer, g[i], k);
+        }
+    } else {
+        T* __restrict b = static_cast<T*>(t.buf) + lo;
+#pragma omp simd
+        for (int64_t i = 0; i < n; ++i) rules::update<T, F, Nesterov, D>(p[i], b[i], g[i], k);
+    }
+}
+
+template <class T>
+using SpanFn = void (*)(const TensorRef&, int64_t, int64_t, Coeffs<T>);
+
+// Runtime variant -> template instantiation, once per call.
+template <class T, Form F, bool Nesterov>
+SpanFn<T> pick_decay(Decay d) {
+    switch (d) {
+        case Decay::coupled: return &update_span<T, F, Nesterov, Decay::coupled>;
+        case Decay::decoupled: return &update_span<T, F, Nesterov, Decay::decoupled>;
+        case Decay::none: break;
+    }
+    return &update_span<T, F, Nesterov, Decay::none>;
+}
+
+template <class T, Form F>
+SpanFn<T> pick_nesterov(bool nesterov, Decay d) {
+    return nesterov ? pick_decay<T, F, true>(d) : pick_decay<T, F, false>(d);
+}
+
+template <class T>
+SpanFn<T> pick(Form f, bool nesterov, Decay d) {
+    switch (f) {
+        case Form::torch_first: return pick_nesterov<T, Form::torch_first>(nesterov, d);
+        case Form::torch: return pick_nesterov<T, Form::torch>(nesterov, d);
+        case Form::keras: return pick_nesterov<T, Form::keras>(nesterov, d);
+        case Form::plain: break;
+    }
+    return pick_decay<T, Form::plain, false>(d);  // no buffer: Nesterov has no meaning
+}
+
+// Start of part `part` of `parts` in [0, total): floor(total * part / parts) without overflow,
+// rounded down to 64 elements so that neighbouring threads rarely write the same cache line.
+int64_t split_point(int64_t total, int parts, int part) {
+    if (part >= parts) return total;
+    const int64_t exact = total / parts * part + total % parts * part / parts;
+    return exact & ~int64_t{63};
+}
+
+template <class T>
+void update_range(const TensorRef* tensors, std::size_t count, int64_t lo, int64_t hi,
+                  SpanFn<T> regular, SpanFn<T> first, const Coeffs<T>& k) {
+    int64_t offset = 0;  // of tensor i in the concatenated range
+    for (std::size_t i = 0; i < count && offset < hi; ++i) {
+        const TensorRef& t = tensors[i];
+        const int64_t a = std::max(lo, offset) - offset;
+        const int64_t e = std::min(hi, offset + t.size) - offset;
+        if (a < e) (t.first_step ? first : regular)(t, a, e, k);
+        offset += t.size;
+    }
+}
+
+template <class T>
+int sgd(const TensorRef* tensors, std::size_t count, const Hyper& h, const Launch& launch) {
+    const Coeffs<T> k = rules::coeffs<T>(h);
+    const Decay decay = rules::decay_of(h);
+    const SpanFn<T> regular = pick<T>(rules::form_of(h, false), h.nesterov, decay);
+    const SpanFn<T> first = pick<T>(rules::form_of(h, true), h.nesterov, decay);
+
+    int64_t total = 0;
+    for (std::size_t i = 0; i < count; ++i) total += tensors[i].size;
+    // One thread per `grain` elements at most: below that, opening a region costs more than it saves.
+    const int64_t useful = std::max<int64_t>(1, total / std::max<int64_t>(1, launch.grain));
+    const int threads = static_cast<int>(std::min<int64_t>(launch.threads, useful));
+
+#ifdef _OPENMP
+    if (threads > 1) {
+        int ran = 1;
+#pragma omp parallel num_threads(threads)
+        {
+            const int parts = omp_get_num_threads();
+            const int part = omp_get_thread_num();
+            if (part == 0) ran = parts;
+            update_range<T>(tensors, count, split_point(total, parts, part),
+                            split_point(total, parts, part + 1), regular, first, k);
+        }
+        return ran;
+    }
+#endif
+    update_range<T>(tensors, count, 0, total, regular, first, k);
+    return 1;
+}
+
+}  // namespace
+
+KernelSet kernel_set() { return KernelSet{&sgd<float>, &sgd<double>}; }
+
+}  // namespace fastmomentum::FM_ISA

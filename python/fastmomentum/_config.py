@@ -1,0 +1,42 @@
+"""Build and runtime configuration: ISA, threads, version."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from . import _core
+
+
+def set_num_threads(n: int) -> None:
+    """Cap the number of threads any fastmomentum call may use, process-wide.
+
+    A call uses ``min(n, OpenMP's limit for the calling thread)`` threads, so ``OMP_NUM_THREADS``
+    and ``threadpoolctl.threadpool_limits`` still apply on top of this cap. Results never depend
+    on the thread count.
+    """
+    _core.set_num_threads(int(n))
+
+
+def get_num_threads() -> int:
+    """The number of threads a call made from this Python thread may use (1 without OpenMP)."""
+    return int(_core.get_num_threads())
+
+
+def show_config(mode: Literal["stdout", "dicts"] = "stdout") -> dict[str, Any] | None:
+    """Print (``mode="stdout"``) or return (``mode="dicts"``) the build and runtime configuration.
+
+    Keys: ``version``, ``isa`` (in use), ``isas_compiled``, ``isas_supported`` (compiled and
+    runnable on this CPU), ``openmp``, ``openmp_version``, ``threads``, ``grain`` (elements per
+    thread below which a call stays serial), ``compiler``, ``fp_contract``. Set the environment
+    variable ``FASTMOMENTUM_ISA=baseline|avx2|avx512`` before import to force an ISA.
+    """
+    config: dict[str, Any] = dict(_core.config())
+    if mode == "dicts":
+        return config
+    if mode != "stdout":
+        raise ValueError(f"mode must be 'stdout' or 'dicts', got {mode!r}")
+    width = max(map(len, config))
+    for key, value in config.items():
+        shown = ", ".join(value) if isinstance(value, list) else value
+        print(f"{key:<{width}}  {shown}")
+    return None

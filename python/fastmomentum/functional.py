@@ -1,0 +1,144 @@
+"""In-place momentum-SGD steps on lists of NumPy arrays: one fused pass per call.
+
+Every function updates ``params`` (and the buffers) in place and returns ``None``. All arrays of
+one index must share dtype (float32 or float64) and shape, be C-contiguous and aligned, and the
+written ones writeable; arrays are never copied. Any violation raises ``TypeError`` or
+``ValueError`` naming the argument and index, and then NO array has been modified.
+
+Arithmetic: hyper-parameters are combined in double and rounded once to the arrays' dtype; each
+element then goes through the formula below in that dtype, with no FMA contraction, so results are
+the same bits on every ISA and every thread count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal, Optional, Union
+
+import numpy as np
+from numpy.typing import NDArray
+
+from . import _core
+
+Arrays = Sequence[NDArray[np.floating]]
+FirstStep = Union[bool, Sequence[bool]]
+WeightDecayMode = Literal["coupled", "decoupled", "sgdw"]
+
+__all__ = ["ema_sgd_", "keras_sgd_", "sgd_"]
+
+
+def sgd_(
+    params: Arrays,
+    grads: Arrays,
+    buffers: Optional[Arrays] = None,
+    *,
+    lr: float,
+    momentum: float = 0.0,
+    dampening: float = 0.0,
+    nesterov: bool = False,
+    weight_decay: float = 0.0,
+    weight_decay_mode: WeightDecayMode = "coupled",
+    schedule_multiplier: float = 1.0,
+    maximize: bool = False,
+    first_step: FirstStep = False,
+) -> None:
+    """One momentum-SGD step in PyTorch's convention (the buffer ``b`` holds no learning rate).
+
+    For each parameter ``p`` with gradient ``g`` and buffer ``b``::
+
+        g <- -g                          if maximize
+        g <- g + wd*p                    if weight_decay_mode == "coupled"    (L2, torch default)
+        p <- p - (lr*wd)*p               if weight_decay_mode == "decoupled"  (lr-scaled)
+        p <- p - (s*wd)*p                if weight_decay_mode == "sgdw"       (s = schedule_multiplier)
+        if momentum != 0:
+            b <- g                       on this array's first step (first_step)
+            b <- momentum*b + (1-dampening)*g   otherwise
+            g <- g + momentum*b          if nesterov, else g <- b
+        p <- p - lr*g
+
+    Args:
+        params: parameters, updated in place.
+        grads: gradients, same shapes and dtypes as ``params``; only read.
+        buffers: momentum buffers, updated in place; required when ``momentum != 0`` (start them
+            with ``np.zeros_like(p)``), unused otherwise.
+        lr: learning rate, finite and >= 0.
+        momentum, dampening: in [0, 1]. Nesterov needs ``momentum > 0`` and ``dampening == 0``.
+        weight_decay: finite and >= 0, applied as ``weight_decay_mode`` says.
+        schedule_multiplier: the SGDW schedule multiplier ``s``; used by ``"sgdw"`` only.
+        maximize: ascend instead of descend.
+        first_step: ``True`` where an array takes its first step (PyTorch's ``b <- g`` rule: no
+            dampening on step 1), as one bool or one per array. With the default ``False`` and a
+            zero buffer, step 1 gives ``b = (1-dampening)*g`` (equal to PyTorch when dampening is 0).
+    """
+    _core.sgd_step(
+        params, grads, buffers, first_step=first_step, style="torch", lr=lr, momentum=momentum,
+        dampening=dampening, nesterov=nesterov, weight_decay=weight_decay,
+        weight_decay_mode=weight_decay_mode, schedule_multiplier=schedule_multiplier,
+        maximize=maximize,
+    )
+
+
+def keras_sgd_(
+    params: Arrays,
+    grads: Arrays,
+    velocities: Optional[Arrays] = None,
+    *,
+    lr: float,
+    momentum: float = 0.0,
+    nesterov: bool = False,
+    weight_decay: float = 0.0,
+    weight_decay_mode: WeightDecayMode = "decoupled",
+    schedule_multiplier: float = 1.0,
+    maximize: bool = False,
+) -> None:
+    """One SGD step in Keras' convention (Sutskever et al. 2013: the velocity holds the lr).
+
+    For each parameter ``p`` with gradient ``g`` and velocity ``v`` (start with ``v = 0``)::
+
+        p <- p - (lr*wd)*p               if weight_decay_mode == "decoupled"  (Keras' weight_decay)
+        p <- p - (s*wd)*p                if weight_decay_mode == "sgdw"
+        g <- g + wd*p                    if weight_decay_mode == "coupled"
+        if momentum != 0:
+            v <- momentum*v - lr*g
+            p <- p + momentum*v - lr*g   if nesterov, else p <- p + v
+        else:
+            p <- p - lr*g
+
+    At a constant lr this is the same trajectory as :func:`sgd_` with ``v = -lr*b``; the two split
+    when the lr changes. ``velocities`` is required when ``momentum != 0``. ``maximize`` negates g
+    first. See :func:`sgd_` for the argument rules.
+    """
+    _core.sgd_step(
+        params, grads, velocities, first_step=False, style="keras", lr=lr, momentum=momentum,
+        dampening=0.0, nesterov=nesterov, weight_decay=weight_decay,
+        weight_decay_mode=weight_decay_mode, schedule_multiplier=schedule_multiplier,
+        maximize=maximize,
+    )
+
+
+def ema_sgd_(
+    params: Arrays,
+    grads: Arrays,
+    buffers: Optional[Arrays] = None,
+    *,
+    lr: float,
+    beta: float,
+    weight_decay: float = 0.0,
+    weight_decay_mode: WeightDecayMode = "coupled",
+    schedule_multiplier: float = 1.0,
+    maximize: bool = False,
+) -> None:
+    """One step of EMA momentum, the ``(1 - beta)`` form: start the buffers at zero, then::
+
+        b <- beta*b + (1-beta)*g
+        p <- p - lr*b
+
+    It is :func:`sgd_` with ``momentum = dampening = beta`` and no first-step copy (so step 1 gives
+    ``b = (1-beta)*g``, not PyTorch's ``b = g``). Weight decay and ``maximize`` act as in
+    :func:`sgd_`. With ``beta == 0`` it is plain SGD and the buffers are not used.
+    """
+    sgd_(
+        params, grads, buffers, lr=lr, momentum=beta, dampening=beta, weight_decay=weight_decay,
+        weight_decay_mode=weight_decay_mode, schedule_multiplier=schedule_multiplier,
+        maximize=maximize, first_step=False,
+    )
