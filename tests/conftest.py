@@ -1,0 +1,38 @@
+"""Fixtures that run a test under every compiled ISA and under 1 and 2 threads."""
+
+from __future__ import annotations
+
+import pytest
+
+import fastmomentum as fm
+from fastmomentum import _core
+
+CONFIG = fm.show_config(mode="dicts")
+COMPILED_ISAS = CONFIG["isas_compiled"]
+SUPPORTED_ISAS = CONFIG["isas_supported"]
+DEFAULT_ISA = CONFIG["isa"]
+DEFAULT_GRAIN = CONFIG["grain"]
+# A grain this small makes even short arrays split across threads, so the partition of the
+# concatenated element range (tensor boundaries, tails, empty parts) is exercised.
+SMALL_GRAIN = 16
+
+
+@pytest.fixture(params=COMPILED_ISAS)
+def isa(request):
+    """Selects each compiled ISA in turn (skipping those this CPU cannot run)."""
+    if request.param not in SUPPORTED_ISAS:
+        pytest.skip(f"this CPU cannot run the {request.param} kernels")
+    _core.select_isa(request.param)
+    yield request.param
+    _core.select_isa(DEFAULT_ISA)
+
+
+@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
+def threads(request):
+    """1 thread, or 2 threads with a small grain so that small calls split too."""
+    before = fm.get_num_threads()
+    fm.set_num_threads(request.param)
+    _core.set_grain(SMALL_GRAIN if request.param > 1 else DEFAULT_GRAIN)
+    yield request.param
+    fm.set_num_threads(before)
+    _core.set_grain(DEFAULT_GRAIN)

@@ -1,0 +1,106 @@
+"""Thread-count policy, thread-count independence, and the GIL released during a kernel."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from conftest import DEFAULT_GRAIN, DEFAULT_ISA, SUPPORTED_ISAS
+
+import fastmomentum as fm
+from fastmomentum import _core
+
+OPENMP = fm.show_config(mode="dicts")["openmp"]
+needs_openmp = pytest.mark.skipif(not OPENMP, reason="built without OpenMP")
+
+
+def _step(params, grads, bufs, **overrides):
+    """_core.sgd_step with torch defaults; returns the number of threads that ran."""
+    kw = dict(first_step=False, style="torch", lr=0.01, momentum=0.9, dampening=0.0,
+              nesterov=True, weight_decay=1e-4, weight_decay_mode="coupled",
+              schedule_multiplier=1.0, maximize=False)
+    kw.update(overrides)
+    return _core.sgd_step(params, grads, bufs, **kw)
+
+
+@pytest.fixture
+def restore_threads():
+    before = fm.get_num_threads()
+    yield
+    fm.set_num_threads(before)
+    _core.set_grain(DEFAULT_GRAIN)
+
+
+def test_set_num_threads_caps_the_count(restore_threads):
+    fm.set_num_threads(1)
+    assert fm.get_num_threads() == 1
+    with pytest.raises(ValueError, match="n must be >= 1, got 0"):
+        fm.set_num_threads(0)
+    assert fm.get_num_threads() == 1
+
+
+@needs_openmp
+def test_two_threads_run_for_large_calls_and_one_for_small(restore_threads):
+    if fm.get_num_threads() < 2:
+        pytest.skip("OpenMP allows only one thread here")
+    fm.set_num_threads(2)
+    big = [np.zeros(4 * DEFAULT_GRAIN, np.float32) for _ in range(3)]
+    assert _step(*([a] for a in big)) == 2
+    small = [np.zeros(DEFAULT_GRAIN, np.float32) for _ in range(3)]
+    assert _step(*([a] for a in small)) == 1  # below 2 grains: serial
+    # Many small arrays add up: still ONE call, split across both threads.
+    many = [[np.zeros(1000, np.float32) for _ in range(200)] for _ in range(3)]
+    assert _step(*many) == 2
+    assert _step([], [], []) == 0
+
+
+@needs_openmp
+def test_threadpoolctl_limits_apply(restore_threads):
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    assert any(info["user_api"] == "openmp" for info in threadpoolctl.threadpool_info())
+    with threadpoolctl.threadpool_limits(1, user_api="openmp"):
+        assert fm.get_num_threads() == 1
+        big = [np.zeros(4 * DEFAULT_GRAIN, np.float32) for _ in range(3)]
+        assert _step(*([a] for a in big)) == 1
+
+
+@pytest.mark.parametrize("isa", SUPPORTED_ISAS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_results_are_bitwise_identical_for_any_thread_count_and_grain(isa, dtype, restore_threads):
+    rng = np.random.default_rng(1)
+    sizes = [1_000_003, 5, 70_000, 0, 129]
+    start = [[rng.standard_normal(n).astype(dtype) for n in sizes] for _ in range(3)]
+    _core.select_isa(isa)
+    results = []
+    try:
+        for threads, grain in [(1, DEFAULT_GRAIN), (2, DEFAULT_GRAIN), (2, 1), (2, 1000), (7, 64)]:
+            fm.set_num_threads(threads)
+            _core.set_grain(grain)
+            p, g, b = ([a.copy() for a in arrays] for arrays in start)
+            for _ in range(3):
+                _step(p, g, b)
+            results.append(np.concatenate(p + b))
+    finally:
+        _core.select_isa(DEFAULT_ISA)
+    for r in results[1:]:
+        assert r.tobytes() == results[0].tobytes()
+
+
+def test_gil_is_released_while_the_kernel_runs(restore_threads):
+    """The main thread runs Python code WHILE a worker thread's kernel is half-way through.
+
+    On one thread the kernel sweeps p from front to back, so "p[0] updated, p[-1] not yet" exists
+    only during the kernel. Holding the GIL, the kernel would never let the main thread look then.
+    """
+    fm.set_num_threads(1)
+    n = 40_000_000
+    p, g = np.zeros(n, np.float32), np.ones(n, np.float32)
+    worker = threading.Thread(target=fm.functional.sgd_, args=([p], [g]), kwargs=dict(lr=1.0))
+    seen_mid_kernel = False
+    worker.start()
+    while worker.is_alive() and not seen_mid_kernel:
+        seen_mid_kernel = bool(p[0] != 0 and p[-1] == 0)
+    worker.join()
+    assert p[-1] == -1.0
+    assert seen_mid_kernel

@@ -1,0 +1,197 @@
+"""Bad input is rejected with an error naming the argument, and NOTHING is modified.
+
+Each case builds a three-array call whose LAST index (2) is bad, so the arrays before it, which a
+naive implementation would already have updated, prove the all-or-nothing guarantee.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import fastmomentum as fm
+from fastmomentum import _core
+
+N = 64
+
+
+def _good(dtype=np.float32):
+    rng = np.random.default_rng(0)
+    return [rng.standard_normal(N).astype(dtype) for _ in range(3)]
+
+
+def _call():
+    """A valid call: params, grads, buffers (3 arrays each) and keyword arguments."""
+    return dict(params=_good(), grads=_good(), buffers=_good(),
+                kw=dict(lr=0.1, momentum=0.9, weight_decay=1e-4))
+
+
+def _readonly(a):
+    a.flags.writeable = False
+    return a
+
+
+def _unaligned(dtype=np.float32):
+    raw = np.zeros(N * np.dtype(dtype).itemsize + 1, np.uint8)
+    a = np.frombuffer(raw.data, dtype=dtype, count=N, offset=1)
+    return a if not a.flags.aligned else pytest.skip("could not make an unaligned array")
+
+
+def _set(which, index, make):
+    def mutate(call):
+        if which == "kw":
+            call["kw"].update(make)
+        else:
+            call[which][index] = make(call)
+    return mutate
+
+
+# (id, mutation, exception type, message regex)
+BAD_ARRAYS = [
+    ("params-float16", _set("params", 2, lambda c: np.zeros(N, np.float16)), TypeError,
+     r"params\[2\] has dtype float16; expected float32 or float64"),
+    ("params-int64", _set("params", 2, lambda c: np.zeros(N, np.int64)), TypeError,
+     r"params\[2\] has dtype int64"),
+    ("params-complex", _set("params", 2, lambda c: np.zeros(N, np.complex64)), TypeError,
+     r"params\[2\] has dtype complex64"),
+    ("params-byteswapped", _set("params", 2, lambda c: np.zeros(N, ">f4")), TypeError,
+     r"params\[2\] has dtype >f4; expected float32 or float64 in native byte order"),
+    ("params-list", _set("params", 2, lambda c: [0.0] * N), TypeError,
+     r"params\[2\] must be a numpy.ndarray, got list"),
+    ("grads-none", _set("grads", 2, lambda c: None), TypeError,
+     r"grads\[2\] must be a numpy.ndarray, got NoneType"),
+    ("grads-dtype-mismatch", _set("grads", 2, lambda c: np.zeros(N, np.float64)), TypeError,
+     r"grads\[2\] has dtype float64 but params\[2\] has dtype float32; they must match"),
+    ("buffers-dtype-mismatch", _set("buffers", 2, lambda c: np.zeros(N, np.float64)), TypeError,
+     r"buffers\[2\] has dtype float64 but params\[2\] has dtype float32"),
+    ("params-strided", _set("params", 2, lambda c: np.zeros(2 * N, np.float32)[::2]), ValueError,
+     r"params\[2\] is not C-contiguous \(shape \(64,\), strides \(8,\)\)"),
+    ("params-fortran", _set("params", 2, lambda c: np.asfortranarray(np.zeros((8, 8), np.float32))),
+     ValueError, r"params\[2\] is not C-contiguous \(shape \(8, 8\), strides \(4, 32\)\)"),
+    ("grads-strided", _set("grads", 2, lambda c: np.zeros(2 * N, np.float32)[::2]), ValueError,
+     r"grads\[2\] is not C-contiguous"),
+    ("buffers-reversed", _set("buffers", 2, lambda c: np.zeros(N, np.float32)[::-1]), ValueError,
+     r"buffers\[2\] is not C-contiguous"),
+    ("params-unaligned", _set("params", 2, lambda c: _unaligned()), ValueError,
+     r"params\[2\] is not aligned"),
+    ("params-readonly", _set("params", 2, lambda c: _readonly(np.zeros(N, np.float32))), ValueError,
+     r"params\[2\] is read-only"),
+    ("buffers-readonly", _set("buffers", 2, lambda c: _readonly(np.zeros(N, np.float32))),
+     ValueError, r"buffers\[2\] is read-only"),
+    ("grads-short", _set("grads", 2, lambda c: np.zeros(N - 1, np.float32)), ValueError,
+     r"grads\[2\] has shape \(63,\) but params\[2\] has shape \(64,\); they must match"),
+    ("buffers-reshaped", _set("buffers", 2, lambda c: np.zeros((8, 8), np.float32)), ValueError,
+     r"buffers\[2\] has shape \(8, 8\) but params\[2\] has shape \(64,\)"),
+    ("params-is-grads", _set("grads", 2, lambda c: c["params"][2]), ValueError,
+     r"params\[2\] and grads\[2\] share memory"),
+    ("params-is-buffers", _set("buffers", 2, lambda c: c["params"][2]), ValueError,
+     r"params\[2\] and buffers\[2\] share memory"),
+    ("params-repeated", _set("params", 2, lambda c: c["params"][0]), ValueError,
+     r"params\[0\] and params\[2\] share memory|params\[2\] and params\[0\] share memory"),
+    ("grads-overlap-other-params", _set("grads", 2, lambda c: c["params"][0]), ValueError,
+     r"share memory"),
+]
+
+
+def _overlapping_views(call):
+    """params[2] and buffers[1] are overlapping halves of one block."""
+    block = np.zeros(N + N // 2, np.float32)
+    call["buffers"][1] = block[:N]
+    call["params"][2] = block[N // 2:]
+
+
+BAD_ARRAYS.append(("partial-overlap", _overlapping_views, ValueError,
+                   r"buffers\[1\] and params\[2\] share memory"))
+
+BAD_CALLS = [
+    ("grads-fewer", lambda c: c["grads"].pop(), ValueError,
+     r"grads has 2 arrays but params has 3"),
+    ("buffers-more", lambda c: c["buffers"].append(np.zeros(N, np.float32)), ValueError,
+     r"buffers has 4 arrays but params has 3"),
+    ("buffers-missing", lambda c: c.update(buffers=None), ValueError,
+     r"buffers is required when momentum != 0"),
+    ("params-ndarray", lambda c: c.update(params=np.zeros((3, N), np.float32)), TypeError,
+     r"params must be a list or tuple, got numpy.ndarray \(wrap a single array as \[a\]\)"),
+    ("grads-generator", lambda c: c.update(grads=(g for g in c["grads"])), TypeError,
+     r"grads must be a list or tuple, got generator"),
+    ("first-step-length", _set("kw", None, dict(first_step=[True, False])), ValueError,
+     r"first_step has 2 entries but params has 3"),
+    ("first-step-int", _set("kw", None, dict(first_step=[True, False, 1])), TypeError,
+     r"first_step\[2\] must be a bool, got int"),
+    ("lr-negative", _set("kw", None, dict(lr=-0.1)), ValueError,
+     r"Invalid lr: -0.1 \(expected a finite value >= 0\)"),
+    ("lr-nan", _set("kw", None, dict(lr=float("nan"))), ValueError, r"Invalid lr: nan"),
+    ("lr-inf", _set("kw", None, dict(lr=float("inf"))), ValueError, r"Invalid lr: inf"),
+    ("momentum-negative", _set("kw", None, dict(momentum=-0.5)), ValueError,
+     r"Invalid momentum: -0.5 \(expected 0 <= momentum <= 1\)"),
+    ("momentum-above-1", _set("kw", None, dict(momentum=1.5)), ValueError, r"Invalid momentum: 1.5"),
+    ("momentum-nan", _set("kw", None, dict(momentum=float("nan"))), ValueError,
+     r"Invalid momentum: nan"),
+    ("dampening-above-1", _set("kw", None, dict(dampening=2.0)), ValueError,
+     r"Invalid dampening: 2.0"),
+    ("weight-decay-negative", _set("kw", None, dict(weight_decay=-1e-4)), ValueError,
+     r"Invalid weight_decay: -0.0001"),
+    ("weight-decay-nan", _set("kw", None, dict(weight_decay=float("nan"))), ValueError,
+     r"Invalid weight_decay: nan"),
+    ("schedule-multiplier-negative", _set("kw", None, dict(schedule_multiplier=-1.0)), ValueError,
+     r"Invalid schedule_multiplier: -1.0"),
+    ("nesterov-dampening", _set("kw", None, dict(nesterov=True, dampening=0.1)), ValueError,
+     r"Nesterov momentum requires a momentum > 0 and zero dampening"),
+    ("nesterov-no-momentum", _set("kw", None, dict(nesterov=True, momentum=0.0)), ValueError,
+     r"Nesterov momentum requires a momentum > 0"),
+    ("decay-mode", _set("kw", None, dict(weight_decay_mode="l2")), ValueError,
+     r"weight_decay_mode must be 'coupled', 'decoupled' or 'sgdw', got 'l2'"),
+]
+
+CASES = BAD_ARRAYS + BAD_CALLS
+
+
+@pytest.mark.parametrize(("mutate", "error", "message"), [c[1:] for c in CASES],
+                         ids=[c[0] for c in CASES])
+def test_bad_input_raises_and_modifies_nothing(mutate, error, message):
+    call = _call()
+    mutate(call)
+    arrays = [a for key in ("params", "grads", "buffers") if isinstance(call[key], list)
+              for a in call[key] if isinstance(a, np.ndarray)]
+    before = [a.copy() for a in arrays]
+    with pytest.raises(error, match=message):
+        fm.functional.sgd_(call["params"], call["grads"], call["buffers"], **call["kw"])
+    for a, b in zip(arrays, before):
+        np.testing.assert_array_equal(a, b, err_msg="an array was modified by a rejected call")
+
+
+def test_keras_convention_has_no_dampening():
+    p, g, v = _good(np.float64)
+    with pytest.raises(ValueError, match="dampening is not part of the keras convention"):
+        _core.sgd_step([p], [g], [v], first_step=False, style="keras", lr=0.1, momentum=0.9,
+                       dampening=0.1, nesterov=False, weight_decay=0.0,
+                       weight_decay_mode="decoupled", schedule_multiplier=1.0, maximize=False)
+
+
+def test_unknown_style_is_rejected():
+    p, g, v = _good(np.float64)
+    with pytest.raises(ValueError, match="style must be 'torch' or 'keras', got 'adam'"):
+        _core.sgd_step([p], [g], [v], first_step=False, style="adam", lr=0.1, momentum=0.9,
+                       dampening=0.0, nesterov=False, weight_decay=0.0,
+                       weight_decay_mode="coupled", schedule_multiplier=1.0, maximize=False)
+
+
+def test_what_is_allowed_is_not_rejected():
+    """Read-only gradients, gradients sharing memory with each other, numpy bools, tuples."""
+    p = _good()
+    g = _readonly(np.ones(N, np.float32))
+    b = [np.zeros(N, np.float32) for _ in range(3)]
+    fm.functional.sgd_(tuple(p), (g, g, g), b, lr=0.5, momentum=0.9,
+                       first_step=[np.bool_(True), False, True])
+    np.testing.assert_array_equal(b[0], 1.0)  # b <- g on a first step
+    np.testing.assert_array_equal(b[1], 1.0)  # 0.9 * 0 + 1 * g
+    np.testing.assert_array_equal(b[2], 1.0)
+
+
+def test_views_of_one_block_that_do_not_overlap_are_fine():
+    block = np.zeros(3 * N, np.float64)
+    p, b, g = block[:N], block[N:2 * N], block[2 * N:]
+    g[:] = 1.0
+    fm.functional.sgd_([p], [g], [b], lr=1.0, momentum=0.5, first_step=True)
+    np.testing.assert_array_equal(p, -1.0)
+    np.testing.assert_array_equal(b, 1.0)
