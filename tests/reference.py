@@ -7,8 +7,6 @@ dtype, one NumPy ufunc per operation: the evaluation fastmomentum promises to re
 
 from __future__ import annotations
 
-import numpy as np
-
 
 def _decay(p, g, t, weight_decay, mode, lr, schedule_multiplier):
     """Weight decay of the three forms: returns (p, g) after it."""

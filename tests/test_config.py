@@ -9,9 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import COMPILED_ISAS, SUPPORTED_ISAS
 
 import fastmomentum as fm
+
+from conftest import COMPILED_ISAS, SUPPORTED_ISAS
 
 KEYS = {"version", "isa", "isas_compiled", "isas_supported", "openmp", "openmp_version",
         "threads", "grain", "compiler", "fp_contract"}
@@ -59,7 +60,7 @@ def _isa_in_subprocess(value):
 @pytest.mark.parametrize("isa", COMPILED_ISAS)
 def test_environment_variable_forces_the_isa(isa):
     if isa not in SUPPORTED_ISAS:
-        with pytest.raises(RuntimeError, match=f"FASTMOMENTUM_ISA={isa}: .*not supported by this CPU"):
+        with pytest.raises(RuntimeError, match=f"FASTMOMENTUM_ISA={isa}: .*not supported"):
             _isa_in_subprocess(isa)
     else:
         assert _isa_in_subprocess(isa) == isa

@@ -10,9 +10,10 @@ import itertools
 
 import numpy as np
 import pytest
-from reference import ema_sgd, keras_sgd, torch_sgd
 
 import fastmomentum as fm
+
+from reference import ema_sgd, keras_sgd, torch_sgd
 
 DTYPES = [np.float32, np.float64]
 # Empty, single, tails around every vector width (4/8/16 floats, 2/4/8 doubles), and one past the
@@ -53,11 +54,11 @@ def _ema_variants():
             for beta, (mode, wd), maximize in itertools.product([0.0, 0.9], DECAYS, [False, True])]
 
 
-CASES = (
-    [("torch", v) for v in _torch_variants()]
-    + [("keras", v) for v in _keras_variants()]
-    + [("ema", v) for v in _ema_variants()]
-)
+CASES = [
+    *[("torch", v) for v in _torch_variants()],
+    *[("keras", v) for v in _keras_variants()],
+    *[("ema", v) for v in _ema_variants()],
+]
 FUNCTIONS = {"torch": fm.functional.sgd_, "keras": fm.functional.keras_sgd_,
              "ema": fm.functional.ema_sgd_}
 REFERENCES = {"torch": torch_sgd, "keras": keras_sgd, "ema": ema_sgd}
@@ -101,7 +102,7 @@ def test_single_step_matches_reference_bitwise(case, dtype, isa, threads):
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 def test_many_arrays_of_mixed_sizes_and_first_steps(dtype, isa, threads):
     rng = np.random.default_rng(7)
-    sizes = list(rng.integers(0, 3000, size=250)) + [0, 1, 70_001]
+    sizes = [*rng.integers(0, 3000, size=250), 0, 1, 70_001]
     params, grads, bufs = zip(*(_arrays(rng, int(n), dtype) for n in sizes))
     first = [bool(f) for f in rng.integers(0, 2, size=len(sizes))]
     hyper = dict(lr=0.01, momentum=0.9, dampening=0.1, weight_decay=1e-3)

@@ -6,10 +6,11 @@ import threading
 
 import numpy as np
 import pytest
-from conftest import DEFAULT_GRAIN, DEFAULT_ISA, SUPPORTED_ISAS
 
 import fastmomentum as fm
 from fastmomentum import _core
+
+from conftest import DEFAULT_GRAIN, DEFAULT_ISA, SUPPORTED_ISAS
 
 OPENMP = fm.show_config(mode="dicts")["openmp"]
 needs_openmp = pytest.mark.skipif(not OPENMP, reason="built without OpenMP")

@@ -13,7 +13,7 @@ the same bits on every ISA and every thread count.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal, Optional, Union
+from typing import Literal, Union
 
 import numpy as np
 from numpy.typing import NDArray
@@ -30,7 +30,7 @@ __all__ = ["ema_sgd_", "keras_sgd_", "sgd_"]
 def sgd_(
     params: Arrays,
     grads: Arrays,
-    buffers: Optional[Arrays] = None,
+    buffers: Arrays | None = None,
     *,
     lr: float,
     momentum: float = 0.0,
@@ -49,7 +49,7 @@ def sgd_(
         g <- -g                          if maximize
         g <- g + wd*p                    if weight_decay_mode == "coupled"    (L2, torch default)
         p <- p - (lr*wd)*p               if weight_decay_mode == "decoupled"  (lr-scaled)
-        p <- p - (s*wd)*p                if weight_decay_mode == "sgdw"       (s = schedule_multiplier)
+        p <- p - (s*wd)*p                if weight_decay_mode == "sgdw"  (s: schedule_multiplier)
         if momentum != 0:
             b <- g                       on this array's first step (first_step)
             b <- momentum*b + (1-dampening)*g   otherwise
@@ -67,8 +67,9 @@ def sgd_(
         schedule_multiplier: the SGDW schedule multiplier ``s``; used by ``"sgdw"`` only.
         maximize: ascend instead of descend.
         first_step: ``True`` where an array takes its first step (PyTorch's ``b <- g`` rule: no
-            dampening on step 1), as one bool or one per array. With the default ``False`` and a
-            zero buffer, step 1 gives ``b = (1-dampening)*g`` (equal to PyTorch when dampening is 0).
+            dampening on step 1), as one bool or one per array. With the default ``False`` and
+            a zero buffer, step 1 gives ``b = (1-dampening)*g`` (PyTorch's value when dampening
+            is 0).
     """
     _core.sgd_step(
         params, grads, buffers, first_step=first_step, style="torch", lr=lr, momentum=momentum,
@@ -81,7 +82,7 @@ def sgd_(
 def keras_sgd_(
     params: Arrays,
     grads: Arrays,
-    velocities: Optional[Arrays] = None,
+    velocities: Arrays | None = None,
     *,
     lr: float,
     momentum: float = 0.0,
@@ -119,7 +120,7 @@ def keras_sgd_(
 def ema_sgd_(
     params: Arrays,
     grads: Arrays,
-    buffers: Optional[Arrays] = None,
+    buffers: Arrays | None = None,
     *,
     lr: float,
     beta: float,

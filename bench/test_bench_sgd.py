@@ -1,0 +1,83 @@
+"""pytest-benchmark: ``fastmomentum.functional.sgd_`` vs the best in-place NumPy update.
+
+Run ``python -m pytest bench --benchmark-only`` to time (results grouped by case, dtype and size),
+or ``python -m pytest bench -q --benchmark-disable`` to run each body once as a plain test. Every
+benchmark first checks that both implementations give the same result on fresh copies.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+import fastmomentum
+
+from _common import (
+    HEAVY_BALL,
+    NESTEROV,
+    STEP_BUILDERS,
+    Hyper,
+    Problem,
+    check_agreement,
+    make_problem,
+    size_label,
+)
+
+SIZES = [10**3, 10**4, 10**5, 10**6, 10**7]
+NESTEROV_SIZES = [10**6]
+LIST_ARRAYS, LIST_SIZE = 200, 5_000
+
+dtypes = pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+impls = pytest.mark.parametrize("impl", list(STEP_BUILDERS))
+
+
+def _size_ids(sizes: list[int]) -> list[str]:
+    return [f"n={size_label(n)}" for n in sizes]
+
+
+def _run(benchmark: Any, impl: str, problem: Problem, hyper: Hyper, case: str) -> None:
+    """Check agreement, label the benchmark (grouped by ``case``), warm up once, then time."""
+    check_agreement(problem, hyper)
+    step = STEP_BUILDERS[impl](problem, hyper)
+    n_arrays = len(problem.params)
+    benchmark.group = f"{case} {problem.dtype.name}"
+    benchmark.extra_info.update(
+        impl=impl,
+        update=hyper.name,
+        dtype=problem.dtype.name,
+        n_arrays=n_arrays,
+        elements_per_array=problem.n_elements // n_arrays,
+        n_elements=problem.n_elements,
+        threads=fastmomentum.get_num_threads(),
+        isa=fastmomentum.show_config(mode="dicts")["isa"],
+    )
+    step()  # warm-up: first-call costs stay out of the timings
+    benchmark(step)
+
+
+@impls
+@pytest.mark.parametrize("size", SIZES, ids=_size_ids(SIZES))
+@dtypes
+def test_heavy_ball(benchmark: Any, dtype: type, size: int, impl: str) -> None:
+    """One array, heavy-ball momentum with coupled weight decay."""
+    problem = make_problem(1, size, dtype)
+    _run(benchmark, impl, problem, HEAVY_BALL, f"heavy-ball n={size_label(size)}")
+
+
+@impls
+@pytest.mark.parametrize("size", NESTEROV_SIZES, ids=_size_ids(NESTEROV_SIZES))
+@dtypes
+def test_nesterov(benchmark: Any, dtype: type, size: int, impl: str) -> None:
+    """One array, Nesterov momentum with coupled weight decay."""
+    problem = make_problem(1, size, dtype)
+    _run(benchmark, impl, problem, NESTEROV, f"nesterov n={size_label(size)}")
+
+
+@impls
+@dtypes
+def test_list_of_arrays(benchmark: Any, dtype: type, impl: str) -> None:
+    """200 arrays of 5,000 elements: one fastmomentum call vs a NumPy loop over the arrays."""
+    problem = make_problem(LIST_ARRAYS, LIST_SIZE, dtype)
+    _run(benchmark, impl, problem, HEAVY_BALL, f"list {LIST_ARRAYS}x{size_label(LIST_SIZE)}")

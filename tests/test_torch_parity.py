@@ -1,0 +1,53 @@
+"""fastmomentum.functional.sgd_ against real torch.optim.SGD trajectories (skipped without torch).
+
+PyTorch evaluates `a + alpha*b` with vectorised fused multiply-adds in places, so the two can differ
+in the last bit per step; the bounds below are stated per dtype, relative to the largest |p|.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+import fastmomentum as fm
+
+torch = pytest.importorskip("torch")
+
+STEPS = 120
+TOLERANCE = {np.float64: 1e-12, np.float32: 1e-6}
+COMBOS = [
+    dict(momentum=m, dampening=d, nesterov=n, weight_decay=wd, maximize=mx)
+    for m, d, n, wd, mx in itertools.product([0.0, 0.9], [0.0, 0.5], [False, True], [0.0, 1e-2],
+                                             [False, True])
+    if not (n and (m == 0 or d != 0)) and not (m == 0 and d != 0)
+]
+
+
+def _id(c):
+    return "-".join(f"{k}={v}" for k, v in c.items())
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("hyper", COMBOS, ids=[_id(c) for c in COMBOS])
+def test_trajectory_matches_torch_optim_sgd(hyper, dtype):
+    rng = np.random.default_rng(42)
+    sizes = [1, 33, 1000]
+    params = [rng.standard_normal(n).astype(dtype) for n in sizes]
+    bufs = [np.zeros_like(p) for p in params]
+    tparams = [torch.tensor(p.copy(), requires_grad=True) for p in params]
+    opt = torch.optim.SGD(tparams, lr=0.05, foreach=False, **hyper)
+    for step in range(STEPS):
+        lr = 0.05 * (0.5 if step >= STEPS // 2 else 1.0)  # an lr change mid-way
+        for group in opt.param_groups:
+            group["lr"] = lr
+        grads = [rng.standard_normal(n).astype(dtype) for n in sizes]
+        for tp, g in zip(tparams, grads):
+            tp.grad = torch.from_numpy(g.copy())
+        opt.step()
+        fm.functional.sgd_(params, grads, bufs, lr=lr, first_step=step == 0, **hyper)
+    for p, tp in zip(params, tparams):
+        want = tp.detach().numpy()
+        deviation = np.max(np.abs(p - want)) / np.max(np.abs(want))
+        assert deviation <= TOLERANCE[dtype], deviation
