@@ -149,12 +149,12 @@ int sgd_step(py::handle params, py::handle grads, py::handle buffers, py::handle
 
 void register_sgd(py::module_& m) {
     m.def("sgd_step", &sgd_step, py::arg("params"), py::arg("grads"), py::arg("buffers"),
-          py::kw_only(), py::arg("first_step"), py::arg("style"), py::arg("lr"),
+          py::arg("first_step"), py::arg("style"), py::arg("lr"),
           py::arg("momentum"), py::arg("dampening"), py::arg("nesterov"), py::arg("weight_decay"),
           py::arg("weight_decay_mode"), py::arg("schedule_multiplier"), py::arg("maximize"),
           "Validate every array and hyper-parameter, then update params (and buffers) in place in "
           "one fused pass with the GIL released. Returns the number of threads that ran (0 when "
-          "there was nothing to update).");
+          "there was nothing to update). Call it positionally: keyword matching costs ~1 us.");
 }
 
 }  // namespace fastmomentum::bindings

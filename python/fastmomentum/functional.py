@@ -71,12 +71,9 @@ def sgd_(
             a zero buffer, step 1 gives ``b = (1-dampening)*g`` (PyTorch's value when dampening
             is 0).
     """
-    _core.sgd_step(
-        params, grads, buffers, first_step=first_step, style="torch", lr=lr, momentum=momentum,
-        dampening=dampening, nesterov=nesterov, weight_decay=weight_decay,
-        weight_decay_mode=weight_decay_mode, schedule_multiplier=schedule_multiplier,
-        maximize=maximize,
-    )
+    # Positional: pybind11 matches keyword arguments by name, which would cost ~1 us a call.
+    _core.sgd_step(params, grads, buffers, first_step, "torch", lr, momentum, dampening, nesterov,
+                   weight_decay, weight_decay_mode, schedule_multiplier, maximize)
 
 
 def keras_sgd_(
@@ -109,12 +106,8 @@ def keras_sgd_(
     when the lr changes. ``velocities`` is required when ``momentum != 0``. ``maximize`` negates g
     first. See :func:`sgd_` for the argument rules.
     """
-    _core.sgd_step(
-        params, grads, velocities, first_step=False, style="keras", lr=lr, momentum=momentum,
-        dampening=0.0, nesterov=nesterov, weight_decay=weight_decay,
-        weight_decay_mode=weight_decay_mode, schedule_multiplier=schedule_multiplier,
-        maximize=maximize,
-    )
+    _core.sgd_step(params, grads, velocities, False, "keras", lr, momentum, 0.0, nesterov,
+                   weight_decay, weight_decay_mode, schedule_multiplier, maximize)
 
 
 def ema_sgd_(
