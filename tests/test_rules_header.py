@@ -19,9 +19,16 @@ __global__ void step(T* p, T* b, const T* g, Coeffs<T> k, int n) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) rules::update<T, F, N, D>(p[i], b[i], g[i], k);
 }
-template __global__ void step<float, Form::torch, true, Decay::coupled>(float*, float*, const float*, Coeffs<float>, int);
-template __global__ void step<double, Form::keras, false, Decay::decoupled>(double*, double*, const double*, Coeffs<double>, int);
-template __global__ void step<float, Form::torch_first, false, Decay::none>(float*, float*, const float*, Coeffs<float>, int);
+template <class T, Form F, bool N, Decay D>
+void launch(T* p, T* b, const T* g, Coeffs<T> k, int n) {
+    step<T, F, N, D><<<1, 32>>>(p, b, g, k, n);
+}
+template void launch<float, Form::torch, true, Decay::coupled>(
+    float*, float*, const float*, Coeffs<float>, int);
+template void launch<double, Form::keras, false, Decay::decoupled>(
+    double*, double*, const double*, Coeffs<double>, int);
+template void launch<float, Form::torch_first, false, Decay::none>(
+    float*, float*, const float*, Coeffs<float>, int);
 Coeffs<float> host_side(const Hyper& h) { return rules::coeffs<float>(h); }
 """
 
