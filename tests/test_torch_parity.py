@@ -51,3 +51,13 @@ def test_trajectory_matches_torch_optim_sgd(hyper, dtype):
         want = tp.detach().numpy()
         deviation = np.max(np.abs(p - want)) / np.max(np.abs(want))
         assert deviation <= TOLERANCE[dtype], deviation
+
+
+def test_numpy_views_of_torch_tensors_are_updated_in_place():
+    weight = torch.ones(1000, dtype=torch.float32)
+    grad = torch.full((1000,), 0.5, dtype=torch.float32)
+    buf = torch.zeros(1000, dtype=torch.float32)
+    fm.functional.sgd_([weight.numpy()], [grad.numpy()], [buf.numpy()], lr=0.1, momentum=0.9,
+                       first_step=True)
+    assert torch.equal(buf, grad)
+    assert torch.allclose(weight, torch.full((1000,), 0.95))

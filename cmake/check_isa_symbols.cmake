@@ -1,0 +1,33 @@
+# Fails the build if an ISA object defines a weak symbol outside its own namespace.
+#
+# The linker keeps ONE copy of each weak symbol (inline functions, templates). If an AVX-512 object
+# emitted a weak helper that the baseline object also uses, the baseline path could end up running
+# AVX-512 code and crash with SIGILL on older CPUs (BUILD-FACTS.md, "ODR hazard"). Every kernel
+# function must therefore live in fastmomentum::<isa> or fastmomentum::rules::<isa>, or have
+# internal linkage.
+#
+# Usage: cmake -DNM=<nm> -DISA=<isa> -DOBJECT=<object file> -P check_isa_symbols.cmake
+
+execute_process(COMMAND "${NM}" -C --defined-only "${OBJECT}"
+                OUTPUT_VARIABLE symbols RESULT_VARIABLE status)
+if(NOT status EQUAL 0)
+  message(FATAL_ERROR "${NM} failed on ${OBJECT}")
+endif()
+
+string(REPLACE "\n" ";" symbols "${symbols}")
+set(leaks "")
+foreach(line IN LISTS symbols)
+  # W: weak code, V: weak object. DW.ref.__gxx_personality_v0 is the C++ runtime's data reference.
+  if(line MATCHES "^[0-9a-fA-F]* [WV] (.*)$")
+    set(symbol "${CMAKE_MATCH_1}")
+    if(NOT symbol MATCHES "fastmomentum::(rules::)?${ISA}::" AND NOT symbol MATCHES "^DW\\.ref\\.")
+      list(APPEND leaks "  ${symbol}")
+    endif()
+  endif()
+endforeach()
+
+if(leaks)
+  list(JOIN leaks "\n" leaks)
+  message(FATAL_ERROR "the ${ISA} kernel object defines weak symbols outside namespace "
+                      "fastmomentum::${ISA} (the linker could run them on the wrong CPU):\n${leaks}")
+endif()
