@@ -33,10 +33,6 @@ dtypes = pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float3
 impls = pytest.mark.parametrize("impl", list(STEP_BUILDERS))
 
 
-def _size_ids(sizes: list[int]) -> list[str]:
-    return [f"n={size_label(n)}" for n in sizes]
-
-
 def _run(benchmark: Any, impl: str, problem: Problem, hyper: Hyper, case: str) -> None:
     """Check agreement, label the benchmark (grouped by ``case``), warm up once, then time."""
     check_agreement(problem, hyper)
@@ -57,22 +53,20 @@ def _run(benchmark: Any, impl: str, problem: Problem, hyper: Hyper, case: str) -
     benchmark(step)
 
 
-@impls
-@pytest.mark.parametrize("size", SIZES, ids=_size_ids(SIZES))
-@dtypes
-def test_heavy_ball(benchmark: Any, dtype: type, size: int, impl: str) -> None:
-    """One array, heavy-ball momentum with coupled weight decay."""
-    problem = make_problem(1, size, dtype)
-    _run(benchmark, impl, problem, HEAVY_BALL, f"heavy-ball n={size_label(size)}")
+ONE_ARRAY_CASES = [(HEAVY_BALL, n) for n in SIZES] + [(NESTEROV, n) for n in NESTEROV_SIZES]
 
 
 @impls
-@pytest.mark.parametrize("size", NESTEROV_SIZES, ids=_size_ids(NESTEROV_SIZES))
+@pytest.mark.parametrize(
+    ("hyper", "size"),
+    ONE_ARRAY_CASES,
+    ids=[f"{h.name}-n={size_label(n)}" for h, n in ONE_ARRAY_CASES],
+)
 @dtypes
-def test_nesterov(benchmark: Any, dtype: type, size: int, impl: str) -> None:
-    """One array, Nesterov momentum with coupled weight decay."""
+def test_one_array(benchmark: Any, dtype: type, hyper: Hyper, size: int, impl: str) -> None:
+    """One array, heavy-ball or Nesterov momentum with coupled weight decay."""
     problem = make_problem(1, size, dtype)
-    _run(benchmark, impl, problem, NESTEROV, f"nesterov n={size_label(size)}")
+    _run(benchmark, impl, problem, hyper, f"{hyper.name} n={size_label(size)}")
 
 
 @impls

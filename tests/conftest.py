@@ -17,6 +17,15 @@ DEFAULT_GRAIN = CONFIG["grain"]
 SMALL_GRAIN = 16
 
 
+def core_step(params, grads, buffers, **overrides):
+    """``_core.sgd_step`` with torch-convention defaults; returns the number of threads that ran."""
+    kw = dict(first_step=False, style="torch", lr=0.01, momentum=0.9, dampening=0.0,
+              nesterov=True, weight_decay=1e-4, weight_decay_mode="coupled",
+              schedule_multiplier=1.0, maximize=False)
+    kw.update(overrides)
+    return _core.sgd_step(params, grads, buffers, **kw)
+
+
 @pytest.fixture(params=COMPILED_ISAS)
 def isa(request):
     """Selects each compiled ISA in turn (skipping those this CPU cannot run)."""

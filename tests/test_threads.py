@@ -10,19 +10,10 @@ import pytest
 import fastmomentum as fm
 from fastmomentum import _core
 
-from conftest import DEFAULT_GRAIN, DEFAULT_ISA, SUPPORTED_ISAS
+from conftest import DEFAULT_GRAIN, DEFAULT_ISA, SUPPORTED_ISAS, core_step
 
 OPENMP = fm.show_config(mode="dicts")["openmp"]
 needs_openmp = pytest.mark.skipif(not OPENMP, reason="built without OpenMP")
-
-
-def _step(params, grads, bufs, **overrides):
-    """_core.sgd_step with torch defaults; returns the number of threads that ran."""
-    kw = dict(first_step=False, style="torch", lr=0.01, momentum=0.9, dampening=0.0,
-              nesterov=True, weight_decay=1e-4, weight_decay_mode="coupled",
-              schedule_multiplier=1.0, maximize=False)
-    kw.update(overrides)
-    return _core.sgd_step(params, grads, bufs, **kw)
 
 
 @pytest.fixture
@@ -47,13 +38,13 @@ def test_two_threads_run_for_large_calls_and_one_for_small(restore_threads):
         pytest.skip("OpenMP allows only one thread here")
     fm.set_num_threads(2)
     big = [np.zeros(4 * DEFAULT_GRAIN, np.float32) for _ in range(3)]
-    assert _step(*([a] for a in big)) == 2
+    assert core_step(*([a] for a in big)) == 2
     small = [np.zeros(DEFAULT_GRAIN, np.float32) for _ in range(3)]
-    assert _step(*([a] for a in small)) == 1  # below 2 grains: serial
+    assert core_step(*([a] for a in small)) == 1  # below 2 grains: serial
     # Many small arrays add up: still ONE call, split across both threads.
     many = [[np.zeros(1000, np.float32) for _ in range(200)] for _ in range(3)]
-    assert _step(*many) == 2
-    assert _step([], [], []) == 0
+    assert core_step(*many) == 2
+    assert core_step([], [], []) == 0
 
 
 @needs_openmp
@@ -63,7 +54,7 @@ def test_threadpoolctl_limits_apply(restore_threads):
     with threadpoolctl.threadpool_limits(1, user_api="openmp"):
         assert fm.get_num_threads() == 1
         big = [np.zeros(4 * DEFAULT_GRAIN, np.float32) for _ in range(3)]
-        assert _step(*([a] for a in big)) == 1
+        assert core_step(*([a] for a in big)) == 1
 
 
 @pytest.mark.parametrize("isa", SUPPORTED_ISAS)
@@ -80,7 +71,7 @@ def test_results_are_bitwise_identical_for_any_thread_count_and_grain(isa, dtype
             _core.set_grain(grain)
             p, g, b = ([a.copy() for a in arrays] for arrays in start)
             for _ in range(3):
-                _step(p, g, b)
+                core_step(p, g, b)
             results.append(np.concatenate(p + b))
     finally:
         _core.select_isa(DEFAULT_ISA)

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 import fastmomentum as fm
-from fastmomentum import _core
+
+from conftest import core_step
 
 N = 64
 
@@ -161,20 +162,17 @@ def test_bad_input_raises_and_modifies_nothing(mutate, error, message):
         np.testing.assert_array_equal(a, b, err_msg="an array was modified by a rejected call")
 
 
-def test_keras_convention_has_no_dampening():
+@pytest.mark.parametrize(("overrides", "message"), [
+    (dict(style="keras", dampening=0.1, nesterov=False),
+     "dampening is not part of the keras convention"),
+    (dict(style="adam"), "style must be 'torch' or 'keras', got 'adam'"),
+], ids=["keras-dampening", "unknown-style"])
+def test_core_rejects_what_the_python_layer_never_sends(overrides, message):
     p, g, v = _good(np.float64)
-    with pytest.raises(ValueError, match="dampening is not part of the keras convention"):
-        _core.sgd_step([p], [g], [v], first_step=False, style="keras", lr=0.1, momentum=0.9,
-                       dampening=0.1, nesterov=False, weight_decay=0.0,
-                       weight_decay_mode="decoupled", schedule_multiplier=1.0, maximize=False)
-
-
-def test_unknown_style_is_rejected():
-    p, g, v = _good(np.float64)
-    with pytest.raises(ValueError, match="style must be 'torch' or 'keras', got 'adam'"):
-        _core.sgd_step([p], [g], [v], first_step=False, style="adam", lr=0.1, momentum=0.9,
-                       dampening=0.0, nesterov=False, weight_decay=0.0,
-                       weight_decay_mode="coupled", schedule_multiplier=1.0, maximize=False)
+    before = p.copy()
+    with pytest.raises(ValueError, match=message):
+        core_step([p], [g], [v], **overrides)
+    np.testing.assert_array_equal(p, before)
 
 
 def test_what_is_allowed_is_not_rejected():
