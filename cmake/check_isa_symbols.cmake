@@ -17,8 +17,9 @@ endif()
 string(REPLACE "\n" ";" symbols "${symbols}")
 set(leaks "")
 foreach(line IN LISTS symbols)
-  # W: weak code, V: weak object. DW.ref.__gxx_personality_v0 is the C++ runtime's data reference.
-  if(line MATCHES "^[0-9a-fA-F]* [WV] (.*)$")
+  # W/V: weak code/object, u: GNU unique, i: indirect function. DW.ref.__gxx_personality_v0 is the
+  # C++ runtime's data reference, not code.
+  if(line MATCHES "^[0-9a-fA-F]* [WVui] (.*)$")
     set(symbol "${CMAKE_MATCH_1}")
     if(NOT symbol MATCHES "fastmomentum::(rules::)?${ISA}::" AND NOT symbol MATCHES "^DW\\.ref\\.")
       list(APPEND leaks "  ${symbol}")

@@ -26,12 +26,12 @@ const std::array<KernelSet, 3>& table() {
 #ifdef FM_HAVE_AVX2
         avx2::kernel_set(),
 #else
-        KernelSet{nullptr, nullptr},
+        KernelSet{nullptr, nullptr, nullptr},
 #endif
 #ifdef FM_HAVE_AVX512
         avx512::kernel_set(),
 #else
-        KernelSet{nullptr, nullptr},
+        KernelSet{nullptr, nullptr, nullptr},
 #endif
     };
     return sets;
@@ -90,7 +90,9 @@ void select_isa(Isa isa) {
 Isa active_isa() {
     int active = g_active.load();
     if (active < 0) {
-        select_isa(best_isa());
+        // First use without an explicit choice: the best ISA, unless another thread chose first.
+        int unset = -1;
+        g_active.compare_exchange_strong(unset, static_cast<int>(best_isa()));
         active = g_active.load();
     }
     return static_cast<Isa>(active);

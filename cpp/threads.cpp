@@ -8,11 +8,15 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+#if defined(_OPENMP) && defined(__unix__)
+#include <pthread.h>
+#endif
 
 namespace fastmomentum {
 namespace {
 std::atomic<int> g_cap{0};
 std::atomic<std::int64_t> g_grain{kDefaultGrain};
+std::atomic<bool> g_forked{false};
 }  // namespace
 
 bool openmp_enabled() {
@@ -32,15 +36,24 @@ int openmp_version() {
 }
 
 void set_thread_cap(int n) { g_cap.store(n); }
-int thread_cap() { return g_cap.load(); }
 
 int max_threads() {
 #ifdef _OPENMP
-    const int omp = omp_get_max_threads();  // the CALLING thread's limit: OMP_NUM_THREADS, threadpoolctl
+    if (g_forked.load()) return 1;
+    // The CALLING thread's limit (OMP_NUM_THREADS, threadpoolctl), and the process-wide one.
+    const int omp = std::min(omp_get_max_threads(), omp_get_thread_limit());
     const int cap = g_cap.load();
     return cap > 0 ? std::min(cap, omp) : omp;
 #else
     return 1;
+#endif
+}
+
+void install_fork_handler() {
+#if defined(_OPENMP) && defined(__unix__)
+    static const int installed =
+        pthread_atfork(nullptr, nullptr, [] { g_forked.store(true); });
+    (void)installed;
 #endif
 }
 

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 import fastmomentum as fm
+from fastmomentum import _core
 
-from conftest import COMPILED_ISAS, SUPPORTED_ISAS
+from conftest import COMPILED_ISAS, DEFAULT_ISA, SUPPORTED_ISAS
 
 KEYS = {"version", "isa", "isas_compiled", "isas_supported", "openmp", "openmp_version",
         "threads", "grain", "compiler", "fp_contract"}
@@ -29,6 +30,42 @@ def test_show_config_reports_every_key(capsys):
     assert re.search(rf"^isa\s+{config['isa']}$", out, re.M)
     with pytest.raises(ValueError, match="mode must be 'stdout' or 'dicts'"):
         fm.show_config(mode="json")
+
+
+def _cpu_flags():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((set(line.split(":", 1)[1].split()) for line in f
+                         if line.startswith("flags")), None)
+    except OSError:
+        return None
+
+
+def test_supported_isas_agree_with_the_cpu_flags_the_kernel_reports():
+    flags = _cpu_flags()
+    if flags is None:
+        pytest.skip("no /proc/cpuinfo flags on this platform")
+    needs = {"avx2": {"avx2", "fma"},
+             "avx512": {"avx2", "fma", "avx512f", "avx512dq", "avx512vl", "avx512bw"}}
+    for isa, required in needs.items():
+        if isa in COMPILED_ISAS:
+            assert (isa in SUPPORTED_ISAS) == required.issubset(flags), isa
+
+
+@pytest.mark.parametrize("isa", SUPPORTED_ISAS)
+def test_the_selected_isa_runs_that_isas_kernels(isa):
+    """The name comes from the kernel object itself, so a mis-wired dispatch table shows."""
+    _core.select_isa(isa)
+    try:
+        assert fm.show_config(mode="dicts")["isa"] == isa
+    finally:
+        _core.select_isa(DEFAULT_ISA)
+
+
+def test_an_uncompiled_or_unknown_isa_cannot_be_selected():
+    with pytest.raises(ValueError, match="unknown ISA 'neon'"):
+        _core.select_isa("neon")
+    assert fm.show_config(mode="dicts")["isa"] == DEFAULT_ISA
 
 
 def test_the_best_supported_isa_is_chosen_by_default():

@@ -25,9 +25,9 @@ void launch(T* p, T* b, const T* g, Coeffs<T> k, int n) {
 }
 template void launch<float, Form::torch, true, Decay::coupled>(
     float*, float*, const float*, Coeffs<float>, int);
-template void launch<double, Form::keras, false, Decay::decoupled>(
+template void launch<double, Form::keras, false, Decay::keras>(
     double*, double*, const double*, Coeffs<double>, int);
-template void launch<float, Form::torch_first, false, Decay::none>(
+template void launch<float, Form::torch_first, false, Decay::keep>(
     float*, float*, const float*, Coeffs<float>, int);
 Coeffs<float> host_side(const Hyper& h) { return rules::coeffs<float>(h); }
 """
@@ -39,7 +39,7 @@ def test_rules_header_compiles_as_cuda_device_code(tmp_path):
     source = tmp_path / "rules_device.cu"
     source.write_text(KERNEL)
     proc = subprocess.run(
-        ["nvcc", "-std=c++17", "-DFM_ISA=cuda", f"-I{INCLUDE}", "-arch=sm_75", "--fmad=false",
+        ["nvcc", "-std=c++17", "-DFM_ISA=gpu", f"-I{INCLUDE}", "-arch=sm_75", "--fmad=false",
          "-c", str(source), "-o", str(tmp_path / "rules_device.o")],
         capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
 import threading
 
 import numpy as np
@@ -16,20 +20,17 @@ OPENMP = fm.show_config(mode="dicts")["openmp"]
 needs_openmp = pytest.mark.skipif(not OPENMP, reason="built without OpenMP")
 
 
-@pytest.fixture
-def restore_threads():
-    before = fm.get_num_threads()
-    yield
-    fm.set_num_threads(before)
-    _core.set_grain(DEFAULT_GRAIN)
-
-
 def test_set_num_threads_caps_the_count(restore_threads):
+    uncapped = fm.get_num_threads()
     fm.set_num_threads(1)
     assert fm.get_num_threads() == 1
-    with pytest.raises(ValueError, match="n must be >= 1, got 0"):
+    with pytest.raises(ValueError, match=r"n must be >= 1 \(or None to remove the cap\), got 0"):
         fm.set_num_threads(0)
+    with pytest.raises(TypeError):
+        fm.set_num_threads(2.5)
     assert fm.get_num_threads() == 1
+    fm.set_num_threads(None)
+    assert fm.get_num_threads() == uncapped
 
 
 @needs_openmp
@@ -45,6 +46,7 @@ def test_two_threads_run_for_large_calls_and_one_for_small(restore_threads):
     many = [[np.zeros(1000, np.float32) for _ in range(200)] for _ in range(3)]
     assert core_step(*many) == 2
     assert core_step([], [], []) == 0
+    assert core_step(*([np.zeros(0, np.float32)] for _ in range(3))) == 0
 
 
 @needs_openmp
@@ -77,6 +79,61 @@ def test_results_are_bitwise_identical_for_any_thread_count_and_grain(isa, dtype
         _core.select_isa(DEFAULT_ISA)
     for r in results[1:]:
         assert r.tobytes() == results[0].tobytes()
+
+
+def _python(code, **env):
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                          text=True, env=dict(os.environ, **env), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+@needs_openmp
+def test_partitions_into_many_threads_are_bitwise_identical():
+    """Up to 7 threads (more than this machine's cores) over mixed-size lists."""
+    out = _python("""
+        import numpy as np, fastmomentum as fm
+        from fastmomentum import _core
+        _core.set_grain(1)
+        rng = np.random.default_rng(0)
+        sizes = [1, 0, 1000, 3, 129, 70001, 5]
+        start = [[rng.standard_normal(n).astype(np.float32) for n in sizes] for _ in range(3)]
+        results, ran = [], []
+        for threads in (1, 3, 5, 7):
+            fm.set_num_threads(threads)
+            p, g, b = ([a.copy() for a in arrays] for arrays in start)
+            ran.append(_core.sgd_step(p, g, b, False, "torch", 0.1, 0.9, 0.0, True, 1e-3,
+                                      "coupled", 1.0, False))
+            results.append(np.concatenate(p + b).tobytes())
+        print(ran, all(r == results[0] for r in results))
+    """, OMP_NUM_THREADS="7")
+    assert out.strip() == "[1, 3, 5, 7] True"
+
+
+@needs_openmp
+def test_omp_thread_limit_is_honoured():
+    out = _python("import fastmomentum as fm; print(fm.get_num_threads())",
+                  OMP_NUM_THREADS="4", OMP_THREAD_LIMIT="1")
+    assert out.strip() == "1"
+
+
+@needs_openmp
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork() on this platform")
+def test_a_forked_child_runs_serially_instead_of_hanging():
+    """libgomp's threads do not survive fork(): a child's parallel region would hang."""
+    out = _python("""
+        import os, signal, numpy as np, fastmomentum as fm
+        arrays = [[np.ones(400_000, np.float32)] for _ in range(3)]
+        fm.functional.sgd_(*arrays, lr=0.1, momentum=0.9)  # the parent's threads now exist
+        pid = os.fork()
+        if pid == 0:
+            signal.alarm(20)  # a hang ends the child with SIGALRM
+            fm.functional.sgd_(*arrays, lr=0.1, momentum=0.9)
+            os._exit(0 if fm.get_num_threads() == 1 else 3)
+        _, status = os.waitpid(pid, 0)
+        print(os.waitstatus_to_exitcode(status), fm.get_num_threads())
+    """, OMP_NUM_THREADS="2")
+    assert out.split()[0] == "0"
 
 
 def test_gil_is_released_while_the_kernel_runs(restore_threads):

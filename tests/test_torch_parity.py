@@ -16,7 +16,7 @@ import fastmomentum as fm
 torch = pytest.importorskip("torch")
 
 STEPS = 120
-TOLERANCE = {np.float64: 1e-12, np.float32: 1e-6}
+TOLERANCE = {np.float64: 2e-15, np.float32: 5e-7}  # measured: 4.5e-16, 2.4e-7
 COMBOS = [
     dict(momentum=m, dampening=d, nesterov=n, weight_decay=wd, maximize=mx)
     for m, d, n, wd, mx in itertools.product([0.0, 0.9], [0.0, 0.5], [False, True], [0.0, 1e-2],

@@ -94,6 +94,36 @@ BAD_ARRAYS = [
 ]
 
 
+def _masked(call):
+    call["params"][2] = np.ma.masked_array(np.zeros(N, np.float32), mask=[0, 1] * (N // 2))
+
+
+def _read_first_overlap(call):
+    """grads[0] starts first and runs into params[1]: a read range overlapping a later write."""
+    block = np.zeros(2 * N, np.float32)
+    call["grads"][0] = block[:N]
+    call["params"][1] = block[N // 2:N // 2 + N]
+
+
+def _nested(call):
+    """params[2] (half length) lies strictly inside grads[1]."""
+    block = np.zeros(N, np.float32)
+    call["grads"][1] = block
+    call["params"][2] = block[8:8 + N // 2]
+    call["grads"][2] = np.zeros(N // 2, np.float32)
+    call["buffers"][2] = np.zeros(N // 2, np.float32)
+
+
+BAD_ARRAYS += [
+    ("params-masked", _masked, TypeError, r"params\[2\] is a numpy.ma.MaskedArray"),
+    ("read-first-partial-overlap", _read_first_overlap, ValueError,
+     r"grads\[0\] and params\[1\] share memory"),
+    ("nested-overlap", _nested, ValueError, r"grads\[1\] and params\[2\] share memory"),
+    ("shape-0d-vs-1", _set("grads", 2, lambda c: np.zeros((), np.float32)), ValueError,
+     r"grads\[2\] has shape \(\) but params\[2\] has shape \(64,\)"),
+]
+
+
 def _overlapping_views(call):
     """params[2] and buffers[1] are overlapping halves of one block."""
     block = np.zeros(N + N // 2, np.float32)
@@ -143,6 +173,21 @@ BAD_CALLS = [
      r"Nesterov momentum requires a momentum > 0"),
     ("decay-mode", _set("kw", None, dict(weight_decay_mode="l2")), ValueError,
      r"weight_decay_mode must be 'coupled', 'decoupled' or 'sgdw', got 'l2'"),
+    ("maximize-float", _set("kw", None, dict(maximize=0.5)), TypeError,
+     r"maximize must be a bool, got float"),
+    ("nesterov-int", _set("kw", None, dict(nesterov=1)), TypeError,
+     r"nesterov must be a bool, got int"),
+    ("first-step-array", _set("kw", None, dict(first_step=np.array([True, True, True]))),
+     TypeError, r"first_step must be a bool, got numpy.ndarray"),
+    ("lr-array", _set("kw", None, dict(lr=np.array([0.5]))), TypeError,
+     r"lr must be a real number, got numpy.ndarray"),
+    ("lr-bool", _set("kw", None, dict(lr=True)), TypeError, r"lr must be a real number, got bool"),
+    ("lr-str", _set("kw", None, dict(lr="0.1")), TypeError, r"lr must be a real number, got str"),
+    ("lr-overflows-float32", _set("kw", None, dict(lr=1e39)), ValueError,
+     r"lr=1e\+39 overflows float32, the arrays' dtype"),
+    ("decoupled-product-overflows", _set("kw", None, dict(
+        lr=1e30, weight_decay=1e30, weight_decay_mode="decoupled")), ValueError,
+     r"lr \* weight_decay overflows float32"),
 ]
 
 CASES = BAD_ARRAYS + BAD_CALLS
@@ -165,8 +210,11 @@ def test_bad_input_raises_and_modifies_nothing(mutate, error, message):
 @pytest.mark.parametrize(("overrides", "message"), [
     (dict(style="keras", dampening=0.1, nesterov=False),
      "dampening is not part of the keras convention"),
-    (dict(style="adam"), "style must be 'torch' or 'keras', got 'adam'"),
-], ids=["keras-dampening", "unknown-style"])
+    (dict(style="adam"), "style must be 'torch', 'keras' or 'ema', got 'adam'"),
+    (dict(style="ema", nesterov=False, dampening=0.5),
+     "dampening is not part of the ema convention"),
+    (dict(style="ema", nesterov=True), "Nesterov momentum is not part of the ema convention"),
+], ids=["keras-dampening", "unknown-style", "ema-dampening", "ema-nesterov"])
 def test_core_rejects_what_the_python_layer_never_sends(overrides, message):
     p, g, v = _good(np.float64)
     before = p.copy()
@@ -185,6 +233,38 @@ def test_what_is_allowed_is_not_rejected():
     np.testing.assert_array_equal(b[0], 1.0)  # b <- g on a first step
     np.testing.assert_array_equal(b[1], 1.0)  # 0.9 * 0 + 1 * g
     np.testing.assert_array_equal(b[2], 1.0)
+
+
+def test_buffers_given_with_zero_momentum_are_still_checked():
+    p, g = _good(), _good()
+    with pytest.raises(TypeError, match="buffers must be a list or tuple, got int"):
+        fm.functional.sgd_(p, g, 42, lr=0.1)
+
+
+def test_each_style_names_its_own_arguments():
+    p, g, v = _good(), _good(), _good()
+    with pytest.raises(ValueError, match="velocities is required when momentum != 0"):
+        fm.functional.keras_sgd_(p, g, lr=0.1, momentum=0.9)
+    with pytest.raises(ValueError, match=r"velocities\[1\] is read-only"):
+        fm.functional.keras_sgd_(p, g, [v[0], _readonly(v[1]), v[2]], lr=0.1, momentum=0.9)
+    with pytest.raises(ValueError, match=r"Invalid beta: 1.5 \(expected 0 <= beta <= 1\)"):
+        fm.functional.ema_sgd_(p, g, v, lr=0.1, beta=1.5)
+
+
+def test_a_float64_lr_that_float32_cannot_hold_is_fine_for_float64():
+    p, g = np.zeros(4), np.ones(4)
+    fm.functional.sgd_([p], [g], lr=1e39)
+    np.testing.assert_array_equal(p, -1e39)
+
+
+def test_list_subclass_yielding_temporaries_is_safe():
+    """A subclass's __iter__ may create the arrays on the fly: each is held while in use."""
+
+    class Rows(list):
+        def __iter__(self):
+            return iter([np.ones(4, np.float32)])
+
+    fm.functional.sgd_(Rows(), [np.ones(4, np.float32)], lr=0.5)
 
 
 def test_views_of_one_block_that_do_not_overlap_are_fine():

@@ -6,11 +6,12 @@
 namespace fastmomentum::bindings {
 namespace {
 
+// numpy.ma.MaskedArray, resolved once at import (and kept for the interpreter's lifetime).
+PyObject* g_masked_array = nullptr;
+
 std::string label(const char* list, std::size_t index) {
     return std::string(list) + "[" + std::to_string(index) + "]";
 }
-
-std::string type_name(py::handle obj) { return Py_TYPE(obj.ptr())->tp_name; }
 
 // Formats like a Python tuple: "()", "(3,)", "(3, 4)".
 template <class Item>
@@ -39,42 +40,52 @@ bool same_shape(const py::array& a, const py::array& b) {
 
 }  // namespace
 
+std::string type_name(py::handle obj) { return Py_TYPE(obj.ptr())->tp_name; }
+
 std::string label(const CheckedArray& a) { return label(a.list, a.index); }
 
-std::vector<py::handle> items_of(py::handle obj, const char* name) {
+void init_array_checks() {
+    py::object masked = py::module_::import("numpy.ma").attr("MaskedArray");
+    g_masked_array = masked.release().ptr();
+}
+
+std::vector<py::object> items_of(py::handle obj, const char* name) {
     if (!py::isinstance<py::list>(obj) && !py::isinstance<py::tuple>(obj)) {
         std::string msg = std::string(name) + " must be a list or tuple, got " + type_name(obj);
         if (py::isinstance<py::array>(obj)) msg += " (wrap a single array as [a])";
         throw py::type_error(msg);
     }
-    std::vector<py::handle> items;
-    for (py::handle item : obj) items.push_back(item);
+    std::vector<py::object> items;  // owning: a subclass's __iter__ may yield temporaries
+    for (py::handle item : obj) items.push_back(py::reinterpret_borrow<py::object>(item));
     return items;
 }
 
 CheckedArray check_array(py::handle obj, const char* list, std::size_t index, Access access) {
-    const std::string where = label(list, index);
+    const auto where = [&] { return label(list, index); };  // built only for an error
     if (!py::isinstance<py::array>(obj))
-        throw py::type_error(where + " must be a numpy.ndarray, got " + type_name(obj));
+        throw py::type_error(where() + " must be a numpy.ndarray, got " + type_name(obj));
+    if (PyObject_IsInstance(obj.ptr(), g_masked_array) == 1)
+        throw py::type_error(where() + " is a numpy.ma.MaskedArray; its mask would be ignored: pass "
+                             "its .data and handle the masked elements yourself");
     auto a = py::reinterpret_borrow<py::array>(obj);
 
     Dtype dtype;
     if (a.dtype().equal(py::dtype::of<float>())) dtype = Dtype::f32;
     else if (a.dtype().equal(py::dtype::of<double>())) dtype = Dtype::f64;
     else
-        throw py::type_error(where + " has dtype " + dtype_str(a) +
+        throw py::type_error(where() + " has dtype " + dtype_str(a) +
                              "; expected float32 or float64 in native byte order");
     if (!(a.flags() & py::array::c_style))
-        throw py::value_error(where + " is not C-contiguous (shape " + shape_of(a) + ", strides " +
+        throw py::value_error(where() + " is not C-contiguous (shape " + shape_of(a) + ", strides " +
                               strides_of(a) + "); fastmomentum never copies: update a contiguous "
                               "array (np.ascontiguousarray once, then keep using it)");
-    if (!(a.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_))
-        throw py::value_error(where + " is not aligned to its dtype; fastmomentum never copies: "
+    void* data = const_cast<void*>(a.data());
+    if (reinterpret_cast<std::uintptr_t>(data) % static_cast<std::uintptr_t>(a.itemsize()) != 0)
+        throw py::value_error(where() + " is not aligned to its dtype; fastmomentum never copies: "
                               "use an aligned array");
     if (access == Access::write && !a.writeable())
-        throw py::value_error(where + " is read-only; it is updated in place and must be writeable");
+        throw py::value_error(where() + " is read-only; it is updated in place and must be writeable");
 
-    void* data = const_cast<void*>(a.data());
     const auto size = static_cast<std::int64_t>(a.size());
     const auto nbytes = static_cast<std::size_t>(a.nbytes());
     return CheckedArray{std::move(a), data, size, nbytes, dtype, access, list, index};

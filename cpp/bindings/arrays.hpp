@@ -27,23 +27,28 @@ struct CheckedArray {
     std::size_t nbytes;
     Dtype dtype;
     Access access;
-    const char* list;  // "params", "grads", "buffers"
-    std::size_t index;
+    const char* list;   // "params", "grads", "buffers", ...
+    std::size_t index;  // as the caller numbers it (e.g. the position in the optimizer)
 };
 
-// `obj` must be a list or tuple (never an array: that would iterate its rows); returns its items. `name` is the argument's name.
-std::vector<py::handle> items_of(py::handle obj, const char* name);
+std::string type_name(py::handle obj);
+std::string label(const CheckedArray& a);  // e.g. "grads[3]"
 
-// `obj` must be a numpy.ndarray of native float32/float64, C-contiguous and aligned, and
-// writeable when `access` is write.
+// Resolves types used by the checks; call once at import, with the GIL held.
+void init_array_checks();
+
+// `obj` must be a list or tuple (never an array: that would iterate its rows); returns its items,
+// each held by a reference of its own.
+std::vector<py::object> items_of(py::handle obj, const char* name);
+
+// `obj` must be a numpy.ndarray (not a masked array) of native float32/float64, C-contiguous and
+// aligned, and writeable when `access` is write.
 CheckedArray check_array(py::handle obj, const char* list, std::size_t index, Access access);
 
 // `other` must have the dtype and shape of `ref`.
 void check_matches(const CheckedArray& other, const CheckedArray& ref);
 
-// No array that is written may share memory with any other array of the call (two reads may).
+// No array that is written may share memory with any other array (two reads may).
 void check_no_overlap(const std::vector<CheckedArray>& arrays);
-
-std::string label(const CheckedArray& a);  // e.g. "grads[3]"
 
 }  // namespace fastmomentum::bindings

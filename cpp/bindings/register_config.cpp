@@ -33,11 +33,14 @@ void select_isa_by_name(const std::string& name) {
     }
 }
 
-// FASTMOMENTUM_ISA, when set and not empty, forces the ISA; an unusable value fails the import
-// rather than silently running something other than what was asked for.
-void apply_isa_env() {
+// Chosen at import: FASTMOMENTUM_ISA when set and not empty, else the best one. An unusable value
+// fails the import rather than silently running something other than what was asked for.
+void select_isa_at_import() {
     const char* forced = std::getenv(kIsaEnvVar);
-    if (forced == nullptr || *forced == '\0') return;
+    if (forced == nullptr || *forced == '\0') {
+        select_isa(best_isa());
+        return;
+    }
     try {
         select_isa_by_name(forced);
     } catch (const py::value_error& e) {
@@ -48,7 +51,7 @@ void apply_isa_env() {
 py::dict config() {
     py::dict d;
     d["version"] = FM_VERSION;
-    d["isa"] = std::string(isa_name(active_isa()));
+    d["isa"] = active_kernels().isa;  // named by the kernel object itself
     d["isas_compiled"] = isas_where(isa_compiled);
     d["isas_supported"] = isas_where([](Isa isa) { return isa_compiled(isa) && isa_supported(isa); });
     d["openmp"] = openmp_enabled();
@@ -63,13 +66,14 @@ py::dict config() {
 }  // namespace
 
 void register_config(py::module_& m) {
-    apply_isa_env();
+    select_isa_at_import();
+    install_fork_handler();
     m.attr("__version__") = FM_VERSION;
     m.def("config", &config, "Build and runtime configuration as a dict.");
     m.def("set_num_threads", [](int n) {
-        if (n < 1) throw py::value_error("set_num_threads: n must be >= 1, got " + std::to_string(n));
+        if (n < 0) throw py::value_error("set_num_threads: n must be >= 0, got " + std::to_string(n));
         set_thread_cap(n);
-    }, py::arg("n"));
+    }, py::arg("n"), "Cap the threads of every call; 0 removes the cap.");
     m.def("get_num_threads", &max_threads);
     m.def("select_isa", &select_isa_by_name, py::arg("name"));
     m.def("set_grain", [](std::int64_t elements) {

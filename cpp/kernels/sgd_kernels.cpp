@@ -1,6 +1,7 @@
 // The fused momentum-SGD kernels. This one source is compiled once per ISA (CMake passes
-// -DFM_ISA=<name> and that ISA's flags) into namespace fastmomentum::<isa>; everything else here
-// has internal linkage, so no two ISA objects share a symbol.
+// -DFM_ISA=<name> and that ISA's flags) into namespace fastmomentum::<isa>; the helpers here have
+// internal linkage and the rules live in fastmomentum::rules::<isa>, so no two ISA objects share a
+// symbol (cmake/check_isa_symbols.cmake verifies it at build time).
 //
 // One call = one pass: each element of p, g (and b) is read once and p (and b) written once.
 // All tensors of a call are seen as one concatenated element range that is split evenly across
@@ -51,7 +52,8 @@ template <class T, Form F, bool Nesterov>
 SpanFn<T> pick_decay(Decay d) {
     switch (d) {
         case Decay::coupled: return &update_span<T, F, Nesterov, Decay::coupled>;
-        case Decay::decoupled: return &update_span<T, F, Nesterov, Decay::decoupled>;
+        case Decay::keep: return &update_span<T, F, Nesterov, Decay::keep>;
+        case Decay::keras: return &update_span<T, F, Nesterov, Decay::keras>;
         case Decay::none: break;
     }
     return &update_span<T, F, Nesterov, Decay::none>;
@@ -73,12 +75,9 @@ SpanFn<T> pick(Form f, bool nesterov, Decay d) {
     return pick_decay<T, Form::plain, false>(d);  // no buffer: Nesterov has no meaning
 }
 
-// Start of part `part` of `parts` in [0, total): floor(total * part / parts) without overflow,
-// rounded down to 64 elements so that neighbouring threads rarely write the same cache line.
+// Start of part `part` of `parts` in [0, total): floor(total * part / parts), without overflow.
 int64_t split_point(int64_t total, int parts, int part) {
-    if (part >= parts) return total;
-    const int64_t exact = total / parts * part + total % parts * part / parts;
-    return exact & ~int64_t{63};
+    return total / parts * part + total % parts * part / parts;
 }
 
 template <class T>
@@ -97,12 +96,13 @@ void update_range(const TensorRef* tensors, std::size_t count, int64_t lo, int64
 template <class T>
 int sgd(const TensorRef* tensors, std::size_t count, const Hyper& h, const Launch& launch) {
     const Coeffs<T> k = rules::coeffs<T>(h);
-    const Decay decay = rules::decay_of(h);
+    const Decay decay = rules::decay_of(h, k);
     const SpanFn<T> regular = pick<T>(rules::form_of(h, false), h.nesterov, decay);
     const SpanFn<T> first = pick<T>(rules::form_of(h, true), h.nesterov, decay);
 
     int64_t total = 0;
     for (std::size_t i = 0; i < count; ++i) total += tensors[i].size;
+    if (total == 0) return 0;
     // One thread per `grain` elements at most: below that, opening a region costs more than it saves.
     const int64_t useful = std::max<int64_t>(1, total / std::max<int64_t>(1, launch.grain));
     const int threads = static_cast<int>(std::min<int64_t>(launch.threads, useful));
@@ -127,6 +127,8 @@ int sgd(const TensorRef* tensors, std::size_t count, const Hyper& h, const Launc
 
 }  // namespace
 
-KernelSet kernel_set() { return KernelSet{&sgd<float>, &sgd<double>}; }
+#define FM_STR2(x) #x
+#define FM_STR(x) FM_STR2(x)
+KernelSet kernel_set() { return KernelSet{FM_STR(FM_ISA), &sgd<float>, &sgd<double>}; }
 
 }  // namespace fastmomentum::FM_ISA

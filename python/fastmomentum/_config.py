@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+import operator
 from typing import Any, Literal
 
 from . import _core
 
 
-def set_num_threads(n: int) -> None:
-    """Cap the number of threads any fastmomentum call may use, process-wide.
+def set_num_threads(n: int | None) -> None:
+    """Cap the number of threads any fastmomentum call may use, process-wide; ``None`` removes
+    the cap.
 
-    A call uses ``min(n, OpenMP's limit for the calling thread)`` threads, so ``OMP_NUM_THREADS``
-    and ``threadpoolctl.threadpool_limits`` still apply on top of this cap. Results never depend
-    on the thread count.
+    A call uses ``min(n, OpenMP's limit for the calling thread)`` threads, so ``OMP_NUM_THREADS``,
+    ``OMP_THREAD_LIMIT`` and ``threadpoolctl.threadpool_limits`` still apply on top of this cap.
+    Results never depend on the thread count. In a child process created by ``fork()`` calls run
+    on one thread (OpenMP's threads do not survive a fork).
     """
-    _core.set_num_threads(int(n))
+    if n is None:
+        _core.set_num_threads(0)
+        return
+    n = operator.index(n)
+    if n < 1:
+        raise ValueError(f"set_num_threads: n must be >= 1 (or None to remove the cap), got {n}")
+    _core.set_num_threads(n)
 
 
 def get_num_threads() -> int:

@@ -6,8 +6,9 @@ written ones writeable; arrays are never copied. Any violation raises ``TypeErro
 ``ValueError`` naming the argument and index, and then NO array has been modified.
 
 Arithmetic: hyper-parameters are combined in double and rounded once to the arrays' dtype; each
-element then goes through the formula below in that dtype, with no FMA contraction, so results are
-the same bits on every ISA and every thread count.
+element then goes through the formula below in that dtype, in the reference framework's order of
+operations, with no FMA contraction, so results are the same bits on every ISA and every thread
+count. A weight decay that cannot change a parameter (a zero coefficient) is skipped.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from numpy.typing import NDArray
 
 from . import _core
 
-Arrays = Sequence[NDArray[np.floating]]
+Array = Union[NDArray[np.float32], NDArray[np.float64]]
+#: A list or tuple of arrays (any other sequence is rejected: it might be an array's rows).
+Arrays = Union[list[Array], tuple[Array, ...]]
 FirstStep = Union[bool, Sequence[bool]]
 WeightDecayMode = Literal["coupled", "decoupled", "sgdw"]
 
@@ -48,8 +51,8 @@ def sgd_(
 
         g <- -g                          if maximize
         g <- g + wd*p                    if weight_decay_mode == "coupled"    (L2, torch default)
-        p <- p - (lr*wd)*p               if weight_decay_mode == "decoupled"  (lr-scaled)
-        p <- p - (s*wd)*p                if weight_decay_mode == "sgdw"  (s: schedule_multiplier)
+        p <- p * (1 - lr*wd)             if weight_decay_mode == "decoupled"  (torch AdamW form)
+        p <- p * (1 - s*wd)              if weight_decay_mode == "sgdw"  (s: schedule_multiplier)
         if momentum != 0:
             b <- g                       on this array's first step (first_step)
             b <- momentum*b + (1-dampening)*g   otherwise
@@ -93,8 +96,8 @@ def keras_sgd_(
 
     For each parameter ``p`` with gradient ``g`` and velocity ``v`` (start with ``v = 0``)::
 
-        p <- p - (lr*wd)*p               if weight_decay_mode == "decoupled"  (Keras' weight_decay)
-        p <- p - (s*wd)*p                if weight_decay_mode == "sgdw"
+        p <- p - (p*wd)*lr               if weight_decay_mode == "decoupled"  (Keras' weight_decay)
+        p <- p - (p*wd)*s                if weight_decay_mode == "sgdw"  (s: schedule_multiplier)
         g <- g + wd*p                    if weight_decay_mode == "coupled"
         if momentum != 0:
             v <- momentum*v - lr*g
@@ -127,12 +130,9 @@ def ema_sgd_(
         b <- beta*b + (1-beta)*g
         p <- p - lr*b
 
-    It is :func:`sgd_` with ``momentum = dampening = beta`` and no first-step copy (so step 1 gives
-    ``b = (1-beta)*g``, not PyTorch's ``b = g``). Weight decay and ``maximize`` act as in
-    :func:`sgd_`. With ``beta == 0`` it is plain SGD and the buffers are not used.
+    It is :func:`sgd_`'s update with ``momentum = dampening = beta`` and no first-step copy (so
+    step 1 gives ``b = (1-beta)*g``, not PyTorch's ``b = g``). Weight decay and ``maximize`` act as
+    in :func:`sgd_`. With ``beta == 0`` it is plain SGD and the buffers are not used.
     """
-    sgd_(
-        params, grads, buffers, lr=lr, momentum=beta, dampening=beta, weight_decay=weight_decay,
-        weight_decay_mode=weight_decay_mode, schedule_multiplier=schedule_multiplier,
-        maximize=maximize, first_step=False,
-    )
+    _core.sgd_step(params, grads, buffers, False, "ema", lr, beta, 0.0, False, weight_decay,
+                   weight_decay_mode, schedule_multiplier, maximize)

@@ -2,8 +2,8 @@
 
 In-place ufunc passes with ``out=`` into caller-owned scratch arrays, so a call allocates nothing.
 It evaluates the same expressions, in the same order and dtype, as
-:func:`fastmomentum.functional.sgd_` with ``dampening=0`` and coupled weight decay, so its results
-are bit-for-bit those of the fused kernel.
+:func:`fastmomentum.functional.sgd_` with ``dampening=0`` and a non-zero coupled weight decay, so
+its results are bit-for-bit those of the fused kernel.
 """
 
 from __future__ import annotations

@@ -9,15 +9,18 @@ namespace fastmomentum {
 
 // Which momentum convention the buffer follows (MATH.md section 1).
 enum class Style : std::uint8_t {
-    torch,  // b without the lr: b <- mu*b + (1-tau)*g, p <- p - lr*b   (also optax trace, EMA form)
+    torch,  // b without the lr: b <- mu*b + (1-tau)*g, p <- p - lr*b   (also optax trace, apex)
     keras,  // v with the lr:    v <- mu*v - lr*g,      p <- p + v
+    ema,    // b <- beta*b + (1-beta)*g from b = 0, p <- p - lr*b   (`momentum` holds beta)
 };
 
-// How weight decay is applied (MATH.md section 2).
+// How weight decay is applied (MATH.md section 2). The decoupled forms follow the operation order
+// of the style's reference framework: torch / ema as PyTorch's AdamW, p <- p * (1 - scale*wd);
+// keras as Keras 3, p <- p - (p*wd)*scale.
 enum class DecayMode : std::uint8_t {
-    coupled,    // L2 into the gradient:      g <- g + wd*p
-    decoupled,  // lr-scaled, before the step: p <- p - (lr*wd)*p
-    sgdw,       // paper SGDW:                 p <- p - (s*wd)*p, s = schedule multiplier
+    coupled,    // L2 into the gradient:  g <- g + wd*p
+    decoupled,  // before the step, scale = lr
+    sgdw,       // before the step, scale = s, the schedule multiplier (Loshchilov & Hutter)
 };
 
 struct Hyper {
@@ -40,18 +43,25 @@ enum class Form : std::uint8_t {
     keras,        // keras velocity
 };
 
-enum class Decay : std::uint8_t { none, coupled, decoupled };
+// The per-element weight-decay operation, chosen once per call.
+enum class Decay : std::uint8_t {
+    none,
+    coupled,  // g <- g + wd*p
+    keep,     // p <- p * keep, keep = 1 - scale*wd   (PyTorch AdamW order)
+    keras,    // p <- p - (p*wd)*scale                 (Keras 3 order)
+};
 
 // Hyper-parameters rounded once to the array's dtype. Every per-element operation uses these, so
 // float32 arithmetic never mixes in a double.
 template <class T>
 struct Coeffs {
     T lr;
-    T momentum;
-    T one_minus_dampening;
-    T coupled_decay;    // wd of the coupled form
-    T decoupled_decay;  // lr*wd or s*wd, computed in double and rounded once
-    T grad_sign;        // -1 when maximizing: multiplying by +-1 is exact
+    T momentum;             // beta for the ema style
+    T one_minus_dampening;  // 1 - beta for the ema style
+    T weight_decay;
+    T decay_keep;   // 1 - scale*wd, computed in double and rounded once
+    T decay_scale;  // lr or s
+    T grad_sign;    // -1 when maximizing: multiplying by +-1 is exact
 };
 
 }  // namespace fastmomentum

@@ -26,11 +26,12 @@ struct Launch {
     std::int64_t grain;
 };
 
-// Updates every tensor in place; returns the number of threads that ran.
+// Updates every tensor in place; returns the number of threads that ran (0 for no elements).
 using KernelFn = int (*)(const TensorRef* tensors, std::size_t count, const Hyper& hyper,
                          const Launch& launch);
 
 struct KernelSet {
+    const char* isa;  // set by the ISA object itself, so a mis-wired table is visible
     KernelFn f32;
     KernelFn f64;
 };

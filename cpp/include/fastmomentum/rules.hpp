@@ -16,7 +16,7 @@
 #include "fastmomentum/hyper.hpp"
 
 #ifndef FM_ISA
-#error "Define FM_ISA (the instruction-set namespace, e.g. baseline, avx2, avx512, cuda) first."
+#error "Define FM_ISA (the instruction-set namespace, e.g. baseline, avx2, avx512, gpu) first."
 #endif
 
 #if defined(__CUDACC__)
@@ -28,34 +28,42 @@
 namespace fastmomentum::rules {
 inline namespace FM_ISA {
 
+// The scale of decoupled weight decay: the lr, or the SGDW schedule multiplier.
+FM_HOST_DEVICE inline double decay_scale(const Hyper& h) {
+    return h.decay_mode == DecayMode::sgdw ? h.schedule_multiplier : h.lr;
+}
+
 // Hyper-parameters -> coefficients in the array's dtype (host side, once per call).
 template <class T>
 FM_HOST_DEVICE inline Coeffs<T> coeffs(const Hyper& h) {
-    double decoupled = 0.0;
-    if (h.decay_mode == DecayMode::decoupled) decoupled = h.lr * h.weight_decay;
-    if (h.decay_mode == DecayMode::sgdw) decoupled = h.schedule_multiplier * h.weight_decay;
+    const bool ema = h.style == Style::ema;
+    const double scale = decay_scale(h);
     return Coeffs<T>{
         static_cast<T>(h.lr),
         static_cast<T>(h.momentum),
-        static_cast<T>(1.0 - h.dampening),
-        static_cast<T>(h.decay_mode == DecayMode::coupled ? h.weight_decay : 0.0),
-        static_cast<T>(decoupled),
+        static_cast<T>(1.0 - (ema ? h.momentum : h.dampening)),
+        static_cast<T>(h.weight_decay),
+        static_cast<T>(1.0 - scale * h.weight_decay),
+        static_cast<T>(scale),
         static_cast<T>(h.maximize ? -1.0 : 1.0),
     };
 }
 
-// Which decay variant a call uses. A zero weight decay is skipped entirely (as PyTorch does), so
-// an infinite parameter never turns into NaN through 0 * inf.
-FM_HOST_DEVICE inline Decay decay_of(const Hyper& h) {
-    if (h.weight_decay == 0.0) return Decay::none;
-    return h.decay_mode == DecayMode::coupled ? Decay::coupled : Decay::decoupled;
+// Which decay operation a call uses. A decay that cannot change p is skipped (as PyTorch skips
+// weight_decay == 0), so an infinite parameter never turns into NaN through 0 * inf.
+template <class T>
+FM_HOST_DEVICE inline Decay decay_of(const Hyper& h, const Coeffs<T>& k) {
+    if (h.decay_mode == DecayMode::coupled) return k.weight_decay != T(0) ? Decay::coupled : Decay::none;
+    if (h.style == Style::keras)
+        return k.weight_decay != T(0) && k.decay_scale != T(0) ? Decay::keras : Decay::none;
+    return k.decay_keep != T(1) ? Decay::keep : Decay::none;
 }
 
 // Which buffer form a tensor uses this step. `first_step` matters only to the torch convention.
 FM_HOST_DEVICE inline Form form_of(const Hyper& h, bool first_step) {
     if (h.momentum == 0.0) return Form::plain;
     if (h.style == Style::keras) return Form::keras;
-    return first_step ? Form::torch_first : Form::torch;
+    return first_step && h.style == Style::torch ? Form::torch_first : Form::torch;
 }
 
 // One element: p (parameter) and b (buffer / velocity) updated in place from gradient g.
@@ -63,8 +71,9 @@ FM_HOST_DEVICE inline Form form_of(const Hyper& h, bool first_step) {
 template <class T, Form F, bool Nesterov, Decay D>
 FM_HOST_DEVICE inline void update(T& p, T& b, const T g, const Coeffs<T>& k) {
     T d = k.grad_sign * g;                                     // maximize flips the sign first
-    if constexpr (D == Decay::coupled) d = d + k.coupled_decay * p;        // g + wd*p
-    if constexpr (D == Decay::decoupled) p = p - k.decoupled_decay * p;    // before the step
+    if constexpr (D == Decay::coupled) d = d + k.weight_decay * p;         // g + wd*p
+    if constexpr (D == Decay::keep) p = p * k.decay_keep;                  // before the step
+    if constexpr (D == Decay::keras) p = p - p * k.weight_decay * k.decay_scale;
 
     if constexpr (F == Form::plain) {
         p = p - k.lr * d;

@@ -1,8 +1,10 @@
 #pragma once
 // The thread-count policy. A call uses at most
-//     min(set_num_threads cap, the calling thread's OpenMP max threads)
+//     min(set_num_threads cap, the calling thread's OpenMP max threads, OMP_THREAD_LIMIT)
 // threads, so OMP_NUM_THREADS and threadpoolctl limits (which set the calling thread's OpenMP
-// "nthreads-var") are honoured, and never more than one thread per `grain` elements.
+// "nthreads-var") are honoured, and never more than one thread per `grain` elements. In a child
+// created by fork(), calls run serially: libgomp's thread pool does not survive fork (its workers
+// are gone, and the child's next parallel region would hang), as PyTorch also does.
 
 #include <cstdint>
 
@@ -13,9 +15,9 @@ namespace fastmomentum {
 bool openmp_enabled();
 int openmp_version();  // the _OPENMP date (e.g. 201511), 0 without OpenMP
 
-void set_thread_cap(int n);  // n >= 1
-int thread_cap();            // 0 when never set
+void set_thread_cap(int n);  // n >= 1, or 0 for no cap
 int max_threads();           // what a call from THIS thread may use
+void install_fork_handler();  // once, at import
 
 // Elements per thread below which a call stays serial (opening a parallel region costs ~1.5 us).
 inline constexpr std::int64_t kDefaultGrain = 32768;
