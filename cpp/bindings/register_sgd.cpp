@@ -252,6 +252,22 @@ int sgd_steps(py::handle calls) {
     return run(prepared);
 }
 
+// Construction-time checks of an optimizer: the same rules as a step, before any step.
+void check_params(py::handle params, std::size_t first_index) {
+    std::vector<CheckedArray> arrays;
+    std::size_t i = first_index;
+    for (const py::object& p : items_of(params, "params"))
+        arrays.push_back(check_array(p, "params", i++, Access::write));
+    check_no_overlap(arrays);
+}
+
+void check_hyper_args(py::handle style, py::handle lr, py::handle momentum, py::handle dampening,
+                      py::handle nesterov, py::handle weight_decay, py::handle weight_decay_mode,
+                      py::handle schedule_multiplier, py::handle maximize) {
+    parse_hyper(style, lr, momentum, dampening, nesterov, weight_decay, weight_decay_mode,
+                schedule_multiplier, maximize);
+}
+
 }  // namespace
 
 void register_sgd(py::module_& m) {
@@ -267,6 +283,13 @@ void register_sgd(py::module_& m) {
           "Several sgd_step calls, each a tuple of sgd_step's 13 arguments plus `indices` (how each "
           "array is numbered in error messages, or None). Everything is validated before anything "
           "is written. Returns the most threads any kernel ran.");
+    m.def("check_params", &check_params, py::arg("params"), py::arg("first_index"),
+          "Check arrays as sgd_step checks params (numbered from first_index), and that none "
+          "shares memory with another.");
+    m.def("check_hyper", &check_hyper_args, py::arg("style"), py::arg("lr"), py::arg("momentum"),
+          py::arg("dampening"), py::arg("nesterov"), py::arg("weight_decay"),
+          py::arg("weight_decay_mode"), py::arg("schedule_multiplier"), py::arg("maximize"),
+          "Check hyper-parameters as sgd_step does.");
 }
 
 }  // namespace fastmomentum::bindings

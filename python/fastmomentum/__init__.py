@@ -1,10 +1,25 @@
 """fastmomentum: fused SIMD/OpenMP momentum-SGD updates for NumPy arrays, in place.
 
-The public names; see :mod:`fastmomentum.functional` for the update steps.
+- :mod:`fastmomentum.functional`: in-place steps on lists of arrays (torch, keras, EMA forms);
+- :class:`SGD`: a ``torch.optim.SGD``-compatible optimizer with parameter groups and state dicts;
+- :mod:`fastmomentum.lr_scheduler`: PyTorch-compatible schedulers; :mod:`fastmomentum.schedules`:
+  pure step -> value schedules (Keras / optax formulas);
+- :mod:`fastmomentum.checkpoint`: ``.npz`` checkpoints without pickle.
 """
 
-from . import functional
+from . import checkpoint, functional, lr_scheduler, schedules
 from ._config import get_num_threads, set_num_threads, show_config
 from ._core import __version__
+from .optim import SGD
 
-__all__ = ["__version__", "functional", "get_num_threads", "set_num_threads", "show_config"]
+__all__ = [
+    "SGD",
+    "__version__",
+    "checkpoint",
+    "functional",
+    "get_num_threads",
+    "lr_scheduler",
+    "schedules",
+    "set_num_threads",
+    "show_config",
+]
