@@ -13,5 +13,6 @@ BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), re.S) if README.
 
 @pytest.mark.skipif(not BLOCKS, reason="no README with python blocks beside the tests")
 @pytest.mark.parametrize("source", BLOCKS, ids=[f"block{i}" for i in range(len(BLOCKS))])
-def test_readme_python_block_runs(source, restore_threads):
+def test_readme_python_block_runs(source, restore_threads, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # blocks may write files (checkpoints)
     exec(compile(source, str(README), "exec"), {})
