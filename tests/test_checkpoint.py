@@ -12,7 +12,7 @@ import pytest
 import fastmomentum as fm
 
 
-def test_any_plain_tree_round_trips_with_its_types():
+def test_any_plain_tree_round_trips_with_its_structure():
     tree = {"state": {0: {"b": np.arange(3.0)}, 7: {"b": None}},
             "groups": [{"lr": 0.1, "nesterov": True, "name": "w", "pair": (1, 2.5)}],
             "scalar": np.float32(2.5), "inf": float("inf"), "f32": np.ones((2, 2), np.float32)}
@@ -35,9 +35,46 @@ def test_files_load_without_pickle(tmp_path):
 def test_unsupported_objects_and_foreign_files_are_rejected(tmp_path):
     with pytest.raises(TypeError, match="cannot store a set"):
         fm.checkpoint.to_arrays({"s": {1}})
+    with pytest.raises(TypeError, match="cannot store an object array"):
+        fm.checkpoint.to_arrays({"x": np.array([1, "a"], dtype=object)})
+    with pytest.raises(TypeError, match="cannot store a complex"):
+        fm.checkpoint.to_arrays({"z": np.complex128(1j)})
     np.savez(tmp_path / "other.npz", x=np.zeros(2))
     with pytest.raises(ValueError, match="not a fastmomentum checkpoint"):
         fm.checkpoint.load(tmp_path / "other.npz")
+
+
+def test_user_dicts_that_look_like_markers_round_trip():
+    tree = {"a": {"__tuple__": [1]}, "b": {"__items__": []}, "c": {"__array__": "a0"}}
+    assert fm.checkpoint.from_arrays(fm.checkpoint.to_arrays(tree)) == tree
+
+
+def test_save_writes_exactly_the_path_given(tmp_path):
+    fm.checkpoint.save(tmp_path / "ckpt", {"n": 1})
+    assert fm.checkpoint.load(tmp_path / "ckpt") == {"n": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no .npz, no .tmp left
+
+
+@pytest.mark.parametrize("damage", ["truncate", "description-int", "no-tree", "missing-array",
+                                    "bad-items"])
+def test_damaged_files_raise_a_clear_error(damage, tmp_path):
+    path = tmp_path / "ckpt.npz"
+    arrays = fm.checkpoint.to_arrays({"state": {0: {"b": np.ones(3)}}, "n": 1})
+    meta = "__fastmomentum__"
+    if damage == "truncate":
+        fm.checkpoint.save(path, {"x": np.ones(1000)})
+        path.write_bytes(path.read_bytes()[:-200])
+    else:
+        description = {
+            "description-int": "7",
+            "no-tree": '{"format": "fastmomentum-checkpoint/1"}',
+            "missing-array": '{"format": "fastmomentum-checkpoint/1", '
+                             '"tree": {"__array__": "a9"}}',
+            "bad-items": '{"format": "fastmomentum-checkpoint/1", "tree": {"__items__": [[1]]}}',
+        }[damage]
+        np.savez(path, **{**arrays, meta: np.array(description)})
+    with pytest.raises(ValueError, match="corrupt fastmomentum checkpoint"):
+        fm.checkpoint.load(path)
 
 
 def test_torch_and_keras_layouts_convert_and_continue_the_same_trajectory():
@@ -54,11 +91,21 @@ def test_torch_and_keras_layouts_convert_and_continue_the_same_trajectory():
     keras_opt.load_state_dict(fm.checkpoint.convert(torch_opt.state_dict(), "keras"))
     back = fm.checkpoint.convert(keras_opt.state_dict(), "torch")
     np.testing.assert_allclose(back["state"][0]["momentum_buffer"],
-                               torch_opt.state[0]["momentum_buffer"], rtol=1e-14)
+                               torch_opt.state[p_torch]["momentum_buffer"], rtol=1e-14)
     for g in grads[20:]:
         torch_opt.step([g])
         keras_opt.step([g])
     np.testing.assert_allclose(p_keras, p_torch, rtol=1e-12, atol=1e-12)
+
+
+def test_convert_refuses_what_it_cannot_make_exact():
+    (p,) = [np.zeros(3)]
+    ema = fm.SGD([p], lr=0.1, momentum=0.9, style="ema")
+    with pytest.raises(ValueError, match="style must be 'torch' or 'keras' to convert, got 'ema'"):
+        fm.checkpoint.convert(ema.state_dict(), "keras")
+    damped = fm.SGD([p], lr=0.1, momentum=0.9, dampening=0.5)
+    with pytest.raises(ValueError, match="has dampening"):
+        fm.checkpoint.convert(damped.state_dict(), "keras")
 
 
 def test_convert_needs_a_numeric_positive_lr_from_keras():

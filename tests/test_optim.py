@@ -44,10 +44,10 @@ def test_groups_hyper_parameters_and_late_joiners_follow_the_reference():
             if g is None:
                 continue
             ref[i], bufs[i] = torch_sgd(ref[i], g, bufs[i], first_step=bufs[i] is None, **hyper[i])
-        assert (1 in opt.state) == (step >= 5)  # no state before the first gradient
+        assert (params[1] in opt.state) == (step >= 5)  # no state before the first gradient
     for p, r in zip(params, ref):
         np.testing.assert_array_equal(p, r)
-    np.testing.assert_array_equal(opt.state[1]["momentum_buffer"], bufs[1])
+    np.testing.assert_array_equal(opt.state[params[1]]["momentum_buffer"], bufs[1])
 
 
 @pytest.mark.parametrize("style", ["keras", "ema"])
@@ -70,7 +70,7 @@ def test_other_styles_follow_their_reference(style):
     key = "velocity" if style == "keras" else "momentum_buffer"
     for i in range(2):
         np.testing.assert_array_equal(params[i], ref[i])
-        np.testing.assert_array_equal(opt.state[i][key], bufs[i])
+        np.testing.assert_array_equal(opt.state[params[i]][key], bufs[i])
 
 
 def test_lr_and_momentum_may_be_schedules_of_the_step():
@@ -124,9 +124,9 @@ def test_a_bad_gradient_anywhere_modifies_nothing_and_names_its_position():
 
 def test_construction_checks_like_pytorch():
     (p,) = _arrays(8, [3])
-    with pytest.raises(ValueError, match=r"Invalid lr: -0.1"):
+    with pytest.raises(ValueError, match=r"Invalid learning rate: -0.1"):
         fm.SGD([p], lr=-0.1)
-    with pytest.raises(ValueError, match="Nesterov momentum requires a momentum > 0"):
+    with pytest.raises(ValueError, match="Nesterov momentum requires a momentum and zero"):
         fm.SGD([p], nesterov=True)
     with pytest.raises(ValueError, match="empty parameter list"):
         fm.SGD([])
@@ -146,11 +146,59 @@ def test_construction_checks_like_pytorch():
     assert len(opt.param_groups) == 1
 
 
-def test_momentum_zero_records_no_buffer_like_pytorch():
+def test_momentum_zero_keeps_no_state_like_pytorch():
     (p,) = _arrays(9, [4])
     opt = fm.SGD([p], lr=0.1)
     opt.step([np.ones(4)])
-    assert opt.state == {0: {"momentum_buffer": None}}
+    assert len(opt.state) == 0 and opt.state_dict()["state"] == {}
+
+
+def test_nesterov_with_a_momentum_schedule_through_zero_steps_as_plain_sgd():
+    """PyTorch checks Nesterov at construction only; while the momentum is 0 a step is plain."""
+    p = np.zeros(3)
+    opt = fm.SGD([p], lr=0.1, momentum=lambda t: 0.0 if t == 0 else 0.9, nesterov=True)
+    opt.step([np.ones(3)])
+    np.testing.assert_array_equal(p, -0.1)
+    assert p not in opt.state
+    opt.step([np.ones(3)])  # first step with momentum: b <- g, p <- p - lr*(g + 0.9*b)
+    np.testing.assert_array_equal(p, -0.1 - 0.1 * (1 + 0.9 * 1))
+
+
+def test_state_follows_the_arrays_when_groups_are_edited():
+    a, b, c = np.zeros(2), np.zeros(3), np.zeros(2)
+    opt = fm.SGD([{"params": [a]}, {"params": [b]}], lr=0.1, momentum=0.9)
+    opt.step([np.ones(2), np.full(3, 100.0)])
+    opt.param_groups[0]["params"].append(c)  # c now sits at index 1, b at index 2
+    opt.step([np.ones(2), np.ones(2), np.full(3, 100.0)])
+    np.testing.assert_array_equal(c, -0.1)  # its own first step, not b's buffer
+    np.testing.assert_array_equal(opt.state[b]["momentum_buffer"], 190.0)
+    assert sorted(opt.state_dict()["state"]) == [0, 1, 2]
+
+
+def test_a_single_array_is_not_an_iterable_of_parameters():
+    with pytest.raises(TypeError, match="should be an iterable of arrays or dicts, but got "
+                                        "ndarray"):
+        fm.SGD(np.zeros((4, 3)))
+
+
+def test_an_overlapping_group_is_rejected_and_not_added():
+    a = np.zeros(4)
+    opt = fm.SGD([a], lr=0.1)
+    with pytest.raises(ValueError, match=r"params\[0\] and params\[1\] share memory"):
+        opt.add_param_group({"params": [a.reshape(2, 2)]})
+    assert len(opt.param_groups) == 1
+
+
+def test_a_decoupled_decay_that_would_flip_signs_is_rejected():
+    """SGDW with OneCycleLR: s = lr / initial_lr reaches div_factor, s*wd must stay <= 1."""
+    p = np.ones(3)
+    opt = fm.SGD([p], lr=0.1, weight_decay=0.1, weight_decay_mode="sgdw")
+    sched = fm.lr_scheduler.OneCycleLR(opt, max_lr=1.0, total_steps=30, cycle_momentum=False)
+    with pytest.raises(ValueError, match=r"Invalid schedule_multiplier \* weight_decay"):
+        for _ in range(30):
+            opt.step([np.zeros(3)])
+            sched.step()
+    assert np.all(p > 0)
 
 
 def _trained(opt, params, seed, steps):
@@ -191,7 +239,7 @@ def test_state_dict_layout_is_pytorchs():
     opt.step([np.ones(3), np.ones(4)])
     sd = opt.state_dict()
     assert set(sd["state"]) == {0, 1}
-    assert sd["state"][1]["momentum_buffer"] is opt.state[1]["momentum_buffer"]
+    assert sd["state"][1]["momentum_buffer"] is opt.state[params[1]]["momentum_buffer"]
     assert [g["params"] for g in sd["param_groups"]] == [[0], [1]]
     assert sd["param_groups"][1]["momentum"] == 0.5
     assert sd["iterations"] == 1 and sd["style"] == "torch"
@@ -218,10 +266,36 @@ def test_schedules_are_saved_as_data_and_lambdas_must_be_given_again():
     opt = fm.SGD([p], lr=fm.schedules.exponential_decay(0.1, 10, 0.5), momentum=lambda t: 0.9)
     sd = fm.checkpoint.from_arrays(fm.checkpoint.to_arrays(opt.state_dict()))
     assert sd["param_groups"][0]["lr"] == {"schedule": opt.param_groups[0]["lr"].to_dict()}
-    assert sd["param_groups"][0]["momentum"] is None
-    again = fm.SGD([p], lr=0.1, momentum=lambda t: 0.8)
+    assert sd["param_groups"][0]["momentum"]["callable"].endswith("<locals>.<lambda>")
+    again = fm.SGD([p], lr=0.1, momentum=lambda t: 0.8, schedule_multiplier=0.5)
     again.load_state_dict(sd)
     assert again.param_groups[0]["lr"] == opt.param_groups[0]["lr"]
     assert again.param_groups[0]["momentum"](0) == 0.8  # the live callable is kept
-    with pytest.raises(ValueError, match=r"param_groups\[0\]\['momentum'\] was a callable"):
+    assert again.param_groups[0]["schedule_multiplier"] is None  # a saved None stays None
+    with pytest.raises(ValueError, match=r"param_groups\[0\]\['momentum'\] was the callable "
+                                         r"'.*<lambda>', which cannot be saved"):
         fm.SGD([p], lr=0.1, momentum=0.9).load_state_dict(sd)
+
+
+def test_load_state_dict_checks_indices_iterations_and_casts_buffers():
+    params = _arrays(17, [3, 4], np.float32)
+    opt = fm.SGD(params, lr=0.1, momentum=0.9)
+    opt.step([np.ones(3, np.float32), np.ones(4, np.float32)])
+    sd = opt.state_dict()
+    sd64 = {**sd, "state": {i: {"momentum_buffer": e["momentum_buffer"].astype(np.float64)}
+                            for i, e in sd["state"].items()}}
+    other = fm.SGD(_arrays(18, [3, 4], np.float32), lr=0.1, momentum=0.9)
+    other.load_state_dict(sd64)
+    assert all(other.state[p]["momentum_buffer"].dtype == np.float32 for p in other.state)
+    duplicated = {**sd, "param_groups": [{**sd["param_groups"][0], "params": [0, 0]}]}
+    with pytest.raises(ValueError, match=r"indices are not 0\.\.n-1, each once"):
+        other.load_state_dict(duplicated)
+    with pytest.raises(ValueError, match="iterations must be an integer >= 0"):
+        other.load_state_dict({**sd, "iterations": 2.5})
+
+
+def test_a_scheduler_over_a_schedule_lr_is_rejected_at_construction():
+    (p,) = _arrays(19, [3])
+    opt = fm.SGD([p], lr=fm.schedules.cosine_decay(0.1, 10))
+    with pytest.raises(TypeError, match=r"param_groups\[0\]\['lr'\] is a schedule"):
+        fm.lr_scheduler.StepLR(opt, step_size=2)

@@ -142,6 +142,35 @@ def test_a_state_dict_loads_into_torch_and_continues_the_trajectory():
         np.testing.assert_allclose(p, t.numpy(), rtol=1e-14, atol=1e-15)
 
 
+def test_a_torch_state_dict_loads_into_fm_and_continues_the_trajectory():
+    rng = np.random.default_rng(4)
+    start = [rng.standard_normal(n) for n in (6, 3)]
+    theirs = [torch.tensor(a.copy()) for a in start]
+    topt = torch.optim.SGD([{"params": [theirs[0]]}, {"params": [theirs[1]], "lr": 0.02}],
+                           lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3)
+    for _ in range(5):
+        for t in theirs:
+            t.grad = torch.from_numpy(rng.standard_normal(t.shape))
+        topt.step()
+    sd = topt.state_dict()
+    ours = [t.numpy().copy() for t in theirs]
+    opt = fm.SGD([{"params": [ours[0]]}, {"params": [ours[1]]}], lr=0.5, momentum=0.9,
+                 nesterov=True)
+    opt.load_state_dict({
+        "state": {i: {"momentum_buffer": s["momentum_buffer"].numpy()}
+                  for i, s in sd["state"].items()},
+        "param_groups": sd["param_groups"]})  # torch's groups: no fastmomentum-only keys
+    assert opt.param_groups[1]["lr"] == 0.02 and opt.param_groups[0]["weight_decay"] == 1e-3
+    for _ in range(5):
+        grads = [rng.standard_normal(a.shape) for a in ours]
+        opt.step(grads)
+        for t, g in zip(theirs, grads):
+            t.grad = torch.from_numpy(g)
+        topt.step()
+    for a, t in zip(ours, theirs):
+        np.testing.assert_allclose(a, t.numpy(), rtol=1e-14, atol=1e-15)
+
+
 def _largest_deviations(report: Callable[[str], None] = print) -> None:
     for dtype in (np.float64, np.float32):
         cases = [(o, None) for o in OPTIONS] + [(SCHEDULED, s) for s in _schedulers(fm)]

@@ -150,27 +150,27 @@ BAD_CALLS = [
     ("first-step-int", _set("kw", None, dict(first_step=[True, False, 1])), TypeError,
      r"first_step\[2\] must be a bool, got int"),
     ("lr-negative", _set("kw", None, dict(lr=-0.1)), ValueError,
-     r"Invalid lr: -0.1 \(expected a finite value >= 0\)"),
-    ("lr-nan", _set("kw", None, dict(lr=float("nan"))), ValueError, r"Invalid lr: nan"),
-    ("lr-inf", _set("kw", None, dict(lr=float("inf"))), ValueError, r"Invalid lr: inf"),
+     r"Invalid learning rate: -0.1 \(expected a finite lr >= 0\)"),
+    ("lr-nan", _set("kw", None, dict(lr=float("nan"))), ValueError, r"Invalid learning rate: nan"),
+    ("lr-inf", _set("kw", None, dict(lr=float("inf"))), ValueError, r"Invalid learning rate: inf"),
     ("momentum-negative", _set("kw", None, dict(momentum=-0.5)), ValueError,
-     r"Invalid momentum: -0.5 \(expected 0 <= momentum <= 1\)"),
+     r"Invalid momentum value: -0.5 \(expected 0 <= momentum <= 1\)"),
     ("momentum-above-1", _set("kw", None, dict(momentum=1.5)), ValueError,
-     r"Invalid momentum: 1.5"),
+     r"Invalid momentum value: 1.5"),
     ("momentum-nan", _set("kw", None, dict(momentum=float("nan"))), ValueError,
-     r"Invalid momentum: nan"),
+     r"Invalid momentum value: nan"),
     ("dampening-above-1", _set("kw", None, dict(dampening=2.0)), ValueError,
-     r"Invalid dampening: 2.0"),
+     r"Invalid dampening value: 2.0"),
     ("weight-decay-negative", _set("kw", None, dict(weight_decay=-1e-4)), ValueError,
-     r"Invalid weight_decay: -0.0001"),
+     r"Invalid weight_decay value: -0.0001"),
     ("weight-decay-nan", _set("kw", None, dict(weight_decay=float("nan"))), ValueError,
-     r"Invalid weight_decay: nan"),
+     r"Invalid weight_decay value: nan"),
     ("schedule-multiplier-negative", _set("kw", None, dict(schedule_multiplier=-1.0)), ValueError,
-     r"Invalid schedule_multiplier: -1.0"),
+     r"Invalid schedule_multiplier value: -1.0"),
     ("nesterov-dampening", _set("kw", None, dict(nesterov=True, dampening=0.1)), ValueError,
-     r"Nesterov momentum requires a momentum > 0 and zero dampening"),
+     r"Nesterov momentum requires a momentum and zero dampening"),
     ("nesterov-no-momentum", _set("kw", None, dict(nesterov=True, momentum=0.0)), ValueError,
-     r"Nesterov momentum requires a momentum > 0"),
+     r"Nesterov momentum requires a momentum and zero dampening"),
     ("decay-mode", _set("kw", None, dict(weight_decay_mode="l2")), ValueError,
      r"weight_decay_mode must be 'coupled', 'decoupled' or 'sgdw', got 'l2'"),
     ("maximize-float", _set("kw", None, dict(maximize=0.5)), TypeError,
@@ -186,8 +186,14 @@ BAD_CALLS = [
     ("lr-overflows-float32", _set("kw", None, dict(lr=1e39)), ValueError,
      r"lr=1e\+39 overflows float32, the arrays' dtype"),
     ("decoupled-product-overflows", _set("kw", None, dict(
-        lr=1e30, weight_decay=1e30, weight_decay_mode="decoupled")), ValueError,
-     r"lr \* weight_decay overflows float32"),
+        lr=1e300, weight_decay=1e300, weight_decay_mode="decoupled")), ValueError,
+     r"Invalid lr \* weight_decay: inf \(expected <= 1"),
+    ("decoupled-decay-flips-sign", _set("kw", None, dict(
+        lr=0.5, weight_decay=3.0, weight_decay_mode="decoupled")), ValueError,
+     r"Invalid lr \* weight_decay: 1.5 \(expected <= 1: a larger decoupled decay would flip"),
+    ("sgdw-scale-overflows-float32", _set("kw", None, dict(
+        schedule_multiplier=1e39, weight_decay=1e-40, weight_decay_mode="sgdw")), ValueError,
+     r"schedule_multiplier=1e\+39 overflows float32"),
 ]
 
 CASES = BAD_ARRAYS + BAD_CALLS
@@ -247,7 +253,7 @@ def test_each_style_names_its_own_arguments():
         fm.functional.keras_sgd_(p, g, lr=0.1, momentum=0.9)
     with pytest.raises(ValueError, match=r"velocities\[1\] is read-only"):
         fm.functional.keras_sgd_(p, g, [v[0], _readonly(v[1]), v[2]], lr=0.1, momentum=0.9)
-    with pytest.raises(ValueError, match=r"Invalid beta: 1.5 \(expected 0 <= beta <= 1\)"):
+    with pytest.raises(ValueError, match=r"Invalid beta value: 1.5 \(expected 0 <= beta <= 1\)"):
         fm.functional.ema_sgd_(p, g, v, lr=0.1, beta=1.5)
 
 

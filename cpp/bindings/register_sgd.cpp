@@ -68,27 +68,36 @@ DecayMode parse_decay_mode(const std::string& s) {
 const char* buffers_name(Style s) { return s == Style::keras ? "velocities" : "buffers"; }
 const char* momentum_name(Style s) { return s == Style::ema ? "beta" : "momentum"; }
 
-void require(bool ok, const std::string& name, double value, const std::string& expected) {
-    if (!ok) throw py::value_error("Invalid " + name + ": " + repr(value) + " (expected " + expected + ")");
+// PyTorch's wording ("Invalid learning rate: -0.1"), then what is expected.
+void require(bool ok, const std::string& what, double value, const std::string& expected) {
+    if (!ok) throw py::value_error("Invalid " + what + ": " + repr(value) + " (expected " + expected + ")");
 }
 
-// PyTorch's rules, plus finiteness (a NaN learning rate would silently poison every parameter).
+// PyTorch's rules, plus finiteness (a NaN learning rate would silently poison every parameter),
+// momentum and dampening in [0, 1], and a decoupled decay that cannot flip a parameter's sign.
 void check_hyper(const Hyper& h) {
     const std::string mu = momentum_name(h.style);
-    require(std::isfinite(h.lr) && h.lr >= 0.0, "lr", h.lr, "a finite value >= 0");
-    require(h.momentum >= 0.0 && h.momentum <= 1.0, mu, h.momentum, "0 <= " + mu + " <= 1");
-    require(h.dampening >= 0.0 && h.dampening <= 1.0, "dampening", h.dampening, "0 <= dampening <= 1");
-    require(std::isfinite(h.weight_decay) && h.weight_decay >= 0.0, "weight_decay", h.weight_decay,
-            "a finite value >= 0");
+    require(std::isfinite(h.lr) && h.lr >= 0.0, "learning rate", h.lr, "a finite lr >= 0");
+    require(h.momentum >= 0.0 && h.momentum <= 1.0, mu + " value", h.momentum, "0 <= " + mu + " <= 1");
+    require(h.dampening >= 0.0 && h.dampening <= 1.0, "dampening value", h.dampening,
+            "0 <= dampening <= 1");
+    require(std::isfinite(h.weight_decay) && h.weight_decay >= 0.0, "weight_decay value",
+            h.weight_decay, "a finite weight_decay >= 0");
     require(std::isfinite(h.schedule_multiplier) && h.schedule_multiplier >= 0.0,
-            "schedule_multiplier", h.schedule_multiplier, "a finite value >= 0");
+            "schedule_multiplier value", h.schedule_multiplier, "a finite schedule_multiplier >= 0");
+    if (h.decay_mode != DecayMode::coupled) {
+        const char* scale = h.decay_mode == DecayMode::sgdw ? "schedule_multiplier" : "lr";
+        const double product = rules::decay_scale(h) * h.weight_decay;
+        require(product <= 1.0, std::string(scale) + " * weight_decay", product,
+                "<= 1: a larger decoupled decay would flip the parameters' sign");
+    }
     const char* style = h.style == Style::keras ? "keras" : "ema";
     if (h.style != Style::torch && h.dampening != 0.0)
         throw py::value_error(std::string("dampening is not part of the ") + style + " convention");
     if (h.style == Style::ema && h.nesterov)
         throw py::value_error("Nesterov momentum is not part of the ema convention");
     if (h.nesterov && (h.momentum <= 0.0 || h.dampening != 0.0))
-        throw py::value_error("Nesterov momentum requires a momentum > 0 and zero dampening");
+        throw py::value_error("Nesterov momentum requires a momentum and zero dampening");
 }
 
 // Valid doubles can still overflow when rounded to float32, or multiply to infinity.
@@ -102,10 +111,9 @@ void check_coefficients(const Hyper& h, const char* dtype) {
     };
     finite(k.lr, "lr=" + repr(h.lr));
     finite(k.weight_decay, "weight_decay=" + repr(h.weight_decay));
-    if (h.decay_mode != DecayMode::coupled) {
+    // (1 - scale*wd is in [0, 1]: check_hyper bounds scale*wd.)
+    if (h.decay_mode != DecayMode::coupled)
         finite(k.decay_scale, std::string(scale) + "=" + repr(rules::decay_scale(h)));
-        finite(k.decay_keep, std::string(scale) + " * weight_decay");
-    }
 }
 
 Hyper parse_hyper(py::handle style, py::handle lr, py::handle momentum, py::handle dampening,

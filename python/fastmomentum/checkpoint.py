@@ -11,13 +11,16 @@ becomes a flat ``{name: array}`` mapping that ``np.savez`` writes and
     opt.load_state_dict(ckpt["optimizer"])
 
 :func:`convert` moves optimizer state between the torch layout (``b``, no lr inside) and the keras
-layout (``v = -lr*b``).
+layout (``v = -lr*b``). Damaged files raise ``ValueError``; NumPy scalars come back as the Python
+scalars of equal value; ``inf``/``nan`` are kept (in Python's JSON dialect).
 """
 
 from __future__ import annotations
 
 import json
+import numbers
 import os
+import zipfile
 from typing import Any, Union
 
 import numpy as np
@@ -29,6 +32,7 @@ __all__ = ["convert", "from_arrays", "load", "save", "to_arrays"]
 FORMAT = "fastmomentum-checkpoint/1"
 _META = "__fastmomentum__"  # the JSON description's entry name
 _ARRAY, _ITEMS, _TUPLE = "__array__", "__items__", "__tuple__"  # markers inside the JSON
+_MARKERS = ({_ARRAY}, {_ITEMS}, {_TUPLE})
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -40,13 +44,17 @@ def to_arrays(tree: Any) -> dict[str, np.ndarray]:
 
     def encode(node: Any) -> Any:
         if isinstance(node, np.ndarray):
+            if node.dtype.hasobject:
+                raise TypeError("cannot store an object array in a checkpoint (it would need "
+                                "pickle)")
             name = f"a{len(arrays)}"
             arrays[name] = node
             return {_ARRAY: name}
         if isinstance(node, np.generic):
-            return node.item()
+            node = node.item()  # NumPy scalars are stored as the Python scalar of equal value
         if isinstance(node, dict):
-            if all(isinstance(k, str) for k in node):
+            # str keys as a JSON object, unless the object would read as one of the markers
+            if all(isinstance(k, str) for k in node) and set(node) not in _MARKERS:
                 return {k: encode(v) for k, v in node.items()}
             return {_ITEMS: [[encode(k), encode(v)] for k, v in node.items()]}
         if isinstance(node, tuple):
@@ -63,10 +71,17 @@ def to_arrays(tree: Any) -> dict[str, np.ndarray]:
 
 
 def from_arrays(arrays: Any) -> Any:
-    """Rebuild the tree from :func:`to_arrays`' mapping (or an opened ``np.load`` file)."""
+    """Rebuild the tree from :func:`to_arrays`' mapping (or an opened ``np.load`` file).
+
+    Raises ``ValueError`` for anything that is not an intact fastmomentum checkpoint."""
     if _META not in arrays:
         raise ValueError("not a fastmomentum checkpoint: no description entry")
-    description = json.loads(str(arrays[_META]))
+    try:
+        description = json.loads(str(arrays[_META]))
+        if not isinstance(description, dict):
+            raise ValueError("the description is not a JSON object")
+    except ValueError as e:
+        raise ValueError(f"corrupt fastmomentum checkpoint: {e}") from None
     if description.get("format") != FORMAT:
         raise ValueError(f"unsupported checkpoint format {description.get('format')!r}; "
                          f"this version reads {FORMAT!r}")
@@ -84,48 +99,72 @@ def from_arrays(arrays: Any) -> Any:
             return {k: decode(v) for k, v in node.items()}
         return node
 
-    return decode(description["tree"])
+    if "tree" not in description:
+        raise ValueError("corrupt fastmomentum checkpoint: no tree in the description")
+    try:
+        return decode(description["tree"])
+    except (KeyError, TypeError, ValueError, RecursionError, zipfile.BadZipFile) as e:
+        raise ValueError(f"corrupt fastmomentum checkpoint: {type(e).__name__}: {e}") from None
 
 
 def save(path: PathLike, tree: Any) -> None:
-    """Write ``tree`` to an ``.npz`` file (uncompressed: checkpoints are mostly float noise)."""
-    np.savez(path, **to_arrays(tree))
+    """Write ``tree`` to exactly ``path`` (no suffix is added), atomically: the file is written
+    beside it and then renamed, so a crash never leaves a half-written checkpoint there."""
+    arrays = to_arrays(tree)
+    temporary = f"{os.fspath(path)}.tmp"
+    try:
+        with open(temporary, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
 
 
 def load(path: PathLike) -> Any:
     """Read a tree written by :func:`save`, without pickle."""
-    with np.load(path, allow_pickle=False) as arrays:
-        return from_arrays(arrays)
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            return from_arrays(arrays)
+    except (zipfile.BadZipFile, EOFError) as e:
+        raise ValueError(f"corrupt fastmomentum checkpoint {os.fspath(path)!r}: {e}") from None
 
 
 def convert(state_dict: dict[str, Any], style: str) -> dict[str, Any]:
-    """An optimizer state dict moved to another style's buffer layout, at each group's lr.
+    """An optimizer state dict moved between the torch and keras buffer layouts, at each group's
+    lr: torch -> keras ``v = -lr*b``; keras -> torch ``b = -v/lr`` (needs lr > 0).
 
-    torch/ema -> keras: ``v = -lr*b``; keras -> torch/ema: ``b = -v/lr`` (needs lr > 0). At a
-    constant lr the trajectories then continue identically (up to rounding). Arrays are new;
-    ``state_dict`` is not modified.
+    At a constant lr, and without dampening, the two conventions give the same trajectory, so
+    training continues as before (up to rounding) in the other style. The groups' other settings
+    are kept as they are, ``weight_decay_mode`` included (a torch state converted to keras keeps
+    its coupled decay). The ema style has no exact counterpart in the others (its buffer carries
+    the ``1 - beta`` factor), so it is not converted. Arrays are new; ``state_dict`` is not
+    modified.
     """
     source = state_dict.get("style", "torch")
-    if style not in BUFFER_KEY:
-        raise ValueError(f"style must be 'torch', 'keras' or 'ema', got {style!r}")
-    old_key, new_key = BUFFER_KEY[source], BUFFER_KEY[style]
+    for name, value in (("the state dict's style", source), ("style", style)):
+        if value not in ("torch", "keras"):
+            raise ValueError(f"{name} must be 'torch' or 'keras' to convert, got {value!r}")
     lr_of = {}
     for i, group in enumerate(state_dict["param_groups"]):
         lr = group["lr"]
-        if not isinstance(lr, (int, float)):
-            raise ValueError(f"param_groups[{i}] has a scheduled lr: convert needs a number")
+        if isinstance(lr, bool) or not isinstance(lr, numbers.Real):
+            raise ValueError(f"param_groups[{i}] has the lr {lr!r}: convert needs a number")
+        if group.get("dampening", 0) != 0:
+            raise ValueError(f"param_groups[{i}] has dampening: the keras convention has none")
         lr_of.update(dict.fromkeys(group["params"], float(lr)))
-    to_keras, from_keras = style == "keras" and source != "keras", source == "keras" != style
+    old_key, new_key = BUFFER_KEY[source], BUFFER_KEY[style]
     state = {}
     for index, entry in state_dict["state"].items():
         entry = dict(entry)
         buf = entry.pop(old_key, None)
-        if buf is not None and (to_keras or from_keras):
+        if buf is not None and source != style:
             lr = lr_of[index]
-            if from_keras and lr == 0:
+            if source == "keras" and lr == 0:
                 raise ValueError(f"cannot recover state[{index}] from a velocity at lr == 0")
             t = buf.dtype.type
-            buf = buf * t(-lr) if to_keras else buf / t(-lr)
+            buf = buf * t(-lr) if style == "keras" else buf / t(-lr)
         entry[new_key] = None if buf is None else np.array(buf)
         state[index] = entry
-    return {**state_dict, "state": state, "style": style}
+    groups = [dict(group) for group in state_dict["param_groups"]]
+    return {**state_dict, "state": state, "param_groups": groups, "style": style}

@@ -81,13 +81,20 @@ class OptimizerLike(Protocol):
 
 
 def _check_optimizer(optimizer: Any) -> None:
-    """Raise ``TypeError`` unless ``optimizer.param_groups`` is a list of dicts."""
+    """Raise ``TypeError`` unless ``optimizer.param_groups`` is a list of dicts whose lrs are not
+    schedules (callables): a scheduler and a schedule would both claim the lr."""
     groups = getattr(optimizer, "param_groups", None)
     if not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups):
         raise TypeError(
             f"{type(optimizer).__name__} is not an optimizer: expected a `param_groups` list of "
             "dicts"
         )
+    for i, group in enumerate(groups):
+        if callable(group.get("lr")):
+            raise TypeError(
+                f"param_groups[{i}]['lr'] is a schedule (a callable); an lr scheduler needs a "
+                "numeric lr to drive: use either the schedule or the scheduler"
+            )
 
 
 def _per_group(name: str, optimizer: OptimizerLike, value: Any) -> list[Any]:

@@ -2,13 +2,14 @@
 
 A user who knows ``torch.optim`` knows this API: parameter groups, ``step``, ``state``,
 ``state_dict`` / ``load_state_dict``, and the schedulers of :mod:`fastmomentum.lr_scheduler`. The
-differences follow from NumPy: gradients are passed to ``step(grads)`` (arrays have no ``.grad``),
-and ``state`` is keyed by the parameter's index (arrays are not hashable), as in a state dict.
+one difference NumPy imposes: arrays have no ``.grad``, so gradients are passed to
+``step(grads)``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import numbers
+from collections.abc import Iterable, Iterator, MutableMapping, Sequence
 from typing import Any, Callable, Literal, Union
 
 import numpy as np
@@ -24,6 +25,34 @@ Hyper = Union[float, Callable[[int], float]]
 
 #: The state key of each style's buffer (PyTorch's name for the torch and ema styles).
 BUFFER_KEY = {"torch": "momentum_buffer", "ema": "momentum_buffer", "keras": "velocity"}
+# How a state dict marks a callable hyper-parameter that is not a saveable schedule.
+_CALLABLE = "callable"
+
+
+class ArrayState(MutableMapping):  # type: ignore[type-arg]
+    """Per-parameter state keyed by the array itself (by identity: arrays are not hashable), as
+    ``torch.optim`` keys its state by tensor: ``opt.state[w]["momentum_buffer"]``."""
+
+    def __init__(self) -> None:
+        self._items: dict[int, tuple[np.ndarray, dict[str, Any]]] = {}
+
+    def __getitem__(self, param: np.ndarray) -> dict[str, Any]:
+        return self._items[id(param)][1]
+
+    def __setitem__(self, param: np.ndarray, value: dict[str, Any]) -> None:
+        self._items[id(param)] = (param, value)
+
+    def __delitem__(self, param: np.ndarray) -> None:
+        del self._items[id(param)]
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return (param for param, _ in self._items.values())
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __repr__(self) -> str:
+        return f"ArrayState({len(self)} parameters)"
 
 
 class SGD:
@@ -45,7 +74,8 @@ class SGD:
     ``p <- p + v``, Nesterov ``p <- p + momentum*v - lr*g``; decoupled decay by default,
     ``p <- p - (p*wd)*lr``). ``style="ema"`` keeps ``b <- m*b + (1-m)*g`` from ``b = 0`` with
     ``m = momentum`` (no dampening, no Nesterov). The formulas are
-    :func:`fastmomentum.functional.sgd_`, ``keras_sgd_`` and ``ema_sgd_``.
+    :func:`fastmomentum.functional.sgd_`, ``keras_sgd_`` and ``ema_sgd_``. While the momentum is 0
+    a step is plain SGD and leaves the buffers as they are (as PyTorch does).
 
     Args:
         params: the arrays to optimise (C-contiguous, writeable float32/float64) and/or
@@ -53,23 +83,28 @@ class SGD:
             PyTorch, the two may be mixed: each run of bare arrays forms a group with the
             defaults.
         lr, momentum, dampening, weight_decay, nesterov, maximize: PyTorch's meaning and defaults.
-            ``lr``, ``momentum`` and ``schedule_multiplier`` may be schedules: callables of the
-            step count (:attr:`iterations`, 0 on the first step), e.g. from
-            :mod:`fastmomentum.schedules`.
+            Validation is PyTorch's, stricter where PyTorch accepts nonsense (momentum and
+            dampening in [0, 1], finite values). ``lr``, ``momentum`` and ``schedule_multiplier``
+            may be schedules: callables of the step count (:attr:`iterations`, 0 on the first
+            step), e.g. from :mod:`fastmomentum.schedules`.
         style: ``"torch"``, ``"keras"`` or ``"ema"``, for the whole optimizer.
         weight_decay_mode: ``"coupled"``, ``"decoupled"`` or ``"sgdw"``; default ``"coupled"``
             (``"decoupled"`` for the keras style).
         schedule_multiplier: the ``s`` of SGDW (Loshchilov & Hutter); default ``None`` means
-            ``lr / initial_lr``: the lr schedule's multiplier (``initial_lr`` is set by the
+            ``lr / initial_lr``, the lr schedule's multiplier (``initial_lr`` is set by the
             schedulers of :mod:`fastmomentum.lr_scheduler`; for a callable lr it is ``lr(0)``;
-            without either, ``s = 1``).
+            without either, ``s = 1``). With a warm-up (OneCycleLR, CyclicLR) ``initial_lr`` is the
+            low lr, so pass ``schedule_multiplier`` explicitly there.
 
-    The step count: :attr:`iterations` (saved in the state dict; PyTorch's SGD has none).
+    Attributes:
+        param_groups: the groups (dicts), editable between steps as in PyTorch.
+        state: per-parameter state, keyed by the array (:class:`ArrayState`).
+        iterations: steps taken (the argument of schedule callables; saved in the state dict).
     """
 
     def __init__(
         self,
-        params: Iterable[Array] | Iterable[dict[str, Any]],
+        params: Iterable[Array | dict[str, Any]],
         lr: Hyper = 1e-3,
         momentum: Hyper = 0.0,
         dampening: float = 0.0,
@@ -81,6 +116,9 @@ class SGD:
         weight_decay_mode: WeightDecayMode | None = None,
         schedule_multiplier: Hyper | None = None,
     ) -> None:
+        if isinstance(params, np.ndarray):
+            raise TypeError("params argument given to the optimizer should be an iterable of "
+                            f"arrays or dicts, but got {type(params).__name__} (wrap it: [w])")
         if style not in BUFFER_KEY:
             raise ValueError(f"style must be 'torch', 'keras' or 'ema', got {style!r}")
         self.style: Style = style
@@ -91,32 +129,40 @@ class SGD:
             nesterov=nesterov, maximize=maximize, weight_decay_mode=weight_decay_mode,
             schedule_multiplier=schedule_multiplier)
         self.param_groups: list[dict[str, Any]] = []
-        #: Per-parameter state, keyed by the parameter's index (its position over all groups).
-        self.state: dict[int, dict[str, Any]] = {}
-        #: Steps taken (the argument of schedule callables).
+        self.state = ArrayState()
         self.iterations: int = 0
 
         items = list(params)
         if not items:
             raise ValueError("optimizer got an empty parameter list")
-        # PyTorch takes arrays or group dicts; here they may also be mixed: each run of bare
-        # arrays forms a group with the defaults, each dict a group of its own.
-        pending: list[Any] = []
+        # Each run of bare arrays forms a group with the defaults, each dict a group of its own.
+        groups: list[dict[str, Any]] = []
         for item in items:
             if isinstance(item, dict):
-                if pending:
-                    self.add_param_group({"params": pending})
-                    pending = []
-                self.add_param_group(item)
+                groups.append(item)
+            elif groups and groups[-1].get(_BARE):
+                groups[-1]["params"].append(item)
             else:
-                pending.append(item)
-        if pending:
-            self.add_param_group({"params": pending})
+                groups.append({_BARE: True, "params": [item]})
+        seen: set[int] = set()
+        for group in groups:
+            group.pop(_BARE, None)
+            self._add(group, seen)
+        _core.check_params(self._params(), 0)  # once for all: no two share memory
 
     # -- parameter groups -------------------------------------------------------------------
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group: ``{"params": [...], **hyper-parameter overrides}`` (PyTorch's rules)."""
+        self._add(param_group, {id(p) for p in self._params()})
+        try:
+            _core.check_params(self._params(), 0)
+        except ValueError:
+            self.param_groups.pop()
+            raise
+
+    def _add(self, param_group: dict[str, Any], seen: set[int]) -> None:
+        """Append a group after checking it; ``seen`` holds the ids of the parameters so far."""
         if not isinstance(param_group, dict):
             raise TypeError(f"param_group must be a dict, got {type(param_group).__name__}")
         params = param_group["params"]
@@ -126,37 +172,43 @@ class SGD:
             raise TypeError("optimizer parameters need to be organized in ordered collections, "
                             "but the ordering of sets is not deterministic; use a list")
         group = {**self.defaults, **param_group, "params": list(params)}
-        _core.check_params(group["params"], self._param_count())
-        existing = {id(p) for g in self.param_groups for p in g["params"]}
-        if any(id(p) in existing for p in group["params"]):
+        _core.check_params(group["params"], len(seen))
+        ids = {id(p) for p in group["params"]}
+        if len(ids) != len(group["params"]) or not ids.isdisjoint(seen):
             raise ValueError("some parameters appear in more than one parameter group")
-        self._check_hyper(group, self.iterations)
+        # PyTorch's constructor rule for Nesterov, for a constant momentum (a schedule may pass
+        # through 0: while it is 0 a step is plain SGD, as in PyTorch).
+        values = self._values(group, self.iterations)
+        if group["nesterov"] and not callable(group["momentum"]):
+            values = (*values[:4], True, *values[5:])
+        _core.check_hyper(*values)
         self.param_groups.append(group)
+        seen |= ids
 
-    def _param_count(self) -> int:
-        return sum(len(g["params"]) for g in self.param_groups)
+    def _params(self) -> list[np.ndarray]:
+        return [p for g in self.param_groups for p in g["params"]]
 
     # -- stepping ---------------------------------------------------------------------------
 
     def _values(self, group: dict[str, Any], step: int) -> tuple[Any, ...]:
         """The group's hyper-parameters at ``step``, schedules evaluated, in sgd_step's order."""
         lr = _evaluate(group["lr"], step)
-        return (self.style, lr, _evaluate(group["momentum"], step), group["dampening"],
-                group["nesterov"], group["weight_decay"], group["weight_decay_mode"],
-                self._schedule_multiplier(group, lr, step), group["maximize"])
+        momentum = _evaluate(group["momentum"], step)
+        s = self._schedule_multiplier(group, lr, step) if group["weight_decay_mode"] == "sgdw" \
+            else 1.0
+        return (self.style, lr, momentum, group["dampening"],
+                group["nesterov"] and momentum != 0, group["weight_decay"],
+                group["weight_decay_mode"], s, group["maximize"])
 
-    def _schedule_multiplier(self, group: dict[str, Any], lr: float, step: int) -> float:
+    @staticmethod
+    def _schedule_multiplier(group: dict[str, Any], lr: Any, step: int) -> Any:
         s = group["schedule_multiplier"]
         if s is not None:
             return _evaluate(s, step)
-        if callable(group["lr"]):
-            base = float(group["lr"](0))
-        else:
-            base = group.get("initial_lr", lr)
+        base = _evaluate(group["lr"], 0) if callable(group["lr"]) else group.get("initial_lr", lr)
+        if not isinstance(lr, numbers.Real) or not isinstance(base, numbers.Real):
+            return lr  # not numbers: let the kernel's check report the lr
         return lr / base if base else 1.0
-
-    def _check_hyper(self, group: dict[str, Any], step: int) -> None:
-        _core.check_hyper(*self._values(group, step))
 
     def step(self, grads: Sequence[Array | None]) -> None:
         """One update of every parameter that has a gradient, in ONE fused kernel call.
@@ -164,10 +216,10 @@ class SGD:
         ``grads`` lists one gradient per parameter, in parameter order over all groups (the
         order of ``state_dict()["param_groups"][...]["params"]``); ``None`` leaves that parameter
         untouched, and it keeps its first-step state. Any invalid gradient or hyper-parameter
-        raises before anything is modified.
+        raises before anything is modified; errors name parameters by that position.
         """
         grads = list(grads)
-        total = self._param_count()
+        total = sum(len(g["params"]) for g in self.param_groups)
         if len(grads) != total:
             raise ValueError(f"step() got {len(grads)} gradients for {total} parameters")
         key = BUFFER_KEY[self.style]
@@ -180,14 +232,15 @@ class SGD:
             for p in group["params"]:
                 g = grads[index]
                 if g is not None:
-                    buf = self.state.get(index, {}).get(key)
-                    if has_momentum and buf is None:
-                        # torch: b <- g on the first step (the kernel writes it); others: from 0
-                        buf = np.empty_like(p) if self.style == "torch" else np.zeros_like(p)
-                        created.append((index, buf))
-                        first.append(self.style == "torch")
-                    else:
-                        first.append(False)
+                    first.append(False)
+                    buf = None
+                    if has_momentum:
+                        buf = self.state.get(p, {}).get(key)
+                        if buf is None:
+                            # torch: b <- g on the first step (the kernel writes it); others: 0
+                            buf = np.empty_like(p) if self.style == "torch" else np.zeros_like(p)
+                            created.append((p, buf))
+                            first[-1] = self.style == "torch"
                     params.append(p)
                     group_grads.append(g)
                     buffers.append(buf)
@@ -197,79 +250,85 @@ class SGD:
                 calls.append((params, group_grads, buffers if has_momentum else None, first,
                               *values, indices))
         _core.sgd_steps(calls)
-        # Only now, after a successful update: new buffers, and PyTorch's None for no momentum.
-        for i, buf in created:
-            self.state.setdefault(i, {})[key] = buf
-        for call in calls:
-            if call[2] is None:
-                for i in call[-1]:
-                    self.state.setdefault(i, {}).setdefault(key, None)
+        for p, buf in created:  # only after a successful update
+            self.state.setdefault(p, {})[key] = buf
         self.iterations += 1
 
     # -- checkpoints ------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        """PyTorch's layout, with only NumPy arrays and plain scalars::
+        """PyTorch's layout, with only NumPy arrays and plain data::
 
-            {"state": {index: {"momentum_buffer": array}},        # "velocity" for style="keras"
+            {"state": {index: {"momentum_buffer": array}},    # "velocity" for style="keras"
              "param_groups": [{"lr": ..., ..., "params": [index, ...]}],
              "style": "torch", "iterations": n}
 
-        Buffers are the live arrays (as in PyTorch): copy or save them before stepping on. A
-        schedule from :mod:`fastmomentum.schedules` is saved as ``{"schedule": its to_dict()}``;
-        another callable as ``None`` (pass it to the constructor again before loading).
+        ``index`` is the parameter's position over all groups. Buffers are the live arrays (as in
+        PyTorch): save or copy them before stepping on. A schedule from
+        :mod:`fastmomentum.schedules` is saved as ``{"schedule": its to_dict()}``; any other
+        callable as ``{"callable": its name}``, to be passed to the constructor again before
+        loading.
         """
-        groups, index = [], 0
+        groups, state, index = [], {}, 0
         for group in self.param_groups:
             saved = {k: _describe(v) for k, v in group.items() if k != "params"}
-            saved["params"] = list(range(index, index + len(group["params"])))
-            index += len(group["params"])
+            saved["params"] = []
+            for p in group["params"]:
+                if p in self.state:
+                    state[index] = dict(self.state[p])
+                saved["params"].append(index)
+                index += 1
             groups.append(saved)
-        state = {i: dict(s) for i, s in sorted(self.state.items())}
         return {"state": state, "param_groups": groups, "style": self.style,
                 "iterations": self.iterations}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore ``state_dict()``'s content (buffers are copied into new arrays of the
-        parameters' dtype). Everything is checked first: on an error nothing changes."""
+        """Restore ``state_dict()``'s content, or a ``torch.optim.SGD`` one (with NumPy arrays
+        for its tensors; missing group keys take this optimizer's defaults). Buffers are copied
+        into new arrays of the parameters' dtype. Everything is checked first: on an error,
+        nothing changes."""
         style = state_dict.get("style", "torch")
         if style != self.style:
             raise ValueError(f"the state dict is of style {style!r} but this optimizer's is "
                              f"{self.style!r}; convert it with fastmomentum.checkpoint.convert")
+        iterations = state_dict.get("iterations", 0)
+        if not isinstance(iterations, numbers.Integral) or iterations < 0:
+            raise ValueError(f"iterations must be an integer >= 0, got {iterations!r}")
         saved_groups = state_dict["param_groups"]
         if len(saved_groups) != len(self.param_groups):
             raise ValueError("loaded state dict has a different number of parameter groups")
-        params = [p for g in self.param_groups for p in g["params"]]
-        new_groups = []
+        new_groups, saved_order = [], []
         for i, (group, saved) in enumerate(zip(self.param_groups, saved_groups)):
             if len(saved["params"]) != len(group["params"]):
                 raise ValueError("loaded state dict contains a parameter group that doesn't match "
                                  "the size of optimizer's group")
-            new_group = {k: _restore(v, group.get(k), f"param_groups[{i}][{k!r}]")
-                         for k, v in saved.items() if k != "params"}
-            new_group["params"] = group["params"]
-            self._check_hyper(new_group, int(state_dict.get("iterations", 0)))
+            restored = {k: _restore(v, group.get(k), f"param_groups[{i}][{k!r}]")
+                        for k, v in saved.items() if k != "params"}
+            new_group = {**self.defaults, **restored, "params": group["params"]}
+            _core.check_hyper(*self._values(new_group, int(iterations)))
             new_groups.append(new_group)
-        # The saved indices name parameters by position; ours run over the groups in order.
-        position = {int(s): ours for ours, s in
-                    enumerate(s for saved in saved_groups for s in saved["params"])}
+            saved_order += [int(s) for s in saved["params"]]
+        if sorted(saved_order) != list(range(len(saved_order))):
+            raise ValueError("the state dict's parameter indices are not 0..n-1, each once")
+        param_at = dict(zip(saved_order, self._params()))
         key = BUFFER_KEY[self.style]
-        new_state: dict[int, dict[str, Any]] = {}
+        new_state = ArrayState()
         for saved_index, entry in state_dict["state"].items():
-            i = position.get(int(saved_index))
-            if i is None:
-                raise ValueError(f"state entry {saved_index!r} names no parameter of the groups")
+            p = param_at.get(int(saved_index))
+            if p is None or not isinstance(entry, dict):
+                raise ValueError(f"state entry {saved_index!r} is not a dict for a parameter "
+                                 "of the groups")
             buf = entry.get(key)
             if buf is not None:
                 buf = np.asarray(buf)
-                if buf.shape != params[i].shape:
+                if buf.shape != p.shape:
                     raise ValueError(f"state[{saved_index}][{key!r}] has shape {buf.shape} but "
-                                     f"params[{i}] has shape {params[i].shape}")
-                buf = np.array(buf, dtype=params[i].dtype, order="C", copy=True)
-            new_state[i] = {**entry, key: buf}
+                                     f"its parameter has shape {p.shape}")
+                buf = np.array(buf, dtype=p.dtype, order="C", copy=True)
+            new_state[p] = {**entry, key: buf}
         self.param_groups[:] = new_groups
         self.state = new_state
-        self.iterations = int(state_dict.get("iterations", 0))
+        self.iterations = int(iterations)
 
     def __repr__(self) -> str:
         lines = [f"SGD (style={self.style!r}, iterations={self.iterations})"]
@@ -280,27 +339,33 @@ class SGD:
         return "\n".join(lines)
 
 
-def _evaluate(value: Hyper, step: int) -> float:
+_BARE = object()  # marks a group made of bare arrays while the constructor collects them
+
+
+def _evaluate(value: Hyper, step: int) -> Any:
     return float(value(step)) if callable(value) else value
 
 
 def _describe(value: Any) -> Any:
-    """A hyper-parameter as plain data: schedules as their description, other callables None."""
+    """A hyper-parameter as plain data: a schedule as its description, another callable as a
+    marker with its name."""
     if callable(value):
         to_dict = getattr(value, "to_dict", None)
-        return {"schedule": to_dict()} if to_dict is not None else None
+        if to_dict is not None:
+            return {"schedule": to_dict()}
+        return {_CALLABLE: getattr(value, "__qualname__", type(value).__name__)}
     return value
 
 
 def _restore(saved: Any, current: Any, where: str) -> Any:
-    """The inverse of :func:`_describe`, keeping the live callable for an unsaveable one."""
+    """The inverse of :func:`_describe`, keeping the live callable for a marked one."""
     if isinstance(saved, dict) and set(saved) == {"schedule"}:
         from .schedules import from_dict
 
         return from_dict(saved["schedule"])
-    if saved is None and callable(current):
-        return current
-    if saved is None and current is not None:
-        raise ValueError(f"{where} was a callable that cannot be saved; pass it to the "
-                         "optimizer's constructor again before loading")
+    if isinstance(saved, dict) and set(saved) == {_CALLABLE}:
+        if callable(current):
+            return current
+        raise ValueError(f"{where} was the callable {saved[_CALLABLE]!r}, which cannot be saved; "
+                         "pass it to the optimizer's constructor again before loading")
     return saved
