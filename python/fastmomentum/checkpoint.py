@@ -110,7 +110,7 @@ def from_arrays(arrays: Any) -> Any:
 def save(path: PathLike, tree: Any) -> None:
     """Write ``tree`` to exactly ``path`` (no suffix is added), atomically: the file is written
     beside it and then renamed, so a crash never leaves a half-written checkpoint there."""
-    arrays = to_arrays(tree)
+    arrays: dict[str, Any] = to_arrays(tree)
     temporary = f"{os.fspath(path)}.tmp"
     try:
         with open(temporary, "wb") as f:

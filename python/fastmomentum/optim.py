@@ -137,16 +137,18 @@ class SGD:
             raise ValueError("optimizer got an empty parameter list")
         # Each run of bare arrays forms a group with the defaults, each dict a group of its own.
         groups: list[dict[str, Any]] = []
+        run: list[Any] | None = None  # the params of the group of bare arrays being collected
         for item in items:
             if isinstance(item, dict):
                 groups.append(item)
-            elif groups and groups[-1].get(_BARE):
-                groups[-1]["params"].append(item)
+                run = None
+            elif run is None:
+                run = [item]
+                groups.append({"params": run})
             else:
-                groups.append({_BARE: True, "params": [item]})
+                run.append(item)
         seen: set[int] = set()
         for group in groups:
-            group.pop(_BARE, None)
             self._add(group, seen)
         _core.check_params(self._params(), 0)  # once for all: no two share memory
 
@@ -337,9 +339,6 @@ class SGD:
             lines += [f"    {k}: {group[k]!r}" for k in sorted(group) if k != "params"]
             lines.append(f"    params: {len(group['params'])} arrays")
         return "\n".join(lines)
-
-
-_BARE = object()  # marks a group made of bare arrays while the constructor collects them
 
 
 def _evaluate(value: Hyper, step: int) -> Any:

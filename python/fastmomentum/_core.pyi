@@ -1,0 +1,45 @@
+"""Type stubs for fastmomentum's compiled module (cpp/bindings)."""
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+_Arrays = list[NDArray[np.floating[Any]]] | tuple[NDArray[np.floating[Any]], ...]
+
+__version__: str
+
+def config() -> dict[str, Any]: ...
+def set_num_threads(n: int) -> None: ...
+def get_num_threads() -> int: ...
+def select_isa(name: str) -> None: ...
+def set_grain(elements: int) -> None: ...
+def sgd_step(
+    params: _Arrays,
+    grads: _Arrays,
+    buffers: Sequence[NDArray[np.floating[Any]] | None] | None,
+    first_step: bool | Sequence[bool],
+    style: str,
+    lr: float,
+    momentum: float,
+    dampening: float,
+    nesterov: bool,
+    weight_decay: float,
+    weight_decay_mode: str,
+    schedule_multiplier: float,
+    maximize: bool,
+) -> int: ...
+def sgd_steps(calls: Sequence[tuple[Any, ...]]) -> int: ...
+def check_params(params: Sequence[NDArray[np.floating[Any]]], first_index: int) -> None: ...
+def check_hyper(
+    style: str,
+    lr: float,
+    momentum: float,
+    dampening: float,
+    nesterov: bool,
+    weight_decay: float,
+    weight_decay_mode: str,
+    schedule_multiplier: float,
+    maximize: bool,
+) -> None: ...
