@@ -11,6 +11,11 @@ compares by value, has a readable ``repr``, and describes itself as plain data::
     >>> from_dict(s.to_dict()) == s
     True
 
+A schedule is built by its lowercase name, which is the class itself (``cosine_decay is
+CosineDecay``; ``sgdr`` is ``cosine_decay_restarts``), except :func:`warmup_cosine_decay`: a
+function, because its ``decay_steps_include_warmup`` is a required keyword-only argument, which a
+dataclass cannot express on Python 3.9.
+
 ``to_dict()`` holds only ``str``/``int``/``float``/``bool``/``None``/``list``/``dict`` values, so it
 fits a JSON checkpoint; :func:`from_dict` rebuilds any schedule, joined ones included.
 
@@ -171,7 +176,7 @@ class _ScheduleBase:
             _KINDS[cls.kind] = cls
 
     def to_dict(self) -> dict[str, Any]:
-        """``{"kind": <factory name>, **parameters}`` as plain data (lists, numbers, bools)."""
+        """``{"kind": <lowercase name>, **parameters}`` as plain data (lists, numbers, bools)."""
         out: dict[str, Any] = {"kind": self.kind}
         for f in fields(self):  # type: ignore[arg-type]
             out[f.name] = _plain(getattr(self, f.name))
@@ -181,7 +186,7 @@ class _ScheduleBase:
 def from_dict(d: Mapping[str, Any]) -> Schedule:
     """Rebuild a schedule from its ``to_dict()`` (joined schedules included, recursively).
 
-    The parameters are validated exactly as by the factory function named by ``d["kind"]``.
+    The parameters are validated exactly as when built by the name ``d["kind"]``.
     """
     if not isinstance(d, Mapping):
         raise TypeError(f"d must be a mapping (a schedule's to_dict()), got {type(d).__name__}")
@@ -214,7 +219,7 @@ def from_dict(d: Mapping[str, Any]) -> Schedule:
 
 @dataclass(frozen=True)
 class Constant(_ScheduleBase):
-    """``value`` at every step. Built by :func:`constant`."""
+    """``f(step) = value`` at every step (optax ``constant_schedule``)."""
 
     kind: ClassVar[str] = "constant"
     value: float
@@ -227,23 +232,35 @@ class Constant(_ScheduleBase):
         return self.value
 
 
-def constant(value: float) -> Constant:
-    """``f(step) = value`` (optax ``constant_schedule``)."""
-    return Constant(value)
+constant = Constant
 
 
 @dataclass(frozen=True)
 class PiecewiseConstant(_ScheduleBase):
-    """Keras ``PiecewiseConstantDecay``. Built by :func:`piecewise_constant`."""
+    """Keras ``PiecewiseConstantDecay(boundaries, values)``: a step function, boundaries INCLUSIVE.
+
+    ::
+
+        f(step) = values[0]      if step <= boundaries[0]
+                  values[i]      if boundaries[i-1] < step <= boundaries[i]
+                  values[-1]     if step > boundaries[-1]
+
+    So ``values[i+1]`` starts at step ``boundaries[i] + 1`` (optax's
+    :func:`piecewise_constant_scales` switches AT the boundary). ``len(values)`` must be
+    ``len(boundaries) + 1`` and ``boundaries`` non-decreasing (Keras checks neither the order nor,
+    until the first call, that ``boundaries`` is non-empty; here an empty ``boundaries`` with one
+    value is a constant).
+    """
 
     kind: ClassVar[str] = "piecewise_constant"
     boundaries: tuple[Number, ...]
     values: tuple[float, ...]
 
     def __post_init__(self) -> None:
-        boundaries = tuple(_norm_boundary(f"boundaries[{i}]", b)
-                           for i, b in enumerate(_seq("boundaries", self.boundaries)))
-        values = tuple(_real(f"values[{i}]", v) for i, v in enumerate(_seq("values", self.values)))
+        # both sequences are checked before their elements
+        boundaries, values = _seq("boundaries", self.boundaries), _seq("values", self.values)
+        boundaries = tuple(_norm_boundary(f"boundaries[{i}]", b) for i, b in enumerate(boundaries))
+        values = tuple(_real(f"values[{i}]", v) for i, v in enumerate(values))
         if len(values) != len(boundaries) + 1:
             raise ValueError(
                 f"values must have one more element than boundaries, got {len(values)} values "
@@ -260,6 +277,9 @@ class PiecewiseConstant(_ScheduleBase):
         return self.values[bisect_left(self.boundaries, _step(step))]
 
 
+piecewise_constant = PiecewiseConstant
+
+
 def _seq(name: str, x: Any) -> tuple[Any, ...]:
     if isinstance(x, (str, bytes, Mapping)) or not isinstance(x, Iterable):
         raise TypeError(f"{name} must be a sequence, got {x!r}")
@@ -272,35 +292,28 @@ def _norm_boundary(name: str, x: Any) -> Number:
     return _real(name, x)
 
 
-def piecewise_constant(boundaries: Sequence[Number], values: Sequence[float]) -> PiecewiseConstant:
-    """Keras ``PiecewiseConstantDecay(boundaries, values)``: a step function, boundaries INCLUSIVE.
+@dataclass(frozen=True)
+class PiecewiseConstantScales(_ScheduleBase):
+    """optax ``piecewise_constant_schedule(init_value, boundaries_and_scales)``: multiplicative.
 
     ::
 
-        f(step) = values[0]      if step <= boundaries[0]
-                  values[i]      if boundaries[i-1] < step <= boundaries[i]
-                  values[-1]     if step > boundaries[-1]
+        f(step) = init_value * prod(scale for boundary, scale in boundaries_and_scales
+                                    if step >= boundary)
 
-    So ``values[i+1]`` starts at step ``boundaries[i] + 1`` (optax's
-    :func:`piecewise_constant_scales` switches AT the boundary). ``len(values)`` must be
-    ``len(boundaries) + 1`` and ``boundaries`` non-decreasing (Keras checks neither the order nor,
-    until the first call, that ``boundaries`` is non-empty; here an empty ``boundaries`` with one
-    value is a constant).
+    The scale applies FROM its boundary on (Keras :func:`piecewise_constant` switches one step
+    later). ``boundaries_and_scales`` is a ``{boundary: scale}`` mapping or a list of pairs;
+    boundaries are integers >= 0 (each at most once), scales >= 0 (as optax checks).
     """
-    return PiecewiseConstant(tuple(_seq("boundaries", boundaries)), tuple(_seq("values", values)))
-
-
-@dataclass(frozen=True)
-class PiecewiseConstantScales(_ScheduleBase):
-    """optax ``piecewise_constant_schedule``. Built by :func:`piecewise_constant_scales`."""
 
     kind: ClassVar[str] = "piecewise_constant_scales"
     init_value: float
-    boundaries_and_scales: tuple[tuple[int, float], ...] = ()
+    # stored as sorted (boundary, scale) pairs; None (no scales) becomes ()
+    boundaries_and_scales: tuple[tuple[int, float], ...] | None = None
 
     def __post_init__(self) -> None:
-        _set(self, "init_value", _real("init_value", self.init_value))
         pairs = _scale_pairs("boundaries_and_scales", self.boundaries_and_scales)
+        _set(self, "init_value", _real("init_value", self.init_value))
         _set(self, "boundaries_and_scales", pairs)
 
     def __call__(self, step: int) -> float:
@@ -310,6 +323,9 @@ class PiecewiseConstantScales(_ScheduleBase):
             if step >= boundary:
                 value = value * scale
         return value
+
+
+piecewise_constant_scales = PiecewiseConstantScales
 
 
 def _scale_pairs(name: str, x: Any) -> tuple[tuple[int, float], ...]:
@@ -331,28 +347,30 @@ def _scale_pairs(name: str, x: Any) -> tuple[tuple[int, float], ...]:
     return tuple(sorted(pairs.items()))
 
 
-def piecewise_constant_scales(
-    init_value: float,
-    boundaries_and_scales: Mapping[int, float] | Iterable[tuple[int, float]] | None = None,
-) -> PiecewiseConstantScales:
-    """optax ``piecewise_constant_schedule(init_value, boundaries_and_scales)``: multiplicative.
+@dataclass(frozen=True)
+class ExponentialDecay(_ScheduleBase):
+    """Exponential decay: Keras ``ExponentialDecay`` extended by optax ``exponential_decay``.
 
     ::
 
-        f(step) = init_value * prod(scale for boundary, scale in boundaries_and_scales
-                                    if step >= boundary)
+        s = step - transition_begin
+        p = s / decay_steps                  (floor(p) if staircase)
+        v = init_value                       if s <= 0
+            init_value * decay_rate ** p     otherwise
+        f(step) = v                          if end_value is None
+                  max(v, end_value)          if decay_rate < 1   (end_value is a floor)
+                  min(v, end_value)          if decay_rate >= 1  (end_value is a ceiling)
 
-    The scale applies FROM its boundary on (Keras :func:`piecewise_constant` switches one step
-    later). ``boundaries_and_scales`` is a ``{boundary: scale}`` mapping or a list of pairs;
-    boundaries are integers >= 0 (each at most once), scales >= 0 (as optax checks).
+    ``transition_begin=0, end_value=None`` is exactly Keras ``ExponentialDecay(init_value,
+    decay_steps, decay_rate, staircase)``; optax's ``transition_steps`` is ``decay_steps``. As in
+    optax, the clip also applies before ``transition_begin`` (an ``end_value`` above
+    ``init_value`` with a rate < 1 gives ``end_value`` everywhere).
+
+    Differences from the libraries, all on degenerate input: ``decay_steps <= 0`` and
+    ``decay_rate <= 0`` raise ``ValueError`` (optax silently returns the constant ``init_value``
+    for ``transition_steps <= 0`` or ``decay_rate == 0``, Keras raises for ``decay_steps <= 0`` and
+    gives ``init * 0**p``), and a negative ``transition_begin`` raises (optax uses 0).
     """
-    return PiecewiseConstantScales(init_value, _scale_pairs("boundaries_and_scales",
-                                                            boundaries_and_scales))
-
-
-@dataclass(frozen=True)
-class ExponentialDecay(_ScheduleBase):
-    """Keras ``ExponentialDecay`` / optax ``exponential_decay``; see :func:`exponential_decay`."""
 
     kind: ClassVar[str] = "exponential_decay"
     init_value: float
@@ -391,43 +409,18 @@ class ExponentialDecay(_ScheduleBase):
         return value
 
 
-def exponential_decay(
-    init_value: float,
-    decay_steps: Number,
-    decay_rate: float,
-    staircase: bool = False,
-    transition_begin: int = 0,
-    end_value: float | None = None,
-) -> ExponentialDecay:
-    """Exponential decay: Keras ``ExponentialDecay`` extended by optax ``exponential_decay``.
-
-    ::
-
-        s = step - transition_begin
-        p = s / decay_steps                  (floor(p) if staircase)
-        v = init_value                       if s <= 0
-            init_value * decay_rate ** p     otherwise
-        f(step) = v                          if end_value is None
-                  max(v, end_value)          if decay_rate < 1   (end_value is a floor)
-                  min(v, end_value)          if decay_rate >= 1  (end_value is a ceiling)
-
-    ``transition_begin=0, end_value=None`` is exactly Keras ``ExponentialDecay(init_value,
-    decay_steps, decay_rate, staircase)``; optax's ``transition_steps`` is ``decay_steps``. As in
-    optax, the clip also applies before ``transition_begin`` (an ``end_value`` above
-    ``init_value`` with a rate < 1 gives ``end_value`` everywhere).
-
-    Differences from the libraries, all on degenerate input: ``decay_steps <= 0`` and
-    ``decay_rate <= 0`` raise ``ValueError`` (optax silently returns the constant ``init_value``
-    for ``transition_steps <= 0`` or ``decay_rate == 0``, Keras raises for ``decay_steps <= 0`` and
-    gives ``init * 0**p``), and a negative ``transition_begin`` raises (optax uses 0).
-    """
-    return ExponentialDecay(init_value, decay_steps, decay_rate, staircase, transition_begin,
-                            end_value)
+exponential_decay = ExponentialDecay
 
 
 @dataclass(frozen=True)
 class InverseTimeDecay(_ScheduleBase):
-    """Keras ``InverseTimeDecay``. Built by :func:`inverse_time_decay`."""
+    """Keras ``InverseTimeDecay``::
+
+        p = step / decay_steps               (floor(p) if staircase)
+        f(step) = init_value / (1 + decay_rate * p)
+
+    ``decay_steps > 0``, ``decay_rate >= 0``. (optax has no inverse-time schedule.)
+    """
 
     kind: ClassVar[str] = "inverse_time_decay"
     init_value: float
@@ -448,22 +441,23 @@ class InverseTimeDecay(_ScheduleBase):
         return self.init_value / (1.0 + self.decay_rate * p)
 
 
-def inverse_time_decay(
-    init_value: float, decay_steps: Number, decay_rate: float, staircase: bool = False
-) -> InverseTimeDecay:
-    """Keras ``InverseTimeDecay``::
-
-        p = step / decay_steps               (floor(p) if staircase)
-        f(step) = init_value / (1 + decay_rate * p)
-
-    ``decay_steps > 0``, ``decay_rate >= 0``. (optax has no inverse-time schedule.)
-    """
-    return InverseTimeDecay(init_value, decay_steps, decay_rate, staircase)
+inverse_time_decay = InverseTimeDecay
 
 
 @dataclass(frozen=True)
 class PolynomialDecay(_ScheduleBase):
-    """Keras ``PolynomialDecay``. Built by :func:`polynomial_decay`."""
+    """Keras ``PolynomialDecay`` (``end_value`` is Keras' ``end_learning_rate``, default 1e-4)::
+
+        if cycle:  T = decay_steps * (1 if step == 0 else ceil(step / decay_steps)); s = step
+        else:      T = decay_steps;  s = min(step, decay_steps)
+        f(step) = (init_value - end_value) * (1 - s / T) ** power + end_value
+
+    With ``cycle`` the value reaches ``end_value`` at every multiple ``k * decay_steps`` and jumps
+    up at the next step, decaying over a horizon ``(k+1) * decay_steps`` each time. optax's
+    ``polynomial_schedule(init_value, end_value, power, transition_steps, transition_begin)`` is
+    the ``cycle=False`` case (with ``transition_begin=0``) but defaults ``end_value`` to nothing
+    (it is required there) and has no ``cycle``. ``decay_steps > 0``, ``power > 0``.
+    """
 
     kind: ClassVar[str] = "polynomial_decay"
     init_value: float
@@ -491,26 +485,7 @@ class PolynomialDecay(_ScheduleBase):
         return (self.init_value - self.end_value) * (1.0 - p) ** self.power + self.end_value
 
 
-def polynomial_decay(
-    init_value: float,
-    decay_steps: Number,
-    end_value: float = 0.0001,
-    power: float = 1.0,
-    cycle: bool = False,
-) -> PolynomialDecay:
-    """Keras ``PolynomialDecay`` (``end_value`` is Keras' ``end_learning_rate``, default 1e-4)::
-
-        if cycle:  T = decay_steps * (1 if step == 0 else ceil(step / decay_steps)); s = step
-        else:      T = decay_steps;  s = min(step, decay_steps)
-        f(step) = (init_value - end_value) * (1 - s / T) ** power + end_value
-
-    With ``cycle`` the value reaches ``end_value`` at every multiple ``k * decay_steps`` and jumps
-    up at the next step, decaying over a horizon ``(k+1) * decay_steps`` each time. optax's
-    ``polynomial_schedule(init_value, end_value, power, transition_steps, transition_begin)`` is
-    the ``cycle=False`` case (with ``transition_begin=0``) but defaults ``end_value`` to nothing
-    (it is required there) and has no ``cycle``. ``decay_steps > 0``, ``power > 0``.
-    """
-    return PolynomialDecay(init_value, decay_steps, end_value, power, cycle)
+polynomial_decay = PolynomialDecay
 
 
 def _half_cosine(fraction: float) -> float:
@@ -520,9 +495,17 @@ def _half_cosine(fraction: float) -> float:
 
 @dataclass(frozen=True)
 class CosineDecay(_ScheduleBase):
-    """Keras ``CosineDecay`` (no warmup) / optax ``cosine_decay_schedule``.
+    """Cosine decay from ``init_value`` to ``alpha * init_value`` over ``decay_steps``, then flat::
 
-    Built by :func:`cosine_decay`.
+        s = min(step, decay_steps)
+        c = 0.5 * (1 + cos(pi * s / decay_steps))
+        f(step) = init_value * ((1 - alpha) * c ** exponent + alpha)
+
+    Keras ``CosineDecay(init_value, decay_steps, alpha)`` (``exponent=1``; for its warmup see
+    :func:`warmup_cosine_decay`) and optax ``cosine_decay_schedule(init_value, decay_steps, alpha,
+    exponent)`` (the exponent applies to ``c`` only, not to ``alpha``). At ``step =
+    decay_steps / 2``: ``init_value * (0.5 * (1 - alpha) + alpha)`` when ``exponent == 1``.
+    ``decay_steps > 0``, ``exponent > 0``.
     """
 
     kind: ClassVar[str] = "cosine_decay"
@@ -543,22 +526,7 @@ class CosineDecay(_ScheduleBase):
         return self.init_value * ((1.0 - self.alpha) * c ** self.exponent + self.alpha)
 
 
-def cosine_decay(
-    init_value: float, decay_steps: Number, alpha: float = 0.0, exponent: float = 1.0
-) -> CosineDecay:
-    """Cosine decay from ``init_value`` to ``alpha * init_value`` over ``decay_steps``, then flat::
-
-        s = min(step, decay_steps)
-        c = 0.5 * (1 + cos(pi * s / decay_steps))
-        f(step) = init_value * ((1 - alpha) * c ** exponent + alpha)
-
-    Keras ``CosineDecay(init_value, decay_steps, alpha)`` (``exponent=1``; for its warmup see
-    :func:`warmup_cosine_decay`) and optax ``cosine_decay_schedule(init_value, decay_steps, alpha,
-    exponent)`` (the exponent applies to ``c`` only, not to ``alpha``). At ``step =
-    decay_steps / 2``: ``init_value * (0.5 * (1 - alpha) + alpha)`` when ``exponent == 1``.
-    ``decay_steps > 0``, ``exponent > 0``.
-    """
-    return CosineDecay(init_value, decay_steps, alpha, exponent)
+cosine_decay = CosineDecay
 
 
 @dataclass(frozen=True)
@@ -651,7 +619,26 @@ def warmup_cosine_decay(
 
 @dataclass(frozen=True)
 class CosineDecayRestarts(_ScheduleBase):
-    """Keras ``CosineDecayRestarts`` (SGDR). Built by :func:`cosine_decay_restarts`."""
+    """Keras ``CosineDecayRestarts`` (SGDR, Loshchilov & Hutter): cosine cycles with restarts.
+
+    Period ``i`` (from 0) lasts ``first_decay_steps * t_mul**i`` steps, starts at step
+    ``first_decay_steps * (t_mul**i - 1) / (t_mul - 1)`` (``i * first_decay_steps`` if
+    ``t_mul == 1``), and its cosine has amplitude ``m_mul**i``; ``alpha`` is NOT scaled by it::
+
+        x = step / first_decay_steps
+        if t_mul == 1:  i = floor(x);                               r = x - i
+        else:           i = floor(log(1 - x * (1 - t_mul)) / log(t_mul))
+                        r = (x - (1 - t_mul**i) / (1 - t_mul)) / t_mul**i
+        f(step) = init_value * ((1 - alpha) * 0.5 * m_mul**i * (1 + cos(pi * r)) + alpha)
+
+    This is Keras' exact computation, including one rounding quirk: at a few restart steps the
+    ``log`` ratio rounds just below the integer ``i`` (in double e.g. step 1210 for
+    ``first_decay_steps=10, t_mul=3``; far more often in Keras' float32), so that step gives the
+    end of the previous period (``r = 1``, value ``alpha * init_value``) and the restart comes one
+    step later. ``t_mul = 2`` and ``t_mul = 1`` restart exactly. ``first_decay_steps > 0``,
+    ``t_mul >= 1``, ``m_mul >= 0``. Not to be confused with optax ``sgdr_schedule``, which joins
+    :func:`warmup_cosine_decay`-style cycles given as a list of their parameters.
+    """
 
     kind: ClassVar[str] = "cosine_decay_restarts"
     init_value: float
@@ -690,34 +677,7 @@ class CosineDecayRestarts(_ScheduleBase):
         return self.init_value * ((1.0 - self.alpha) * cosine_decayed + self.alpha)
 
 
-def cosine_decay_restarts(
-    init_value: float,
-    first_decay_steps: Number,
-    t_mul: float = 2.0,
-    m_mul: float = 1.0,
-    alpha: float = 0.0,
-) -> CosineDecayRestarts:
-    """Keras ``CosineDecayRestarts`` (SGDR, Loshchilov & Hutter): cosine cycles with restarts.
-
-    Period ``i`` (from 0) lasts ``first_decay_steps * t_mul**i`` steps, starts at step
-    ``first_decay_steps * (t_mul**i - 1) / (t_mul - 1)`` (``i * first_decay_steps`` if
-    ``t_mul == 1``), and its cosine has amplitude ``m_mul**i``; ``alpha`` is NOT scaled by it::
-
-        x = step / first_decay_steps
-        if t_mul == 1:  i = floor(x);                               r = x - i
-        else:           i = floor(log(1 - x * (1 - t_mul)) / log(t_mul))
-                        r = (x - (1 - t_mul**i) / (1 - t_mul)) / t_mul**i
-        f(step) = init_value * ((1 - alpha) * 0.5 * m_mul**i * (1 + cos(pi * r)) + alpha)
-
-    This is Keras' exact computation, including one rounding quirk: at a few restart steps the
-    ``log`` ratio rounds just below the integer ``i`` (in double e.g. step 1210 for
-    ``first_decay_steps=10, t_mul=3``; far more often in Keras' float32), so that step gives the
-    end of the previous period (``r = 1``, value ``alpha * init_value``) and the restart comes one
-    step later. ``t_mul = 2`` and ``t_mul = 1`` restart exactly. ``first_decay_steps > 0``,
-    ``t_mul >= 1``, ``m_mul >= 0``. Not to be confused with optax ``sgdr_schedule``, which joins
-    :func:`warmup_cosine_decay`-style cycles given as a list of their parameters.
-    """
-    return CosineDecayRestarts(init_value, first_decay_steps, t_mul, m_mul, alpha)
+cosine_decay_restarts = CosineDecayRestarts
 
 
 sgdr = cosine_decay_restarts
@@ -762,7 +722,23 @@ def _onecycle_check(transition_steps: Any, peak_value: Any, div_factor: Any,
 
 @dataclass(frozen=True)
 class LinearOnecycle(_ScheduleBase):
-    """optax ``linear_onecycle_schedule``. Built by :func:`linear_onecycle`."""
+    """optax ``linear_onecycle_schedule``: three linear phases through four knots.
+
+    With ``v0 = peak_value / div_factor``, ``b1 = int(pct_start * transition_steps)``,
+    ``b2 = int(pct_final * transition_steps)``, ``N = transition_steps``, the knots are
+    (optax ``piecewise_interpolate_schedule('linear', v0, {b1: div_factor, b2: 1/div_factor,
+    N: 1/final_div_factor})``, values built by cumulative products)::
+
+        step -1: v0,  b1: v1 = v0*div_factor (~peak_value),  b2: v2 = v1/div_factor (~v0),
+        N:  v3 = v2/final_div_factor
+        f(step) = (v[k+1] - v[k]) * (step - knot[k]) / (knot[k+1] - knot[k]) + v[k]
+                  on [knot[k], knot[k+1]);   v3 for step >= N
+
+    Note optax's first knot is at step -1, so ``f(0) = v0 + (v1 - v0) / (b1 + 1)``, not ``v0``
+    (PyTorch ``OneCycleLR`` starts at exactly ``max_lr / div_factor`` and places its phase ends
+    differently). Requires ``b1 < b2 < N`` (optax merges colliding boundaries silently),
+    ``div_factor > 0``, ``final_div_factor > 0``.
+    """
 
     kind: ClassVar[str] = "linear_onecycle"
     transition_steps: int
@@ -796,38 +772,26 @@ class LinearOnecycle(_ScheduleBase):
                                       boundaries, scales, _step(step))
 
 
-def linear_onecycle(
-    transition_steps: int,
-    peak_value: float,
-    pct_start: float = 0.3,
-    pct_final: float = 0.85,
-    div_factor: float = 25.0,
-    final_div_factor: float = 1e4,
-) -> LinearOnecycle:
-    """optax ``linear_onecycle_schedule``: three linear phases through four knots.
-
-    With ``v0 = peak_value / div_factor``, ``b1 = int(pct_start * transition_steps)``,
-    ``b2 = int(pct_final * transition_steps)``, ``N = transition_steps``, the knots are
-    (optax ``piecewise_interpolate_schedule('linear', v0, {b1: div_factor, b2: 1/div_factor,
-    N: 1/final_div_factor})``, values built by cumulative products)::
-
-        step -1: v0,  b1: v1 = v0*div_factor (~peak_value),  b2: v2 = v1/div_factor (~v0),
-        N:  v3 = v2/final_div_factor
-        f(step) = (v[k+1] - v[k]) * (step - knot[k]) / (knot[k+1] - knot[k]) + v[k]
-                  on [knot[k], knot[k+1]);   v3 for step >= N
-
-    Note optax's first knot is at step -1, so ``f(0) = v0 + (v1 - v0) / (b1 + 1)``, not ``v0``
-    (PyTorch ``OneCycleLR`` starts at exactly ``max_lr / div_factor`` and places its phase ends
-    differently). Requires ``b1 < b2 < N`` (optax merges colliding boundaries silently),
-    ``div_factor > 0``, ``final_div_factor > 0``.
-    """
-    return LinearOnecycle(transition_steps, peak_value, pct_start, pct_final, div_factor,
-                          final_div_factor)
+linear_onecycle = LinearOnecycle
 
 
 @dataclass(frozen=True)
 class CosineOnecycle(_ScheduleBase):
-    """optax ``cosine_onecycle_schedule``. Built by :func:`cosine_onecycle`."""
+    """optax ``cosine_onecycle_schedule``: cosine up to the peak, cosine down to the floor.
+
+    With ``v0 = peak_value / div_factor``, ``b1 = int(pct_start * transition_steps)``,
+    ``N = transition_steps``, knots (optax ``piecewise_interpolate_schedule('cosine', v0,
+    {b1: div_factor, N: 1/(div_factor*final_div_factor)})``)::
+
+        step -1: v0,   b1: v1 = v0*div_factor (~peak_value),
+        N: v2 = v1/(div_factor*final_div_factor)
+        f(step) = v[k+1] + (v[k] - v[k+1]) / 2 * (cos(pi * pct) + 1),
+                  pct = (step - knot[k]) / (knot[k+1] - knot[k])   on [knot[k], knot[k+1])
+        f(step) = v2 for step >= N     (v2 ~ v0 / final_div_factor)
+
+    As in :func:`linear_onecycle` the first knot is at step -1. Requires ``b1 < N``,
+    ``div_factor > 0``, ``final_div_factor > 0``.
+    """
 
     kind: ClassVar[str] = "cosine_onecycle"
     transition_steps: int
@@ -858,34 +822,21 @@ class CosineOnecycle(_ScheduleBase):
                                       boundaries, scales, _step(step))
 
 
-def cosine_onecycle(
-    transition_steps: int,
-    peak_value: float,
-    pct_start: float = 0.3,
-    div_factor: float = 25.0,
-    final_div_factor: float = 1e4,
-) -> CosineOnecycle:
-    """optax ``cosine_onecycle_schedule``: cosine up to the peak, cosine down to the floor.
-
-    With ``v0 = peak_value / div_factor``, ``b1 = int(pct_start * transition_steps)``,
-    ``N = transition_steps``, knots (optax ``piecewise_interpolate_schedule('cosine', v0,
-    {b1: div_factor, N: 1/(div_factor*final_div_factor)})``)::
-
-        step -1: v0,   b1: v1 = v0*div_factor (~peak_value),
-        N: v2 = v1/(div_factor*final_div_factor)
-        f(step) = v[k+1] + (v[k] - v[k+1]) / 2 * (cos(pi * pct) + 1),
-                  pct = (step - knot[k]) / (knot[k+1] - knot[k])   on [knot[k], knot[k+1])
-        f(step) = v2 for step >= N     (v2 ~ v0 / final_div_factor)
-
-    As in :func:`linear_onecycle` the first knot is at step -1. Requires ``b1 < N``,
-    ``div_factor > 0``, ``final_div_factor > 0``.
-    """
-    return CosineOnecycle(transition_steps, peak_value, pct_start, div_factor, final_div_factor)
+cosine_onecycle = CosineOnecycle
 
 
 @dataclass(frozen=True)
 class JoinedSchedules(_ScheduleBase):
-    """optax ``join_schedules``. Built by :func:`join_schedules`."""
+    """optax ``join_schedules``: switch schedule at each boundary, restarting its step count::
+
+        f(step) = schedules[0](step)                          if step < boundaries[0]
+                  schedules[i+1](step - boundaries[i])        if boundaries[i] <= step
+                                                              (the last such i)
+
+    ``len(boundaries) == len(schedules) - 1``; boundaries are integers >= 0, non-decreasing (a
+    schedule between two equal boundaries is never used). Any ``step -> value`` callable may be
+    joined; only schedules from this module can go through ``to_dict``.
+    """
 
     kind: ClassVar[str] = "join_schedules"
     schedules: tuple[Schedule, ...]
@@ -934,16 +885,4 @@ class JoinedSchedules(_ScheduleBase):
         return {"kind": self.kind, "schedules": children, "boundaries": list(self.boundaries)}
 
 
-def join_schedules(schedules: Sequence[Schedule], boundaries: Sequence[int]) -> JoinedSchedules:
-    """optax ``join_schedules``: switch schedule at each boundary, restarting its step count::
-
-        f(step) = schedules[0](step)                          if step < boundaries[0]
-                  schedules[i+1](step - boundaries[i])        if boundaries[i] <= step
-                                                              (the last such i)
-
-    ``len(boundaries) == len(schedules) - 1``; boundaries are integers >= 0, non-decreasing (a
-    schedule between two equal boundaries is never used). Any ``step -> value`` callable may be
-    joined; only schedules from this module can go through ``to_dict``.
-    """
-    return JoinedSchedules(tuple(_seq("schedules", schedules)),
-                           tuple(_seq("boundaries", boundaries)))
+join_schedules = JoinedSchedules
