@@ -68,28 +68,32 @@ DecayMode parse_decay_mode(const std::string& s) {
 const char* buffers_name(Style s) { return s == Style::keras ? "velocities" : "buffers"; }
 const char* momentum_name(Style s) { return s == Style::ema ? "beta" : "momentum"; }
 
-// PyTorch's wording ("Invalid learning rate: -0.1"), then what is expected.
-void require(bool ok, const std::string& what, double value, const std::string& expected) {
-    if (!ok) throw py::value_error("Invalid " + what + ": " + repr(value) + " (expected " + expected + ")");
+// PyTorch's wording ("Invalid learning rate: -0.1"), then what is expected. Called only on a
+// failure, so that a valid call builds no message.
+[[noreturn]] void invalid(const std::string& what, double value, const std::string& expected) {
+    throw py::value_error("Invalid " + what + ": " + repr(value) + " (expected " + expected + ")");
 }
 
 // PyTorch's rules, plus finiteness (a NaN learning rate would silently poison every parameter),
 // momentum and dampening in [0, 1], and a decoupled decay that cannot flip a parameter's sign.
 void check_hyper(const Hyper& h) {
-    const std::string mu = momentum_name(h.style);
-    require(std::isfinite(h.lr) && h.lr >= 0.0, "learning rate", h.lr, "a finite lr >= 0");
-    require(h.momentum >= 0.0 && h.momentum <= 1.0, mu + " value", h.momentum, "0 <= " + mu + " <= 1");
-    require(h.dampening >= 0.0 && h.dampening <= 1.0, "dampening value", h.dampening,
-            "0 <= dampening <= 1");
-    require(std::isfinite(h.weight_decay) && h.weight_decay >= 0.0, "weight_decay value",
-            h.weight_decay, "a finite weight_decay >= 0");
-    require(std::isfinite(h.schedule_multiplier) && h.schedule_multiplier >= 0.0,
-            "schedule_multiplier value", h.schedule_multiplier, "a finite schedule_multiplier >= 0");
+    const std::string mu = momentum_name(h.style);  // short: no allocation
+    if (!(std::isfinite(h.lr) && h.lr >= 0.0)) invalid("learning rate", h.lr, "a finite lr >= 0");
+    if (!(h.momentum >= 0.0 && h.momentum <= 1.0))
+        invalid(mu + " value", h.momentum, "0 <= " + mu + " <= 1");
+    if (!(h.dampening >= 0.0 && h.dampening <= 1.0))
+        invalid("dampening value", h.dampening, "0 <= dampening <= 1");
+    if (!(std::isfinite(h.weight_decay) && h.weight_decay >= 0.0))
+        invalid("weight_decay value", h.weight_decay, "a finite weight_decay >= 0");
+    if (!(std::isfinite(h.schedule_multiplier) && h.schedule_multiplier >= 0.0))
+        invalid("schedule_multiplier value", h.schedule_multiplier,
+                "a finite schedule_multiplier >= 0");
     if (h.decay_mode != DecayMode::coupled) {
-        const char* scale = h.decay_mode == DecayMode::sgdw ? "schedule_multiplier" : "lr";
         const double product = rules::decay_scale(h) * h.weight_decay;
-        require(product <= 1.0, std::string(scale) + " * weight_decay", product,
-                "<= 1: a larger decoupled decay would flip the parameters' sign");
+        if (!(product <= 1.0))
+            invalid(std::string(h.decay_mode == DecayMode::sgdw ? "schedule_multiplier" : "lr") +
+                        " * weight_decay",
+                    product, "<= 1: a larger decoupled decay would flip the parameters' sign");
     }
     const char* style = h.style == Style::keras ? "keras" : "ema";
     if (h.style != Style::torch && h.dampening != 0.0)
@@ -104,16 +108,18 @@ void check_hyper(const Hyper& h) {
 template <class T>
 void check_coefficients(const Hyper& h, const char* dtype) {
     const Coeffs<T> k = rules::coeffs<T>(h);
-    const char* scale = h.decay_mode == DecayMode::sgdw ? "schedule_multiplier" : "lr";
-    const auto finite = [&](T value, const std::string& what) {
+    // The message is built only on failure: this runs on every call.
+    const auto finite = [&](T value, const char* name, double given) {
         if (!std::isfinite(value))
-            throw py::value_error(what + " overflows " + dtype + ", the arrays' dtype");
+            throw py::value_error(std::string(name) + "=" + repr(given) + " overflows " + dtype +
+                                  ", the arrays' dtype");
     };
-    finite(k.lr, "lr=" + repr(h.lr));
-    finite(k.weight_decay, "weight_decay=" + repr(h.weight_decay));
+    finite(k.lr, "lr", h.lr);
+    finite(k.weight_decay, "weight_decay", h.weight_decay);
     // (1 - scale*wd is in [0, 1]: check_hyper bounds scale*wd.)
     if (h.decay_mode != DecayMode::coupled)
-        finite(k.decay_scale, std::string(scale) + "=" + repr(rules::decay_scale(h)));
+        finite(k.decay_scale, h.decay_mode == DecayMode::sgdw ? "schedule_multiplier" : "lr",
+               rules::decay_scale(h));
 }
 
 Hyper parse_hyper(py::handle style, py::handle lr, py::handle momentum, py::handle dampening,
