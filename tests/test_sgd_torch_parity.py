@@ -9,7 +9,6 @@ test_sgd_torch_parity.py` prints the largest per dtype).
 
 from __future__ import annotations
 
-import itertools
 import sys
 from typing import Any, Callable
 
@@ -18,18 +17,15 @@ import pytest
 
 import fastmomentum as fm
 
+from torch_options import TORCH_OPTIONS, options_id
+
 torch = pytest.importorskip("torch")
 
 STEPS = 120
 LATE = 10  # the last array's first gradient arrives at this step
 BOUND = {np.float64: 2e-15, np.float32: 1e-6}  # measured: 4.2e-16, 2.2e-7
 
-OPTIONS = [
-    dict(momentum=m, dampening=d, nesterov=n, weight_decay=wd, maximize=mx)
-    for m, d, n, wd, mx in itertools.product([0.0, 0.9], [0.0, 0.5], [False, True], [0.0, 1e-2],
-                                             [False, True])
-    if not (n and (m == 0 or d != 0)) and not (m == 0 and d != 0)
-]
+OPTIONS = TORCH_OPTIONS
 
 
 def _schedulers(lib):
@@ -98,12 +94,8 @@ def run_pair(options: dict[str, Any], dtype: type, scheduler: str | None = None)
     return float(np.max(np.abs(np.concatenate(ours) - want)) / np.max(np.abs(want)))
 
 
-def _id(options: dict[str, Any]) -> str:
-    return "-".join(f"{k}={v}" for k, v in options.items())
-
-
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
-@pytest.mark.parametrize("options", OPTIONS, ids=[_id(o) for o in OPTIONS])
+@pytest.mark.parametrize("options", OPTIONS, ids=[options_id(o) for o in OPTIONS])
 def test_every_option_combination_matches_torch(options, dtype):
     assert run_pair(options, dtype) <= BOUND[dtype]
 

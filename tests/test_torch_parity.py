@@ -6,31 +6,23 @@ in the last bit per step; the bounds below are stated per dtype, relative to the
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 import pytest
 
 import fastmomentum as fm
 
+from torch_options import TORCH_OPTIONS, options_id
+
 torch = pytest.importorskip("torch")
 
 STEPS = 120
 TOLERANCE = {np.float64: 2e-15, np.float32: 5e-7}  # measured: 4.5e-16, 2.4e-7
-COMBOS = [
-    dict(momentum=m, dampening=d, nesterov=n, weight_decay=wd, maximize=mx)
-    for m, d, n, wd, mx in itertools.product([0.0, 0.9], [0.0, 0.5], [False, True], [0.0, 1e-2],
-                                             [False, True])
-    if not (n and (m == 0 or d != 0)) and not (m == 0 and d != 0)
-]
+COMBOS = TORCH_OPTIONS
 
-
-def _id(c):
-    return "-".join(f"{k}={v}" for k, v in c.items())
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
-@pytest.mark.parametrize("hyper", COMBOS, ids=[_id(c) for c in COMBOS])
+@pytest.mark.parametrize("hyper", COMBOS, ids=[options_id(c) for c in COMBOS])
 def test_trajectory_matches_torch_optim_sgd(hyper, dtype):
     rng = np.random.default_rng(42)
     sizes = [1, 33, 1000]
