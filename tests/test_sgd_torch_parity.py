@@ -25,7 +25,6 @@ STEPS = 120
 LATE = 10  # the last array's first gradient arrives at this step
 BOUND = {np.float64: 2e-15, np.float32: 1e-6}  # measured: 4.2e-16, 2.2e-7
 
-OPTIONS = TORCH_OPTIONS
 
 
 def _schedulers(lib):
@@ -95,7 +94,7 @@ def run_pair(options: dict[str, Any], dtype: type, scheduler: str | None = None)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
-@pytest.mark.parametrize("options", OPTIONS, ids=[options_id(o) for o in OPTIONS])
+@pytest.mark.parametrize("options", TORCH_OPTIONS, ids=[options_id(o) for o in TORCH_OPTIONS])
 def test_every_option_combination_matches_torch(options, dtype):
     assert run_pair(options, dtype) <= BOUND[dtype]
 
@@ -107,6 +106,18 @@ SCHEDULED = dict(momentum=0.9, nesterov=True, weight_decay=5e-4)
 @pytest.mark.parametrize("scheduler", list(_schedulers(fm)))
 def test_every_scheduler_matches_torch(scheduler, dtype):
     assert run_pair(SCHEDULED, dtype, scheduler) <= BOUND[dtype]
+
+
+def _continue_both(opt, ours, topt, theirs, rng, steps):
+    """Step fm and torch on the same gradients; their parameters must stay equal."""
+    for _ in range(steps):
+        grads = [rng.standard_normal(a.shape) for a in ours]
+        opt.step(grads)
+        for t, g in zip(theirs, grads):
+            t.grad = torch.from_numpy(g)
+        topt.step()
+    for a, t in zip(ours, theirs):
+        np.testing.assert_allclose(a, t.numpy(), rtol=1e-14, atol=1e-15)
 
 
 def test_a_state_dict_loads_into_torch_and_continues_the_trajectory():
@@ -124,14 +135,7 @@ def test_a_state_dict_loads_into_torch_and_continues_the_trajectory():
         "state": {i: {"momentum_buffer": torch.from_numpy(s["momentum_buffer"].copy())}
                   for i, s in sd["state"].items()},
         "param_groups": sd["param_groups"]})
-    for _ in range(10):
-        grads = [rng.standard_normal(5), rng.standard_normal(8)]
-        opt.step(grads)
-        for t, g in zip(theirs, grads):
-            t.grad = torch.from_numpy(g)
-        topt.step()
-    for p, t in zip(params, theirs):
-        np.testing.assert_allclose(p, t.numpy(), rtol=1e-14, atol=1e-15)
+    _continue_both(opt, params, topt, theirs, rng, steps=10)
 
 
 def test_a_torch_state_dict_loads_into_fm_and_continues_the_trajectory():
@@ -153,19 +157,12 @@ def test_a_torch_state_dict_loads_into_fm_and_continues_the_trajectory():
                   for i, s in sd["state"].items()},
         "param_groups": sd["param_groups"]})  # torch's groups: no fastmomentum-only keys
     assert opt.param_groups[1]["lr"] == 0.02 and opt.param_groups[0]["weight_decay"] == 1e-3
-    for _ in range(5):
-        grads = [rng.standard_normal(a.shape) for a in ours]
-        opt.step(grads)
-        for t, g in zip(theirs, grads):
-            t.grad = torch.from_numpy(g)
-        topt.step()
-    for a, t in zip(ours, theirs):
-        np.testing.assert_allclose(a, t.numpy(), rtol=1e-14, atol=1e-15)
+    _continue_both(opt, ours, topt, theirs, rng, steps=5)
 
 
 def _largest_deviations(report: Callable[[str], None] = print) -> None:
     for dtype in (np.float64, np.float32):
-        cases = [(o, None) for o in OPTIONS] + [(SCHEDULED, s) for s in _schedulers(fm)]
+        cases = [(o, None) for o in TORCH_OPTIONS] + [(SCHEDULED, s) for s in _schedulers(fm)]
         worst = max(run_pair(o, dtype, s) for o, s in cases)
         report(f"{dtype.__name__}: {len(cases)} trajectories of {STEPS} steps, largest "
                f"deviation {worst:.3g} (bound {BOUND[dtype]:g})")

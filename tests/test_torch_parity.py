@@ -17,12 +17,11 @@ torch = pytest.importorskip("torch")
 
 STEPS = 120
 TOLERANCE = {np.float64: 2e-15, np.float32: 5e-7}  # measured: 4.5e-16, 2.4e-7
-COMBOS = TORCH_OPTIONS
 
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
-@pytest.mark.parametrize("hyper", COMBOS, ids=[options_id(c) for c in COMBOS])
+@pytest.mark.parametrize("hyper", TORCH_OPTIONS, ids=[options_id(c) for c in TORCH_OPTIONS])
 def test_trajectory_matches_torch_optim_sgd(hyper, dtype):
     rng = np.random.default_rng(42)
     sizes = [1, 33, 1000]

@@ -15,10 +15,9 @@ from typing import Any, Callable, Literal, Union
 import numpy as np
 
 from . import _core
-from .functional import Array
+from .functional import Array, WeightDecayMode
 
 Style = Literal["torch", "keras", "ema"]
-WeightDecayMode = Literal["coupled", "decoupled", "sgdw"]
 #: A hyper-parameter: a number, or a schedule (a callable of the step count, e.g. from
 #: :mod:`fastmomentum.schedules`).
 Hyper = Union[float, Callable[[int], float]]
