@@ -26,12 +26,12 @@ const std::array<KernelSet, 3>& table() {
 #ifdef FM_HAVE_AVX2
         avx2::kernel_set(),
 #else
-        KernelSet{nullptr, nullptr, nullptr},
+        KernelSet{},
 #endif
 #ifdef FM_HAVE_AVX512
         avx512::kernel_set(),
 #else
-        KernelSet{nullptr, nullptr, nullptr},
+        KernelSet{},
 #endif
     };
     return sets;

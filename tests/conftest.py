@@ -22,8 +22,10 @@ def core_step(params, grads, buffers, **overrides):
     kw = dict(first_step=False, style="torch", lr=0.01, momentum=0.9, dampening=0.0,
               nesterov=True, weight_decay=1e-4, weight_decay_mode="coupled",
               schedule_multiplier=1.0, maximize=False)
+    unknown = set(overrides) - set(kw)
+    assert not unknown, f"not an sgd_step argument: {unknown}"
     kw.update(overrides)
-    return _core.sgd_step(params, grads, buffers, **kw)
+    return _core.sgd_step(params, grads, buffers, *kw.values())  # positional only
 
 
 @pytest.fixture(params=COMPILED_ISAS)

@@ -6,8 +6,22 @@
 namespace fastmomentum::bindings {
 namespace {
 
-// numpy.ma.MaskedArray, resolved once at import (and kept for the interpreter's lifetime).
+// numpy.ndarray and numpy.ma.MaskedArray, resolved once at import (kept for the interpreter's
+// lifetime).
+PyTypeObject* g_ndarray = nullptr;
 PyObject* g_masked_array = nullptr;
+
+constexpr int kFloat32 = py::detail::npy_api::NPY_FLOAT_;
+constexpr int kFloat64 = py::detail::npy_api::NPY_DOUBLE_;
+constexpr int kCContiguous = py::detail::npy_api::NPY_ARRAY_C_CONTIGUOUS_;
+constexpr int kWriteable = py::detail::npy_api::NPY_ARRAY_WRITEABLE_;
+
+// '=' native, '|' not applicable, or this machine's own order spelled out.
+bool native_byte_order(char order) {
+    const std::uint16_t probe = 1;
+    const bool little = *reinterpret_cast<const unsigned char*>(&probe) == 1;
+    return order == '=' || order == '|' || order == (little ? '<' : '>');
+}
 
 std::string label(const char* list, std::size_t index) {
     return std::string(list) + "[" + std::to_string(index) + "]";
@@ -45,49 +59,67 @@ std::string type_name(py::handle obj) { return Py_TYPE(obj.ptr())->tp_name; }
 std::string label(const CheckedArray& a) { return label(a.list, a.index); }
 
 void init_array_checks() {
+    g_ndarray = py::detail::npy_api::get().PyArray_Type_;
     py::object masked = py::module_::import("numpy.ma").attr("MaskedArray");
     g_masked_array = masked.release().ptr();
 }
 
-std::vector<py::object> items_of(py::handle obj, const char* name) {
-    if (!py::isinstance<py::list>(obj) && !py::isinstance<py::tuple>(obj)) {
+Items::Items(py::handle obj, const char* name) {
+    if (PyTuple_CheckExact(obj.ptr())) {
+        items_ = py::reinterpret_borrow<py::tuple>(obj);
+    } else if (PyList_CheckExact(obj.ptr())) {
+        items_ = py::reinterpret_steal<py::tuple>(PyList_AsTuple(obj.ptr()));
+    } else if (py::isinstance<py::list>(obj) || py::isinstance<py::tuple>(obj)) {
+        items_ = py::reinterpret_steal<py::tuple>(PySequence_Tuple(obj.ptr()));  // a subclass: its
+        // own iteration decides the items
+    } else {
         std::string msg = std::string(name) + " must be a list or tuple, got " + type_name(obj);
         if (py::isinstance<py::array>(obj)) msg += " (wrap a single array as [a])";
         throw py::type_error(msg);
     }
-    std::vector<py::object> items;  // owning: a subclass's __iter__ may yield temporaries
-    for (py::handle item : obj) items.push_back(py::reinterpret_borrow<py::object>(item));
-    return items;
+    if (!items_) throw py::error_already_set();
 }
 
 CheckedArray check_array(py::handle obj, const char* list, std::size_t index, Access access) {
     const auto where = [&] { return label(list, index); };  // built only for an error
-    if (!py::isinstance<py::array>(obj))
-        throw py::type_error(where() + " must be a numpy.ndarray, got " + type_name(obj));
-    if (PyObject_IsInstance(obj.ptr(), g_masked_array) == 1)
-        throw py::type_error(where() + " is a numpy.ma.MaskedArray; its mask would be ignored: pass "
-                             "its .data and handle the masked elements yourself");
+    PyObject* o = obj.ptr();
+    if (Py_TYPE(o) != g_ndarray) {  // exact ndarrays (the usual case) skip the subclass checks
+        if (!py::isinstance<py::array>(obj))
+            throw py::type_error(where() + " must be a numpy.ndarray, got " + type_name(obj));
+        if (PyObject_IsInstance(o, g_masked_array) == 1)
+            throw py::type_error(where() + " is a numpy.ma.MaskedArray; its mask would be ignored: "
+                                 "pass its .data and handle the masked elements yourself");
+    }
+    const auto* fields = py::detail::array_proxy(o);
+    const auto* descr = py::detail::array_descriptor_proxy(fields->descr);
     auto a = py::reinterpret_borrow<py::array>(obj);
 
     Dtype dtype;
-    if (a.dtype().equal(py::dtype::of<float>())) dtype = Dtype::f32;
-    else if (a.dtype().equal(py::dtype::of<double>())) dtype = Dtype::f64;
-    else
+    std::size_t itemsize;
+    if (descr->type_num == kFloat32 && native_byte_order(descr->byteorder)) {
+        dtype = Dtype::f32;
+        itemsize = sizeof(float);
+    } else if (descr->type_num == kFloat64 && native_byte_order(descr->byteorder)) {
+        dtype = Dtype::f64;
+        itemsize = sizeof(double);
+    } else {
         throw py::type_error(where() + " has dtype " + dtype_str(a) +
                              "; expected float32 or float64 in native byte order");
-    if (!(a.flags() & py::array::c_style))
+    }
+    if (!(fields->flags & kCContiguous))
         throw py::value_error(where() + " is not C-contiguous (shape " + shape_of(a) + ", strides " +
                               strides_of(a) + "); fastmomentum never copies: update a contiguous "
                               "array (np.ascontiguousarray once, then keep using it)");
-    void* data = const_cast<void*>(a.data());
-    if (reinterpret_cast<std::uintptr_t>(data) % static_cast<std::uintptr_t>(a.itemsize()) != 0)
+    void* data = fields->data;
+    if (reinterpret_cast<std::uintptr_t>(data) % itemsize != 0)
         throw py::value_error(where() + " is not aligned to its dtype; fastmomentum never copies: "
                               "use an aligned array");
-    if (access == Access::write && !a.writeable())
+    if (access == Access::write && !(fields->flags & kWriteable))
         throw py::value_error(where() + " is read-only; it is updated in place and must be writeable");
 
-    const auto size = static_cast<std::int64_t>(a.size());
-    const auto nbytes = static_cast<std::size_t>(a.nbytes());
+    std::int64_t size = 1;
+    for (int d = 0; d < fields->nd; ++d) size *= fields->dimensions[d];
+    const auto nbytes = static_cast<std::size_t>(size) * itemsize;
     return CheckedArray{std::move(a), data, size, nbytes, dtype, access, list, index};
 }
 
@@ -103,18 +135,22 @@ void check_matches(const CheckedArray& other, const CheckedArray& ref) {
 void check_no_overlap(const std::vector<CheckedArray>& arrays) {
     // Sweep the byte ranges in address order. A range overlaps an earlier-starting one iff it
     // starts before the furthest end seen so far; a conflict needs one of the two to be written.
-    std::vector<const CheckedArray*> order;
-    order.reserve(arrays.size());
+    // Pointers to the non-empty arrays, on the stack for a small call (no allocation).
+    const CheckedArray* small[24];
+    std::vector<const CheckedArray*> large(arrays.size() > 24 ? arrays.size() : 0);
+    const CheckedArray** first = large.empty() ? small : large.data();
+    const CheckedArray** last = first;
     for (const CheckedArray& a : arrays)
-        if (a.nbytes > 0) order.push_back(&a);
+        if (a.nbytes > 0) *last++ = &a;
     const auto begin = [](const CheckedArray* a) { return reinterpret_cast<std::uintptr_t>(a->data); };
     const auto end = [&](const CheckedArray* a) { return begin(a) + a->nbytes; };
-    std::sort(order.begin(), order.end(),
+    std::sort(first, last,
               [&](const CheckedArray* x, const CheckedArray* y) { return begin(x) < begin(y); });
 
     const CheckedArray* furthest_any = nullptr;      // of all earlier ranges
     const CheckedArray* furthest_written = nullptr;  // of earlier written ranges
-    for (const CheckedArray* a : order) {
+    for (const CheckedArray** it = first; it != last; ++it) {
+        const CheckedArray* a = *it;
         const CheckedArray* clash = nullptr;
         if (a->access == Access::write && furthest_any && end(furthest_any) > begin(a)) clash = furthest_any;
         else if (furthest_written && end(furthest_written) > begin(a)) clash = furthest_written;

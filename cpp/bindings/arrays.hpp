@@ -37,12 +37,25 @@ std::string label(const CheckedArray& a);  // e.g. "grads[3]"
 // Resolves types used by the checks; call once at import, with the GIL held.
 void init_array_checks();
 
-// `obj` must be a list or tuple (never an array: that would iterate its rows); returns its items,
-// each held by a reference of its own.
-std::vector<py::object> items_of(py::handle obj, const char* name);
+// The items of a list or tuple argument (never an array: that would iterate its rows), as a
+// snapshot: a tuple, so that neither a list mutated by another thread nor a subclass's __iter__
+// can change them while they are checked and used.
+class Items {
+public:
+    Items() = default;  // no items
+    Items(py::handle obj, const char* name);
+    std::size_t size() const { return static_cast<std::size_t>(PyTuple_GET_SIZE(items_.ptr())); }
+    py::handle operator[](std::size_t i) const {
+        return PyTuple_GET_ITEM(items_.ptr(), static_cast<py::ssize_t>(i));
+    }
+
+private:
+    py::tuple items_;
+};
 
 // `obj` must be a numpy.ndarray (not a masked array) of native float32/float64, C-contiguous and
-// aligned, and writeable when `access` is write.
+// aligned, and writeable when `access` is write. It reads the array's fields directly: this runs
+// for every array of every call.
 CheckedArray check_array(py::handle obj, const char* list, std::size_t index, Access access);
 
 // `other` must have the dtype and shape of `ref`.

@@ -80,15 +80,48 @@ int64_t split_point(int64_t total, int parts, int part) {
     return total / parts * part + total % parts * part / parts;
 }
 
-template <class T>
-void update_range(const TensorRef* tensors, std::size_t count, int64_t lo, int64_t hi,
-                  SpanFn<T> regular, SpanFn<T> first, const Coeffs<T>& k) {
+// Runs body(lo, hi) over [0, total) split evenly across at most launch.threads threads of ONE
+// parallel region, and no more than one thread per launch.grain elements (below that, opening a
+// region costs more than it saves). Returns the number of threads that ran, 0 when total is 0.
+template <class Body>
+int for_each_part(int64_t total, const Launch& launch, const Body& body) {
+    if (total == 0) return 0;
+    const int64_t useful = std::max<int64_t>(1, total / std::max<int64_t>(1, launch.grain));
+    const int threads = static_cast<int>(std::min<int64_t>(launch.threads, useful));
+#ifdef _OPENMP
+    if (threads > 1) {
+        int ran = 1;
+#pragma omp parallel num_threads(threads)
+        {
+            const int parts = omp_get_num_threads();
+            const int part = omp_get_thread_num();
+            if (part == 0) ran = parts;
+            body(split_point(total, parts, part), split_point(total, parts, part + 1));
+        }
+        return ran;
+    }
+#endif
+    body(int64_t{0}, total);
+    return 1;
+}
+
+int64_t total_size(const TensorRef* tensors, std::size_t count) {
+    int64_t total = 0;
+    for (std::size_t i = 0; i < count; ++i) total += tensors[i].size;
+    return total;
+}
+
+// Calls span(tensor, a, e) for the part [a, e) of each tensor that overlaps [lo, hi) of the
+// concatenated range.
+template <class Span>
+void for_each_span(const TensorRef* tensors, std::size_t count, int64_t lo, int64_t hi,
+                   const Span& span) {
     int64_t offset = 0;  // of tensor i in the concatenated range
     for (std::size_t i = 0; i < count && offset < hi; ++i) {
         const TensorRef& t = tensors[i];
         const int64_t a = std::max(lo, offset) - offset;
         const int64_t e = std::min(hi, offset + t.size) - offset;
-        if (a < e) (t.first_step ? first : regular)(t, a, e, k);
+        if (a < e) span(t, a, e);
         offset += t.size;
     }
 }
@@ -99,36 +132,45 @@ int sgd(const TensorRef* tensors, std::size_t count, const Hyper& h, const Launc
     const Decay decay = rules::decay_of(h, k);
     const SpanFn<T> regular = pick<T>(rules::form_of(h, false), h.nesterov, decay);
     const SpanFn<T> first = pick<T>(rules::form_of(h, true), h.nesterov, decay);
+    return for_each_part(total_size(tensors, count), launch, [&](int64_t lo, int64_t hi) {
+        for_each_span(tensors, count, lo, hi, [&](const TensorRef& t, int64_t a, int64_t e) {
+            (t.first_step ? first : regular)(t, a, e, k);
+        });
+    });
+}
 
-    int64_t total = 0;
-    for (std::size_t i = 0; i < count; ++i) total += tensors[i].size;
-    if (total == 0) return 0;
-    // One thread per `grain` elements at most: below that, opening a region costs more than it saves.
-    const int64_t useful = std::max<int64_t>(1, total / std::max<int64_t>(1, launch.grain));
-    const int threads = static_cast<int>(std::min<int64_t>(launch.threads, useful));
-
-#ifdef _OPENMP
-    if (threads > 1) {
-        int ran = 1;
-#pragma omp parallel num_threads(threads)
-        {
-            const int parts = omp_get_num_threads();
-            const int part = omp_get_thread_num();
-            if (part == 0) ran = parts;
-            update_range<T>(tensors, count, split_point(total, parts, part),
-                            split_point(total, parts, part + 1), regular, first, k);
-        }
-        return ran;
+// The bandwidth reference: the update's exact memory traffic (read p, g, b; write p, b) with the
+// least arithmetic, `p += s*g; b += s*g`, split across threads like the update. Its time is the
+// floor the update is measured against (PERFORMANCE.md).
+template <class T>
+void rmw_span(const TensorRef& t, int64_t lo, int64_t hi, const T s) {
+    T* __restrict p = static_cast<T*>(t.param) + lo;
+    const T* __restrict g = static_cast<const T*>(t.grad) + lo;
+    T* __restrict b = static_cast<T*>(t.buf) + lo;
+    const int64_t n = hi - lo;
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) {
+        const T sg = s * g[i];
+        p[i] += sg;
+        b[i] += sg;
     }
-#endif
-    update_range<T>(tensors, count, 0, total, regular, first, k);
-    return 1;
+}
+
+template <class T>
+int rmw_reference(const TensorRef* tensors, std::size_t count, double scale, const Launch& launch) {
+    const T s = static_cast<T>(scale);
+    return for_each_part(total_size(tensors, count), launch, [&](int64_t lo, int64_t hi) {
+        for_each_span(tensors, count, lo, hi, [&](const TensorRef& t, int64_t a, int64_t e) {
+            rmw_span<T>(t, a, e, s);
+        });
+    });
 }
 
 }  // namespace
 
 #define FM_STR2(x) #x
 #define FM_STR(x) FM_STR2(x)
-KernelSet kernel_set() { return KernelSet{FM_STR(FM_ISA), &sgd<float>, &sgd<double>}; }
+KernelSet kernel_set() { return KernelSet{FM_STR(FM_ISA), &sgd<float>, &sgd<double>, &rmw_reference<float>,
+                     &rmw_reference<double>}; }
 
 }  // namespace fastmomentum::FM_ISA

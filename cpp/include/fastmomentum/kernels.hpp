@@ -30,10 +30,17 @@ struct Launch {
 using KernelFn = int (*)(const TensorRef* tensors, std::size_t count, const Hyper& hyper,
                          const Launch& launch);
 
+// The bandwidth reference `p += scale*g; b += scale*g` (every tensor has a buffer); returns the
+// number of threads that ran.
+using ReferenceFn = int (*)(const TensorRef* tensors, std::size_t count, double scale,
+                            const Launch& launch);
+
 struct KernelSet {
     const char* isa;  // set by the ISA object itself, so a mis-wired table is visible
     KernelFn f32;
     KernelFn f64;
+    ReferenceFn rmw_f32;
+    ReferenceFn rmw_f64;
 };
 
 // Declares one ISA object's entry point, e.g. FM_DECLARE_KERNEL_SET(avx2).

@@ -1,0 +1,30 @@
+#pragma once
+// Hyper-parameters from Python: strict parsing (real numbers and real bools only), PyTorch's
+// validation and wording, and the check that the coefficients stay finite in the arrays' dtype.
+
+#include <pybind11/pybind11.h>
+
+#include "arrays.hpp"
+#include "fastmomentum/hyper.hpp"
+
+namespace fastmomentum::bindings {
+
+// Parses and checks sgd_step's nine hyper-parameter arguments.
+Hyper parse_hyper(py::handle style, py::handle lr, py::handle momentum, py::handle dampening,
+                  py::handle nesterov, py::handle weight_decay, py::handle weight_decay_mode,
+                  py::handle schedule_multiplier, py::handle maximize);
+
+// The same, from a tuple of those nine values.
+Hyper parse_hyper(const py::tuple& values);
+
+// Valid doubles can still overflow when rounded to float32, or multiply to infinity.
+void check_coefficients(const Hyper& h, Dtype dtype);
+
+// True or False (Python or NumPy); no truthiness of other objects.
+bool flag(py::handle obj, const char* name);
+
+// What each style calls its buffers and its momentum, for messages.
+const char* buffers_name(Style s);
+const char* momentum_name(Style s);
+
+}  // namespace fastmomentum::bindings
