@@ -32,15 +32,6 @@ void require_str(py::handle obj, const char* name) {
         throw py::type_error(std::string(name) + " must be a str, got " + type_name(obj));
 }
 
-Style parse_style(py::handle s) {
-    require_str(s, "style");
-    if (is_str(s, "torch")) return Style::torch;
-    if (is_str(s, "keras")) return Style::keras;
-    if (is_str(s, "ema")) return Style::ema;
-    throw py::value_error("style must be 'torch', 'keras' or 'ema', got '" + s.cast<std::string>() +
-                          "'");
-}
-
 DecayMode parse_decay_mode(py::handle s) {
     require_str(s, "weight_decay_mode");
     if (is_str(s, "coupled")) return DecayMode::coupled;
@@ -104,6 +95,15 @@ void check_coefficients_as(const Hyper& h, const char* dtype) {
 }
 
 }  // namespace
+
+Style parse_style(py::handle s) {
+    require_str(s, "style");
+    if (is_str(s, "torch")) return Style::torch;
+    if (is_str(s, "keras")) return Style::keras;
+    if (is_str(s, "ema")) return Style::ema;
+    throw py::value_error("style must be 'torch', 'keras' or 'ema', got '" + s.cast<std::string>() +
+                          "'");
+}
 
 const char* buffers_name(Style s) { return s == Style::keras ? "velocities" : "buffers"; }
 const char* momentum_name(Style s) { return s == Style::ema ? "beta" : "momentum"; }

@@ -23,6 +23,9 @@ void check_coefficients(const Hyper& h, Dtype dtype);
 // True or False (Python or NumPy); no truthiness of other objects.
 bool flag(py::handle obj, const char* name);
 
+// "torch", "keras" or "ema".
+Style parse_style(py::handle style);
+
 // What each style calls its buffers and its momentum, for messages.
 const char* buffers_name(Style s);
 const char* momentum_name(Style s);

@@ -6,4 +6,5 @@ PYBIND11_MODULE(_core, m) {
     m.doc() = "fastmomentum's compiled kernels (use the fastmomentum package, not this module)";
     fastmomentum::bindings::register_config(m);
     fastmomentum::bindings::register_sgd(m);
+    fastmomentum::bindings::register_plan(m);
 }

@@ -7,5 +7,6 @@ namespace fastmomentum::bindings {
 
 void register_sgd(pybind11::module_& m);
 void register_config(pybind11::module_& m);
+void register_plan(pybind11::module_& m);
 
 }  // namespace fastmomentum::bindings

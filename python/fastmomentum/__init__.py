@@ -4,10 +4,11 @@
 - :class:`SGD`: a ``torch.optim.SGD``-compatible optimizer with parameter groups and state dicts;
 - :mod:`fastmomentum.lr_scheduler`: PyTorch-compatible schedulers; :mod:`fastmomentum.schedules`:
   pure step -> value schedules (Keras / optax formulas);
-- :mod:`fastmomentum.checkpoint`: ``.npz`` checkpoints without pickle.
+- :mod:`fastmomentum.checkpoint`: ``.npz`` checkpoints without pickle;
+- :mod:`fastmomentum.flat`: many arrays as views into one contiguous block (one kernel span).
 """
 
-from . import checkpoint, functional, lr_scheduler, schedules
+from . import checkpoint, flat, functional, lr_scheduler, schedules
 from ._config import get_num_threads, set_num_threads, show_config
 from ._core import __version__
 from .optim import SGD
@@ -16,6 +17,7 @@ __all__ = [
     "SGD",
     "__version__",
     "checkpoint",
+    "flat",
     "functional",
     "get_num_threads",
     "lr_scheduler",

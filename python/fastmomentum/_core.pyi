@@ -45,3 +45,18 @@ def check_hyper(
     maximize: bool,
 ) -> None: ...
 def rmw_reference(params: _Arrays, grads: _Arrays, buffers: _Arrays, scale: float) -> int: ...
+
+class StepPlan:
+    def __init__(
+        self,
+        param_groups: Sequence[dict[str, Any]],
+        states: Sequence[Sequence[dict[str, Any] | None]],
+        style: str,
+        key: str,
+    ) -> None: ...
+    def step(
+        self,
+        param_groups: Sequence[dict[str, Any]],
+        grads: Sequence[NDArray[np.floating[Any]] | None],
+        hypers: Sequence[tuple[Any, ...]],
+    ) -> int: ...

@@ -34,15 +34,25 @@ class ArrayState(MutableMapping):  # type: ignore[type-arg]
 
     def __init__(self) -> None:
         self._items: dict[int, tuple[np.ndarray, dict[str, Any]]] = {}
+        #: Bumped by every assignment or deletion (the optimizer's step plan depends on the
+        #: entries; edits inside an entry's dict are checked by the plan itself).
+        self.version = 0
 
     def __getitem__(self, param: np.ndarray) -> dict[str, Any]:
         return self._items[id(param)][1]
 
     def __setitem__(self, param: np.ndarray, value: dict[str, Any]) -> None:
         self._items[id(param)] = (param, value)
+        self.version += 1
 
     def __delitem__(self, param: np.ndarray) -> None:
         del self._items[id(param)]
+        self.version += 1
+
+    def entry(self, param: np.ndarray) -> dict[str, Any] | None:
+        """``param``'s state dict, or ``None`` when it has none."""
+        item = self._items.get(id(param))
+        return None if item is None else item[1]
 
     def __iter__(self) -> Iterator[np.ndarray]:
         return (param for param, _ in self._items.values())
@@ -130,6 +140,10 @@ class SGD:
         self.param_groups: list[dict[str, Any]] = []
         self.state = ArrayState()
         self.iterations: int = 0
+        # The fast path of step(): a _core.StepPlan and the state (object, version) it was made
+        # from; see _step_with_plan.
+        self._plan: Any = None
+        self._plan_made_from: tuple[ArrayState, int] | None = None
 
         items = list(params)
         if not items:
@@ -218,42 +232,68 @@ class SGD:
         order of ``state_dict()["param_groups"][...]["params"]``); ``None`` leaves that parameter
         untouched, and it keeps its first-step state. Any invalid gradient or hyper-parameter
         raises before anything is modified; errors name parameters by that position.
+
+        After the first step, the parameters and buffers are not checked again in full: a plan
+        made by the previous step holds them, and a step re-checks only what can have changed
+        (the arrays' fields, the groups' lists, the state's entries) before the gradients.
         """
-        grads = list(grads)
+        if not isinstance(grads, (list, tuple)):
+            grads = list(grads)
         total = sum(len(g["params"]) for g in self.param_groups)
         if len(grads) != total:
             raise ValueError(f"step() got {len(grads)} gradients for {total} parameters")
+        hypers = [self._values(group, self.iterations) for group in self.param_groups]
+        if not self._step_with_plan(grads, hypers):
+            self._step_in_full(grads, hypers)
+            self._plan = _core.StepPlan(
+                self.param_groups,
+                [[self.state.entry(p) for p in g["params"]] for g in self.param_groups],
+                self.style, BUFFER_KEY[self.style])
+            self._plan_made_from = (self.state, self.state.version)
+        self.iterations += 1
+
+    def _step_with_plan(self, grads: Sequence[Array | None], hypers: list[tuple[Any, ...]]
+                        ) -> bool:
+        """The fast path: False (nothing done) when there is no plan, or it is out of date."""
+        made_from = self._plan_made_from
+        if made_from is None or made_from[0] is not self.state \
+                or made_from[1] != self.state.version:
+            return False
+        return bool(self._plan.step(self.param_groups, grads, hypers) >= 0)
+
+    def _step_in_full(self, grads: Sequence[Array | None], hypers: list[tuple[Any, ...]]
+                      ) -> None:
+        """The general path: checks everything and creates the buffers that are missing."""
         key = BUFFER_KEY[self.style]
         calls, created = [], []
         index = 0
-        for group in self.param_groups:
-            values = self._values(group, self.iterations)
+        for group, values in zip(self.param_groups, hypers):
             has_momentum = values[2] != 0
-            params, group_grads, buffers, first, indices = [], [], [], [], []
+            params, group_grads, buffers, first, indices, new = [], [], [], [], [], []
             for p in group["params"]:
                 g = grads[index]
                 if g is not None:
-                    first.append(False)
                     buf = None
                     if has_momentum:
-                        buf = self.state.get(p, {}).get(key)
+                        entry = self.state.entry(p)
+                        buf = None if entry is None else entry.get(key)
                         if buf is None:
-                            # torch: b <- g on the first step (the kernel writes it); others: 0
-                            buf = np.empty_like(p) if self.style == "torch" else np.zeros_like(p)
-                            created.append((p, buf))
-                            first[-1] = self.style == "torch"
+                            new.append(len(params))
                     params.append(p)
                     group_grads.append(g)
                     buffers.append(buf)
+                    first.append(buf is None and has_momentum and self.style == "torch")
                     indices.append(index)
                 index += 1
+            for i, buf in zip(new, _new_buffers([params[i] for i in new], self.style)):
+                buffers[i] = buf
+                created.append((params[i], buf))
             if params:
                 calls.append((params, group_grads, buffers if has_momentum else None, first,
                               *values, indices))
         _core.sgd_steps(calls)
         for p, buf in created:  # only after a successful update
             self.state.setdefault(p, {})[key] = buf
-        self.iterations += 1
 
     # -- checkpoints ------------------------------------------------------------------------
 
@@ -338,6 +378,24 @@ class SGD:
             lines += [f"    {k}: {group[k]!r}" for k in sorted(group) if k != "params"]
             lines.append(f"    params: {len(group['params'])} arrays")
         return "\n".join(lines)
+
+
+def _new_buffers(params: list[np.ndarray], style: Style) -> list[np.ndarray]:
+    """Buffers for ``params``: views into ONE block per dtype, in order, so that parameters that
+    are adjacent in memory (e.g. a :class:`fastmomentum.flat.FlatGroup`) get adjacent buffers and
+    the kernel updates them as one span. The torch style's first step writes them (``b <- g``);
+    the others start from zero."""
+    out: list[np.ndarray] = [np.empty(0)] * len(params)
+    for dtype in {p.dtype for p in params}:
+        chosen = [i for i, p in enumerate(params) if p.dtype == dtype]
+        total = sum(params[i].size for i in chosen)
+        block = np.empty(total, dtype) if style == "torch" else np.zeros(total, dtype)
+        offset = 0
+        for i in chosen:
+            size = params[i].size
+            out[i] = block[offset:offset + size].reshape(params[i].shape)
+            offset += size
+    return out
 
 
 def _evaluate(value: Hyper, step: int) -> Any:
