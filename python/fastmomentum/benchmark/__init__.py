@@ -1,0 +1,26 @@
+"""The user-facing benchmark: ``python -m fastmomentum bench``.
+
+Times one fused momentum-SGD step of fastmomentum against the peers that are installed (NumPy,
+numexpr, numba, torch) and the in-place read-modify-write bound, in one process, after checking
+each result. See ``../shared/design/PERFORMANCE.md`` for the method.
+
+- :mod:`.problems`: hyper-parameters, layouts, the arrays stepped;
+- :mod:`.peers`: the implementations (:data:`IMPLEMENTATIONS`);
+- :mod:`.verify`: the check each one passes before it is timed;
+- :mod:`.timing`: medians of loops of back-to-back calls;
+- :mod:`.threads`: one thread count for every library;
+- :mod:`.runner`: :func:`run`; :mod:`.results`: what it returns;
+- :mod:`.report` (table, JSON), :mod:`.plot` (PNG), :mod:`.progress` (the bar);
+- :mod:`.cli`: :func:`main`, the command line.
+"""
+
+from __future__ import annotations
+
+from .cli import main
+from .peers import IMPLEMENTATIONS, Implementation, Unavailable
+from .results import Record, Results
+from .runner import FULL, QUICK, run
+from .timing import seconds_per_call
+
+__all__ = ["FULL", "IMPLEMENTATIONS", "QUICK", "Implementation", "Record", "Results",
+           "Unavailable", "main", "run", "seconds_per_call"]

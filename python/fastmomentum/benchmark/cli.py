@@ -1,0 +1,136 @@
+"""``python -m fastmomentum bench``: the command line of :func:`~.runner.run`."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from .peers import IMPLEMENTATIONS
+from .plot import matplotlib_available, write_plot
+from .problems import LAYOUTS, VARIANTS, parse_size, size_label
+from .report import write_json
+from .runner import FULL, QUICK, default_threads, run
+from .timing import MIN_SAMPLE_S, MIN_SAMPLES
+
+PROG = "python -m fastmomentum bench"
+DEFAULT_JSON = "fastmomentum-bench.json"
+DEFAULT_PLOT = "fastmomentum-bench.png"
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _preset_text(preset: dict[str, Any]) -> str:
+    sizes = "; ".join(f"{k} {' '.join(map(size_label, v))}" for k, v in preset["sizes"].items())
+    return f"sizes {sizes}; {' and '.join(preset['variants'])}"
+
+
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    """The options (see ``--help``)."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Time one fused momentum-SGD step of fastmomentum against NumPy, numexpr, "
+        "numba and torch (those installed) and the in-place read-modify-write bound, in one "
+        "process, each verified first. Prints a table, writes JSON and a PNG.",
+        epilog=f"--quick: {_preset_text(QUICK)}. --full: {_preset_text(FULL)}. "
+        "--sizes replaces the sizes of every layout. Implementations: "
+        + ", ".join(IMPLEMENTATIONS) + ".",
+    )
+    preset = parser.add_mutually_exclusive_group()
+    preset.add_argument("--quick", dest="preset", action="store_const", const="quick",
+                        help="about a minute on 2 cores (the default)")
+    preset.add_argument("--full", dest="preset", action="store_const", const="full",
+                        help="every size, both layouts, both updates (about 10 minutes)")
+    parser.add_argument("--sizes", type=_size, nargs="+", metavar="N",
+                        help="elements per problem, e.g. 1e6 (lists: in all)")
+    parser.add_argument("--dtype", nargs="+", default=["float32", "float64"],
+                        choices=["float32", "float64"])
+    parser.add_argument("--threads", type=int, nargs="+", metavar="N",
+                        help=f"thread counts (default: {' '.join(map(str, default_threads()))})")
+    parser.add_argument("--variant", nargs="+", choices=list(VARIANTS),
+                        help="heavy-ball (alias momentum) and/or nesterov")
+    parser.add_argument("--layout", nargs="+", choices=list(LAYOUTS),
+                        help="single arrays and/or lists of 200 arrays (default: both)")
+    parser.add_argument("--impl", nargs="+", choices=list(IMPLEMENTATIONS), metavar="NAME",
+                        help="implementations to run (default: all)")
+    parser.add_argument("--samples", type=int, default=MIN_SAMPLES,
+                        help=f"timed samples per median (>= {MIN_SAMPLES})")
+    parser.add_argument("--min-sample-ms", type=float, default=MIN_SAMPLE_S * 1e3,
+                        help=f"minimum duration of one sample (>= {MIN_SAMPLE_S * 1e3:g})")
+    parser.add_argument("--json", default=DEFAULT_JSON, metavar="PATH",
+                        help=f"write the results here ('' to skip; default {DEFAULT_JSON})")
+    parser.add_argument("--no-json", dest="json", action="store_const", const="",
+                        help="do not write JSON")
+    parser.add_argument("--plot", default=DEFAULT_PLOT, metavar="PATH",
+                        help=f"write a PNG here, with matplotlib ('' to skip; default "
+                        f"{DEFAULT_PLOT})")
+    parser.add_argument("--no-plot", dest="plot", action="store_const", const="",
+                        help="do not write the PNG")
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None, prog: str = PROG) -> argparse.Namespace:
+    """Parse and check the options: honest timings need >= 7 samples of >= 20 ms."""
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
+    if args.samples < MIN_SAMPLES or args.min_sample_ms < MIN_SAMPLE_S * 1e3:
+        parser.error(f"honest timings need --samples >= {MIN_SAMPLES} and --min-sample-ms >= "
+                     f"{MIN_SAMPLE_S * 1e3:g}")
+    if args.threads is not None and min(args.threads) < 1:
+        parser.error("--threads must be >= 1")
+    layouts = args.layout or list(LAYOUTS)
+    if args.sizes and "list" in layouts and min(args.sizes) < LAYOUTS["list"].n_arrays:
+        parser.error(f"list layout: --sizes must be >= {LAYOUTS['list'].n_arrays} (the "
+                     "elements are split over that many arrays)")
+    return args
+
+
+def run_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments of :func:`run` that ``args`` ask for."""
+    preset = FULL if args.preset == "full" else QUICK
+    layouts = list(dict.fromkeys(args.layout or LAYOUTS))
+    return {
+        "dtypes": list(dict.fromkeys(args.dtype)),
+        "sizes": args.sizes or preset["sizes"],
+        "threads": list(dict.fromkeys(args.threads or default_threads())),
+        "variants": args.variant or preset["variants"],
+        "layouts": layouts,
+        "impls": args.impl,
+        "samples": args.samples,
+        "min_sample_s": args.min_sample_ms / 1e3,
+    }
+
+
+def main(argv: Sequence[str] | None = None, *, prog: str = PROG, **knobs: Any) -> int:
+    """Run the benchmark the command line asks for; return the exit status (1 if an
+    implementation failed its verification).
+
+    ``knobs`` override :func:`run`'s arguments after parsing (for tests: fewer or shorter
+    samples than the command line allows, another registry, ``out``, ``progress``).
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv, prog)
+    options = {**run_options(args), **knobs}
+    options.setdefault("command", " ".join([prog, shlex.join(argv)]).strip())
+    results = run(**options)
+    out = options.get("out", sys.stdout)
+    written = []
+    if args.json:
+        written.append(str(write_json(results, args.json)))
+    if args.plot:
+        if not matplotlib_available():
+            results.notes.append("matplotlib is not installed: no plot")
+            if out is not None:
+                print("# note: matplotlib is not installed: no plot", file=out)
+        elif (path := write_plot(results, args.plot)) is not None:
+            written.append(str(path))
+    if out is not None and written:
+        print(f"# wrote {', '.join(written)}", file=out)
+    return 1 if results.failed else 0

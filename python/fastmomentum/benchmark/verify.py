@@ -1,0 +1,125 @@
+"""Verification before timing: each implementation's result against two references.
+
+An implementation takes :data:`STEPS` steps on a fresh copy of a problem of the same structure
+(dtype, layout, update) as the timed one, capped at ``max_elements`` elements in all, under the
+thread count of the timing; then its params and buffers must match
+
+- an independent plain-NumPy formula, in the arrays' dtype (no float64 anywhere), and
+- the ``numpy`` implementation's result (when that matches the formula),
+
+with ``np.testing.assert_allclose(rtol=RTOL[dtype], atol=RTOL[dtype] * max|reference|)``. The
+``atol`` covers elements whose value cancels to near zero (``b = m*b + d``), where a correctly
+rounded alternative order of operations or an FMA (torch's kernel) differs by an ulp of the
+operands, which is a large relative error of the result; a wrong update differs by far more.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .peers import Builder
+from .problems import RTOL, Array, Hyper, Layout, Problem, make_layout_problem
+
+STEPS = 3
+#: Verification problems hold at most this many elements (enough for 2 threads to split).
+MAX_ELEMENTS = 4_000_000
+
+
+def formula_step(p: Array, g: Array, b: Array, hyper: Hyper) -> tuple[Array, Array]:
+    """One step of the update, written out independently of every implementation."""
+    t = p.dtype.type
+    d = g + t(hyper.weight_decay) * p
+    b = t(hyper.momentum) * b + d
+    direction = d + t(hyper.momentum) * b if hyper.nesterov else b
+    return p - t(hyper.lr) * direction, b
+
+
+def _formula(problem: Problem, hyper: Hyper) -> Problem:
+    result = problem.copy()
+    for i, (p, g, b) in enumerate(zip(result.params, result.grads, result.buffers)):
+        for _ in range(STEPS):
+            p, b = formula_step(p, g, b, hyper)
+        result.params[i], result.buffers[i] = p, b
+    return result
+
+
+def run_steps(build: Builder, problem: Problem, hyper: Hyper) -> Problem:
+    """``STEPS`` steps of ``build``'s implementation on a fresh copy of ``problem``; returns
+    the arrays it updated."""
+    step, arrays = build(problem.copy(), hyper)
+    for _ in range(STEPS):
+        step()
+    return arrays
+
+
+def compare(actual: Problem, desired: Problem, against: str) -> None:
+    """Raise AssertionError (naming the array) unless ``actual`` matches ``desired``."""
+    rtol = RTOL[desired.dtype]
+    pairs = (("params", actual.params, desired.params), ("buffers", actual.buffers,
+                                                         desired.buffers))
+    for what, got, want in pairs:
+        for i, (x, y) in enumerate(zip(got, want)):
+            atol = rtol * float(np.max(np.abs(y))) if y.size else 0.0
+            np.testing.assert_allclose(x, y, rtol=rtol, atol=atol,
+                                       err_msg=f"{what}[{i}] vs {against}")
+
+
+def summarize(exc: BaseException) -> str:
+    """A one-line account of a failed check."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    keep = [line for line in lines if line.startswith(("Mismatched", "Max abs", "Max rel", "vs "))
+            or " vs " in line]
+    text = "; ".join(keep or lines[:3]) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"
+
+
+@dataclass
+class Verifier:
+    """Checks implementations, caching the references and each verdict by (implementation,
+    dtype, layout, size checked, update, threads)."""
+
+    numpy_builder: Builder
+    max_elements: int = MAX_ELEMENTS
+    _references: dict[tuple[Any, ...], tuple[Problem, Problem, Problem | None]] = field(
+        default_factory=dict)
+    _verdicts: dict[tuple[Any, ...], str | None] = field(default_factory=dict)
+
+    def checked_size(self, size: int) -> int:
+        """Elements of the problem that checks a timed problem of ``size`` elements."""
+        return min(size, self.max_elements)
+
+    def _reference(self, dtype: np.dtype[Any], layout: Layout, n: int,
+                   hyper: Hyper) -> tuple[Problem, Problem, Problem | None]:
+        key = (dtype, layout, n, hyper)
+        if key not in self._references:
+            self._references.clear()  # one set alive: they are up to 3 x 96 MB
+            start = make_layout_problem(layout, n, dtype, seed=1)
+            formula = _formula(start, hyper)
+            numpy_result: Problem | None = run_steps(self.numpy_builder, start, hyper)
+            try:
+                compare(numpy_result, formula, "the formula")  # type: ignore[arg-type]
+            except AssertionError:
+                numpy_result = None  # the numpy peer fails its own check: compare to formula
+            self._references[key] = (start, formula, numpy_result)
+        return self._references[key]
+
+    def verify(self, name: str, build: Builder, dtype: np.dtype[Any], layout: Layout,
+               size: int, hyper: Hyper, threads: int) -> str | None:
+        """``None`` if ``name``'s implementation passes, else why it fails (one line)."""
+        n = self.checked_size(size)
+        key = (name, dtype, layout, n, hyper, threads)
+        if key not in self._verdicts:
+            start, formula, numpy_result = self._reference(dtype, layout, n, hyper)
+            try:
+                result = run_steps(build, start, hyper)
+                compare(result, formula, "the formula")
+                if numpy_result is not None:
+                    compare(result, numpy_result, "numpy")
+                verdict = None
+            except Exception as exc:  # any failure of a peer is a FAILED cell, not a crash
+                verdict = summarize(exc)
+            self._verdicts[key] = verdict
+        return self._verdicts[key]
