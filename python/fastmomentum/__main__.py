@@ -1,4 +1,4 @@
-"""``python -m fastmomentum [demo|info]``: the package's front door."""
+"""``python -m fastmomentum [demo|info|bench]``: the package's front door."""
 
 from __future__ import annotations
 
@@ -52,6 +52,11 @@ def demo(size: int, repeats: int) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:  # its own parser, so that `bench --help` lists its options
+        from .benchmark import main as bench_main
+
+        return bench_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m fastmomentum",
                                      description="Fused momentum-SGD updates for NumPy arrays.")
     commands = parser.add_subparsers(dest="command")
@@ -59,6 +64,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_demo.add_argument("--size", type=int, default=10_000_000, help="parameters (10,000,000)")
     run_demo.add_argument("--repeats", type=int, default=15, help="timed repeats (15)")
     commands.add_parser("info", help="print the build and runtime configuration")
+    commands.add_parser("bench", add_help=False,
+                        help="time fastmomentum against NumPy, numexpr, numba and torch "
+                        "(`bench --help` for its options)")
     args = parser.parse_args(argv)
 
     if args.command == "info":
