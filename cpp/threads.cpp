@@ -15,7 +15,7 @@
 namespace fastmomentum {
 namespace {
 std::atomic<int> g_cap{0};
-std::atomic<std::int64_t> g_grain{kDefaultGrain};
+std::atomic<std::int64_t> g_grain_bytes{kDefaultGrainBytes};
 std::atomic<bool> g_forked{false};
 }  // namespace
 
@@ -57,9 +57,9 @@ void install_fork_handler() {
 #endif
 }
 
-void set_grain(std::int64_t elements) { g_grain.store(elements); }
-std::int64_t grain() { return g_grain.load(); }
+void set_grain_bytes(std::int64_t bytes) { g_grain_bytes.store(bytes); }
+std::int64_t grain_bytes() { return g_grain_bytes.load(); }
 
-Launch current_launch() { return Launch{max_threads(), grain()}; }
+Launch current_launch() { return Launch{max_threads(), grain_bytes()}; }
 
 }  // namespace fastmomentum

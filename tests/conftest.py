@@ -11,10 +11,10 @@ CONFIG = fm.show_config(mode="dicts")
 COMPILED_ISAS = CONFIG["isas_compiled"]
 SUPPORTED_ISAS = CONFIG["isas_supported"]
 DEFAULT_ISA = CONFIG["isa"]
-DEFAULT_GRAIN = CONFIG["grain"]
+DEFAULT_GRAIN_BYTES = CONFIG["grain_bytes"]
 # A grain this small makes even short arrays split across threads, so the partition of the
 # concatenated element range (tensor boundaries, tails, empty parts) is exercised.
-SMALL_GRAIN = 16
+SMALL_GRAIN_BYTES = 64
 
 
 def core_step(params, grads, buffers, **overrides):
@@ -43,7 +43,7 @@ def restore_threads():
     """Puts the thread cap and the grain back as they were at import."""
     yield
     fm.set_num_threads(None)
-    _core.set_grain(DEFAULT_GRAIN)
+    _core.set_grain_bytes(DEFAULT_GRAIN_BYTES)
 
 
 @pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
@@ -52,5 +52,5 @@ def threads(request, restore_threads):
     fm.set_num_threads(request.param)
     if fm.get_num_threads() < request.param:
         pytest.skip(f"only {fm.get_num_threads()} thread(s) available (OpenMP off or limited)")
-    _core.set_grain(SMALL_GRAIN if request.param > 1 else DEFAULT_GRAIN)
+    _core.set_grain_bytes(SMALL_GRAIN_BYTES if request.param > 1 else DEFAULT_GRAIN_BYTES)
     yield request.param

@@ -16,7 +16,7 @@ from fastmomentum import _core
 from conftest import COMPILED_ISAS, DEFAULT_ISA, SUPPORTED_ISAS
 
 KEYS = {"version", "isa", "isas_compiled", "isas_supported", "openmp", "openmp_version",
-        "threads", "grain", "compiler", "fp_contract"}
+        "threads", "grain_bytes", "compiler", "fp_contract"}
 
 
 def test_show_config_reports_every_key(capsys):

@@ -14,7 +14,7 @@ import pytest
 import fastmomentum as fm
 from fastmomentum import _core
 
-from conftest import DEFAULT_GRAIN, DEFAULT_ISA, SUPPORTED_ISAS, core_step
+from conftest import DEFAULT_GRAIN_BYTES, DEFAULT_ISA, SUPPORTED_ISAS, core_step
 
 OPENMP = fm.show_config(mode="dicts")["openmp"]
 needs_openmp = pytest.mark.skipif(not OPENMP, reason="built without OpenMP")
@@ -38,10 +38,12 @@ def test_two_threads_run_for_large_calls_and_one_for_small(restore_threads):
     if fm.get_num_threads() < 2:
         pytest.skip("OpenMP allows only one thread here")
     fm.set_num_threads(2)
-    big = [np.zeros(4 * DEFAULT_GRAIN, np.float32) for _ in range(3)]
-    assert core_step(*([a] for a in big)) == 2
-    small = [np.zeros(DEFAULT_GRAIN, np.float32) for _ in range(3)]
-    assert core_step(*([a] for a in small)) == 1  # below 2 grains: serial
+    for dtype in (np.float32, np.float64):
+        grain = DEFAULT_GRAIN_BYTES // np.dtype(dtype).itemsize  # in elements of this dtype
+        two_grains = [np.zeros(2 * grain, dtype) for _ in range(3)]
+        assert core_step(*([a] for a in two_grains)) == 2
+        short = [np.zeros(2 * grain - 1, dtype) for _ in range(3)]
+        assert core_step(*([a] for a in short)) == 1  # below 2 grains: serial
     # Many small arrays add up: still ONE call, split across both threads.
     many = [[np.zeros(1000, np.float32) for _ in range(200)] for _ in range(3)]
     assert core_step(*many) == 2
@@ -55,7 +57,7 @@ def test_threadpoolctl_limits_apply(restore_threads):
     assert any(info["user_api"] == "openmp" for info in threadpoolctl.threadpool_info())
     with threadpoolctl.threadpool_limits(1, user_api="openmp"):
         assert fm.get_num_threads() == 1
-        big = [np.zeros(4 * DEFAULT_GRAIN, np.float32) for _ in range(3)]
+        big = [np.zeros(DEFAULT_GRAIN_BYTES, np.float32) for _ in range(3)]
         assert core_step(*([a] for a in big)) == 1
 
 
@@ -68,9 +70,10 @@ def test_results_are_bitwise_identical_for_any_thread_count_and_grain(isa, dtype
     _core.select_isa(isa)
     results = []
     try:
-        for threads, grain in [(1, DEFAULT_GRAIN), (2, DEFAULT_GRAIN), (2, 1), (2, 1000), (7, 64)]:
+        grains = [(1, DEFAULT_GRAIN_BYTES), (2, DEFAULT_GRAIN_BYTES), (2, 1), (2, 4000), (7, 256)]
+        for threads, grain in grains:
             fm.set_num_threads(threads)
-            _core.set_grain(grain)
+            _core.set_grain_bytes(grain)
             p, g, b = ([a.copy() for a in arrays] for arrays in start)
             for _ in range(3):
                 core_step(p, g, b)
@@ -94,7 +97,7 @@ def test_partitions_into_many_threads_are_bitwise_identical():
     out = _python("""
         import numpy as np, fastmomentum as fm
         from fastmomentum import _core
-        _core.set_grain(1)
+        _core.set_grain_bytes(1)
         rng = np.random.default_rng(0)
         sizes = [1, 0, 1000, 3, 129, 70001, 5]
         start = [[rng.standard_normal(n).astype(np.float32) for n in sizes] for _ in range(3)]

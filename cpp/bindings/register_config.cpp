@@ -57,7 +57,7 @@ py::dict config() {
     d["openmp"] = openmp_enabled();
     d["openmp_version"] = openmp_version();
     d["threads"] = max_threads();
-    d["grain"] = grain();
+    d["grain_bytes"] = grain_bytes();
     d["compiler"] = FM_COMPILER;
     d["fp_contract"] = "off";
     return d;
@@ -76,10 +76,10 @@ void register_config(py::module_& m) {
     }, py::arg("n"), "Cap the threads of every call; 0 removes the cap.");
     m.def("get_num_threads", &max_threads);
     m.def("select_isa", &select_isa_by_name, py::arg("name"));
-    m.def("set_grain", [](std::int64_t elements) {
-        if (elements < 1) throw py::value_error("grain must be >= 1, got " + std::to_string(elements));
-        set_grain(elements);
-    }, py::arg("elements"));
+    m.def("set_grain_bytes", [](std::int64_t bytes) {
+        if (bytes < 1) throw py::value_error("grain_bytes must be >= 1, got " + std::to_string(bytes));
+        set_grain_bytes(bytes);
+    }, py::arg("bytes"), "Bytes of parameters per thread below which a call stays serial.");
 }
 
 }  // namespace fastmomentum::bindings

@@ -80,13 +80,15 @@ int64_t split_point(int64_t total, int parts, int part) {
     return total / parts * part + total % parts * part / parts;
 }
 
-// Runs body(lo, hi) over [0, total) split evenly across at most launch.threads threads of ONE
-// parallel region, and no more than one thread per launch.grain elements (below that, opening a
-// region costs more than it saves). Returns the number of threads that ran, 0 when total is 0.
-template <class Body>
+// Runs body(lo, hi) over [0, total) elements of T, split evenly across at most launch.threads
+// threads of ONE parallel region, and no more than one thread per launch.grain_bytes (below that,
+// opening a region costs more than it saves). Returns the number of threads that ran, 0 when
+// total is 0.
+template <class T, class Body>
 int for_each_part(int64_t total, const Launch& launch, const Body& body) {
     if (total == 0) return 0;
-    const int64_t useful = std::max<int64_t>(1, total / std::max<int64_t>(1, launch.grain));
+    const int64_t grain = std::max<int64_t>(1, launch.grain_bytes / int64_t{sizeof(T)});
+    const int64_t useful = std::max<int64_t>(1, total / grain);
     const int threads = static_cast<int>(std::min<int64_t>(launch.threads, useful));
 #ifdef _OPENMP
     if (threads > 1) {
@@ -132,7 +134,7 @@ int sgd(const TensorRef* tensors, std::size_t count, const Hyper& h, const Launc
     const Decay decay = rules::decay_of(h, k);
     const SpanFn<T> regular = pick<T>(rules::form_of(h, false), h.nesterov, decay);
     const SpanFn<T> first = pick<T>(rules::form_of(h, true), h.nesterov, decay);
-    return for_each_part(total_size(tensors, count), launch, [&](int64_t lo, int64_t hi) {
+    return for_each_part<T>(total_size(tensors, count), launch, [&](int64_t lo, int64_t hi) {
         for_each_span(tensors, count, lo, hi, [&](const TensorRef& t, int64_t a, int64_t e) {
             (t.first_step ? first : regular)(t, a, e, k);
         });
@@ -159,7 +161,7 @@ void rmw_span(const TensorRef& t, int64_t lo, int64_t hi, const T s) {
 template <class T>
 int rmw_reference(const TensorRef* tensors, std::size_t count, double scale, const Launch& launch) {
     const T s = static_cast<T>(scale);
-    return for_each_part(total_size(tensors, count), launch, [&](int64_t lo, int64_t hi) {
+    return for_each_part<T>(total_size(tensors, count), launch, [&](int64_t lo, int64_t hi) {
         for_each_span(tensors, count, lo, hi, [&](const TensorRef& t, int64_t a, int64_t e) {
             rmw_span<T>(t, a, e, s);
         });

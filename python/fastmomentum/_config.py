@@ -35,9 +35,10 @@ def show_config(mode: Literal["stdout", "dicts"] = "stdout") -> dict[str, Any] |
     """Print (``mode="stdout"``) or return (``mode="dicts"``) the build and runtime configuration.
 
     Keys: ``version``, ``isa`` (in use), ``isas_compiled``, ``isas_supported`` (compiled and
-    runnable on this CPU), ``openmp``, ``openmp_version``, ``threads``, ``grain`` (elements per
-    thread below which a call stays serial), ``compiler``, ``fp_contract``. Set the environment
-    variable ``FASTMOMENTUM_ISA=baseline|avx2|avx512`` before import to force an ISA.
+    runnable on this CPU), ``openmp``, ``openmp_version``, ``threads``, ``grain_bytes`` (bytes
+    of parameters per thread below which a call stays serial), ``compiler``, ``fp_contract``.
+    Set the environment variable ``FASTMOMENTUM_ISA=baseline|avx2|avx512`` before import to
+    force an ISA.
     """
     config: dict[str, Any] = dict(_core.config())
     if mode == "dicts":

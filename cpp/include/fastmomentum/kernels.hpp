@@ -20,10 +20,11 @@ struct TensorRef {
     bool first_step;
 };
 
-// How a call may use threads: at most `threads`, and no thread for fewer than `grain` elements.
+// How a call may use threads: at most `threads`, and no thread for fewer than `grain_bytes`
+// bytes of parameters.
 struct Launch {
     int threads;
-    std::int64_t grain;
+    std::int64_t grain_bytes;
 };
 
 // Updates every tensor in place; returns the number of threads that ran (0 for no elements).
