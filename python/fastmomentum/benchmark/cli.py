@@ -120,7 +120,8 @@ def main(argv: Sequence[str] | None = None, *, prog: str = PROG, **knobs: Any) -
     options = {**run_options(args), **knobs}
     options.setdefault("command", " ".join([prog, shlex.join(argv)]).strip())
     results = run(**options)
-    out = options.get("out", sys.stdout)
+    out = options.get("out", "stdout")
+    out = sys.stdout if out == "stdout" else out
     written = []
     if args.json:
         written.append(str(write_json(results, args.json)))

@@ -89,6 +89,15 @@ def _versions(metadata: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def _grain(config: dict[str, Any]) -> str:
+    """When a fastmomentum call stays serial, in the words of this build's config."""
+    if "grain_bytes" in config:
+        return f"stays serial below {config['grain_bytes']} bytes of parameters per thread"
+    if "grain" in config:
+        return f"stays serial below {config['grain']} elements per thread"
+    return "serial threshold unknown"
+
+
 def header_lines(results: Results) -> list[str]:
     """The lines before the tables: what ran, on what, how, and how to read the columns."""
     meta, opts = results.metadata, results.options
@@ -105,8 +114,7 @@ def header_lines(results: Results) -> list[str]:
         f"ISA flags: {' '.join(meta['cpu_isa_flags']) or 'unknown'}",
         f"# fastmomentum: ISA in use {config.get('isa')} (compiled: "
         f"{' '.join(config.get('isas_compiled', []))}), OpenMP {config.get('openmp_version')}, "
-        f"stays serial below {config.get('grain')} elements per thread, "
-        f"fp_contract {config.get('fp_contract')}",
+        f"{_grain(config)}, fp_contract {config.get('fp_contract')}",
         "# update: torch-convention momentum with coupled weight decay, lr=0.01, momentum=0.9, "
         "weight_decay=1e-4, dampening 0 (heavy-ball or Nesterov)",
         f"# time: median of {opts['samples']} samples, each >= {opts['min_sample_s'] * 1e3:g} ms "

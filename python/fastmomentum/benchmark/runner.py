@@ -146,7 +146,7 @@ def run(
     samples: int = MIN_SAMPLES,
     min_sample_s: float = MIN_SAMPLE_S,
     verify_max_elements: int = MAX_ELEMENTS,
-    out: TextIO | None = sys.stdout,
+    out: TextIO | str | None = "stdout",
     progress: bool | None = None,
     command: str = "fastmomentum.benchmark.run()",
     registry: Mapping[str, Implementation] | None = None,
@@ -159,8 +159,11 @@ def run(
     to heavy-ball, ``impls`` to every implementation of ``registry`` (default
     :data:`~fastmomentum.benchmark.peers.IMPLEMENTATIONS`). ``samples``, ``min_sample_s`` and
     ``verify_max_elements`` are test knobs: below 7 and 20 ms the header says the timings are
-    not to be quoted. ``progress``: show the bar on stderr (default: when it is a terminal).
+    not to be quoted. ``out``: where the header and the tables go (``"stdout"``: the
+    ``sys.stdout`` of the moment; ``None``: nowhere). ``progress``: show the bar on stderr
+    (default: when it is a terminal).
     """
+    stream: TextIO | None = sys.stdout if out == "stdout" else out  # type: ignore[assignment]
     registry = dict(IMPLEMENTATIONS if registry is None else registry)
     selected = list(registry) if impls is None else list(dict.fromkeys(impls))
     unknown = [name for name in [*selected, "numpy"] if name not in registry]
@@ -209,7 +212,7 @@ def run(
         with thread_limit(n, libraries) as report:
             results.notes += [f"{n} thread(s): {note}" for note in report.notes]
 
-    printer = TablePrinter(out, implementations)
+    printer = TablePrinter(stream, implementations)
     printer.header(results)
     weights = [_estimate_seconds(n, np.dtype(d).itemsize, samples, min_sample_s)
                * len(selected) * len(threads)

@@ -26,6 +26,8 @@ from .problems import RTOL, Array, Hyper, Layout, Problem, make_layout_problem
 STEPS = 3
 #: Verification problems hold at most this many elements (enough for 2 threads to split).
 MAX_ELEMENTS = 4_000_000
+#: References kept for later checks: up to about this many bytes (then one at a time).
+REFERENCE_CACHE_BYTES = 256 * 2**20
 
 
 def formula_step(p: Array, g: Array, b: Array, hyper: Hyper) -> tuple[Array, Array]:
@@ -95,7 +97,8 @@ class Verifier:
                    hyper: Hyper) -> tuple[Problem, Problem, Problem | None]:
         key = (dtype, layout, n, hyper)
         if key not in self._references:
-            self._references.clear()  # one set alive: they are up to 3 x 96 MB
+            while self._references and self._reference_bytes() > REFERENCE_CACHE_BYTES:
+                del self._references[next(iter(self._references))]  # the oldest first
             start = make_layout_problem(layout, n, dtype, seed=1)
             formula = _formula(start, hyper)
             numpy_result: Problem | None = run_steps(self.numpy_builder, start, hyper)
@@ -105,6 +108,10 @@ class Verifier:
                 numpy_result = None  # the numpy peer fails its own check: compare to formula
             self._references[key] = (start, formula, numpy_result)
         return self._references[key]
+
+    def _reference_bytes(self) -> int:
+        return sum(3 * 3 * problem.n_elements * problem.dtype.itemsize
+                   for problem, _, _ in self._references.values())
 
     def verify(self, name: str, build: Builder, dtype: np.dtype[Any], layout: Layout,
                size: int, hyper: Hyper, threads: int) -> str | None:
