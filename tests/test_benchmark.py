@@ -1,0 +1,388 @@
+"""``python -m fastmomentum bench`` (:mod:`fastmomentum.benchmark`): runs, reports, verifies.
+
+The runs here use ``run()``'s test knobs (2 samples of 2 ms) so that they take seconds; the
+command line itself refuses fewer than 7 samples of 20 ms.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fastmomentum as fm
+from fastmomentum import _core
+from fastmomentum.benchmark import IMPLEMENTATIONS, main, run
+from fastmomentum.benchmark.cli import parse_args, run_options
+from fastmomentum.benchmark.peers import Built, Implementation, Unavailable
+from fastmomentum.benchmark.problems import (
+    HEAVY_BALL,
+    LAYOUTS,
+    NESTEROV,
+    Layout,
+    make_layout_problem,
+    size_label,
+)
+from fastmomentum.benchmark.progress import Progress
+from fastmomentum.benchmark.report import JSON_SCHEMA
+from fastmomentum.benchmark.threads import thread_limit
+from fastmomentum.benchmark.timing import sample_seconds_per_call
+from fastmomentum.benchmark.verify import Verifier, formula_step
+
+FAST = dict(samples=2, min_sample_s=0.002)
+RECORD_KEYS = {"dtype", "layout", "n_arrays", "variant", "size", "threads", "impl", "status",
+               "seconds", "samples", "verified_elements", "threads_set", "threads_ran", "note",
+               "ns_per_element"}
+ROW_KEYS = {"dtype", "layout", "variant", "size", "threads", "fastmomentum_gb_per_s",
+            "ratio_to_bound", "best_peer", "ratio_to_best_peer", "speedup_over_numpy"}
+
+
+def available(name: str) -> bool:
+    try:
+        IMPLEMENTATIONS[name].load()
+    except Unavailable:
+        return False
+    return True
+
+
+def table_rows(stdout: str) -> list[list[str]]:
+    """The data rows of every table (lines that start with a size label)."""
+    return [line.split() for line in stdout.splitlines()
+            if line.strip() and line.split()[0][:1].isdigit()]
+
+
+# --- the command line ---------------------------------------------------------------------------
+
+
+def test_tiny_cli_run_prints_the_table_and_writes_json_and_png(tmp_path, capsys):
+    json_path, png_path = tmp_path / "r.json", tmp_path / "r.png"
+    argv = ["--sizes", "1e3", "1e5", "--threads", "1", "--dtype", "float32",
+            "--json", str(json_path), "--plot", str(png_path)]
+    assert main(argv, **FAST) == 0
+    out, err = capsys.readouterr()
+    assert err == ""  # no progress bar when stderr is no terminal
+    assert f"# command: python -m fastmomentum bench {' '.join(argv)}" in out
+    for needle in ("# versions: python", "numpy " + np.__version__, "# CPU: ",
+                   f"ISA in use {fm.show_config(mode='dicts')['isa']}", "# time: median of 2",
+                   "WARNING: fewer samples", "# verified before timing",
+                   "## float32, single array, heavy-ball",
+                   "## float32, list of 200 arrays, heavy-ball", "numpy*", "numba*"):
+        assert needle in out, needle
+
+    names = list(IMPLEMENTATIONS)
+    rows = table_rows(out)
+    assert [(r[0], r[1]) for r in rows] == [("1e3", "1"), ("1e5", "1")] * 2
+    n_columns = 2 + len(names) + 5
+    for row in rows:
+        assert len(row) == n_columns, row
+        cells = dict(zip(names, row[2:]))
+        for name in ("numpy", "fastmomentum"):
+            assert float(cells[name]) > 0
+        assert row[-1].endswith("x") and float(row[-1][:-1]) > 0  # speed-up over numpy
+    assert [dict(zip(names, r[2:]))["fastmomentum-flat"] for r in rows[:2]] == ["n/a"] * 2
+
+    data = json.loads(json_path.read_text())
+    assert data["schema"] == JSON_SCHEMA
+    assert data["command"].endswith(" ".join(argv))
+    assert {"options", "metadata", "method", "implementations", "notes", "records", "rows",
+            "failed", "duration_s"} <= set(data)
+    assert data["metadata"]["versions"]["numpy"] == np.__version__
+    assert data["metadata"]["fastmomentum_config"]["isa"] == fm.show_config(mode="dicts")["isa"]
+    assert list(data["implementations"]) == names
+    assert len(data["records"]) == 2 * 2 * len(names)  # 2 layouts x 2 sizes
+    for record in data["records"]:
+        assert set(record) == RECORD_KEYS
+        if record["status"] == "ok":
+            assert len(record["samples"]) == 2
+            assert record["seconds"] == pytest.approx(float(np.median(record["samples"])))
+            assert record["ns_per_element"] == pytest.approx(record["seconds"] / record["size"]
+                                                             * 1e9)
+        else:
+            assert record["seconds"] is None and record["note"]
+    statuses = {(r["impl"], r["layout"]): r["status"] for r in data["records"]}
+    assert statuses[("fastmomentum", "list")] == statuses[("numpy", "single")] == "ok"
+    assert statuses[("fastmomentum-flat", "single")] == "n/a"
+    assert data["failed"] == []
+    assert len(data["rows"]) == 4
+    for row in data["rows"]:
+        assert set(row) == ROW_KEYS
+        assert row["speedup_over_numpy"] > 0
+
+    if pytest.importorskip("matplotlib"):
+        assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_skipping_json_and_plot(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    argv = ["--sizes", "1e3", "--threads", "1", "--dtype", "float64", "--layout", "single",
+            "--impl", "numpy", "fastmomentum", "--no-json", "--plot", ""]
+    assert main(argv, **FAST) == 0
+    assert list(tmp_path.iterdir()) == []
+    assert "# wrote" not in capsys.readouterr().out
+
+
+def test_python_m_fastmomentum_bench_is_wired_and_keeps_the_minimums():
+    def bench(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "fastmomentum", "bench", *args],
+                              capture_output=True, text=True)
+
+    proc = bench("--help")
+    assert proc.returncode == 0, proc.stderr
+    for option in ("--quick", "--full", "--sizes", "--dtype", "--threads", "--variant",
+                   "--layout", "--impl", "--json", "--plot", "--samples", "--min-sample-ms"):
+        assert option in proc.stdout
+    for args in (["--samples", "6"], ["--min-sample-ms", "19"]):
+        proc = bench(*args)
+        assert proc.returncode == 2
+        assert "honest timings need --samples >= 7 and --min-sample-ms >= 20" in proc.stderr
+    proc = bench("--sizes", "100")  # lists split 100 elements over 200 arrays: refused
+    assert proc.returncode == 2 and "--sizes must be >= 200" in proc.stderr
+
+
+def test_presets_and_overrides():
+    quick = run_options(parse_args([]))
+    assert quick["sizes"] == {"single": [10**3, 10**6, 3 * 10**7], "list": [10**6]}
+    assert quick["variants"] == ["heavy-ball"] and quick["layouts"] == ["single", "list"]
+    assert quick["dtypes"] == ["float32", "float64"] and quick["threads"][0] == 1
+    assert (quick["samples"], quick["min_sample_s"]) == (7, 0.020)
+    full = run_options(parse_args(["--full"]))
+    assert full["sizes"]["single"] == full["sizes"]["list"] == [
+        10**3, 10**4, 10**5, 10**6, 10**7, 3 * 10**7, 10**8]
+    assert full["variants"] == ["heavy-ball", "nesterov"]
+    custom = run_options(parse_args(["--full", "--sizes", "2e3", "--variant", "momentum",
+                                     "--layout", "list", "--threads", "2", "--impl", "numba"]))
+    assert custom["sizes"] == [2000] and custom["variants"] == ["momentum"]
+    assert custom["layouts"] == ["list"] and custom["threads"] == [2]
+    assert custom["impls"] == ["numba"]
+
+
+# --- verification -------------------------------------------------------------------------------
+
+
+def _wrong(how: str) -> Implementation:
+    """A numexpr-named implementation that is wrong in one way."""
+
+    def load():
+        def build(problem, hyper):
+            t = problem.dtype.type
+            arrays = list(zip(problem.params, problem.grads, problem.buffers))
+
+            def step():
+                for p, g, b in arrays:
+                    if how == "raises":
+                        raise RuntimeError("kernel exploded")
+                    wd = 0.0 if how == "no-decay" else hyper.weight_decay
+                    d = g + t(wd) * p
+                    b_new = t(hyper.momentum) * b + d
+                    if how == "copies":  # computes the right values, but not in place
+                        p = p.copy()
+                    p -= t(hyper.lr) * b_new  # heavy-ball even when Nesterov is asked for
+                    b[...] = b_new
+
+            return Built(step, problem)
+
+        return build
+
+    return dataclasses.replace(IMPLEMENTATIONS["numexpr"], load=load)
+
+
+@pytest.mark.parametrize(("how", "variant", "reason"), [
+    ("no-decay", "heavy-ball", "Mismatched elements"),
+    ("heavy-ball", "nesterov", "Mismatched elements"),
+    ("copies", "heavy-ball", "params[0] vs the formula"),
+    ("raises", "heavy-ball", "RuntimeError: kernel exploded"),
+])
+def test_a_wrong_implementation_is_failed_not_timed_and_the_exit_is_nonzero(
+        tmp_path, capsys, monkeypatch, how, variant, reason):
+    monkeypatch.setitem(IMPLEMENTATIONS, "numexpr", _wrong(how))
+    json_path = tmp_path / "r.json"
+    argv = ["--sizes", "1e3", "--threads", "1", "--dtype", "float32", "--variant", variant,
+            "--layout", "single", "--impl", "numpy", "numexpr", "fastmomentum",
+            "--json", str(json_path), "--no-plot"]
+    assert main(argv, **FAST) == 1
+    out = capsys.readouterr().out
+    [row] = table_rows(out)
+    assert row[2:5] != [] and row[3] == "FAILED"  # the numexpr column
+    assert float(row[2]) > 0 and float(row[4]) > 0  # numpy and fastmomentum still timed
+    assert f"# FAILED: numexpr, float32 single {variant} size 1e3, 1 thread(s)" in out
+    assert reason in out
+    data = json.loads(json_path.read_text())
+    [failed] = data["failed"]
+    assert failed["impl"] == "numexpr" and failed["status"] == "failed"
+    assert failed["seconds"] is None and failed["samples"] == [] and reason in failed["note"]
+
+
+def test_every_available_implementation_passes_verification_at_1_and_2_threads():
+    verifier = Verifier(IMPLEMENTATIONS["numpy"].load())
+    checked = 0
+    for name, impl in IMPLEMENTATIONS.items():
+        if impl.kind == "bound" or not available(name):
+            continue
+        build = impl.load()
+        for threads in (1, 2):
+            with thread_limit(threads, {impl.library}):
+                for dtype in (np.float32, np.float64):
+                    for layout in LAYOUTS.values():
+                        if layout.name not in impl.layouts:
+                            continue
+                        for hyper in (HEAVY_BALL, NESTEROV):
+                            verdict = verifier.verify(name, build, np.dtype(dtype), layout,
+                                                      100_000, hyper, threads)
+                            assert verdict is None, (name, threads, dtype, layout, hyper)
+                            checked += 1
+    assert checked >= 2 * 2 * 2 * 2 * 2  # numpy and fastmomentum at least
+
+
+def test_the_formula_is_the_numpy_baseline_bit_for_bit():
+    problem = make_layout_problem(Layout("x", 3), 3000, np.float32)
+    for hyper in (HEAVY_BALL, NESTEROV):
+        built = IMPLEMENTATIONS["numpy"].load()(problem.copy(), hyper)
+        built.step()
+        for i in range(3):
+            p, b = formula_step(problem.params[i], problem.grads[i], problem.buffers[i], hyper)
+            assert np.array_equal(p, built.arrays.params[i])
+            assert np.array_equal(b, built.arrays.buffers[i])
+
+
+def test_the_flat_implementation_steps_its_own_flat_copy():
+    if not available("fastmomentum-flat"):
+        pytest.skip("no fastmomentum.flat in this build")
+    problem = make_layout_problem(LAYOUTS["list"], 1000, np.float64)
+    before = problem.copy()
+    built = IMPLEMENTATIONS["fastmomentum-flat"].load()(problem, HEAVY_BALL)
+    built.step()
+    assert all(np.array_equal(p, q) for p, q in zip(problem.params, before.params))
+    views = built.arrays.params
+    assert len(views) == 200 and all(v.base is views[0].base for v in views)
+    expected = before.copy()
+    fm.functional.sgd_(expected.params, expected.grads, expected.buffers, **HEAVY_BALL.kwargs())
+    assert all(np.array_equal(p, q) for p, q in zip(views, expected.params))
+
+
+# --- missing peers ------------------------------------------------------------------------------
+
+
+def test_missing_peers_are_skipped_with_a_note(tmp_path, capsys, monkeypatch):
+    for module in ("numba", "numexpr", "torch", "fastmomentum.flat"):
+        monkeypatch.setitem(sys.modules, module, None)  # makes `import module` fail
+    monkeypatch.delattr(_core, "rmw_reference", raising=False)
+    json_path = tmp_path / "r.json"
+    argv = ["--sizes", "1e3", "--threads", "1", "--dtype", "float32", "--json", str(json_path),
+            "--no-plot"]
+    assert main(argv, **FAST) == 0
+    out = capsys.readouterr().out
+    missing = ["numexpr", "numba", "numba-prange", "torch-optim-fused", "torch-fused-kernel",
+               "fastmomentum-flat", "rmw-bound"]
+    for name in missing:
+        assert f"# note: {name}: skipped, " in out, name
+    assert "# note: numba: skipped, numba is not installed" in out
+    assert "# note: rmw-bound: skipped, this fastmomentum has no _core.rmw_reference" in out
+    names = list(IMPLEMENTATIONS)
+    for row in table_rows(out):
+        cells = dict(zip(names, row[2:]))
+        assert float(cells["numpy"]) > 0 and float(cells["fastmomentum"]) > 0
+        assert all(cells[name] in ("--", "n/a") for name in missing)
+        assert row[-4] == "--"  # no bound: no ratio to it
+    data = json.loads(json_path.read_text())
+    assert {r["status"] for r in data["records"] if r["impl"] in missing} <= {"unavailable",
+                                                                             "n/a"}
+    assert all(data["implementations"][name]["status"] == "unavailable" for name in missing)
+
+
+def test_missing_matplotlib_means_no_plot_and_a_note(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    png = tmp_path / "r.png"
+    argv = ["--sizes", "1e3", "--threads", "1", "--dtype", "float32", "--layout", "single",
+            "--impl", "numpy", "fastmomentum", "--no-json", "--plot", str(png)]
+    assert main(argv, **FAST) == 0
+    assert "# note: matplotlib is not installed: no plot" in capsys.readouterr().out
+    assert not png.exists()
+
+
+def test_run_returns_the_results_and_prints_nothing_without_out():
+    results = run(dtypes=["float64"], sizes=[1000], threads=[1], layouts=["single"],
+                  impls=["fastmomentum", "numpy"], out=None, **FAST)
+    assert [r.impl for r in results.records] == ["fastmomentum", "numpy"]
+    assert all(r.status == "ok" and r.seconds > 0 for r in results.records)
+    [row] = list(results.rows())
+    assert row.summary()["speedup_over_numpy"] == pytest.approx(
+        results.records[1].seconds / results.records[0].seconds)
+    with pytest.raises(ValueError, match="unknown implementations"):
+        run(impls=["nope"], out=None)
+    with pytest.raises(ValueError, match="sizes must be >= 200"):
+        run(sizes=[100], layouts=["list"], out=None)
+
+
+# --- threads, timing, progress -----------------------------------------------------------------
+
+
+def test_thread_limit_sets_checks_and_restores_every_library():
+    import numba
+    import numexpr
+    import torch
+
+    libraries = {"torch", "numba", "numexpr"}
+    before = (fm.get_num_threads(), torch.get_num_threads(), numba.get_num_threads(),
+              numexpr.get_num_threads())
+    with thread_limit(1, libraries) as report:
+        assert report.counts["fastmomentum"] == fm.get_num_threads() == 1
+        assert torch.get_num_threads() == numba.get_num_threads() == 1
+        assert numexpr.get_num_threads() == 1
+        assert report.notes == []
+    assert (fm.get_num_threads(), torch.get_num_threads(), numba.get_num_threads(),
+            numexpr.get_num_threads()) == before
+    too_many = int(numba.config.NUMBA_NUM_THREADS) + 1
+    with thread_limit(too_many, libraries) as report:
+        assert any("oversubscribed" in note for note in report.notes)
+        assert any(note.startswith(f"numba: {too_many} threads requested, it will use")
+                   for note in report.notes)
+    with pytest.raises(ValueError):
+        with thread_limit(0):
+            pass
+
+
+def test_samples_last_at_least_the_minimum():
+    calls = []
+    samples = sample_seconds_per_call(functools.partial(calls.append, 1), samples=3,
+                                      min_sample_s=0.002)
+    assert len(samples) == 3 and all(s > 0 for s in samples)
+    loops = (len(calls) - 1) // 4  # the warm-up's last loop and the 3 samples are as long
+    assert loops * min(samples) >= 0.002
+
+
+def test_progress_bar_only_on_a_terminal():
+    quiet = io.StringIO()
+    bar = Progress(10.0, 4, stream=quiet)  # a StringIO is no terminal
+    bar.show("x")
+    bar.advance(5.0, row_done=True)
+    bar.show("y")
+    bar.clear()
+    assert quiet.getvalue() == ""
+    shown = io.StringIO()
+    bar = Progress(10.0, 4, stream=shown, enabled=True)
+    bar.show("first")
+    assert "[" + "." * Progress.WIDTH + "] 1/4 rows  ETA ?  first" in shown.getvalue()
+    bar.advance(5.0, row_done=True)
+    bar.show("second")
+    assert "[" + "#" * (Progress.WIDTH // 2) in shown.getvalue()
+    assert "2/4 rows  ETA 0:0" in shown.getvalue() and "second" in shown.getvalue()
+
+
+def test_size_labels():
+    assert [size_label(n) for n in (1000, 30_000_000, 10**8, 1234)] == [
+        "1e3", "3e7", "1e8", "1234"]
+
+
+def test_bench_sgd_table_script_delegates():
+    script = Path(__file__).resolve().parents[1] / "bench" / "sgd_table.py"
+    proc = subprocess.run([sys.executable, str(script), "--help"], capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "--impl" in proc.stdout and "--quick" in proc.stdout
