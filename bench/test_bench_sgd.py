@@ -1,77 +1,54 @@
-"""pytest-benchmark: ``fastmomentum.functional.sgd_`` vs the best in-place NumPy update.
+"""pytest-benchmark: fastmomentum against its peers and the read-modify-write bound.
 
-Run ``python -m pytest bench --benchmark-only`` to time (results grouped by case, dtype and size),
-or ``python -m pytest bench -q --benchmark-disable`` to run each body once as a plain test. Every
-benchmark first checks that both implementations give the same result on fresh copies.
+The same cases as ``python -m fastmomentum bench --full`` up to 1e7 elements: every
+implementation x sizes 1e3..1e7 x one array / a list of 200 arrays x heavy-ball / Nesterov x
+float32 / float64, on :data:`_common.THREADS` threads for every library. Each benchmark first
+verifies its implementation (``fastmomentum.benchmark.verify``); a missing peer is skipped.
+
+Run ``python -m pytest bench --benchmark-only`` to time (grouped by problem), or
+``python -m pytest bench -q --benchmark-disable`` to run each body once as a plain test.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
 import pytest
 
 import fastmomentum
+from fastmomentum.benchmark.peers import IMPLEMENTATIONS
+from fastmomentum.benchmark.threads import thread_limit
 
-from _common import (
-    HEAVY_BALL,
-    NESTEROV,
-    STEP_BUILDERS,
-    Hyper,
-    Problem,
-    check_agreement,
-    make_problem,
-    size_label,
-)
-
-SIZES = [10**3, 10**4, 10**5, 10**6, 10**7]
-NESTEROV_SIZES = [10**6]
-LIST_ARRAYS, LIST_SIZE = 200, 5_000
-
-dtypes = pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
-impls = pytest.mark.parametrize("impl", list(STEP_BUILDERS))
+from _common import CASES, THREADS, Case, builder, problem, verifier
 
 
-def _run(benchmark: Any, impl: str, problem: Problem, hyper: Hyper, case: str) -> None:
-    """Check agreement, label the benchmark (grouped by ``case``), warm up once, then time."""
-    check_agreement(problem, hyper)
-    step = STEP_BUILDERS[impl](problem, hyper)
-    n_arrays = len(problem.params)
-    benchmark.group = f"{case} {problem.dtype.name}"
+@pytest.fixture(scope="module", autouse=True)
+def every_library_on_the_same_threads() -> Iterator[None]:
+    """One thread count for fastmomentum, OpenMP/BLAS, torch, numba and numexpr."""
+    libraries = {info.library for info in IMPLEMENTATIONS.values()}
+    for impl in IMPLEMENTATIONS:
+        builder(impl)  # imports the peers, so that their thread counts are set too
+    with thread_limit(THREADS, libraries):
+        yield
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_sgd_step(benchmark: Any, case: Case) -> None:
+    """Verify ``case.impl`` on this problem's structure, then time one step of it."""
+    build = builder(case.impl)
+    if isinstance(build, str):
+        pytest.skip(build)
+    arrays = problem(case.dtype, case.layout, case.size)
+    if IMPLEMENTATIONS[case.impl].kind != "bound":  # the bound was checked when loaded
+        verdict = verifier().verify(case.impl, build, arrays.dtype, case.layout, case.size,
+                                    case.hyper, THREADS)
+        assert verdict is None, verdict
+    step = build(arrays, case.hyper).step
+    benchmark.group = case.group
     benchmark.extra_info.update(
-        impl=impl,
-        update=hyper.name,
-        dtype=problem.dtype.name,
-        n_arrays=n_arrays,
-        elements_per_array=problem.n_elements // n_arrays,
-        n_elements=problem.n_elements,
-        threads=fastmomentum.get_num_threads(),
-        isa=fastmomentum.show_config(mode="dicts")["isa"],
-    )
+        impl=case.impl, update=case.hyper.name, dtype=case.dtype, layout=case.layout.name,
+        n_arrays=case.layout.n_arrays, n_elements=case.size, threads=THREADS,
+        isa=fastmomentum.show_config(mode="dicts")["isa"])
     step()  # warm-up: first-call costs stay out of the timings
     benchmark(step)
-
-
-ONE_ARRAY_CASES = [(HEAVY_BALL, n) for n in SIZES] + [(NESTEROV, n) for n in NESTEROV_SIZES]
-
-
-@impls
-@pytest.mark.parametrize(
-    ("hyper", "size"),
-    ONE_ARRAY_CASES,
-    ids=[f"{h.name}-n={size_label(n)}" for h, n in ONE_ARRAY_CASES],
-)
-@dtypes
-def test_one_array(benchmark: Any, dtype: type, hyper: Hyper, size: int, impl: str) -> None:
-    """One array, heavy-ball or Nesterov momentum with coupled weight decay."""
-    problem = make_problem(1, size, dtype)
-    _run(benchmark, impl, problem, hyper, f"{hyper.name} n={size_label(size)}")
-
-
-@impls
-@dtypes
-def test_list_of_arrays(benchmark: Any, dtype: type, impl: str) -> None:
-    """200 arrays of 5,000 elements: one fastmomentum call vs a NumPy loop over the arrays."""
-    problem = make_problem(LIST_ARRAYS, LIST_SIZE, dtype)
-    _run(benchmark, impl, problem, HEAVY_BALL, f"list {LIST_ARRAYS}x{size_label(LIST_SIZE)}")
