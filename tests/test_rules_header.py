@@ -14,22 +14,23 @@ INCLUDE = Path(__file__).resolve().parents[1] / "cpp" / "include"
 KERNEL = r"""
 #include "fastmomentum/rules.hpp"
 using namespace fastmomentum;
-template <class T, Form F, bool N, Decay D>
+template <class T, Form F, bool N, Decay D, bool S>
 __global__ void step(T* p, T* b, const T* g, Coeffs<T> k, int n) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) rules::update<T, F, N, D>(p[i], b[i], g[i], k);
+    if (i < n) rules::update<T, F, N, D, S>(p[i], b[i], g[i], k);
 }
-template <class T, Form F, bool N, Decay D>
+template <class T, Form F, bool N, Decay D, bool S>
 void launch(T* p, T* b, const T* g, Coeffs<T> k, int n) {
-    step<T, F, N, D><<<1, 32>>>(p, b, g, k, n);
+    step<T, F, N, D, S><<<1, 32>>>(p, b, g, k, n);
 }
-template void launch<float, Form::torch, true, Decay::coupled>(
+template void launch<float, Form::torch, true, Decay::coupled, true>(
     float*, float*, const float*, Coeffs<float>, int);
-template void launch<double, Form::keras, false, Decay::keras>(
+template void launch<double, Form::keras, false, Decay::keras, false>(
     double*, double*, const double*, Coeffs<double>, int);
-template void launch<float, Form::torch_first, false, Decay::keep>(
+template void launch<float, Form::torch_first, false, Decay::keep, true>(
     float*, float*, const float*, Coeffs<float>, int);
 Coeffs<float> host_side(const Hyper& h) { return rules::coeffs<float>(h); }
+bool scales(const Coeffs<float>& k) { return rules::scales_grad(k); }
 """
 
 

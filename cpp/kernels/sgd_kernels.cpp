@@ -24,9 +24,10 @@ namespace {
 using std::int64_t;
 
 // The inner loop: a plain loop over one tensor's [lo, hi) that the compiler vectorises for this
-// ISA. The variant is a template parameter, so the loop body has no branches. `k` is taken by
-// value so the compiler knows the stores cannot alias it and keeps the coefficients in registers.
-template <class T, Form F, bool Nesterov, Decay D>
+// ISA. The variant is a set of template parameters, so the loop body has no branches. `k` is taken
+// by value so the compiler knows the stores cannot alias it and keeps the coefficients in
+// registers; each element is loaded once into locals and stored once.
+template <class T, Form F, bool Nesterov, Decay D, bool ScaleGrad>
 void update_span(const TensorRef& t, int64_t lo, int64_t hi, const Coeffs<T> k) {
     T* __restrict p = static_cast<T*>(t.param) + lo;
     const T* __restrict g = static_cast<const T*>(t.grad) + lo;
@@ -34,45 +35,57 @@ void update_span(const TensorRef& t, int64_t lo, int64_t hi, const Coeffs<T> k) 
     if constexpr (F == Form::plain) {
 #pragma omp simd
         for (int64_t i = 0; i < n; ++i) {
-            T no_buffer{};
-            rules::update<T, F, Nesterov, D>(p[i], no_buffer, g[i], k);
+            T param = p[i], no_buffer{};
+            rules::update<T, F, Nesterov, D, ScaleGrad>(param, no_buffer, g[i], k);
+            p[i] = param;
         }
     } else {
         T* __restrict b = static_cast<T*>(t.buf) + lo;
 #pragma omp simd
-        for (int64_t i = 0; i < n; ++i) rules::update<T, F, Nesterov, D>(p[i], b[i], g[i], k);
+        for (int64_t i = 0; i < n; ++i) {
+            T param = p[i], buffer = b[i];
+            rules::update<T, F, Nesterov, D, ScaleGrad>(param, buffer, g[i], k);
+            p[i] = param;
+            b[i] = buffer;
+        }
     }
 }
 
 template <class T>
 using SpanFn = void (*)(const TensorRef&, int64_t, int64_t, Coeffs<T>);
 
-// Runtime variant -> template instantiation, once per call.
+// Runtime variant -> template instantiation, once per call, one parameter at a time.
+template <class T, Form F, bool Nesterov, Decay D>
+SpanFn<T> pick_scale(bool scale_grad) {
+    return scale_grad ? &update_span<T, F, Nesterov, D, true> : &update_span<T, F, Nesterov, D, false>;
+}
+
 template <class T, Form F, bool Nesterov>
-SpanFn<T> pick_decay(Decay d) {
+SpanFn<T> pick_decay(Decay d, bool scale_grad) {
     switch (d) {
-        case Decay::coupled: return &update_span<T, F, Nesterov, Decay::coupled>;
-        case Decay::keep: return &update_span<T, F, Nesterov, Decay::keep>;
-        case Decay::keras: return &update_span<T, F, Nesterov, Decay::keras>;
+        case Decay::coupled: return pick_scale<T, F, Nesterov, Decay::coupled>(scale_grad);
+        case Decay::keep: return pick_scale<T, F, Nesterov, Decay::keep>(scale_grad);
+        case Decay::keras: return pick_scale<T, F, Nesterov, Decay::keras>(scale_grad);
         case Decay::none: break;
     }
-    return &update_span<T, F, Nesterov, Decay::none>;
+    return pick_scale<T, F, Nesterov, Decay::none>(scale_grad);
 }
 
 template <class T, Form F>
-SpanFn<T> pick_nesterov(bool nesterov, Decay d) {
-    return nesterov ? pick_decay<T, F, true>(d) : pick_decay<T, F, false>(d);
+SpanFn<T> pick_nesterov(bool nesterov, Decay d, bool scale_grad) {
+    return nesterov ? pick_decay<T, F, true>(d, scale_grad) : pick_decay<T, F, false>(d, scale_grad);
 }
 
 template <class T>
-SpanFn<T> pick(Form f, bool nesterov, Decay d) {
+SpanFn<T> pick(Form f, bool nesterov, Decay d, bool scale_grad) {
     switch (f) {
-        case Form::torch_first: return pick_nesterov<T, Form::torch_first>(nesterov, d);
-        case Form::torch: return pick_nesterov<T, Form::torch>(nesterov, d);
-        case Form::keras: return pick_nesterov<T, Form::keras>(nesterov, d);
+        case Form::torch_first: return pick_nesterov<T, Form::torch_first>(nesterov, d, scale_grad);
+        case Form::torch: return pick_nesterov<T, Form::torch>(nesterov, d, scale_grad);
+        case Form::keras: return pick_nesterov<T, Form::keras>(nesterov, d, scale_grad);
         case Form::plain: break;
     }
-    return pick_decay<T, Form::plain, false>(d);  // no buffer: Nesterov has no meaning
+    // No buffer: Nesterov has no meaning.
+    return pick_decay<T, Form::plain, false>(d, scale_grad);
 }
 
 // Start of part `part` of `parts` in [0, total): floor(total * part / parts), without overflow.
@@ -132,8 +145,9 @@ template <class T>
 int sgd(const TensorRef* tensors, std::size_t count, const Hyper& h, const Launch& launch) {
     const Coeffs<T> k = rules::coeffs<T>(h);
     const Decay decay = rules::decay_of(h, k);
-    const SpanFn<T> regular = pick<T>(rules::form_of(h, false), h.nesterov, decay);
-    const SpanFn<T> first = pick<T>(rules::form_of(h, true), h.nesterov, decay);
+    const bool scale_grad = rules::scales_grad(k);
+    const SpanFn<T> regular = pick<T>(rules::form_of(h, false), h.nesterov, decay, scale_grad);
+    const SpanFn<T> first = pick<T>(rules::form_of(h, true), h.nesterov, decay, scale_grad);
     return for_each_part<T>(total_size(tensors, count), launch, [&](int64_t lo, int64_t hi) {
         for_each_span(tensors, count, lo, hi, [&](const TensorRef& t, int64_t a, int64_t e) {
             (t.first_step ? first : regular)(t, a, e, k);
