@@ -7,7 +7,6 @@ command line itself refuses fewer than 7 samples of 20 ms.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import io
 import json
 import subprocess
@@ -309,11 +308,11 @@ def test_missing_matplotlib_means_no_plot_and_a_note(tmp_path, capsys, monkeypat
 def test_run_returns_the_results_and_prints_nothing_without_out():
     results = run(dtypes=["float64"], sizes=[1000], threads=[1], layouts=["single"],
                   impls=["fastmomentum", "numpy"], out=None, **FAST)
-    assert [r.impl for r in results.records] == ["fastmomentum", "numpy"]
+    assert [r.impl for r in results.records] == ["numpy", "fastmomentum"]  # registry order
     assert all(r.status == "ok" and r.seconds > 0 for r in results.records)
     [row] = list(results.rows())
     assert row.summary()["speedup_over_numpy"] == pytest.approx(
-        results.records[1].seconds / results.records[0].seconds)
+        results.records[0].seconds / results.records[1].seconds)
     with pytest.raises(ValueError, match="unknown implementations"):
         run(impls=["nope"], out=None)
     with pytest.raises(ValueError, match="sizes must be >= 200"):
@@ -348,13 +347,20 @@ def test_thread_limit_sets_checks_and_restores_every_library():
             pass
 
 
-def test_samples_last_at_least_the_minimum():
-    calls = []
-    samples = sample_seconds_per_call(functools.partial(calls.append, 1), samples=3,
-                                      min_sample_s=0.002)
-    assert len(samples) == 3 and all(s > 0 for s in samples)
-    loops = (len(calls) - 1) // 4  # the warm-up's last loop and the 3 samples are as long
-    assert loops * min(samples) >= 0.002
+def test_samples_last_at_least_the_minimum(monkeypatch):
+    from fastmomentum.benchmark import timing
+
+    clock = [0.0]
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: clock[0])
+
+    def step():  # 1 ms a call, on the fake clock
+        clock[0] += 1e-3
+
+    samples = sample_seconds_per_call(step, samples=7, min_sample_s=0.020)
+    assert samples == pytest.approx([1e-3] * 7)
+    # calibration: 1 call (1 ms) is too short, so 30 calls (1.2 x 25 ms): each sample is a loop
+    # of 30 calls = 30 ms >= 1.25 x 20 ms
+    assert clock[0] == pytest.approx((1 + 30 + 7 * 30) * 1e-3)
 
 
 def test_progress_bar_only_on_a_terminal():

@@ -13,7 +13,7 @@ import numpy as np
 
 from . import metadata
 from .peers import IMPLEMENTATIONS, Builder, Implementation, Unavailable
-from .problems import LAYOUTS, VARIANTS, Layout, Problem, make_layout_problem
+from .problems import LAYOUTS, VARIANTS, Layout, Problem, make_layout_problem, size_label
 from .progress import Progress
 from .report import TablePrinter, failure_lines
 from .results import FAILED, NOT_APPLICABLE, OK, UNAVAILABLE, Record, Results, Row
@@ -84,8 +84,9 @@ class _Session:
         build = self.builders[impl.name]
         if impl.kind != "bound":  # the bound is no update: its load checked what it does
             record.verified_elements = self.verifier.checked_size(size)
+            # A serial implementation computes the same at any thread count: checked once.
             verdict = self.verifier.verify(impl.name, build, dtype, layout, size, hyper,
-                                           report.requested)
+                                           1 if impl.serial else report.requested)
             if verdict is not None:
                 record.status, record.note = FAILED, verdict
                 return record
@@ -117,8 +118,8 @@ class _Session:
             with thread_limit(n, self.libraries) as report:
                 cells = {}
                 for name in self.selected:
-                    self.progress.show(f"{dtype} {layout.name} {variant} size {size:.0e}, "
-                                       f"{n} thr: {name}")
+                    self.progress.show(f"{dtype} {layout.name} {variant} size "
+                                       f"{size_label(size)}, {n} thr: {name}")
                     cells[name] = self.measure(self.registry[name], problem, steps, layout,
                                                variant, size, report)
                     self.results.records.append(cells[name])
@@ -165,10 +166,10 @@ def run(
     """
     stream: TextIO | None = sys.stdout if out == "stdout" else out  # type: ignore[assignment]
     registry = dict(IMPLEMENTATIONS if registry is None else registry)
-    selected = list(registry) if impls is None else list(dict.fromkeys(impls))
-    unknown = [name for name in [*selected, "numpy"] if name not in registry]
+    unknown = [name for name in [*(impls or []), "numpy"] if name not in registry]
     if unknown:
         raise ValueError(f"unknown implementations {unknown}; known: {list(registry)}")
+    selected = [name for name in registry if impls is None or name in impls]  # table order
     variants = list(dict.fromkeys(VARIANTS[v].name for v in
                                   (QUICK["variants"] if variants is None else variants)))
     dtypes = [np.dtype(d).name for d in dtypes]

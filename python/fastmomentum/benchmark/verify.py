@@ -24,8 +24,8 @@ from .peers import Builder
 from .problems import RTOL, Array, Hyper, Layout, Problem, make_layout_problem
 
 STEPS = 3
-#: Verification problems hold at most this many elements (enough for 2 threads to split).
-MAX_ELEMENTS = 4_000_000
+#: Verification problems hold at most this many elements (2**21: 64 threads could split it).
+MAX_ELEMENTS = 2**21
 #: References kept for later checks: up to about this many bytes (then one at a time).
 REFERENCE_CACHE_BYTES = 256 * 2**20
 
