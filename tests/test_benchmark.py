@@ -37,10 +37,11 @@ from fastmomentum.benchmark.verify import Verifier, formula_step
 
 FAST = dict(samples=2, min_sample_s=0.002)
 RECORD_KEYS = {"dtype", "layout", "n_arrays", "variant", "size", "threads", "impl", "status",
-               "seconds", "samples", "verified_elements", "threads_set", "threads_ran", "note",
-               "ns_per_element"}
+               "seconds", "samples", "verified_elements", "threads_set", "threads_ran",
+               "others_cpu", "note", "ns_per_element"}
 ROW_KEYS = {"dtype", "layout", "variant", "size", "threads", "fastmomentum_gb_per_s",
-            "ratio_to_bound", "best_peer", "ratio_to_best_peer", "speedup_over_numpy"}
+            "ratio_to_bound", "best_peer", "ratio_to_best_peer", "speedup_over_numpy",
+            "others_cpu"}
 
 
 def available(name: str) -> bool:
@@ -78,13 +79,14 @@ def test_tiny_cli_run_prints_the_table_and_writes_json_and_png(tmp_path, capsys)
     names = list(IMPLEMENTATIONS)
     rows = table_rows(out)
     assert [(r[0], r[1]) for r in rows] == [("1e3", "1"), ("1e5", "1")] * 2
-    n_columns = 2 + len(names) + 5
+    n_columns = 2 + len(names) + 6
     for row in rows:
         assert len(row) == n_columns, row
         cells = dict(zip(names, row[2:]))
         for name in ("numpy", "fastmomentum"):
             assert float(cells[name]) > 0
-        assert row[-1].endswith("x") and float(row[-1][:-1]) > 0  # speed-up over numpy
+        assert row[-2].endswith("x") and float(row[-2][:-1]) > 0  # speed-up over numpy
+        assert float(row[-1].rstrip("!")) >= 0  # CPUs other processes used meanwhile
     assert [dict(zip(names, r[2:]))["fastmomentum-flat"] for r in rows[:2]] == ["n/a"] * 2
 
     data = json.loads(json_path.read_text())
@@ -288,7 +290,7 @@ def test_missing_peers_are_skipped_with_a_note(tmp_path, capsys, monkeypatch):
         cells = dict(zip(names, row[2:]))
         assert float(cells["numpy"]) > 0 and float(cells["fastmomentum"]) > 0
         assert all(cells[name] in ("--", "n/a") for name in missing)
-        assert row[-4] == "--"  # no bound: no ratio to it
+        assert row[-5] == "--"  # no bound: no ratio to it
     data = json.loads(json_path.read_text())
     assert {r["status"] for r in data["records"] if r["impl"] in missing} <= {"unavailable",
                                                                              "n/a"}
@@ -392,3 +394,24 @@ def test_bench_sgd_table_script_delegates():
                           text=True)
     assert proc.returncode == 0, proc.stderr
     assert "--impl" in proc.stdout and "--quick" in proc.stdout
+
+
+def test_the_cpu_meter_sees_other_processes_and_the_table_flags_them():
+    from fastmomentum.benchmark.contention import CpuMeter
+    from fastmomentum.benchmark.report import TablePrinter
+    from fastmomentum.benchmark.results import Record, Row
+
+    meter = CpuMeter()
+    spin = "import time\nt = time.perf_counter()\nwhile time.perf_counter() - t < 0.6: pass"
+    subprocess.run([sys.executable, "-c", spin], check=True)
+    others = meter.others()
+    if others is None:
+        pytest.skip("no /proc/stat here")
+    assert others >= 0.4  # the child kept (about) one CPU busy for most of the time
+
+    record = Record("float32", "single", 1, "heavy-ball", 1000, 1, "numpy", "ok", seconds=1e-6,
+                    others_cpu=0.9)
+    impls = {"numpy": {"label": "numpy*", "kind": "peer"}}
+    out = io.StringIO()
+    TablePrinter(out, impls).row(Row(record.row_key, {"numpy": record}, ("numpy",)))
+    assert out.getvalue().split()[-1] == "0.9!"

@@ -9,6 +9,7 @@ each result. See ``../shared/design/PERFORMANCE.md`` for the method.
 - :mod:`.verify`: the check each one passes before it is timed;
 - :mod:`.timing`: medians of loops of back-to-back calls;
 - :mod:`.threads`: one thread count for every library;
+- :mod:`.contention`: how much CPU other processes took meanwhile (a shared machine);
 - :mod:`.runner`: :func:`run`; :mod:`.results`: what it returns;
 - :mod:`.report` (table, JSON), :mod:`.plot` (PNG), :mod:`.progress` (the bar);
 - :mod:`.cli`: :func:`main`, the command line.

@@ -6,11 +6,13 @@ import json
 from pathlib import Path
 from typing import Any, TextIO
 
+from .contention import BUSY_WARNING
 from .problems import LAYOUTS, RTOL, VARIANTS, size_label
 from .results import FAILED, NOT_APPLICABLE, OK, UNAVAILABLE, Record, Results, Row
 
 JSON_SCHEMA = "fastmomentum-bench/1"
-SUMMARY_COLUMNS = (("GB/s", 6), ("/bound", 6), ("/best", 5), ("best peer", 18), ("vs numpy", 8))
+SUMMARY_COLUMNS = (("GB/s", 6), ("/bound", 6), ("/best", 5), ("best peer", 18), ("vs numpy", 8),
+                   ("busy", 5))
 MISSING = "--"
 
 
@@ -72,9 +74,12 @@ class TablePrinter:
             value = summary[key]
             return MISSING if value is None else f"{value:{spec}}{suffix}"
 
+        busy = summary["others_cpu"]
         values = (fmt("fastmomentum_gb_per_s", ".1f"), fmt("ratio_to_bound", ".2f"),
                   fmt("ratio_to_best_peer", ".2f"), summary["best_peer"] or MISSING,
-                  fmt("speedup_over_numpy", ".1f", "x"))
+                  fmt("speedup_over_numpy", ".1f", "x"),
+                  fmt("others_cpu", ".1f", "!" if busy is not None and busy > BUSY_WARNING
+                      else ""))
         cells += [f"{v:>{w}}" for v, (_, w) in zip(values, SUMMARY_COLUMNS)]
         self.line("  ".join(cells))
 
@@ -135,6 +140,8 @@ def header_lines(results: Results) -> list[str]:
         "#   GB/s = fastmomentum's 5 arrays x itemsize x size / time; /bound = its time / "
         "rmw-bound's (1.00 = at the floor); /best = its time / the best peer's (< 1: "
         "fastmomentum is faster); vs numpy = numpy's time / its time",
+        f"#   busy = CPUs' worth of work by other processes during the row ('!' above "
+        f"{BUSY_WARNING:g}: a shared machine disturbed the timings, multi-thread ones first)",
     ]
     if opts["samples"] < 7 or opts["min_sample_s"] < 0.020:
         lines.append("# WARNING: fewer samples or shorter ones than honest timings need "

@@ -21,7 +21,8 @@ class Record:
     ``status``: ``"ok"`` (timed), ``"failed"`` (its verification failed: not timed),
     ``"unavailable"`` (not installed, or an API this build lacks) or ``"n/a"`` (the
     implementation does not apply to this layout). ``seconds`` is the median time per call,
-    ``samples`` every sample behind it.
+    ``samples`` every sample behind it. ``others_cpu``: CPUs' worth of work other processes did
+    while this record's row was measured (see :mod:`.contention`).
     """
 
     dtype: str
@@ -37,6 +38,7 @@ class Record:
     verified_elements: int | None = None
     threads_set: int | None = None
     threads_ran: int | None = None
+    others_cpu: float | None = None
     note: str = ""
 
     @property
@@ -86,6 +88,8 @@ class Row:
             "best_peer": best,
             "ratio_to_best_peer": fm / best_s if fm and best_s else None,
             "speedup_over_numpy": numpy / fm if fm and numpy else None,
+            "others_cpu": next((r.others_cpu for r in self.cells.values()
+                                if r.others_cpu is not None), None),
         }
 
 

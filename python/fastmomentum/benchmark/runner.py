@@ -12,6 +12,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from . import metadata
+from .contention import BUSY_WARNING, CpuMeter
 from .peers import IMPLEMENTATIONS, Builder, Implementation, Unavailable
 from .problems import LAYOUTS, VARIANTS, Layout, Problem, make_layout_problem, size_label
 from .progress import Progress
@@ -115,6 +116,7 @@ class _Session:
         weight = _estimate_seconds(size, problem.dtype.itemsize, self.samples,
                                    self.min_sample_s)
         for n in threads:
+            meter = CpuMeter()
             with thread_limit(n, self.libraries) as report:
                 cells = {}
                 for name in self.selected:
@@ -124,6 +126,9 @@ class _Session:
                                                variant, size, report)
                     self.results.records.append(cells[name])
                     self.progress.advance(weight)
+            others = meter.others()
+            for record in cells.values():
+                record.others_cpu = others
             self.progress.clear()
             self.progress.advance(0, row_done=True)
             self.printer.row(Row((problem.dtype.name, layout.name, variant, size, n), cells,
@@ -186,7 +191,7 @@ def run(
     if min(threads) < 1 or samples < 1 or min_sample_s <= 0:
         raise ValueError("threads and samples must be >= 1, min_sample_s > 0")
 
-    started = time.perf_counter()
+    started, run_meter = time.perf_counter(), CpuMeter()
     builders, missing = _load(selected, registry)
     meta = metadata.collect()
     numba = sys.modules.get("numba")
@@ -230,7 +235,13 @@ def run(
                     session.case(LAYOUTS[layout_name], dtype, variant, size, threads)
     bar.clear()
     results.duration_s = time.perf_counter() - started
+    others = run_meter.others()
+    results.metadata["others_cpu_during_run"] = others
     for text in failure_lines(results):
         printer.line(text)
+    if others is not None:
+        printer.line(f"# other processes kept {others:.2f} CPUs busy on average during the run"
+                     + (" (timings disturbed: rerun on a quiet machine)"
+                        if others > BUSY_WARNING else ""))
     printer.line(f"# done in {results.duration_s:.0f} s")
     return results
