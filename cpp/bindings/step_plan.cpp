@@ -29,7 +29,8 @@ StepPlan::StepPlan(py::handle param_groups, py::handle states, py::handle style,
     for (std::size_t gi = 0; gi < groups.size(); ++gi) {
         PyObject* list = params_of(groups[gi]);
         if (list == nullptr || !PyList_CheckExact(list))
-            throw py::type_error("each parameter group must be a dict with a list 'params'");
+            throw py::type_error("each parameter group must be a dict with a list 'params' (a "
+                                 "plan cannot follow another sequence's changes)");
         const Items params(list, "params");
         const Items param_states(group_states[gi], "states");
         if (param_states.size() != params.size())
@@ -39,7 +40,10 @@ StepPlan::StepPlan(py::handle param_groups, py::handle states, py::handle style,
         for (std::size_t j = 0; j < params.size(); ++j) {
             const std::size_t index = params_.size();
             const std::size_t p = arrays.size();
-            arrays.push_back(check_array(params[j], "params", index, Access::write));
+            // Read access: a frozen (read-only) parameter without a gradient does not stop the
+            // fast path; a step re-checks each parameter it writes for writeability.
+            arrays.push_back(check_array(params[j], "params", index, Access::read));
+            arrays.back().access = Access::write;  // for the overlap check: steps write it
             Param param{arrays[p].array, py::reinterpret_borrow<py::object>(param_states[j]),
                         py::none(), arrays[p].data, arrays[p].nbytes};
             if (PyDict_Check(param.state.ptr())) {
@@ -108,29 +112,38 @@ int StepPlan::step(py::handle param_groups, py::handle grads, py::handle hypers)
         throw py::value_error("hypers must have one tuple per parameter group");
     const char* b_name = buffers_name(style_);
 
+    // The same checks, in the same order, as sgd_steps on the calls the full path would make:
+    // per group with a gradient, its hyper-parameters, then each parameter's param, grad and
+    // buffer, then the coefficients; the overlaps last.
     std::vector<Call> calls;
     calls.reserve(groups_.size());
     std::vector<CheckedArray> arrays;  // keeps the checked arrays alive until the kernels ran
     arrays.reserve(3 * params_.size());
     std::vector<char> written(2 * params_.size(), 0);
     for (std::size_t gi = 0; gi < groups_.size(); ++gi) {
-        if (!py::isinstance<py::tuple>(h_items[gi]))
-            throw py::type_error("hypers must be tuples");
+        const Group& group = groups_[gi];
+        const std::size_t end = group.first + group.count;
+        bool any_grad = false;
+        for (std::size_t i = group.first; i < end && !any_grad; ++i) any_grad = !g_items[i].is_none();
+        if (!any_grad) continue;  // no call for this group: its hyper-parameters are not used
+        if (!py::isinstance<py::tuple>(h_items[gi])) throw py::type_error("hypers must be tuples");
         const Hyper h = parse_hyper(py::reinterpret_borrow<py::tuple>(h_items[gi]));
-        if (h.style != style_) throw py::value_error("a plan serves one style");
+        if (h.style != style_) return -1;
         const bool use_buffers = h.momentum != 0.0;
         Call call{h, {}, {}};
-        const Group& group = groups_[gi];
-        for (std::size_t i = group.first; i < group.first + group.count; ++i) {
+        for (std::size_t i = group.first; i < end; ++i) {
             const py::handle grad = g_items[i];
             if (grad.is_none()) continue;
             const Param& param = params_[i];
+            if (use_buffers && param.buffer.is_none()) return -1;  // a new buffer is needed
             const std::size_t p = arrays.size();
             arrays.push_back(check_array(param.array, "params", i, Access::write));
             if (arrays[p].data != param.data || arrays[p].nbytes != param.nbytes) return -1;
+            arrays.push_back(check_array(grad, "grads", i, Access::read));
+            check_matches(arrays.back(), arrays[p]);
+            const std::size_t g = arrays.size() - 1;
             const CheckedArray* buffer = nullptr;
             if (use_buffers) {
-                if (param.buffer.is_none()) return -1;  // a new buffer is needed
                 PyObject* current = PyDict_GetItemWithError(param.state.ptr(), key_.ptr());
                 if (current != param.buffer.ptr()) {
                     if (PyErr_Occurred()) throw py::error_already_set();
@@ -140,26 +153,27 @@ int StepPlan::step(py::handle param_groups, py::handle grads, py::handle hypers)
                 check_matches(arrays.back(), arrays[p]);
                 buffer = &arrays.back();
             }
-            arrays.push_back(check_array(grad, "grads", i, Access::read));
-            check_matches(arrays.back(), arrays[p]);
             written[2 * i] = 1;
             written[2 * i + 1] = buffer != nullptr;
-            call.append(arrays[p], arrays.back(), buffer, false);
+            call.append(arrays[p], arrays[g], buffer, false);
         }
+        check_call_coefficients(call);
         calls.push_back(std::move(call));
     }
     // A gradient may not overlap memory this step writes (params and buffers are disjoint: the
-    // constructor checked them, and step() checked they have not moved).
+    // constructor checked them, and step() checked they have not moved). Named in address order,
+    // as sgd_steps names a pair.
     for (const CheckedArray& a : arrays) {
         if (a.access != Access::read || a.nbytes == 0) continue;
         const Range* clash = written_overlap(address(a.data), address(a.data) + a.nbytes, written);
-        if (clash != nullptr)
-            throw py::value_error(std::string(clash->is_buffer ? b_name : "params") + "[" +
-                                  std::to_string(clash->param) + "] and " + label(a) +
-                                  " share memory; every parameter and buffer of a call must be "
-                                  "distinct memory, and no gradient may overlap one");
+        if (clash == nullptr) continue;
+        const std::string other =
+            std::string(clash->is_buffer ? b_name : "params") + "[" + std::to_string(clash->param) + "]";
+        const bool grad_first = address(a.data) < clash->begin;
+        throw py::value_error((grad_first ? label(a) + " and " + other : other + " and " + label(a)) +
+                              " share memory; every parameter and buffer of a call must be "
+                              "distinct memory, and no gradient may overlap one");
     }
-    for (const Call& c : calls) check_call_coefficients(c);
     return run(calls.data(), calls.size());
 }
 

@@ -24,8 +24,9 @@ public:
 
     // One update. grads: one array or None per parameter, over all groups; hypers: per group,
     // the tuple of sgd_step's nine hyper-parameters. Returns the threads that ran, or -1 (nothing
-    // done) when the plan no longer describes the optimizer. Invalid gradients or
-    // hyper-parameters raise as sgd_steps would, with nothing modified.
+    // done) when the plan no longer describes the optimizer. Everything is checked in the order
+    // sgd_steps checks the optimizer's full-path calls, so an invalid input raises the same
+    // error, with nothing modified.
     int step(py::handle param_groups, py::handle grads, py::handle hypers);
 
 private:

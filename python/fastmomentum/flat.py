@@ -46,9 +46,10 @@ class FlatGroup:
             raise TypeError(f"dtype must be float32 or float64, got {self.dtype}")
         self.shapes: list[tuple[int, ...]] = []
         for i, shape in enumerate(shapes):
-            dims = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
-            if not all(isinstance(d, (int, np.integer)) and d >= 0 for d in dims):
-                raise ValueError(f"shapes[{i}] must be non-negative integers, got {shape!r}")
+            dims = (shape,) if _is_int(shape) else shape
+            if not isinstance(dims, Sequence) or not all(_is_int(d) and d >= 0 for d in dims):
+                raise ValueError(f"shapes[{i}] must be non-negative integers (an int or a sequence "
+                                 f"of ints), got {shape!r}")
             self.shapes.append(tuple(int(d) for d in dims))
         sizes = [math.prod(s) for s in self.shapes]
         self.size: int = sum(sizes)
@@ -85,3 +86,8 @@ class FlatGroup:
 
     def __repr__(self) -> str:
         return f"FlatGroup({len(self)} arrays, {self.size} elements, {self.dtype})"
+
+
+def _is_int(x: object) -> bool:
+    """An int or a NumPy integer, not a bool."""
+    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))

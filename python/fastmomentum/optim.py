@@ -245,12 +245,22 @@ class SGD:
         hypers = [self._values(group, self.iterations) for group in self.param_groups]
         if not self._step_with_plan(grads, hypers):
             self._step_in_full(grads, hypers)
+            self._make_plan()
+        self.iterations += 1
+
+    def _make_plan(self) -> None:
+        """A plan for the next steps, or none when the optimizer's state cannot be planned (e.g.
+        a group's ``params`` is not a list, or a buffer no step uses now is invalid): the steps
+        then take the full path, which reports such problems when they matter."""
+        self._plan, self._plan_made_from = None, None
+        try:
             self._plan = _core.StepPlan(
                 self.param_groups,
                 [[self.state.entry(p) for p in g["params"]] for g in self.param_groups],
                 self.style, BUFFER_KEY[self.style])
-            self._plan_made_from = (self.state, self.state.version)
-        self.iterations += 1
+        except (TypeError, ValueError):
+            return
+        self._plan_made_from = (self.state, self.state.version)
 
     def _step_with_plan(self, grads: Sequence[Array | None], hypers: list[tuple[Any, ...]]
                         ) -> bool:
