@@ -299,12 +299,13 @@ def test_missing_peers_are_skipped_with_a_note(tmp_path, capsys, monkeypatch):
 
 def test_missing_matplotlib_means_no_plot_and_a_note(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    png = tmp_path / "r.png"
+    png, json_path = tmp_path / "r.png", tmp_path / "r.json"
     argv = ["--sizes", "1e3", "--threads", "1", "--dtype", "float32", "--layout", "single",
-            "--impl", "numpy", "fastmomentum", "--no-json", "--plot", str(png)]
+            "--impl", "numpy", "fastmomentum", "--json", str(json_path), "--plot", str(png)]
     assert main(argv, **FAST) == 0
     assert "# note: matplotlib is not installed: no plot" in capsys.readouterr().out
     assert not png.exists()
+    assert "matplotlib is not installed: no plot" in json.loads(json_path.read_text())["notes"]
 
 
 def test_run_returns_the_results_and_prints_nothing_without_out():

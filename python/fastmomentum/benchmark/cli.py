@@ -123,15 +123,15 @@ def main(argv: Sequence[str] | None = None, *, prog: str = PROG, **knobs: Any) -
     out = options.get("out", "stdout")
     out = sys.stdout if out == "stdout" else out
     written = []
-    if args.json:
-        written.append(str(write_json(results, args.json)))
-    if args.plot:
+    if args.plot:  # first, so that a note about it reaches the JSON
         if not matplotlib_available():
             results.notes.append("matplotlib is not installed: no plot")
             if out is not None:
                 print("# note: matplotlib is not installed: no plot", file=out)
         elif (path := write_plot(results, args.plot)) is not None:
             written.append(str(path))
+    if args.json:
+        written.insert(0, str(write_json(results, args.json)))
     if out is not None and written:
         print(f"# wrote {', '.join(written)}", file=out)
     return 1 if results.failed else 0
