@@ -282,12 +282,14 @@ def _load_rmw_bound() -> Builder:
         raise Unavailable("this fastmomentum has no _core.rmw_reference")
     for dtype in (np.float32, np.float64):  # does it do what it says?
         rng = np.random.default_rng(1)
-        p, g, b = (rng.random(1000).astype(dtype) for _ in range(3))
+        arrays: list[Any] = [rng.random(1000).astype(dtype) for _ in range(3)]
+        p, g, b = arrays
         p0, b0, s = p.copy(), b.copy(), 0.25
         reference([p], [g], [b], s)
+        step = g * dtype(s)
         try:
-            np.testing.assert_allclose(p, p0 + dtype(s) * g, rtol=1e-6)
-            np.testing.assert_allclose(b, b0 + dtype(s) * g, rtol=1e-6)
+            np.testing.assert_allclose(p, p0 + step, rtol=1e-6)
+            np.testing.assert_allclose(b, b0 + step, rtol=1e-6)
         except AssertionError as exc:
             raise Unavailable(f"_core.rmw_reference does not do p += s*g; b += s*g: {exc}"
                               ) from None

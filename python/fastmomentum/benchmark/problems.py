@@ -109,7 +109,7 @@ def make_problem(
     that no two parameters are neighbours in memory (as in a model built layer by layer):
     fastmomentum merges adjacent arrays into one span, which flat storage is there to measure.
     """
-    dt = np.dtype(dtype)
+    dt: Any = np.dtype(dtype)
     sizes = Layout("", n_arrays).sizes(size) if total else [size] * n_arrays
     triples = [tuple(np.empty(n, dt) for _ in range(3)) for n in sizes]
     problem = Problem(*(list(arrays) for arrays in zip(*triples)))
