@@ -49,6 +49,6 @@ def test_sgd_step(benchmark: Any, case: Case) -> None:
     benchmark.extra_info.update(
         impl=case.impl, update=case.hyper.name, dtype=case.dtype, layout=case.layout.name,
         n_arrays=case.layout.n_arrays, n_elements=case.size, threads=THREADS,
-        isa=fastmomentum.show_config(mode="dicts")["isa"])
+        isa=(fastmomentum.show_config(mode="dicts") or {}).get("isa"))
     step()  # warm-up: first-call costs stay out of the timings
     benchmark(step)
