@@ -243,19 +243,29 @@ def _load_torch_kernel() -> Builder:
 # --- fastmomentum -----------------------------------------------------------------------------
 
 
-def _load_fastmomentum() -> Builder:
-    from .. import functional
+def _user_call(params: list[Any], grads: list[Any], buffers: list[Any], hyper: Hyper) -> Step:
+    """``functional.sgd_`` called as a user writes it, with keywords. (``functools.partial``
+    would merge its stored keywords into a new dict on every call: ~0.15 us that no user pays.)"""
+    from ..functional import sgd_
 
+    lr, momentum, weight_decay, nesterov = hyper.lr, hyper.momentum, hyper.weight_decay, \
+        hyper.nesterov
+
+    def step() -> None:
+        sgd_(params, grads, buffers, lr=lr, momentum=momentum, weight_decay=weight_decay,
+             nesterov=nesterov)
+
+    return step
+
+
+def _load_fastmomentum() -> Builder:
     def build(problem: Problem, hyper: Hyper) -> Built:
-        return Built(functools.partial(functional.sgd_, problem.params, problem.grads,
-                                       problem.buffers, **hyper.kwargs()), problem)
+        return Built(_user_call(problem.params, problem.grads, problem.buffers, hyper), problem)
 
     return build
 
 
 def _load_fastmomentum_flat() -> Builder:
-    from .. import functional
-
     try:
         flat_group = importlib.import_module("fastmomentum.flat").FlatGroup
     except (ImportError, AttributeError):
@@ -267,8 +277,7 @@ def _load_fastmomentum_flat() -> Builder:
         for views, arrays in ((group.grads, problem.grads), (group.buffers, problem.buffers)):
             for view, a in zip(views, arrays):
                 view[...] = a
-        step = functools.partial(functional.sgd_, [group.flat_params], [group.flat_grads],
-                                 [group.flat_buffers], **hyper.kwargs())
+        step = _user_call([group.flat_params], [group.flat_grads], [group.flat_buffers], hyper)
         return Built(step, Problem(list(group.params), list(group.grads), list(group.buffers)))
 
     return build
