@@ -1,7 +1,9 @@
-"""Fixtures that run a test under every compiled ISA and under 1 and 2 threads."""
+"""Fixtures that run a test under every compiled ISA and under 1 and 2 threads, and helpers
+shared by the test files."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 import fastmomentum as fm
@@ -26,6 +28,18 @@ def core_step(params, grads, buffers, **overrides):
     assert not unknown, f"not an sgd_step argument: {unknown}"
     kw.update(overrides)
     return _core.sgd_step(params, grads, buffers, *kw.values())  # positional only
+
+
+def same_bits(actual, expected):
+    """Equal dtype, shape and bytes (NaN payloads and signed zeros included)."""
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    assert actual.dtype == expected.dtype and actual.shape == expected.shape
+    assert actual.tobytes() == expected.tobytes()
+
+
+def rand(rng, shape, dtype):
+    """Standard-normal values of ``shape``, rounded to ``dtype``."""
+    return np.asarray(rng.standard_normal(shape), dtype=dtype)
 
 
 @pytest.fixture(params=COMPILED_ISAS)

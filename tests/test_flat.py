@@ -18,20 +18,13 @@ from fastmomentum import functional as F
 from fastmomentum.flat import FlatGroup
 from fastmomentum.optim import BUFFER_KEY
 
+from conftest import rand, same_bits
+
 F32, F64 = np.float32, np.float64
 # A scalar, an empty array, odd sizes (SIMD tails), 2-D and 3-D arrays, and one long enough to
 # be split across threads even at the default grain.
 SHAPES = [(3, 5), (), 7, (0,), (2, 0, 3), (4, 1, 3), 1, 9000, (33,)]
 
-
-def same_bits(actual, expected):
-    actual, expected = np.asarray(actual), np.asarray(expected)
-    assert actual.dtype == expected.dtype and actual.shape == expected.shape
-    assert actual.tobytes() == expected.tobytes()
-
-
-def rand(rng, shape, dtype):
-    return np.asarray(rng.standard_normal(shape), dtype=dtype)
 
 
 def filled(shapes, dtype, seed):

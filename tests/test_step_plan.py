@@ -18,19 +18,11 @@ import fastmomentum as fm
 from fastmomentum import _core
 from fastmomentum.optim import BUFFER_KEY, ArrayState, _new_buffers
 
+from conftest import rand, same_bits
 from reference import ema_sgd, keras_sgd, torch_sgd
 
 F32, F64 = np.float32, np.float64
 
-
-def same_bits(actual, expected):
-    actual, expected = np.asarray(actual), np.asarray(expected)
-    assert actual.dtype == expected.dtype and actual.shape == expected.shape
-    assert actual.tobytes() == expected.tobytes()
-
-
-def rand(rng, shape, dtype):
-    return np.asarray(rng.standard_normal(shape), dtype=dtype)
 
 
 def count_full_steps(opt):
