@@ -46,7 +46,7 @@ class FlatGroup:
             raise TypeError(f"dtype must be float32 or float64, got {self.dtype}")
         self.shapes: list[tuple[int, ...]] = []
         for i, shape in enumerate(shapes):
-            dims = (shape,) if _is_int(shape) else shape
+            dims: Any = (shape,) if _is_int(shape) else shape
             if not isinstance(dims, Sequence) or not all(_is_int(d) and d >= 0 for d in dims):
                 raise ValueError(f"shapes[{i}] must be non-negative integers (an int or a sequence "
                                  f"of ints), got {shape!r}")

@@ -279,7 +279,12 @@ class SGD:
         index = 0
         for group, values in zip(self.param_groups, hypers):
             has_momentum = values[2] != 0
-            params, group_grads, buffers, first, indices, new = [], [], [], [], [], []
+            params: list[Array] = []
+            group_grads: list[Array] = []
+            buffers: list[np.ndarray | None] = []
+            first: list[bool] = []
+            indices: list[int] = []
+            new: list[int] = []  # positions in params that need a new buffer
             for p in group["params"]:
                 g = grads[index]
                 if g is not None:
