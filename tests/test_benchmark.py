@@ -326,9 +326,9 @@ def test_run_returns_the_results_and_prints_nothing_without_out():
 
 
 def test_thread_limit_sets_checks_and_restores_every_library():
-    import numba
-    import numexpr
-    import torch
+    numba = pytest.importorskip("numba")
+    numexpr = pytest.importorskip("numexpr")
+    torch = pytest.importorskip("torch")
 
     libraries = {"torch", "numba", "numexpr"}
     before = (fm.get_num_threads(), torch.get_num_threads(), numba.get_num_threads(),
