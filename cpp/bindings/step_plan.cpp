@@ -2,8 +2,10 @@
 
 #include <algorithm>
 #include <string>
+#include <string_view>
 
 #include "hyper_args.hpp"
+#include "register.hpp"
 #include "step_call.hpp"
 
 namespace fastmomentum::bindings {
@@ -61,15 +63,12 @@ StepPlan::StepPlan(py::handle param_groups, py::handle states, py::handle style,
         }
     }
     check_no_overlap(arrays);
-    // The written memory, for the gradients' overlap check: params and buffers, in address order.
-    // arrays lists each parameter, then its buffer if any.
-    std::size_t param = 0;
-    for (std::size_t k = 0; k < arrays.size(); ++k) {
-        const bool is_buffer = k > 0 && arrays[k].list != std::string_view("params");
-        if (!is_buffer && k > 0) ++param;
-        if (arrays[k].nbytes > 0)
-            written_.push_back(Range{address(arrays[k].data), address(arrays[k].data) + arrays[k].nbytes,
-                                     param, is_buffer});
+    // The written memory, for the gradients' overlap check: params and buffers, in address order
+    // (a CheckedArray's `index` is its parameter's position).
+    for (const CheckedArray& a : arrays) {
+        const bool is_buffer = std::string_view(a.list) != "params";
+        if (a.nbytes > 0)
+            written_.push_back(Range{address(a.data), address(a.data) + a.nbytes, a.index, is_buffer});
     }
     std::sort(written_.begin(), written_.end(),
               [](const Range& a, const Range& b) { return a.begin < b.begin; });
