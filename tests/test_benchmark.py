@@ -33,7 +33,9 @@ from fastmomentum.benchmark.progress import Progress
 from fastmomentum.benchmark.report import JSON_SCHEMA
 from fastmomentum.benchmark.threads import thread_limit
 from fastmomentum.benchmark.timing import sample_seconds_per_call
-from fastmomentum.benchmark.verify import Verifier, formula_step
+from fastmomentum.benchmark.verify import Verifier, reference_steps
+
+from reference import torch_sgd
 
 FAST = dict(samples=2, min_sample_s=0.002)
 RECORD_KEYS = {"dtype", "layout", "n_arrays", "variant", "size", "threads", "impl", "status",
@@ -197,7 +199,7 @@ def _wrong(how: str) -> Implementation:
 @pytest.mark.parametrize(("how", "variant", "reason"), [
     ("no-decay", "heavy-ball", "Mismatched elements"),
     ("heavy-ball", "nesterov", "Mismatched elements"),
-    ("copies", "heavy-ball", "params[0] vs the formula"),
+    ("copies", "heavy-ball", "params[0] vs the reference"),
     ("raises", "heavy-ball", "RuntimeError: kernel exploded"),
 ])
 def test_a_wrong_implementation_is_failed_not_timed_and_the_exit_is_nonzero(
@@ -221,7 +223,7 @@ def test_a_wrong_implementation_is_failed_not_timed_and_the_exit_is_nonzero(
 
 
 def test_every_available_implementation_passes_verification_at_1_and_2_threads():
-    verifier = Verifier(IMPLEMENTATIONS["numpy"].load())
+    verifier = Verifier()
     checked = 0
     for name, impl in IMPLEMENTATIONS.items():
         if impl.kind == "bound" or not available(name):
@@ -241,15 +243,23 @@ def test_every_available_implementation_passes_verification_at_1_and_2_threads()
     assert checked >= 2 * 2 * 2 * 2 * 2  # numpy and fastmomentum at least
 
 
-def test_the_formula_is_the_numpy_baseline_bit_for_bit():
-    problem = make_layout_problem(Layout("x", 3), 3000, np.float32)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_reference_is_pytorchs_formula_bit_for_bit(dtype):
+    """The verification's reference (numpy_baseline, 3 steps) against the transcription of
+    torch.optim.SGD in tests/reference.py, and the numpy peer against it."""
+    problem = make_layout_problem(Layout("x", 3), 3000, dtype)
     for hyper in (HEAVY_BALL, NESTEROV):
+        result = reference_steps(problem, hyper)
         built = IMPLEMENTATIONS["numpy"].load()(problem.copy(), hyper)
-        built.step()
+        for _ in range(3):
+            built.step()
         for i in range(3):
-            p, b = formula_step(problem.params[i], problem.grads[i], problem.buffers[i], hyper)
-            assert np.array_equal(p, built.arrays.params[i])
-            assert np.array_equal(b, built.arrays.buffers[i])
+            p, b = problem.params[i], problem.buffers[i]
+            for _ in range(3):
+                p, b = torch_sgd(p, problem.grads[i], b, lr=hyper.lr, momentum=hyper.momentum,
+                                 weight_decay=hyper.weight_decay, nesterov=hyper.nesterov)
+            assert p.tobytes() == result.params[i].tobytes() == built.arrays.params[i].tobytes()
+            assert b.tobytes() == result.buffers[i].tobytes() == built.arrays.buffers[i].tobytes()
 
 
 def test_the_flat_implementation_steps_its_own_flat_copy():

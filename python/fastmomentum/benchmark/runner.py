@@ -224,7 +224,7 @@ def run(
                * len(selected) * len(threads)
                for d in dtypes for lay in layouts for _ in variants for n in per_layout[lay]]
     bar = Progress(sum(weights), len(weights) * len(threads), enabled=progress)
-    verifier = Verifier(builders["numpy"], verify_max_elements)
+    verifier = Verifier(verify_max_elements)
     session = _Session(results, registry, builders, missing, verifier, printer, bar, samples,
                        min_sample_s)
     for dtype in dtypes:
