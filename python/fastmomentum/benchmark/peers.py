@@ -124,42 +124,39 @@ def _load_numexpr() -> Builder:
 
 @functools.cache
 def _numba_kernels() -> dict[str, Any]:
-    """The four numba kernels (compiled lazily, per dtype, at their first call)."""
+    """The four numba kernels (compiled lazily, per dtype, at their first call): loops over
+    one element function, which numba inlines."""
     numba = importlib.import_module("numba")
     njit, prange = numba.njit, numba.prange
 
+    @njit(inline="always")
+    def element(p: Any, g: Any, b: Any, i: Any, lr: Any, m: Any, wd: Any, nesterov: bool
+                ) -> None:
+        d = g[i] + wd * p[i]
+        bi = m * b[i] + d
+        b[i] = bi
+        p[i] = p[i] - lr * ((d + m * bi) if nesterov else bi)
+
     def one(p: Any, g: Any, b: Any, lr: Any, m: Any, wd: Any, nesterov: bool) -> None:
         for i in range(p.size):
-            d = g[i] + wd * p[i]
-            bi = m * b[i] + d
-            b[i] = bi
-            p[i] = p[i] - lr * ((d + m * bi) if nesterov else bi)
+            element(p, g, b, i, lr, m, wd, nesterov)
 
     def one_prange(p: Any, g: Any, b: Any, lr: Any, m: Any, wd: Any, nesterov: bool) -> None:
         for i in prange(p.size):
-            d = g[i] + wd * p[i]
-            bi = m * b[i] + d
-            b[i] = bi
-            p[i] = p[i] - lr * ((d + m * bi) if nesterov else bi)
+            element(p, g, b, i, lr, m, wd, nesterov)
 
     def many(ps: Any, gs: Any, bs: Any, lr: Any, m: Any, wd: Any, nesterov: bool) -> None:
         for k in range(len(ps)):
             p, g, b = ps[k], gs[k], bs[k]
             for i in range(p.size):
-                d = g[i] + wd * p[i]
-                bi = m * b[i] + d
-                b[i] = bi
-                p[i] = p[i] - lr * ((d + m * bi) if nesterov else bi)
+                element(p, g, b, i, lr, m, wd, nesterov)
 
     def many_prange(ps: Any, gs: Any, bs: Any, lr: Any, m: Any, wd: Any, nesterov: bool) -> None:
         for k in prange(len(ps)):  # one parallel region, whole arrays per thread
             j = np.intp(k)  # prange's index is unsigned: typed lists want a signed one
             p, g, b = ps[j], gs[j], bs[j]
             for i in range(p.size):
-                d = g[i] + wd * p[i]
-                bi = m * b[i] + d
-                b[i] = bi
-                p[i] = p[i] - lr * ((d + m * bi) if nesterov else bi)
+                element(p, g, b, i, lr, m, wd, nesterov)
 
     return {
         "one": njit(one),
