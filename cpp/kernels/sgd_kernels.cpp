@@ -155,9 +155,8 @@ int sgd(const TensorRef* tensors, std::size_t count, const Hyper& h, const Launc
     });
 }
 
-// The bandwidth reference: the update's exact memory traffic (read p, g, b; write p, b) with the
-// least arithmetic, `p += s*g; b += s*g`, split across threads like the update. Its time is the
-// floor the update is measured against (PERFORMANCE.md).
+// The bandwidth reference (rules::rmw_reference), split across threads like the update. Its time
+// is the floor the update is measured against (PERFORMANCE.md).
 template <class T>
 void rmw_span(const TensorRef& t, int64_t lo, int64_t hi, const T s) {
     T* __restrict p = static_cast<T*>(t.param) + lo;
@@ -166,9 +165,10 @@ void rmw_span(const TensorRef& t, int64_t lo, int64_t hi, const T s) {
     const int64_t n = hi - lo;
 #pragma omp simd
     for (int64_t i = 0; i < n; ++i) {
-        const T sg = s * g[i];
-        p[i] += sg;
-        b[i] += sg;
+        T param = p[i], buffer = b[i];
+        rules::rmw_reference(param, buffer, g[i], s);
+        p[i] = param;
+        b[i] = buffer;
     }
 }
 

@@ -97,5 +97,14 @@ FM_HOST_DEVICE inline void update(T& p, T& b, const T g, const Coeffs<T>& k) {
     }
 }
 
+// Not an update: the benchmarks' bandwidth reference, the update's memory traffic (read p, g, b;
+// write p, b) with the least arithmetic. Its time is the floor the update is measured against.
+template <class T>
+FM_HOST_DEVICE inline void rmw_reference(T& p, T& b, const T g, const T s) {
+    const T sg = s * g;
+    p = p + sg;
+    b = b + sg;
+}
+
 }  // namespace FM_ISA
 }  // namespace fastmomentum::rules
