@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import fastmomentum as fm
+from fastmomentum import _core
 
 from conftest import core_step
 
@@ -280,3 +281,14 @@ def test_views_of_one_block_that_do_not_overlap_are_fine():
     fm.functional.sgd_([p], [g], [b], lr=1.0, momentum=0.5, first_step=True)
     np.testing.assert_array_equal(p, -1.0)
     np.testing.assert_array_equal(b, 1.0)
+
+
+def test_sgd_step_takes_its_13_arguments_positionally_only():
+    p, g, b = (np.zeros(3, np.float32) for _ in range(3))
+    args = ([p], [g], [b], False, "torch", 0.1, 0.9, 0.0, False, 0.0, "coupled", 1.0, False)
+    with pytest.raises(TypeError, match="takes 13 positional arguments but 12 were given"):
+        _core.sgd_step(*args[:-1])
+    with pytest.raises(TypeError, match="keyword arguments"):
+        _core.sgd_step(*args[:-1], maximize=False)
+    assert not p.any()
+    assert _core.sgd_step(*args) == 1
