@@ -30,9 +30,9 @@ def count_full_steps(opt):
     calls = []
     real = opt._step_in_full
 
-    def wrapped(grads, hypers):
+    def wrapped(*args):
         calls.append(opt.iterations)
-        return real(grads, hypers)
+        return real(*args)
 
     opt._step_in_full = wrapped
     return calls
@@ -874,6 +874,7 @@ def _plan_args(n=2, momentum_buffers=True):
 
 
 HYPER = ("torch", 0.1, 0.9, 0.0, False, 0.0, "coupled", 1.0, False)
+NO_GUARD = (False, None, 1.0)  # check_finite, max_norm, loss_scale
 
 
 def test_step_plan_construction_errors():
@@ -903,9 +904,9 @@ def test_step_plan_construction_errors():
     no_momentum = (*HYPER[:2], 0.0, *HYPER[3:])
     group = [{"params": [params[0], ro]}]
     plan = _core.StepPlan(group, [[None, None]], "torch", "momentum_buffer")
-    assert plan.step(group, [np.ones(4), None], [no_momentum]) >= 0
+    assert plan.step(group, [np.ones(4), None], [no_momentum], *NO_GUARD) is not None
     with pytest.raises(ValueError, match=re.escape("params[1] is read-only")):
-        plan.step(group, [None, np.ones(4)], [no_momentum])
+        plan.step(group, [None, np.ones(4)], [no_momentum], *NO_GUARD)
 
 
 def test_step_plan_rejects_shared_memory_at_construction():
@@ -930,41 +931,45 @@ def test_step_plan_step_and_staleness():
     params, groups, states = _plan_args()
     plan = _core.StepPlan(groups, states, "torch", "momentum_buffer")
     grads = [np.ones(4), np.full(4, 2.0)]
-    assert plan.step(groups, grads, [HYPER]) >= 0
+    assert plan.step(groups, grads, [HYPER], *NO_GUARD) is not None
     # momentum 0.9, not a first step: b = 0.9*0 + g; p = 0 - 0.1*b
     same_bits(states[0][0]["momentum_buffer"], np.ones(4))
     same_bits(params[1], np.zeros(4) + (-0.1) * np.full(4, 2.0))
     # A new group dict holding the same list is the same plan; a copied list is not.
-    assert plan.step([{"params": groups[0]["params"]}], [None, None], [HYPER]) >= 0
-    assert plan.step([{"params": list(params)}], grads, [HYPER]) == -1
-    assert plan.step([*groups, {"params": []}], grads, [HYPER, HYPER]) == -1
-    assert plan.step((groups[0],), grads, [HYPER]) == -1  # not a list: never the plan's
+    assert plan.step([{"params": groups[0]["params"]}], [None, None], [HYPER],
+                     *NO_GUARD) is not None
+    assert plan.step([{"params": list(params)}], grads, [HYPER], *NO_GUARD) is None
+    assert plan.step([*groups, {"params": []}], grads, [HYPER, HYPER], *NO_GUARD) is None
+    # not a list: never the plan's
+    assert plan.step((groups[0],), grads, [HYPER], *NO_GUARD) is None
     # A replaced or removed buffer: -1 only when it is needed.
     before = [p.copy() for p in params]
     states[0][1]["momentum_buffer"] = np.zeros(4)
-    assert plan.step(groups, [np.ones(4), None], [HYPER]) >= 0
-    assert plan.step(groups, grads, [HYPER]) == -1
+    assert plan.step(groups, [np.ones(4), None], [HYPER], *NO_GUARD) is not None
+    assert plan.step(groups, grads, [HYPER], *NO_GUARD) is None
     same_bits(params[1], before[1])  # -1: nothing done
     no_momentum = (*HYPER[:2], 0.0, *HYPER[3:])
-    assert plan.step(groups, grads, [no_momentum]) >= 0
+    assert plan.step(groups, grads, [no_momentum], *NO_GUARD) is not None
     del states[0][1]["momentum_buffer"]
-    assert plan.step(groups, grads, [HYPER]) == -1
+    assert plan.step(groups, grads, [HYPER], *NO_GUARD) is None
 
 
 def test_step_plan_step_errors():
     _, groups, states = _plan_args()
     plan = _core.StepPlan(groups, states, "torch", "momentum_buffer")
     with pytest.raises(ValueError, match="got 1 gradients for 2 parameters"):
-        plan.step(groups, [None], [HYPER])
+        plan.step(groups, [None], [HYPER], *NO_GUARD)
     with pytest.raises(ValueError, match="one tuple per parameter group"):
-        plan.step(groups, [None, None], [])
+        plan.step(groups, [None, None], [], *NO_GUARD)
     grads = [np.ones(4), np.ones(4)]
     with pytest.raises(TypeError, match="hypers must be tuples"):
-        plan.step(groups, grads, [list(HYPER)])
-    assert plan.step(groups, [None, None], [list(HYPER)]) >= 0  # no call: hypers unused
-    assert plan.step(groups, grads, [("keras", *HYPER[1:])]) == -1  # another style: not the plan
+        plan.step(groups, grads, [list(HYPER)], *NO_GUARD)
+    # no call: hypers unused
+    assert plan.step(groups, [None, None], [list(HYPER)], *NO_GUARD) is not None
+    # another style: not the plan
+    assert plan.step(groups, grads, [("keras", *HYPER[1:])], *NO_GUARD) is None
     with pytest.raises(TypeError, match="grads must be a list or tuple"):
-        plan.step(groups, np.zeros((2, 4)), [HYPER])
+        plan.step(groups, np.zeros((2, 4)), [HYPER], *NO_GUARD)
 
 
 def test_step_plan_keeps_its_objects_alive():
@@ -978,6 +983,6 @@ def test_step_plan_keeps_its_objects_alive():
                           "momentum_buffer")
     gc.collect()
     junk = [{"momentum_buffer": np.ones(3)} for _ in range(100)]  # may reuse freed addresses
-    assert plan.step([{"params": lst}], [np.ones(3), None], [HYPER]) >= 0
+    assert plan.step([{"params": lst}], [np.ones(3), None], [HYPER], *NO_GUARD) is not None
     same_bits(params[0], np.zeros(3) + (-0.1) * np.ones(3))
     del junk

@@ -8,6 +8,7 @@
 #include <cstddef>
 #include <exception>
 #include <new>
+#include <type_traits>
 #include <utility>
 
 namespace fastmomentum::bindings {
@@ -32,7 +33,10 @@ inline PyObject* set_python_error() {
 
 template <auto Fn, std::size_t... I>
 PyObject* call(PyObject* const* args, std::index_sequence<I...>) {
-    return PyLong_FromLong(Fn(pybind11::handle(args[I])...));
+    if constexpr (std::is_same_v<decltype(Fn(pybind11::handle(args[I])...)), int>)
+        return PyLong_FromLong(Fn(pybind11::handle(args[I])...));
+    else
+        return Fn(pybind11::handle(args[I])...).release().ptr();
 }
 
 template <auto Fn, std::size_t N>
@@ -52,7 +56,7 @@ PyObject* fastcall(PyObject* /*module*/, PyObject* const* args, Py_ssize_t nargs
 }  // namespace detail
 
 // `def` must outlive the module (a static PyMethodDef); its ml_doc may start with a
-// "name(args)\n--\n\n" signature line for inspect. Fn returns an int.
+// "name(args)\n--\n\n" signature line for inspect. Fn returns an int or a py::object.
 template <auto Fn, std::size_t N>
 void def_fastcall(pybind11::module_& m, PyMethodDef& def) {
     def.ml_meth = reinterpret_cast<PyCFunction>(

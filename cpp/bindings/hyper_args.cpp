@@ -88,6 +88,8 @@ void check_coefficients_as(const Hyper& h, const char* dtype) {
     };
     finite(k.lr, "lr", h.lr);
     finite(k.weight_decay, "weight_decay", h.weight_decay);
+    if (!std::isfinite(k.grad_scale))
+        throw py::value_error("loss_scale=" + repr(1.0 / h.grad_scale) + " is too small: 1/loss_scale overflows " + dtype);
     // (1 - scale*wd is in [0, 1]: check_hyper bounds scale*wd.)
     if (h.decay_mode != DecayMode::coupled)
         finite(k.decay_scale, h.decay_mode == DecayMode::sgdw ? "schedule_multiplier" : "lr",
@@ -135,6 +137,23 @@ Hyper parse_hyper(py::handle style, py::handle lr, py::handle momentum, py::hand
 Hyper parse_hyper(const py::tuple& v) {
     if (v.size() != 9) throw py::type_error("hyper-parameters must be a tuple of 9 values");
     return parse_hyper(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8]);
+}
+
+Guard parse_guard(py::handle check_finite, py::handle max_norm, py::handle loss_scale) {
+    Guard guard;
+    guard.check_finite = flag(check_finite, "check_finite");
+    if (!max_norm.is_none()) {
+        guard.clip = true;
+        guard.max_norm = real(max_norm, "max_grad_norm");
+        if (!(guard.max_norm >= 0.0))
+            throw py::value_error("max_grad_norm must be None or a number >= 0, got " +
+                                  repr(guard.max_norm));
+    }
+    guard.loss_scale = real(loss_scale, "loss_scale");
+    if (!(guard.loss_scale > 0.0) || !std::isfinite(guard.loss_scale))
+        throw py::value_error("loss_scale must be a finite number > 0, got " +
+                              repr(guard.loss_scale));
+    return guard;
 }
 
 void check_coefficients(const Hyper& h, Dtype dtype) {

@@ -17,6 +17,21 @@ Hyper parse_hyper(py::handle style, py::handle lr, py::handle momentum, py::hand
 // The same, from a tuple of those nine values.
 Hyper parse_hyper(const py::tuple& values);
 
+// A step's guards, over all the calls of the step (MATH.md section 4).
+struct Guard {
+    bool check_finite = false;  // update nothing when a gradient has a NaN or an infinity
+    bool clip = false;          // scale the gradients by rules::clip_coefficient(max_norm, norm)
+    double max_norm = 0.0;
+    double loss_scale = 1.0;  // the gradients are divided by it (and the norm is theirs after it)
+
+    // The Hyper::grad_scale of the step's calls, before clipping.
+    double grad_scale() const { return 1.0 / loss_scale; }
+};
+
+// Parses the guard arguments of the step entry points: check_finite (a bool), max_norm (None, or
+// a number >= 0; inf measures the norm without clipping) and loss_scale (finite, > 0).
+Guard parse_guard(py::handle check_finite, py::handle max_norm, py::handle loss_scale);
+
 // Valid doubles can still overflow when rounded to float32, or multiply to infinity.
 void check_coefficients(const Hyper& h, Dtype dtype);
 

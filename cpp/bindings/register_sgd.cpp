@@ -21,21 +21,48 @@
 namespace fastmomentum::bindings {
 namespace {
 
+// One checked call's outcome.
+Outcome step(py::handle params, py::handle grads, py::handle buffers, py::handle first_step,
+             py::handle style, py::handle lr, py::handle momentum, py::handle dampening,
+             py::handle nesterov, py::handle weight_decay, py::handle weight_decay_mode,
+             py::handle schedule_multiplier, py::handle maximize, const Guard& guard) {
+    Hyper h = parse_hyper(style, lr, momentum, dampening, nesterov, weight_decay,
+                          weight_decay_mode, schedule_multiplier, maximize);
+    h.grad_scale = guard.grad_scale();
+    std::vector<CheckedArray> arrays;
+    const Call call = prepare(params, grads, buffers, first_step, h, py::none(), arrays);
+    check_no_overlap(arrays);
+    return run(&call, 1, guard);
+}
+
+// The unguarded step, the common case: no result to build but the thread count.
 int sgd_step(py::handle params, py::handle grads, py::handle buffers, py::handle first_step,
              py::handle style, py::handle lr, py::handle momentum, py::handle dampening,
              py::handle nesterov, py::handle weight_decay, py::handle weight_decay_mode,
              py::handle schedule_multiplier, py::handle maximize) {
-    const Hyper h = parse_hyper(style, lr, momentum, dampening, nesterov, weight_decay,
-                                weight_decay_mode, schedule_multiplier, maximize);
-    std::vector<CheckedArray> arrays;
-    const Call call = prepare(params, grads, buffers, first_step, h, py::none(), arrays);
-    check_no_overlap(arrays);
-    return run(&call, 1);
+    return step(params, grads, buffers, first_step, style, lr, momentum, dampening, nesterov,
+                weight_decay, weight_decay_mode, schedule_multiplier, maximize, Guard{})
+        .threads;
+}
+
+py::object sgd_step_guarded(py::handle params, py::handle grads, py::handle buffers,
+                            py::handle first_step, py::handle style, py::handle lr,
+                            py::handle momentum, py::handle dampening, py::handle nesterov,
+                            py::handle weight_decay, py::handle weight_decay_mode,
+                            py::handle schedule_multiplier, py::handle maximize,
+                            py::handle check_finite, py::handle max_norm, py::handle loss_scale) {
+    const Guard guard = parse_guard(check_finite, max_norm, loss_scale);
+    return to_python(step(params, grads, buffers, first_step, style, lr, momentum, dampening,
+                          nesterov, weight_decay, weight_decay_mode, schedule_multiplier,
+                          maximize, guard),
+                     guard);
 }
 
 constexpr std::size_t kCallFields = 14;
 
-int sgd_steps(py::handle calls) {
+py::tuple sgd_steps(py::handle calls, py::handle check_finite, py::handle max_norm,
+                    py::handle loss_scale) {
+    const Guard guard = parse_guard(check_finite, max_norm, loss_scale);
     std::vector<CheckedArray> arrays;
     std::vector<Call> prepared;
     const Items items(calls, "calls");
@@ -45,11 +72,12 @@ int sgd_steps(py::handle calls) {
             throw py::type_error("each call must be a tuple of " + std::to_string(kCallFields) +
                                  " fields (sgd_step's arguments, then indices)");
         const auto f = py::reinterpret_borrow<py::tuple>(item);
-        const Hyper h = parse_hyper(f[4], f[5], f[6], f[7], f[8], f[9], f[10], f[11], f[12]);
+        Hyper h = parse_hyper(f[4], f[5], f[6], f[7], f[8], f[9], f[10], f[11], f[12]);
+        h.grad_scale = guard.grad_scale();
         prepared.push_back(prepare(f[0], f[1], f[2], f[3], h, f[13], arrays));
     }
     check_no_overlap(arrays);
-    return run(prepared.data(), prepared.size());
+    return to_python(run(prepared.data(), prepared.size(), guard), guard);
 }
 
 // Construction-time checks of an optimizer: the same rules as a step, before any step.
@@ -97,10 +125,22 @@ void register_sgd(py::module_& m) {
         "one fused pass with the GIL released. Returns the number of threads that ran (0 when "
         "there was nothing to update). Positional arguments only."};
     def_fastcall<&sgd_step, 13>(m, sgd_step_def);
-    m.def("sgd_steps", &sgd_steps, py::arg("calls"),
+    static PyMethodDef sgd_step_guarded_def{
+        "sgd_step_guarded", nullptr, 0,
+        "sgd_step_guarded($module, params, grads, buffers, first_step, style, lr, momentum, "
+        "dampening, nesterov, weight_decay, weight_decay_mode, schedule_multiplier, maximize, "
+        "check_finite, max_norm, loss_scale, /)\n--\n\n"
+        "sgd_step with guards: the gradients are divided by loss_scale; with max_norm (not None) "
+        "their global 2-norm is computed in a read pass and they are scaled by "
+        "min(1, max_norm / (norm + 1e-6)); with check_finite, nothing is written when a gradient "
+        "has a NaN or an infinity. Returns (applied, norm or None, threads)."};
+    def_fastcall<&sgd_step_guarded, 16>(m, sgd_step_guarded_def);
+    m.def("sgd_steps", &sgd_steps, py::arg("calls"), py::arg("check_finite") = false,
+          py::arg("max_norm") = py::none(), py::arg("loss_scale") = 1.0,
           "Several sgd_step calls, each a tuple of sgd_step's 13 arguments plus `indices` (how each "
-          "array is numbered in error messages, or None). Everything is validated before anything "
-          "is written. Returns the most threads any kernel ran.");
+          "array is numbered in error messages, or None), under one guard as sgd_step_guarded's "
+          "(the norm is over all the calls' gradients). Everything is validated before anything "
+          "is written. Returns (applied, norm or None, threads).");
     m.def("check_params", &check_params, py::arg("params"), py::arg("first_index"),
           "Check arrays as sgd_step checks params (numbered from first_index), and that none "
           "shares memory with another.");

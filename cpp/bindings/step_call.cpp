@@ -1,6 +1,11 @@
 #include "step_call.hpp"
 
+// The rules used on the host (the clipping coefficient).
+#define FM_ISA host
+#include "fastmomentum/rules.hpp"
+
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -128,7 +133,55 @@ void check_call_coefficients(const Call& call) {
     if (!call.f64.empty()) check_coefficients(call.hyper, Dtype::f64);
 }
 
-int run(const Call* calls, std::size_t count) {
+py::tuple to_python(const Outcome& outcome, const Guard& guard) {
+    return py::make_tuple(outcome.applied,
+                          guard.clip ? py::object(py::float_(outcome.norm)) : py::object(py::none()),
+                          outcome.threads);
+}
+
+namespace {
+
+// Each block's sum of squares, for the norm. One per Python thread that steps, grown as needed
+// and kept: a step in steady state allocates nothing.
+std::vector<double>& block_sums(std::int64_t blocks) {
+    thread_local std::vector<double> sums;
+    if (sums.size() < static_cast<std::size_t>(blocks)) sums.resize(static_cast<std::size_t>(blocks));
+    return sums;
+}
+
+std::int64_t blocks_of(const std::vector<TensorRef>& tensors) {
+    std::int64_t blocks = 0;
+    for (const TensorRef& t : tensors) blocks += (t.size + kNormBlock - 1) / kNormBlock;
+    return blocks;
+}
+
+// The statistics pass over every gradient of the calls: whether all are finite, and (when
+// clipping) the sum of their squares, added block after block in call order, f32 before f64.
+bool grad_stats(const KernelSet& kernels, const Launch& launch, const Call* calls,
+                std::size_t count, bool norm, double& sum_squares) {
+    bool finite = true;
+    sum_squares = 0.0;
+    for (std::size_t i = 0; i < count; ++i) {
+        for (const bool f32 : {true, false}) {
+            const std::vector<TensorRef>& list = f32 ? calls[i].f32 : calls[i].f64;
+            if (list.empty()) continue;
+            const GradStatsFn stats = f32 ? kernels.stats_f32 : kernels.stats_f64;
+            if (!norm) {
+                finite = stats(list.data(), list.size(), nullptr, launch) && finite;
+                continue;
+            }
+            const std::int64_t blocks = blocks_of(list);
+            double* sums = block_sums(blocks).data();
+            finite = stats(list.data(), list.size(), sums, launch) && finite;
+            for (std::int64_t b = 0; b < blocks; ++b) sum_squares += sums[b];
+        }
+    }
+    return finite;
+}
+
+}  // namespace
+
+Outcome run(const Call* calls, std::size_t count, const Guard& guard) {
     const KernelSet& kernels = active_kernels();
     const Launch launch = current_launch();
     std::int64_t elements = 0;
@@ -138,15 +191,31 @@ int run(const Call* calls, std::size_t count) {
     // Like NumPy, keep the GIL for a kernel shorter than releasing and re-taking it.
     std::optional<py::gil_scoped_release> release;
     if (elements >= kReleaseGilElements) release.emplace();
-    int threads = 0;
+
+    Outcome outcome;
+    double clip = 1.0;
+    if (guard.check_finite || guard.clip) {
+        double sum_squares = 0.0;
+        const bool finite = grad_stats(kernels, launch, calls, count, guard.clip, sum_squares);
+        if (guard.clip) {
+            outcome.norm = std::sqrt(sum_squares) / guard.loss_scale;
+            clip = rules::clip_coefficient(guard.max_norm, outcome.norm);
+        }
+        if (guard.check_finite && !finite) {
+            outcome.applied = false;
+            return outcome;
+        }
+    }
     for (std::size_t i = 0; i < count; ++i) {
+        Hyper h = calls[i].hyper;
+        h.grad_scale *= clip;
         const Call& c = calls[i];
         if (!c.f32.empty())
-            threads = std::max(threads, kernels.f32(c.f32.data(), c.f32.size(), c.hyper, launch));
+            outcome.threads = std::max(outcome.threads, kernels.f32(c.f32.data(), c.f32.size(), h, launch));
         if (!c.f64.empty())
-            threads = std::max(threads, kernels.f64(c.f64.data(), c.f64.size(), c.hyper, launch));
+            outcome.threads = std::max(outcome.threads, kernels.f64(c.f64.data(), c.f64.size(), h, launch));
     }
-    return threads;
+    return outcome;
 }
 
 }  // namespace fastmomentum::bindings

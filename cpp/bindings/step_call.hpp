@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "arrays.hpp"
+#include "hyper_args.hpp"
 #include "fastmomentum/hyper.hpp"
 #include "fastmomentum/kernels.hpp"
 
@@ -35,12 +36,24 @@ Call prepare(py::handle params, py::handle grads, py::handle buffers, py::handle
 // Checks the coefficients for the dtypes the call has.
 void check_call_coefficients(const Call& call);
 
+// What running a step's calls did.
+struct Outcome {
+    bool applied = true;  // false: a gradient was not finite and nothing was written
+    double norm = 0.0;    // the global 2-norm of the (unscaled) gradients, when clipping
+    int threads = 0;      // the most threads any kernel ran
+};
+
+// The Python value of an outcome: (applied, norm or None, threads).
+py::tuple to_python(const Outcome& outcome, const Guard& guard);
+
 // Below this many elements in all, a kernel takes less time (< 1 us) than releasing the GIL and
 // taking it back, so it runs holding the GIL (NumPy's ufuncs do the same below 500 elements).
 inline constexpr std::int64_t kReleaseGilElements = 8192;
 
-// Runs validated calls, with the GIL released unless they are tiny; returns the most threads any
-// kernel ran.
-int run(const Call* calls, std::size_t count);
+// Runs validated calls, with the GIL released unless they are tiny: the guard's statistics pass
+// over every gradient first when it asks for one, then the updates unless that pass found a
+// non-finite gradient. The calls' hypers must carry grad_scale = 1 / guard.loss_scale (checked
+// with their coefficients).
+Outcome run(const Call* calls, std::size_t count, const Guard& guard = Guard{});
 
 }  // namespace fastmomentum::bindings

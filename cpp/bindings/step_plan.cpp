@@ -100,8 +100,11 @@ const StepPlan::Range* StepPlan::written_overlap(std::uintptr_t begin, std::uint
     return nullptr;
 }
 
-int StepPlan::step(py::handle param_groups, py::handle grads, py::handle hypers) {
-    if (!same_groups(param_groups)) return -1;
+py::object StepPlan::step(py::handle param_groups, py::handle grads, py::handle hypers,
+                          py::handle check_finite, py::handle max_norm, py::handle loss_scale) {
+    const Guard guard = parse_guard(check_finite, max_norm, loss_scale);
+    const py::object stale = py::none();
+    if (!same_groups(param_groups)) return stale;
     const Items g_items(grads, "grads");
     if (g_items.size() != params_.size())
         throw py::value_error("step() got " + std::to_string(g_items.size()) + " gradients for " +
@@ -126,18 +129,19 @@ int StepPlan::step(py::handle param_groups, py::handle grads, py::handle hypers)
         for (std::size_t i = group.first; i < end && !any_grad; ++i) any_grad = !g_items[i].is_none();
         if (!any_grad) continue;  // no call for this group: its hyper-parameters are not used
         if (!py::isinstance<py::tuple>(h_items[gi])) throw py::type_error("hypers must be tuples");
-        const Hyper h = parse_hyper(py::reinterpret_borrow<py::tuple>(h_items[gi]));
-        if (h.style != style_) return -1;
+        Hyper h = parse_hyper(py::reinterpret_borrow<py::tuple>(h_items[gi]));
+        h.grad_scale = guard.grad_scale();
+        if (h.style != style_) return stale;
         const bool use_buffers = h.momentum != 0.0;
         Call call{h, {}, {}};
         for (std::size_t i = group.first; i < end; ++i) {
             const py::handle grad = g_items[i];
             if (grad.is_none()) continue;
             const Param& param = params_[i];
-            if (use_buffers && param.buffer.is_none()) return -1;  // a new buffer is needed
+            if (use_buffers && param.buffer.is_none()) return stale;  // a new buffer is needed
             const std::size_t p = arrays.size();
             arrays.push_back(check_array(param.array, "params", i, Access::write));
-            if (arrays[p].data != param.data || arrays[p].nbytes != param.nbytes) return -1;
+            if (arrays[p].data != param.data || arrays[p].nbytes != param.nbytes) return stale;
             arrays.push_back(check_array(grad, "grads", i, Access::read));
             check_matches(arrays.back(), arrays[p]);
             const std::size_t g = arrays.size() - 1;
@@ -146,7 +150,7 @@ int StepPlan::step(py::handle param_groups, py::handle grads, py::handle hypers)
                 PyObject* current = PyDict_GetItemWithError(param.state.ptr(), key_.ptr());
                 if (current != param.buffer.ptr()) {
                     if (PyErr_Occurred()) throw py::error_already_set();
-                    return -1;  // replaced or removed
+                    return stale;  // replaced or removed
                 }
                 arrays.push_back(check_array(param.buffer, b_name, i, Access::write));
                 check_matches(arrays.back(), arrays[p]);
@@ -173,7 +177,7 @@ int StepPlan::step(py::handle param_groups, py::handle grads, py::handle hypers)
                               " share memory; every parameter and buffer of a call must be "
                               "distinct memory, and no gradient may overlap one");
     }
-    return run(calls.data(), calls.size());
+    return to_python(run(calls.data(), calls.size(), guard), guard);
 }
 
 void register_plan(py::module_& m) {
@@ -183,9 +187,11 @@ void register_plan(py::module_& m) {
         .def(py::init<py::handle, py::handle, py::handle, py::handle>(), py::arg("param_groups"),
              py::arg("states"), py::arg("style"), py::arg("key"))
         .def("step", &StepPlan::step, py::arg("param_groups"), py::arg("grads"),
-             py::arg("hypers"),
-             "One update of every parameter with a gradient; -1 (nothing done) when the plan is "
-             "out of date.");
+             py::arg("hypers"), py::arg("check_finite"), py::arg("max_norm"),
+             py::arg("loss_scale"),
+             "One update of every parameter with a gradient, guarded as sgd_steps: "
+             "(applied, norm or None, threads), or None (nothing done) when the plan is out of "
+             "date.");
 }
 
 }  // namespace fastmomentum::bindings

@@ -23,11 +23,13 @@ public:
     StepPlan(py::handle param_groups, py::handle states, py::handle style, py::handle key);
 
     // One update. grads: one array or None per parameter, over all groups; hypers: per group,
-    // the tuple of sgd_step's nine hyper-parameters. Returns the threads that ran, or -1 (nothing
-    // done) when the plan no longer describes the optimizer. Everything is checked in the order
-    // sgd_steps checks the optimizer's full-path calls, so an invalid input raises the same
-    // error, with nothing modified.
-    int step(py::handle param_groups, py::handle grads, py::handle hypers);
+    // the tuple of sgd_step's nine hyper-parameters; then the guard, as sgd_steps takes it.
+    // Returns sgd_steps' (applied, norm, threads), or None (nothing done) when the plan no longer
+    // describes the optimizer. Everything is checked in the order sgd_steps checks the
+    // optimizer's full-path calls, so an invalid input raises the same error, with nothing
+    // modified.
+    py::object step(py::handle param_groups, py::handle grads, py::handle hypers,
+                    py::handle check_finite, py::handle max_norm, py::handle loss_scale);
 
 private:
     struct Param {

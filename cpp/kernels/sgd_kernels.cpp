@@ -9,6 +9,8 @@
 // update is element-wise, so the split cannot change any result bit.
 
 #include <algorithm>
+#include <atomic>
+#include <cmath>
 #include <cstdint>
 
 #include "fastmomentum/kernels.hpp"
@@ -93,14 +95,14 @@ int64_t split_point(int64_t total, int parts, int part) {
     return total / parts * part + total % parts * part / parts;
 }
 
-// Runs body(lo, hi) over [0, total) elements of T, split evenly across at most launch.threads
-// threads of ONE parallel region, and no more than one thread per launch.grain_bytes (below that,
-// opening a region costs more than it saves). Returns the number of threads that ran, 0 when
-// total is 0.
-template <class T, class Body>
-int for_each_part(int64_t total, const Launch& launch, const Body& body) {
+// Runs body(lo, hi) over [0, total) units of `unit_bytes` bytes (elements, or blocks of them),
+// split evenly across at most launch.threads threads of ONE parallel region, and no more than one
+// thread per launch.grain_bytes (below that, opening a region costs more than it saves). Returns
+// the number of threads that ran, 0 when total is 0.
+template <class Body>
+int for_each_part(int64_t total, int64_t unit_bytes, const Launch& launch, const Body& body) {
     if (total == 0) return 0;
-    const int64_t grain = std::max<int64_t>(1, launch.grain_bytes / int64_t{sizeof(T)});
+    const int64_t grain = std::max<int64_t>(1, launch.grain_bytes / unit_bytes);
     const int64_t useful = std::max<int64_t>(1, total / grain);
     const int threads = static_cast<int>(std::min<int64_t>(launch.threads, useful));
 #ifdef _OPENMP
@@ -148,7 +150,7 @@ int sgd(const TensorRef* tensors, std::size_t count, const Hyper& h, const Launc
     const bool scale_grad = rules::scales_grad(k);
     const SpanFn<T> regular = pick<T>(rules::form_of(h, false), h.nesterov, decay, scale_grad);
     const SpanFn<T> first = pick<T>(rules::form_of(h, true), h.nesterov, decay, scale_grad);
-    return for_each_part<T>(total_size(tensors, count), launch, [&](int64_t lo, int64_t hi) {
+    return for_each_part(total_size(tensors, count), sizeof(T), launch, [&](int64_t lo, int64_t hi) {
         for_each_span(tensors, count, lo, hi, [&](const TensorRef& t, int64_t a, int64_t e) {
             (t.first_step ? first : regular)(t, a, e, k);
         });
@@ -175,18 +177,98 @@ void rmw_span(const TensorRef& t, int64_t lo, int64_t hi, const T s) {
 template <class T>
 int rmw_reference(const TensorRef* tensors, std::size_t count, double scale, const Launch& launch) {
     const T s = static_cast<T>(scale);
-    return for_each_part<T>(total_size(tensors, count), launch, [&](int64_t lo, int64_t hi) {
+    return for_each_part(total_size(tensors, count), sizeof(T), launch, [&](int64_t lo, int64_t hi) {
         for_each_span(tensors, count, lo, hi, [&](const TensorRef& t, int64_t a, int64_t e) {
             rmw_span<T>(t, a, e, s);
         });
     });
 }
 
+
+// The guards' statistics (kernels.hpp, GradStatsFn).
+
+// Whether g[0, n) is all finite: one vectorised sum of rules::nonfinite_term, in any order.
+template <class T>
+bool all_finite(const T* __restrict g, int64_t n) {
+    T sum = 0;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t i = 0; i < n; ++i) sum += rules::nonfinite_term(g[i]);
+    return sum == T(0);
+}
+
+// The sum of rules::square over g[0, n), n <= kNormBlock, in a fixed order: kLanes running sums
+// (element i goes to lane i % kLanes) combined pairwise. The order is written out, not left to
+// the vectoriser, so every ISA gives the same bits; the lanes vectorise as they are.
+template <class T>
+double block_square_sum(const T* __restrict g, int64_t n) {
+    constexpr int kLanes = 16;
+    double lane[kLanes] = {};
+    int64_t i = 0;
+    for (; i + kLanes <= n; i += kLanes)
+        for (int j = 0; j < kLanes; ++j) lane[j] += rules::square(g[i + j]);
+    for (int j = 0; i + j < n; ++j) lane[j] += rules::square(g[i + j]);
+    for (int width = kLanes / 2; width > 0; width /= 2)
+        for (int j = 0; j < width; ++j) lane[j] += lane[j + width];
+    return lane[0];
+}
+
+int64_t blocks_of(const TensorRef& t) { return (t.size + kNormBlock - 1) / kNormBlock; }
+
+// Calls fn(tensor, a, e, block) for each block [a, e) of a tensor whose global block number
+// (tensor after tensor) is in [lo, hi).
+template <class Fn>
+void for_each_block(const TensorRef* tensors, std::size_t count, int64_t lo, int64_t hi,
+                    const Fn& fn) {
+    int64_t first = 0;  // global number of tensor i's first block
+    for (std::size_t i = 0; i < count && first < hi; ++i) {
+        const TensorRef& t = tensors[i];
+        const int64_t end = first + blocks_of(t);
+        for (int64_t block = std::max(lo, first); block < std::min(hi, end); ++block) {
+            const int64_t a = (block - first) * kNormBlock;
+            fn(t, a, std::min(t.size, a + kNormBlock), block);
+        }
+        first = end;
+    }
+}
+
+template <class T>
+bool grad_stats(const TensorRef* tensors, std::size_t count, double* block_sums,
+                const Launch& launch) {
+    std::atomic<bool> finite{true};  // parts only ever clear it
+    if (block_sums == nullptr) {
+        for_each_part(total_size(tensors, count), sizeof(T), launch, [&](int64_t lo, int64_t hi) {
+            bool ok = true;
+            for_each_span(tensors, count, lo, hi, [&](const TensorRef& t, int64_t a, int64_t e) {
+                ok = ok && all_finite(static_cast<const T*>(t.grad) + a, e - a);
+            });
+            if (!ok) finite.store(false, std::memory_order_relaxed);
+        });
+        return finite.load();
+    }
+    int64_t blocks = 0;
+    for (std::size_t i = 0; i < count; ++i) blocks += blocks_of(tensors[i]);
+    for_each_part(blocks, kNormBlock * int64_t{sizeof(T)}, launch, [&](int64_t lo, int64_t hi) {
+        bool ok = true;
+        for_each_block(tensors, count, lo, hi, [&](const TensorRef& t, int64_t a, int64_t e, int64_t block) {
+            const T* g = static_cast<const T*>(t.grad) + a;
+            const double sum = block_square_sum(g, e - a);
+            block_sums[block] = sum;
+            // A finite sum has only finite terms; an infinite one may be float64 overflow.
+            if (!std::isfinite(sum)) ok = ok && all_finite(g, e - a);
+        });
+        if (!ok) finite.store(false, std::memory_order_relaxed);
+    });
+    return finite.load();
+}
+
 }  // namespace
 
 #define FM_STR2(x) #x
 #define FM_STR(x) FM_STR2(x)
-KernelSet kernel_set() { return KernelSet{FM_STR(FM_ISA), &sgd<float>, &sgd<double>, &rmw_reference<float>,
-                     &rmw_reference<double>}; }
+KernelSet kernel_set() {
+    return KernelSet{FM_STR(FM_ISA),        &sgd<float>,          &sgd<double>,
+                     &rmw_reference<float>, &rmw_reference<double>, &grad_stats<float>,
+                     &grad_stats<double>};
+}
 
 }  // namespace fastmomentum::FM_ISA

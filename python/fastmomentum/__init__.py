@@ -5,21 +5,25 @@
 - :mod:`fastmomentum.lr_scheduler`: PyTorch-compatible schedulers; :mod:`fastmomentum.schedules`:
   pure step -> value schedules (Keras / optax formulas);
 - :mod:`fastmomentum.checkpoint`: ``.npz`` checkpoints without pickle;
-- :mod:`fastmomentum.flat`: many arrays as views into one contiguous block (one kernel span).
+- :mod:`fastmomentum.flat`: many arrays as views into one contiguous block (one kernel span);
+- :class:`StepResult`: what a step did under its guards (non-finite gradients, clipping).
 """
 
-from . import checkpoint, flat, functional, lr_scheduler, schedules
+from . import checkpoint, flat, functional, guards, lr_scheduler, schedules
 from ._config import get_num_threads, set_num_threads, show_config
 from ._core import __version__
+from .guards import StepResult
 from .optim import SGD
 
 __all__ = [
     "SGD",
+    "StepResult",
     "__version__",
     "checkpoint",
     "flat",
     "functional",
     "get_num_threads",
+    "guards",
     "lr_scheduler",
     "schedules",
     "set_num_threads",

@@ -31,7 +31,31 @@ def sgd_step(
     maximize: bool,
     /,
 ) -> int: ...
-def sgd_steps(calls: Sequence[tuple[Any, ...]]) -> int: ...
+def sgd_step_guarded(
+    params: _Arrays,
+    grads: _Arrays,
+    buffers: Sequence[NDArray[np.floating[Any]] | None] | None,
+    first_step: bool | Sequence[bool],
+    style: str,
+    lr: float,
+    momentum: float,
+    dampening: float,
+    nesterov: bool,
+    weight_decay: float,
+    weight_decay_mode: str,
+    schedule_multiplier: float,
+    maximize: bool,
+    check_finite: bool,
+    max_norm: float | None,
+    loss_scale: float,
+    /,
+) -> tuple[bool, float | None, int]: ...
+def sgd_steps(
+    calls: Sequence[tuple[Any, ...]],
+    check_finite: bool = False,
+    max_norm: float | None = None,
+    loss_scale: float = 1.0,
+) -> tuple[bool, float | None, int]: ...
 def check_params(params: Sequence[NDArray[np.floating[Any]]], first_index: int) -> None: ...
 def check_hyper(
     style: str,
@@ -59,4 +83,7 @@ class StepPlan:
         param_groups: Sequence[dict[str, Any]],
         grads: Sequence[NDArray[np.floating[Any]] | None],
         hypers: Sequence[tuple[Any, ...]],
-    ) -> int: ...
+        check_finite: bool,
+        max_norm: float | None,
+        loss_scale: float,
+    ) -> tuple[bool, float | None, int] | None: ...

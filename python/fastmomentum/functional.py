@@ -1,6 +1,7 @@
 """In-place momentum-SGD steps on lists of NumPy arrays: one fused pass per call.
 
-Every function updates ``params`` (and the buffers) in place and returns ``None``. All arrays of
+Every function updates ``params`` (and the buffers) in place and returns a
+:class:`~fastmomentum.guards.StepResult`. All arrays of
 one index must share dtype (float32 or float64) and shape, be C-contiguous and aligned, and the
 written ones writeable; arrays are never copied. Any violation raises ``TypeError`` or
 ``ValueError`` naming the argument and index, and then NO array has been modified.
@@ -9,17 +10,31 @@ Arithmetic: hyper-parameters are combined in double and rounded once to the arra
 element then goes through the formula below in that dtype, in the reference framework's order of
 operations, with no FMA contraction, so results are the same bits on every ISA and every thread
 count. A weight decay that cannot change a parameter (a zero coefficient) is skipped.
+
+Guards, in every function (MATH.md section 4), applied to the gradients before the formula::
+
+    g <- g / loss_scale                                  (loss-scale unscaling)
+    norm = sqrt(sum of g*g over every array)             if max_grad_norm is not None
+    g <- g * min(1, max_grad_norm / (norm + 1e-6))       (torch.nn.utils.clip_grad_norm_)
+
+``nonfinite`` decides what a NaN or an infinity in ``grads`` does: ``"ignore"`` (the default:
+no check, as in PyTorch), ``"skip"`` (nothing is modified and the result says ``skipped``) or
+``"raise"`` (``FloatingPointError``, nothing modified). ``1/loss_scale`` and the clipping
+coefficient are multiplied in double and rounded once to the arrays' dtype. The norm is summed
+in float64 over fixed blocks, so it is the same for every thread count and ISA. A check or a norm
+costs one read pass over the gradients before the update (one in all when both are asked for).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal, Union
+from typing import Any, Literal, Union
 
 import numpy as np
 from numpy.typing import NDArray
 
 from . import _core
+from .guards import APPLIED, NonFinite, StepResult, checks_finite, is_plain, result
 
 Array = Union[NDArray[np.float32], NDArray[np.float64]]
 #: A list or tuple of arrays (any other sequence is rejected: it might be an array's rows).
@@ -44,7 +59,10 @@ def sgd_(
     schedule_multiplier: float = 1.0,
     maximize: bool = False,
     first_step: FirstStep = False,
-) -> None:
+    nonfinite: NonFinite = "ignore",
+    max_grad_norm: float | None = None,
+    loss_scale: float = 1.0,
+) -> StepResult:
     """One momentum-SGD step in PyTorch's convention (the buffer ``b`` holds no learning rate).
 
     For each parameter ``p`` with gradient ``g`` and buffer ``b``::
@@ -73,10 +91,18 @@ def sgd_(
             dampening on step 1), as one bool or one per array. With the default ``False`` and
             a zero buffer, step 1 gives ``b = (1-dampening)*g`` (PyTorch's value when dampening
             is 0).
+        nonfinite, max_grad_norm, loss_scale: the guards (module docstring). ``max_grad_norm``
+            is a number >= 0 (``inf`` measures the norm without clipping); ``loss_scale`` is
+            finite and > 0.
+
+    Returns:
+        A :class:`~fastmomentum.guards.StepResult`: whether the step was skipped, and the
+        gradients' norm when ``max_grad_norm`` is given.
     """
-    # Positional: pybind11 matches keyword arguments by name, which would cost ~1 us a call.
-    _core.sgd_step(params, grads, buffers, first_step, "torch", lr, momentum, dampening, nesterov,
-                   weight_decay, weight_decay_mode, schedule_multiplier, maximize)
+    # Positional: matching keyword arguments by name would cost ~1 us a call.
+    args = (params, grads, buffers, first_step, "torch", lr, momentum, dampening, nesterov,
+            weight_decay, weight_decay_mode, schedule_multiplier, maximize)
+    return _step(args, nonfinite, max_grad_norm, loss_scale)
 
 
 def keras_sgd_(
@@ -91,7 +117,10 @@ def keras_sgd_(
     weight_decay_mode: WeightDecayMode = "decoupled",
     schedule_multiplier: float = 1.0,
     maximize: bool = False,
-) -> None:
+    nonfinite: NonFinite = "ignore",
+    max_grad_norm: float | None = None,
+    loss_scale: float = 1.0,
+) -> StepResult:
     """One SGD step in Keras' convention (Sutskever et al. 2013: the velocity holds the lr).
 
     For each parameter ``p`` with gradient ``g`` and velocity ``v`` (start with ``v = 0``)::
@@ -107,10 +136,11 @@ def keras_sgd_(
 
     At a constant lr this is the same trajectory as :func:`sgd_` with ``v = -lr*b``; the two split
     when the lr changes. ``velocities`` is required when ``momentum != 0``. ``maximize`` negates g
-    first. See :func:`sgd_` for the argument rules.
+    first. See :func:`sgd_` for the argument rules, the guards and the result.
     """
-    _core.sgd_step(params, grads, velocities, False, "keras", lr, momentum, 0.0, nesterov,
-                   weight_decay, weight_decay_mode, schedule_multiplier, maximize)
+    args = (params, grads, velocities, False, "keras", lr, momentum, 0.0, nesterov, weight_decay,
+            weight_decay_mode, schedule_multiplier, maximize)
+    return _step(args, nonfinite, max_grad_norm, loss_scale)
 
 
 def ema_sgd_(
@@ -124,7 +154,10 @@ def ema_sgd_(
     weight_decay_mode: WeightDecayMode = "coupled",
     schedule_multiplier: float = 1.0,
     maximize: bool = False,
-) -> None:
+    nonfinite: NonFinite = "ignore",
+    max_grad_norm: float | None = None,
+    loss_scale: float = 1.0,
+) -> StepResult:
     """One step of EMA momentum, the ``(1 - beta)`` form: start the buffers at zero, then::
 
         b <- beta*b + (1-beta)*g
@@ -132,7 +165,20 @@ def ema_sgd_(
 
     It is :func:`sgd_`'s update with ``momentum = dampening = beta`` and no first-step copy (so
     step 1 gives ``b = (1-beta)*g``, not PyTorch's ``b = g``). Weight decay and ``maximize`` act as
-    in :func:`sgd_`. With ``beta == 0`` it is plain SGD and the buffers are not used.
+    in :func:`sgd_`. With ``beta == 0`` it is plain SGD and the buffers are not used. See
+    :func:`sgd_` for the guards and the result.
     """
-    _core.sgd_step(params, grads, buffers, False, "ema", lr, beta, 0.0, False, weight_decay,
-                   weight_decay_mode, schedule_multiplier, maximize)
+    args = (params, grads, buffers, False, "ema", lr, beta, 0.0, False, weight_decay,
+            weight_decay_mode, schedule_multiplier, maximize)
+    return _step(args, nonfinite, max_grad_norm, loss_scale)
+
+
+def _step(args: tuple[Any, ...], nonfinite: NonFinite, max_grad_norm: float | None,
+          loss_scale: float) -> StepResult:
+    """One kernel call: the unguarded entry when there is no guard (no result to build)."""
+    check = checks_finite(nonfinite)
+    if is_plain(check, max_grad_norm, loss_scale):
+        _core.sgd_step(*args)
+        return APPLIED
+    return result(_core.sgd_step_guarded(*args, check, max_grad_norm, loss_scale), nonfinite,
+                  args[1])

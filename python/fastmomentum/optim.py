@@ -8,7 +8,9 @@ one difference NumPy imposes: arrays have no ``.grad``, so gradients are passed 
 
 from __future__ import annotations
 
+import contextlib
 import numbers
+import threading
 from collections.abc import Iterable, Iterator, MutableMapping, Sequence
 from typing import Any, Callable, Literal, Union
 
@@ -16,6 +18,7 @@ import numpy as np
 
 from . import _core
 from .functional import Array, WeightDecayMode
+from .guards import NonFinite, StepResult, checks_finite, nonfinite_error, result
 
 Style = Literal["torch", "keras", "ema"]
 #: A hyper-parameter: a number, or a schedule (a callable of the step count, e.g. from
@@ -104,11 +107,32 @@ class SGD:
             schedulers of :mod:`fastmomentum.lr_scheduler`; for a callable lr it is ``lr(0)``;
             without either, ``s = 1``). With a warm-up (OneCycleLR, CyclicLR) ``initial_lr`` is the
             low lr, so pass ``schedule_multiplier`` explicitly there.
+        nonfinite: what a NaN or an infinity in a step's gradients does: ``"ignore"`` (default,
+            PyTorch's behaviour: no check), ``"skip"`` (the step changes nothing at all: no
+            parameter, buffer, first-step state, :attr:`iterations`; it returns
+            ``StepResult(skipped=True, ...)`` and counts in :attr:`skipped_steps`) or ``"raise"``
+            (``FloatingPointError`` naming the gradient, nothing changed). Checked inside the
+            step's kernel call, in a read pass over the gradients.
+        max_grad_norm: clip the gradients by their global norm over all groups, as
+            ``torch.nn.utils.clip_grad_norm_(params, max_grad_norm)`` before the step:
+            ``g <- g * min(1, max_grad_norm / (‖g‖₂ + 1e-6))``, fused into the step (one extra
+            read of the gradients). The norm is returned in the step's result. ``inf`` measures
+            it without clipping.
+        max_consecutive_skips: with ``nonfinite="skip"``, a step that would be the
+            ``max_consecutive_skips + 1``-th skipped in a row raises ``FloatingPointError``
+            instead (nothing changed); ``None`` never raises. Default 10.
 
     Attributes:
         param_groups: the groups (dicts), editable between steps as in PyTorch.
         state: per-parameter state, keyed by the array (:class:`ArrayState`).
         iterations: steps taken (the argument of schedule callables; saved in the state dict).
+            A skipped step does not count.
+        skipped_steps, consecutive_skips: steps skipped in all, and since the last applied one
+            (saved in the state dict).
+
+    One thread at a time: a call of :meth:`step`, :meth:`load_state_dict` or
+    :meth:`add_param_group` while another thread is inside one of them raises ``RuntimeError``
+    and changes nothing. Different optimizers step in parallel (the kernels release the GIL).
     """
 
     def __init__(
@@ -124,6 +148,9 @@ class SGD:
         style: Style = "torch",
         weight_decay_mode: WeightDecayMode | None = None,
         schedule_multiplier: Hyper | None = None,
+        nonfinite: NonFinite = "ignore",
+        max_grad_norm: float | None = None,
+        max_consecutive_skips: int | None = 10,
     ) -> None:
         if isinstance(params, np.ndarray):
             raise TypeError("params argument given to the optimizer should be an iterable of "
@@ -140,6 +167,19 @@ class SGD:
         self.param_groups: list[dict[str, Any]] = []
         self.state = ArrayState()
         self.iterations: int = 0
+        # The kernel's own parser checks the guard (a step of no calls).
+        _core.sgd_steps([], checks_finite(nonfinite), max_grad_norm, 1.0)
+        if max_consecutive_skips is not None and (
+                not isinstance(max_consecutive_skips, numbers.Integral)
+                or isinstance(max_consecutive_skips, bool) or max_consecutive_skips < 0):
+            raise ValueError("max_consecutive_skips must be None or an integer >= 0, got "
+                             f"{max_consecutive_skips!r}")
+        self.nonfinite: NonFinite = nonfinite
+        self.max_grad_norm = max_grad_norm
+        self.max_consecutive_skips = max_consecutive_skips
+        self.skipped_steps = 0
+        self.consecutive_skips = 0
+        self._busy = threading.Lock()  # held by the method that is running; never waited for
         # The fast path of step(): a _core.StepPlan and the state (object, version) it was made
         # from; see _step_with_plan.
         self._plan: Any = None
@@ -169,12 +209,25 @@ class SGD:
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group: ``{"params": [...], **hyper-parameter overrides}`` (PyTorch's rules)."""
-        self._add(param_group, {id(p) for p in self._params()})
+        with self._exclusive("add_param_group"):
+            self._add(param_group, {id(p) for p in self._params()})
+            try:
+                _core.check_params(self._params(), 0)
+            except ValueError:
+                self.param_groups.pop()
+                raise
+
+    @contextlib.contextmanager
+    def _exclusive(self, method: str) -> Iterator[None]:
+        """Runs the body unless another thread is inside step(), load_state_dict() or
+        add_param_group(): two steps at once would race on the same buffers."""
+        if not self._busy.acquire(blocking=False):
+            raise RuntimeError(f"{method}() called while this optimizer is already running in "
+                               "another thread; step one optimizer from one thread at a time")
         try:
-            _core.check_params(self._params(), 0)
-        except ValueError:
-            self.param_groups.pop()
-            raise
+            yield
+        finally:
+            self._busy.release()
 
     def _add(self, param_group: dict[str, Any], seen: set[int]) -> None:
         """Append a group after checking it; ``seen`` holds the ids of the parameters so far."""
@@ -225,7 +278,7 @@ class SGD:
             return lr  # not numbers: let the kernel's check report the lr
         return lr / base if base else 1.0
 
-    def step(self, grads: Sequence[Array | None]) -> None:
+    def step(self, grads: Sequence[Array | None], *, loss_scale: float = 1.0) -> StepResult:
         """One update of every parameter that has a gradient, in ONE fused kernel call.
 
         ``grads`` lists one gradient per parameter, in parameter order over all groups (the
@@ -233,20 +286,49 @@ class SGD:
         untouched, and it keeps its first-step state. Any invalid gradient or hyper-parameter
         raises before anything is modified; errors name parameters by that position.
 
+        ``loss_scale``: the gradients are divided by it first (``g <- g / loss_scale``, fused),
+        for a loss that was multiplied by it; finite and > 0. Clipping (``max_grad_norm``) and
+        the returned norm apply to the divided gradients, as with ``GradScaler.unscale_`` then
+        ``clip_grad_norm_`` in PyTorch.
+
+        Returns a :class:`~fastmomentum.guards.StepResult`: whether the step was skipped
+        (``nonfinite="skip"``), and the gradients' global norm when ``max_grad_norm`` is set.
+
         After the first step, the parameters and buffers are not checked again in full: a plan
         made by the previous step holds them, and a step re-checks only what can have changed
         (the arrays' fields, the groups' lists, the state's entries) before the gradients.
         """
-        if not isinstance(grads, (list, tuple)):
-            grads = list(grads)
-        total = sum(len(g["params"]) for g in self.param_groups)
-        if len(grads) != total:
-            raise ValueError(f"step() got {len(grads)} gradients for {total} parameters")
-        hypers = [self._values(group, self.iterations) for group in self.param_groups]
-        if not self._step_with_plan(grads, hypers):
-            self._step_in_full(grads, hypers)
-            self._make_plan()
-        self.iterations += 1
+        with self._exclusive("step"):
+            if not isinstance(grads, (list, tuple)):
+                grads = list(grads)
+            total = sum(len(g["params"]) for g in self.param_groups)
+            if len(grads) != total:
+                raise ValueError(f"step() got {len(grads)} gradients for {total} parameters")
+            hypers = [self._values(group, self.iterations) for group in self.param_groups]
+            guard = (checks_finite(self.nonfinite), self.max_grad_norm, loss_scale)
+            outcome = self._step_with_plan(grads, hypers, guard)
+            if outcome is None:
+                outcome = self._step_in_full(grads, hypers, guard)
+                self._make_plan()
+            if not outcome[0]:
+                return self._skipped(outcome, grads)
+            self.iterations += 1
+            self.consecutive_skips = 0
+            return result(outcome, self.nonfinite, grads)
+
+    def _skipped(self, outcome: tuple[bool, float | None, int], grads: Sequence[Any]
+                 ) -> StepResult:
+        """A step that a non-finite gradient stopped (nothing was modified): counted, or an
+        error when ``nonfinite="raise"`` or after too many in a row."""
+        limit = self.max_consecutive_skips
+        if self.nonfinite == "skip" and limit is not None and self.consecutive_skips >= limit:
+            raise FloatingPointError(
+                f"{limit + 1} consecutive steps have non-finite gradients (max_consecutive_skips="
+                f"{limit}); this one was not applied either") from nonfinite_error(grads)
+        skipped = result(outcome, self.nonfinite, grads)  # raises for nonfinite="raise"
+        self.skipped_steps += 1
+        self.consecutive_skips += 1
+        return skipped
 
     def _make_plan(self) -> None:
         """A plan for the next steps, or none when the optimizer's state cannot be planned (e.g.
@@ -262,18 +344,20 @@ class SGD:
             return
         self._plan_made_from = (self.state, self.state.version)
 
-    def _step_with_plan(self, grads: Sequence[Array | None], hypers: list[tuple[Any, ...]]
-                        ) -> bool:
-        """The fast path: False (nothing done) when there is no plan, or it is out of date."""
+    def _step_with_plan(self, grads: Sequence[Array | None], hypers: list[tuple[Any, ...]],
+                        guard: tuple[bool, float | None, float]) -> Any:
+        """The fast path: the kernel's outcome, or None (nothing done) when there is no plan, or
+        it is out of date."""
         made_from = self._plan_made_from
         if made_from is None or made_from[0] is not self.state \
                 or made_from[1] != self.state.version:
-            return False
-        return bool(self._plan.step(self.param_groups, grads, hypers) >= 0)
+            return None
+        return self._plan.step(self.param_groups, grads, hypers, *guard)
 
-    def _step_in_full(self, grads: Sequence[Array | None], hypers: list[tuple[Any, ...]]
-                      ) -> None:
-        """The general path: checks everything and creates the buffers that are missing."""
+    def _step_in_full(self, grads: Sequence[Array | None], hypers: list[tuple[Any, ...]],
+                      guard: tuple[bool, float | None, float]) -> Any:
+        """The general path: checks everything and creates the buffers that are missing (kept
+        only when the step was applied); returns the kernel's outcome."""
         key = BUFFER_KEY[self.style]
         calls, created = [], []
         index = 0
@@ -306,9 +390,11 @@ class SGD:
             if params:
                 calls.append((params, group_grads, buffers if has_momentum else None, first,
                               *values, indices))
-        _core.sgd_steps(calls)
-        for p, buf in created:  # only after a successful update
-            self.state.setdefault(p, {})[key] = buf
+        outcome = _core.sgd_steps(calls, *guard)
+        if outcome[0]:  # only after a successful update
+            for p, buf in created:
+                self.state.setdefault(p, {})[key] = buf
+        return outcome
 
     # -- checkpoints ------------------------------------------------------------------------
 
@@ -317,7 +403,8 @@ class SGD:
 
             {"state": {index: {"momentum_buffer": array}},    # "velocity" for style="keras"
              "param_groups": [{"lr": ..., ..., "params": [index, ...]}],
-             "style": "torch", "iterations": n}
+             "style": "torch", "iterations": n,
+             "skipped_steps": k, "consecutive_skips": c}
 
         ``index`` is the parameter's position over all groups. Buffers are the live arrays (as in
         PyTorch): save or copy them before stepping on. A schedule from
@@ -336,20 +423,28 @@ class SGD:
                 index += 1
             groups.append(saved)
         return {"state": state, "param_groups": groups, "style": self.style,
-                "iterations": self.iterations}
+                "iterations": self.iterations, "skipped_steps": self.skipped_steps,
+                "consecutive_skips": self.consecutive_skips}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore ``state_dict()``'s content, or a ``torch.optim.SGD`` one (with NumPy arrays
         for its tensors; missing group keys take this optimizer's defaults). Buffers are copied
         into new arrays of the parameters' dtype. Everything is checked first: on an error,
         nothing changes."""
+        with self._exclusive("load_state_dict"):
+            self._load(state_dict)
+
+    def _load(self, state_dict: dict[str, Any]) -> None:
         style = state_dict.get("style", "torch")
         if style != self.style:
             raise ValueError(f"the state dict is of style {style!r} but this optimizer's is "
                              f"{self.style!r}; convert it with fastmomentum.checkpoint.convert")
-        iterations = state_dict.get("iterations", 0)
-        if not isinstance(iterations, numbers.Integral) or iterations < 0:
-            raise ValueError(f"iterations must be an integer >= 0, got {iterations!r}")
+        counters = {name: state_dict.get(name, 0)
+                    for name in ("iterations", "skipped_steps", "consecutive_skips")}
+        for name, value in counters.items():
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        iterations = counters["iterations"]
         saved_groups = state_dict["param_groups"]
         if len(saved_groups) != len(self.param_groups):
             raise ValueError("loaded state dict has a different number of parameter groups")
@@ -385,6 +480,8 @@ class SGD:
         self.param_groups[:] = new_groups
         self.state = new_state
         self.iterations = int(iterations)
+        self.skipped_steps = int(counters["skipped_steps"])
+        self.consecutive_skips = int(counters["consecutive_skips"])
 
     def __repr__(self) -> str:
         lines = [f"SGD (style={self.style!r}, iterations={self.iterations})"]

@@ -31,6 +31,10 @@ struct Hyper {
     double dampening = 0.0;
     double weight_decay = 0.0;
     double schedule_multiplier = 1.0;  // s of SGDW; ignored by the other decay modes
+    // The gradient's factor before anything else (g <- grad_scale*g): 1/loss_scale, times the
+    // clipping coefficient when the step clips (rules::clip_coefficient). Not from Python's
+    // hyper-parameters: the step's guard sets it.
+    double grad_scale = 1.0;
     bool nesterov = false;
     bool maximize = false;
 };
@@ -61,7 +65,7 @@ struct Coeffs {
     T weight_decay;
     T decay_keep;   // 1 - scale*wd, computed in double and rounded once
     T decay_scale;  // lr or s
-    T grad_sign;    // -1 when maximizing: multiplying by +-1 is exact
+    T grad_scale;   // grad_scale, negated when maximizing (negation is exact in any rounding)
 };
 
 }  // namespace fastmomentum

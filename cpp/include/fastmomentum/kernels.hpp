@@ -36,12 +36,23 @@ using KernelFn = int (*)(const TensorRef* tensors, std::size_t count, const Hype
 using ReferenceFn = int (*)(const TensorRef* tensors, std::size_t count, double scale,
                             const Launch& launch);
 
+// The gradient statistics of a step's guards, in one read pass over the gradients. The sum of
+// squares is taken over fixed blocks of kNormBlock elements of each tensor (a tensor's last block
+// may be shorter), each block with a fixed summation order, so it is the same on every ISA and
+// thread count. When block_sums is not null, it receives each block's sum of g*g (in double), in
+// tensor order (stats_blocks() of them). Returns whether every element is finite.
+inline constexpr std::int64_t kNormBlock = 4096;
+using GradStatsFn = bool (*)(const TensorRef* tensors, std::size_t count, double* block_sums,
+                             const Launch& launch);
+
 struct KernelSet {
     const char* isa;  // set by the ISA object itself, so a mis-wired table is visible
     KernelFn f32;
     KernelFn f64;
     ReferenceFn rmw_f32;
     ReferenceFn rmw_f64;
+    GradStatsFn stats_f32;
+    GradStatsFn stats_f64;
 };
 
 // Declares one ISA object's entry point, e.g. FM_DECLARE_KERNEL_SET(avx2).

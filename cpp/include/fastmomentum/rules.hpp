@@ -45,7 +45,7 @@ FM_HOST_DEVICE inline Coeffs<T> coeffs(const Hyper& h) {
         static_cast<T>(h.weight_decay),
         static_cast<T>(1.0 - scale * h.weight_decay),
         static_cast<T>(scale),
-        static_cast<T>(h.maximize ? -1.0 : 1.0),
+        static_cast<T>(h.maximize ? -h.grad_scale : h.grad_scale),
     };
 }
 
@@ -59,12 +59,13 @@ FM_HOST_DEVICE inline Decay decay_of(const Hyper& h, const Coeffs<T>& k) {
     return k.decay_keep != T(1) ? Decay::keep : Decay::none;
 }
 
-// Whether the gradient needs its factors: the sign (maximize) and 1 - dampening (1 - beta for
-// ema). Both are usually 1, and multiplying by 1 is exact, so `update<..., false>` skips them: a
-// kernel that is compute-bound in cache then does two multiplications fewer per element.
+// Whether the gradient needs its factors: its scale (the sign for maximize, the loss scale and
+// the clipping coefficient) and 1 - dampening (1 - beta for ema). Both are usually 1, and
+// multiplying by 1 is exact, so `update<..., false>` skips them: a kernel that is compute-bound
+// in cache then does two multiplications fewer per element.
 template <class T>
 FM_HOST_DEVICE inline bool scales_grad(const Coeffs<T>& k) {
-    return k.grad_sign != T(1) || k.one_minus_dampening != T(1);
+    return k.grad_scale != T(1) || k.one_minus_dampening != T(1);
 }
 
 // Which buffer form a tensor uses this step. `first_step` matters only to the torch convention.
@@ -78,7 +79,7 @@ FM_HOST_DEVICE inline Form form_of(const Hyper& h, bool first_step) {
 // For Form::plain, b is not read or written. ScaleGrad: see scales_grad.
 template <class T, Form F, bool Nesterov, Decay D, bool ScaleGrad>
 FM_HOST_DEVICE inline void update(T& p, T& b, const T g, const Coeffs<T>& k) {
-    T d = ScaleGrad ? k.grad_sign * g : g;                     // maximize flips the sign first
+    T d = ScaleGrad ? k.grad_scale * g : g;         // unscaled, clipped, sign flipped: first
     if constexpr (D == Decay::coupled) d = d + k.weight_decay * p;         // g + wd*p
     if constexpr (D == Decay::keep) p = p * k.decay_keep;                  // before the step
     if constexpr (D == Decay::keras) p = p - p * k.weight_decay * k.decay_scale;
@@ -95,6 +96,33 @@ FM_HOST_DEVICE inline void update(T& p, T& b, const T g, const Coeffs<T>& k) {
         if constexpr (Nesterov) p = p - k.lr * (d + k.momentum * b);
         else p = p - k.lr * b;
     }
+}
+
+// The guards of a step (MATH.md section 4), computed before the update pass.
+
+// g*g of one gradient element, in double: the term of the global norm's sum. float32 squares
+// cannot overflow a double sum, so a float32 sum is finite exactly when every element is.
+template <class T>
+FM_HOST_DEVICE inline double square(const T g) {
+    const double v = g;
+    return v * v;
+}
+
+// 0 for a finite element, NaN for an infinite or NaN one: a sum of these tells whether every
+// element is finite, in any summation order.
+template <class T>
+FM_HOST_DEVICE inline T nonfinite_term(const T g) {
+    return g - g;
+}
+
+// torch.nn.utils.clip_grad_norm_'s epsilon.
+inline constexpr double kClipEpsilon = 1e-6;
+
+// The factor of the gradients for max_norm: min(1, max_norm / (norm + eps)), with a NaN norm
+// giving NaN (as torch.clamp keeps NaN), so non-finite gradients are not silently clipped to 0.
+FM_HOST_DEVICE inline double clip_coefficient(const double max_norm, const double norm) {
+    const double c = max_norm / (norm + kClipEpsilon);
+    return (c < 1.0 || c != c) ? c : 1.0;
 }
 
 // Not an update: the benchmarks' bandwidth reference, the update's memory traffic (read p, g, b;
