@@ -304,3 +304,38 @@ def test_sgd_step_from_inside_a_step_is_rejected():
     assert tried == [0]
     same_bits(w, np.full(4, 0.5))
     assert opt.iterations == 1
+
+
+# -- PyTorch parity --------------------------------------------------------------------------------
+
+# max |fm - torch| / max |torch| over all parameters after the run (as in
+# test_sgd_torch_parity.py): torch's norm is a float32 sum for float32 gradients, fastmomentum's a
+# float64 one, so the clip factors may differ in the last bit; measured below 2e-7 for float32.
+PARITY_BOUND = {np.float64: 2e-15, np.float32: 1e-6}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("max_norm", [0.5, 1e6], ids=["clipped", "unclipped"])
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_clipping_matches_torch_clip_grad_norm_then_sgd(dtype, max_norm, nesterov):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(8)
+    initial = [rand(rng, (40, 30), dtype), rand(rng, 9000, dtype), rand(rng, 7, dtype)]
+    kw = dict(lr=0.05, momentum=0.9, nesterov=nesterov, weight_decay=1e-3)
+    params = [p.copy() for p in initial]
+    opt = fm.SGD(params, max_grad_norm=max_norm, **kw)
+    tparams = [torch.from_numpy(p.copy()).requires_grad_() for p in initial]
+    topt = torch.optim.SGD(tparams, **kw)
+    for _ in range(30):
+        grads = [rand(rng, p.shape, dtype) for p in initial]
+        for t, g in zip(tparams, grads):
+            t.grad = torch.from_numpy(g.copy())
+        tnorm = float(torch.nn.utils.clip_grad_norm_(tparams, max_norm))
+        topt.step()
+        out = opt.step(grads)
+        assert not out.skipped
+        assert out.grad_norm == pytest.approx(tnorm, rel=10 * np.finfo(dtype).eps)
+    expected = [t.detach().numpy() for t in tparams]
+    scale = max(np.abs(e).max() for e in expected)
+    deviation = max(np.abs(p - e).max() for p, e in zip(params, expected)) / scale
+    assert deviation <= PARITY_BOUND[dtype]
