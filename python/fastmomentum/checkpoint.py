@@ -11,35 +11,97 @@ becomes a flat ``{name: array}`` mapping that ``np.savez`` writes and
     opt.load_state_dict(ckpt["optimizer"])
 
 :func:`convert` moves optimizer state between the torch layout (``b``, no lr inside) and the keras
-layout (``v = -lr*b``). Damaged files raise ``ValueError``; NumPy scalars come back as the Python
-scalars of equal value; ``inf``/``nan`` are kept (in Python's JSON dialect).
+layout (``v = -lr*b``). NumPy scalars come back as the Python scalars of equal value;
+``inf``/``nan`` are kept (in Python's JSON dialect).
+
+Integrity. A file that is truncated, has a damaged byte, or has an entry too many or too few is
+refused with a ``ValueError`` that names the file and what is wrong; :func:`load` checks
+everything before it returns, so nothing of a bad file reaches an optimizer. The digests detect
+damage and accidental edits; they are not a signature (whoever can write the file can recompute
+them).
+
+Format versions. The entry ``__fastmomentum__`` holds the description: a JSON object whose first
+key is ``"format"``. The arrays are the entries ``a0``, ``a1``, ... that the tree refers to as
+``{"__array__": name}``.
+
+- ``fastmomentum-checkpoint/1`` (read, no longer written): the description holds ``"format"`` and
+  ``"tree"``. It has no digests: a reader relies on the zip CRC-32 of each entry, which catches
+  most damage but no consistent rewrite, and ignores entries the tree does not use.
+- ``fastmomentum-checkpoint/2`` (written by :func:`to_arrays` and :func:`save`): the description
+  also holds ``"arrays"``, ``{name: {"dtype": descr, "shape": [...], "sha256": hex}}``, the
+  SHA-256 of each array's dtype, shape and C-order bytes (:func:`array_digest`), and the entry
+  ``__fastmomentum_sha256__`` holds the SHA-256 (hex) of the description's UTF-8 bytes. A reader
+  checks that digest BEFORE parsing the description, then that the entries are exactly the
+  description, its digest and the described arrays, then each array's dtype, shape and digest,
+  and only then builds the tree.
+- A newer format (``fastmomentum-checkpoint/3`` and on) is refused with a ``ValueError`` that
+  names it and asks for a newer fastmomentum; the number is read from the start of the
+  description before anything else, so a newer file is refused clearly even where its checks
+  differ from these. Any other format name is refused as unsupported.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import numbers
 import os
-import zipfile
+import re
+from collections.abc import Mapping
 from typing import Any, Union
 
 import numpy as np
 
 from .optim import BUFFER_KEY
 
-__all__ = ["convert", "from_arrays", "load", "save", "to_arrays"]
+__all__ = ["FORMAT", "array_digest", "convert", "from_arrays", "load", "save", "to_arrays"]
 
-FORMAT = "fastmomentum-checkpoint/1"
+#: The format :func:`save` and :func:`to_arrays` write.
+FORMAT = "fastmomentum-checkpoint/2"
+_VERSION = 2  # the newest format this module reads
+_FORMAT_1 = "fastmomentum-checkpoint/1"
 _META = "__fastmomentum__"  # the JSON description's entry name
+_DIGEST = "__fastmomentum_sha256__"  # the entry holding the description's SHA-256 (format /2)
 _ARRAY, _ITEMS, _TUPLE = "__array__", "__items__", "__tuple__"  # markers inside the JSON
 _MARKERS = ({_ARRAY}, {_ITEMS}, {_TUPLE})
+# How every description starts (json.dumps of a dict whose first key is "format").
+_FORMAT_AT_START = re.compile(r'\{"format": "fastmomentum-checkpoint/([0-9]{1,9})"')
 
 PathLike = Union[str, "os.PathLike[str]"]
 
 
+class _Refused(ValueError):
+    """A checkpoint refused, with a complete message (re-raised as a plain ``ValueError``)."""
+
+
+def _corrupt(what: str) -> _Refused:
+    return _Refused(f"corrupt fastmomentum checkpoint: {what}")
+
+
+def _dtype_name(dtype: np.dtype) -> str:
+    """The dtype as the description stores it: its ``.npy`` descr (``'<f8'``; a structured
+    dtype's field list as text)."""
+    return dtype.str if dtype.fields is None else str(dtype.descr)
+
+
+def array_digest(array: np.ndarray) -> str:
+    """The SHA-256 (hex) that format ``/2`` stores for ``array``: of its dtype descr and shape as
+    JSON (``["<f8", [2, 3]]``), then of its bytes in C order."""
+    h = hashlib.sha256(json.dumps([_dtype_name(array.dtype), list(array.shape)]).encode())
+    flat = np.ascontiguousarray(array).reshape(-1)
+    if flat.dtype.itemsize:
+        h.update(flat.view(np.uint8))  # type: ignore[arg-type]  # the buffer, not a copy
+    return h.hexdigest()
+
+
+def _text_digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
 def to_arrays(tree: Any) -> dict[str, np.ndarray]:
-    """Flatten ``tree`` into ``{name: array}``: each array under its own name, everything else
-    in one JSON string (dicts with non-str keys and tuples keep their types)."""
+    """Flatten ``tree`` into ``{name: array}`` (format ``/2``): each array under its own name,
+    everything else in one JSON description (dicts with non-str keys and tuples keep their types;
+    each array's dtype, shape and digest are listed), plus the description's digest."""
     arrays: dict[str, np.ndarray] = {}
 
     def encode(node: Any) -> Any:
@@ -66,32 +128,82 @@ def to_arrays(tree: Any) -> dict[str, np.ndarray]:
         raise TypeError(f"cannot store a {type(node).__name__} in a checkpoint (plain data and "
                         "NumPy arrays only)")
 
-    description = json.dumps({"format": FORMAT, "tree": encode(tree)})
-    return {_META: np.array(description), **arrays}
+    encoded = encode(tree)
+    specs = {name: {"dtype": _dtype_name(a.dtype), "shape": list(a.shape),
+                    "sha256": array_digest(a)} for name, a in arrays.items()}
+    # "format" first: a reader finds the version at the start of the text (_FORMAT_AT_START).
+    description = json.dumps({"format": FORMAT, "arrays": specs, "tree": encoded})
+    return {_META: np.array(description), _DIGEST: np.array(_text_digest(description)),
+            **arrays}
 
 
-def from_arrays(arrays: Any) -> Any:
-    """Rebuild the tree from :func:`to_arrays`' mapping (or an opened ``np.load`` file).
+def from_arrays(arrays: Mapping[str, Any]) -> Any:
+    """Rebuild the tree from :func:`to_arrays`' mapping (or an opened ``np.load`` file), format
+    ``/2`` or ``/1``, after the checks of the module docstring.
 
     Raises ``ValueError`` for anything that is not an intact fastmomentum checkpoint."""
-    if _META not in arrays:
-        raise ValueError("not a fastmomentum checkpoint: no description entry")
     try:
-        description = json.loads(str(arrays[_META]))
-        if not isinstance(description, dict):
-            raise ValueError("the description is not a JSON object")
-    except ValueError as e:
-        raise ValueError(f"corrupt fastmomentum checkpoint: {e}") from None
-    if description.get("format") != FORMAT:
-        raise ValueError(f"unsupported checkpoint format {description.get('format')!r}; "
-                         f"this version reads {FORMAT!r}")
+        return _read(arrays)
+    except _Refused as e:
+        raise ValueError(str(e)) from None
+    except MemoryError:
+        raise
+    except Exception as e:  # whatever a damaged zip member makes NumPy or zipfile raise
+        raise ValueError(f"corrupt fastmomentum checkpoint: {type(e).__name__}: {e}") from e
+
+
+def _string_entry(arrays: Mapping[str, Any], name: str, what: str) -> str:
+    value = arrays[name]
+    if not isinstance(value, np.ndarray) or value.dtype.kind != "U" or value.ndim != 0:
+        raise _corrupt(f"{what} (entry {name!r}) is not a string")
+    return str(value)
+
+
+def _read(arrays: Mapping[str, Any]) -> Any:
+    """:func:`from_arrays`, raising :class:`_Refused` for what it checks (and anything else for
+    what NumPy or zipfile find while reading an entry)."""
+    if _META not in arrays:
+        raise _Refused("not a fastmomentum checkpoint: no description entry")
+    text = _string_entry(arrays, _META, "the description")
+    start = _FORMAT_AT_START.match(text)
+    if start is not None and int(start[1]) > _VERSION:
+        raise _newer(f"fastmomentum-checkpoint/{int(start[1])}")
+    if _DIGEST in arrays:  # verified before the text is parsed
+        if _text_digest(text) != _string_entry(arrays, _DIGEST, "the description's digest"):
+            raise _corrupt("the description does not match its SHA-256 digest (the file is "
+                           "damaged or was edited)")
+    try:
+        description = json.loads(text)
+    except ValueError as e:  # RecursionError is caught by from_arrays
+        raise _corrupt(f"the description is not JSON: {e}") from None
+    if not isinstance(description, dict):
+        raise _corrupt("the description is not a JSON object")
+    fmt = description.get("format")
+    if fmt == FORMAT:
+        if _DIGEST not in arrays:
+            raise _corrupt(f"the description's digest entry {_DIGEST!r} is missing")
+        loaded: Mapping[str, Any] = _verified_arrays(arrays, description)
+    elif fmt == _FORMAT_1:
+        loaded = arrays  # no digests: read lazily, as format /1 always was
+    elif isinstance(fmt, str) and re.fullmatch(r"fastmomentum-checkpoint/[0-9]+", fmt) \
+            and int(fmt.rsplit("/", 1)[1]) > _VERSION:
+        raise _newer(fmt)
+    else:
+        raise _Refused(f"unsupported checkpoint format {fmt!r}; this version reads "
+                       f"{_FORMAT_1!r} and {FORMAT!r}")
+    if "tree" not in description:
+        raise _corrupt("no tree in the description")
 
     def decode(node: Any) -> Any:
         if isinstance(node, list):
             return [decode(v) for v in node]
         if isinstance(node, dict):
             if set(node) == {_ARRAY}:
-                return np.array(arrays[node[_ARRAY]])
+                name = node[_ARRAY]
+                if not isinstance(name, str) or name in (_META, _DIGEST) or name not in loaded:
+                    raise _corrupt(f"the tree refers to the array {name!r}, which the file "
+                                   "does not hold")
+                return np.array(loaded[name])
             if set(node) == {_ITEMS}:
                 return {decode(k): decode(v) for k, v in node[_ITEMS]}
             if set(node) == {_TUPLE}:
@@ -99,22 +211,60 @@ def from_arrays(arrays: Any) -> Any:
             return {k: decode(v) for k, v in node.items()}
         return node
 
-    if "tree" not in description:
-        raise ValueError("corrupt fastmomentum checkpoint: no tree in the description")
-    try:
-        return decode(description["tree"])
-    except (KeyError, TypeError, ValueError, RecursionError, zipfile.BadZipFile) as e:
-        raise ValueError(f"corrupt fastmomentum checkpoint: {type(e).__name__}: {e}") from None
+    return decode(description["tree"])
+
+
+def _newer(fmt: str) -> _Refused:
+    return _Refused(f"the checkpoint format {fmt!r} is newer than this fastmomentum reads "
+                    f"({_FORMAT_1!r} and {FORMAT!r}): upgrade fastmomentum to load it")
+
+
+def _verified_arrays(arrays: Mapping[str, Any], description: dict[str, Any]
+                     ) -> dict[str, np.ndarray]:
+    """The described arrays, each checked against its dtype, shape and digest (format /2); the
+    entries must be exactly the described ones plus the description and its digest."""
+    specs = description.get("arrays")
+    if not isinstance(specs, dict):
+        raise _corrupt("the description lists no arrays")
+    present, expected = set(arrays), {_META, _DIGEST, *specs}
+    missing, extra = sorted(expected - present), sorted(present - expected)
+    if missing:
+        raise _corrupt(f"array entries {missing} are missing")
+    if extra:
+        raise _corrupt(f"the file holds entries {extra} that the description does not list")
+    out = {}
+    for name, spec in specs.items():
+        if not (isinstance(spec, dict) and isinstance(spec.get("dtype"), str)
+                and isinstance(spec.get("shape"), list)
+                and all(type(n) is int for n in spec["shape"])
+                and isinstance(spec.get("sha256"), str)):
+            raise _corrupt(f"the description of the array {name!r} is malformed: {spec!r}")
+        value = arrays[name]
+        if not isinstance(value, np.ndarray):
+            raise _corrupt(f"the entry {name!r} is a {type(value).__name__}, not an array")
+        found = (_dtype_name(value.dtype), list(value.shape))
+        if found != (spec["dtype"], spec["shape"]):
+            raise _corrupt(f"the array {name!r} has dtype {found[0]} and shape "
+                           f"{tuple(found[1])}, but the description says {spec['dtype']} and "
+                           f"{tuple(spec['shape'])}")
+        if array_digest(value) != spec["sha256"]:
+            raise _corrupt(f"the array {name!r} does not match its SHA-256 digest (the file is "
+                           "damaged or was edited)")
+        out[name] = value
+    return out
 
 
 def save(path: PathLike, tree: Any) -> None:
-    """Write ``tree`` to exactly ``path`` (no suffix is added), atomically: the file is written
-    beside it and then renamed, so a crash never leaves a half-written checkpoint there."""
+    """Write ``tree`` to exactly ``path`` (no suffix is added) in format ``/2``, atomically: the
+    file is written beside it, flushed to disk and then renamed, so a crash never leaves a
+    half-written checkpoint there (and :func:`load` would refuse one)."""
     arrays: dict[str, Any] = to_arrays(tree)
     temporary = f"{os.fspath(path)}.tmp"
     try:
         with open(temporary, "wb") as f:
             np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):
@@ -122,12 +272,27 @@ def save(path: PathLike, tree: Any) -> None:
 
 
 def load(path: PathLike) -> Any:
-    """Read a tree written by :func:`save`, without pickle."""
-    try:
-        with np.load(path, allow_pickle=False) as arrays:
-            return from_arrays(arrays)
-    except (zipfile.BadZipFile, EOFError) as e:
-        raise ValueError(f"corrupt fastmomentum checkpoint {os.fspath(path)!r}: {e}") from None
+    """Read a tree written by :func:`save` (format ``/2``, or an older ``/1`` file), without
+    pickle. Everything is checked before anything is returned: a damaged file raises
+    ``ValueError`` naming it and what is wrong. A missing or unreadable file raises ``OSError``
+    as ``open`` does."""
+    name = os.fspath(path)
+    with open(path, "rb") as file:
+        try:
+            start = file.read(4)
+            if start not in (b"PK\x03\x04", b"PK\x05\x06"):  # a zip's local or end record
+                raise _Refused("not a fastmomentum checkpoint: " + (
+                    "the file is empty" if not start else "not an .npz (zip) archive"))
+            file.seek(0)
+            with np.load(file, allow_pickle=False) as arrays:
+                return _read(arrays)
+        except MemoryError:
+            raise
+        except Exception as e:  # whatever a damaged file makes zipfile or NumPy raise
+            what = str(e) if isinstance(e, _Refused) else \
+                f"corrupt fastmomentum checkpoint: {type(e).__name__}: {e}"
+            raise ValueError(f"cannot load {name!r}: {what}") from (
+                None if isinstance(e, _Refused) else e)
 
 
 def convert(state_dict: dict[str, Any], style: str) -> dict[str, Any]:
