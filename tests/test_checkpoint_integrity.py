@@ -46,22 +46,10 @@ def _tree():
 
 
 def _assert_same_tree(actual, expected, where="tree"):
-    """Same structure, key and value types; arrays bit for bit; floats bit for bit."""
-    assert type(actual) is type(expected), f"{where}: {type(actual)} != {type(expected)}"
-    if isinstance(expected, np.ndarray):
-        same_bits(actual, expected)
-    elif isinstance(expected, dict):
-        assert list(actual) == list(expected), f"{where}: keys {list(actual)} != {list(expected)}"
-        for key in expected:
-            _assert_same_tree(actual[key], expected[key], f"{where}[{key!r}]")
-    elif isinstance(expected, (list, tuple)):
-        assert len(actual) == len(expected), f"{where}: length"
-        for i, (a, e) in enumerate(zip(actual, expected)):
-            _assert_same_tree(a, e, f"{where}[{i}]")
-    elif isinstance(expected, float):
-        assert np.float64(actual).tobytes() == np.float64(expected).tobytes(), where
-    else:
-        assert actual == expected, where
+    """Same structure, types and bits: format /2's description of a tree lists its structure,
+    its scalars (exact decimal forms of floats) and each array's dtype, shape and digest."""
+    described = [str(fm.checkpoint.to_arrays(t)[META]) for t in (actual, expected)]
+    assert described[0] == described[1], where
 
 
 def _members(data: bytes) -> dict[str, bytes]:
@@ -517,3 +505,50 @@ def test_load_state_dict_refusing_late_changes_nothing(case):
     for p, q in zip(params, twin_params):
         same_bits(opt.state[p]["momentum_buffer"], twin.state[q]["momentum_buffer"])
     assert opt.iterations == twin.iterations
+
+
+# -- what load returns ------------------------------------------------------------------------
+
+
+def test_loaded_arrays_are_independent_and_writeable(tmp_path):
+    a = np.arange(4.0)
+    tree = {"x": a, "same": [a, a]}
+    loaded = [fm.checkpoint.load(_saved_to(tmp_path / "t.npz", tree)),
+              fm.checkpoint.from_arrays(fm.checkpoint.to_arrays(tree))]
+    for out in loaded:
+        arrays = [out["x"], *out["same"]]
+        assert all(x.flags.writeable for x in arrays)
+        assert not any(np.shares_memory(x, y) for x in arrays for y in [*arrays, a] if x is not y)
+        arrays[0][0] = 7.0
+        assert arrays[1][0] == 0.0 and a[0] == 0.0
+    # a description that refers to one entry twice (not what to_arrays writes) gives two arrays
+    arrays = fm.checkpoint.to_arrays({"x": a})
+    text = str(arrays[META]).replace('"tree": {"x": {"__array__": "a0"}}',
+                                     '"tree": [{"__array__": "a0"}, {"__array__": "a0"}]')
+    arrays = {**arrays, META: np.array(text),
+              DIGEST: np.array(hashlib.sha256(text.encode()).hexdigest())}
+    path = tmp_path / "twice.npz"
+    np.savez(path, **arrays)
+    first, second = fm.checkpoint.load(path)
+    assert first is not second and not np.shares_memory(first, second)
+
+
+def _saved_to(path, tree):
+    fm.checkpoint.save(path, tree)
+    return path
+
+
+def test_load_holds_one_copy_of_the_arrays_in_memory(tmp_path):
+    tracemalloc = pytest.importorskip("tracemalloc")
+    tree = {"params": [np.ones(1 << 20) for _ in range(4)]}  # 4 arrays of 8 MiB
+    path = _saved_to(tmp_path / "big.npz", tree)
+    del tree
+    tracemalloc.start()
+    try:
+        loaded = fm.checkpoint.load(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    total = sum(a.nbytes for a in loaded["params"])
+    assert total == 32 << 20
+    assert peak < total + (12 << 20), f"peak {peak / 2**20:.1f} MiB for {total / 2**20} MiB"

@@ -143,7 +143,7 @@ def from_arrays(arrays: Mapping[str, Any]) -> Any:
 
     Raises ``ValueError`` for anything that is not an intact fastmomentum checkpoint."""
     try:
-        return _read(arrays)
+        return _read(arrays, fresh=False)
     except _Refused as e:
         raise ValueError(str(e)) from None
     except MemoryError:
@@ -159,9 +159,11 @@ def _string_entry(arrays: Mapping[str, Any], name: str, what: str) -> str:
     return str(value)
 
 
-def _read(arrays: Mapping[str, Any]) -> Any:
+def _read(arrays: Mapping[str, Any], fresh: bool) -> Any:
     """:func:`from_arrays`, raising :class:`_Refused` for what it checks (and anything else for
-    what NumPy or zipfile find while reading an entry)."""
+    what NumPy or zipfile find while reading an entry). ``fresh``: each ``arrays[name]`` is a new
+    array that nothing else holds (an ``np.load`` file), so the tree may keep it as it is instead
+    of a copy (one copy of the checkpoint in memory, not two)."""
     if _META not in arrays:
         raise _Refused("not a fastmomentum checkpoint: no description entry")
     text = _string_entry(arrays, _META, "the description")
@@ -194,6 +196,8 @@ def _read(arrays: Mapping[str, Any]) -> Any:
     if "tree" not in description:
         raise _corrupt("no tree in the description")
 
+    kept: set[str] = set()  # names whose array the tree holds as it is (not copied)
+
     def decode(node: Any) -> Any:
         if isinstance(node, list):
             return [decode(v) for v in node]
@@ -203,6 +207,9 @@ def _read(arrays: Mapping[str, Any]) -> Any:
                 if not isinstance(name, str) or name in (_META, _DIGEST) or name not in loaded:
                     raise _corrupt(f"the tree refers to the array {name!r}, which the file "
                                    "does not hold")
+                if fresh and name not in kept:
+                    kept.add(name)
+                    return loaded[name]
                 return np.array(loaded[name])
             if set(node) == {_ITEMS}:
                 return {decode(k): decode(v) for k, v in node[_ITEMS]}
@@ -285,7 +292,7 @@ def load(path: PathLike) -> Any:
                     "the file is empty" if not start else "not an .npz (zip) archive"))
             file.seek(0)
             with np.load(file, allow_pickle=False) as arrays:
-                return _read(arrays)
+                return _read(arrays, fresh=True)
         except MemoryError:
             raise
         except Exception as e:  # whatever a damaged file makes zipfile or NumPy raise
