@@ -5,8 +5,8 @@ parameters, optimizer and scheduler and loads the checkpoint.
 Every convention is covered by one configuration or more (CONFIGS): the torch style (plain SGD,
 momentum, dampening, Nesterov, maximize), keras (with and without Nesterov) and ema; the coupled,
 decoupled and sgdw weight decays; float32, float64 and both in one optimizer; several parameter
-groups with their own hyper-parameters; the schedulers StepLR, CosineAnnealingLR and OneCycleLR
-(which cycles the momentum too); schedules of fastmomentum.schedules as lr, momentum and
+groups with their own hyper-parameters; every scheduler of fastmomentum.lr_scheduler (OneCycleLR and
+CyclicLR cycle the momentum too); schedules of fastmomentum.schedules as lr, momentum and
 schedule_multiplier; flat storage (adjacent views); parameters whose first gradient comes before
 or after the checkpoint, gradients that are None on some steps, and the checkpoint taken at step
 0, 1, or later. Gradients are deterministic functions of (configuration, step, parameters).
@@ -31,6 +31,7 @@ import numpy as np
 import pytest
 
 import fastmomentum as fm
+from fastmomentum import lr_scheduler as L
 from fastmomentum import schedules as S
 from fastmomentum.flat import FlatGroup
 
@@ -119,6 +120,44 @@ if HAS_GUARDS:
         sched=("StepLR", dict(step_size=5, gamma=0.5)), k=10, late=4, nan_steps={3, 9, 10, 16})
 
 
+
+def _decay(epoch: int) -> float:
+    """LambdaLR's lr_lambda (a module function: the new process has it too)."""
+    return 0.95 ** epoch
+
+
+def _factor(epoch: int) -> float:
+    """MultiplicativeLR's lr_lambda."""
+    return 0.97
+
+
+# The other schedulers of fastmomentum.lr_scheduler, each over the same optimizer: name ->
+# (class name, a function of the optimizer that makes it).
+OTHER_SCHEDULERS: dict[str, Any] = {
+    "LambdaLR": lambda o: L.LambdaLR(o, _decay),
+    "MultiplicativeLR": lambda o: L.MultiplicativeLR(o, _factor),
+    "MultiStepLR": lambda o: L.MultiStepLR(o, [5, 13, 20]),
+    "ConstantLR": lambda o: L.ConstantLR(o, factor=0.5, total_iters=15),
+    "LinearLR": lambda o: L.LinearLR(o, total_iters=15),
+    "ExponentialLR": lambda o: L.ExponentialLR(o, 0.9),
+    "PolynomialLR": lambda o: L.PolynomialLR(o, total_iters=20, power=2.0),
+    "CosineAnnealingWarmRestarts": lambda o: L.CosineAnnealingWarmRestarts(o, 5, T_mult=2),
+    "CyclicLR": lambda o: L.CyclicLR(o, 0.01, [0.1, 0.2], step_size_up=4, mode="exp_range",
+                                     gamma=0.9),
+    "SequentialLR": lambda o: L.SequentialLR(
+        o, [L.LinearLR(o, start_factor=0.1, total_iters=5), L.ExponentialLR(o, 0.9)],
+        milestones=[5]),
+    "ChainedScheduler": lambda o: L.ChainedScheduler([L.StepLR(o, 4, 0.5),
+                                                      L.ExponentialLR(o, 0.95)]),
+    "ReduceLROnPlateau": lambda o: L.ReduceLROnPlateau(o, patience=2, factor=0.5),
+}
+for _name, _make in OTHER_SCHEDULERS.items():
+    CONFIGS[f"scheduler-{_name}"] = dict(
+        kwargs=dict(lr=0.1, momentum=0.9, weight_decay=1e-2, weight_decay_mode="sgdw"),
+        groups=[([(7,), (5,)], F64, {}), ([(9,)], F64, {"lr": 0.05, "momentum": 0.8})],
+        sched=(_name, _make), k=12, late=3)
+
+
 def build(name: str, fresh: bool = False) -> tuple[list[np.ndarray], fm.SGD, Any, Any]:
     """Parameters (values from the name, or other ones when ``fresh``: a resumed run must take
     them from the checkpoint), the optimizer, its scheduler (or None) and the FlatGroups."""
@@ -135,8 +174,8 @@ def build(name: str, fresh: bool = False) -> tuple[list[np.ndarray], fm.SGD, Any
     opt = fm.SGD(groups, **config["kwargs"])
     sched = None
     if config["sched"] is not None:
-        cls, kwargs = config["sched"]
-        sched = getattr(fm.lr_scheduler, cls)(opt, **kwargs)
+        cls, how = config["sched"]
+        sched = how(opt) if callable(how) else getattr(L, cls)(opt, **how)
     return params, opt, sched, flats
 
 
@@ -161,10 +200,14 @@ def gradients(name: str, step: int, params: list[np.ndarray], flats: list[Any]
 
 def train(name: str, params: list[np.ndarray], opt: fm.SGD, sched: Any, flats: list[Any],
           start: int, stop: int) -> None:
-    """Steps ``start`` to ``stop - 1``: the optimizer's, then the scheduler's."""
+    """Steps ``start`` to ``stop - 1``: the optimizer's, then the scheduler's (with a metric for
+    ReduceLROnPlateau)."""
     for step in range(start, stop):
         opt.step(gradients(name, step, params, flats))
-        if sched is not None:
+        if isinstance(sched, L.ReduceLROnPlateau):  # a loss that stalls on steps 4-7, 12-15, ...
+            loss = sum(float(np.sum(np.square(p, dtype=np.float64))) for p in params)
+            sched.step(loss if step % 8 < 4 else 1e9 + step)
+        elif sched is not None:
             sched.step()
 
 
@@ -296,6 +339,8 @@ def test_the_configurations_cover_every_convention():
         "first-gradient-after-k"}
     assert any(not {"keras-nesterov"} <= _conventions(c) and "keras" in _conventions(c)
                for c in CONFIGS.values())
+    schedulers = set(L.__all__) - {"LRScheduler", "OptimizerLike"}
+    assert schedulers <= seen, f"no configuration with {schedulers - seen}"
 
 
 def test_the_comparison_sees_one_ulp_a_changed_counter_and_a_new_key():
