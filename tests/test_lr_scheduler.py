@@ -567,3 +567,27 @@ def test_one_cycle_raises_past_total_steps():
         sched.step()
     with pytest.raises(ValueError, match="Tried to step 11 times"):
         sched.step()
+
+
+def _attributes(scheduler):
+    return {k: repr(v) for k, v in vars(scheduler).items()}
+
+
+@pytest.mark.parametrize("make, bad", [
+    (lambda o: fls.ReduceLROnPlateau(o, patience=2),
+     lambda s: {**s, "factor": 0.01, "mode": "sideways"}),
+    (lambda o: fls.StepLR(o, 3), lambda s: {**s, "last_epoch": 7, "gamma": object()}),
+    (lambda o: fls.MultiStepLR(o, [2, 4]), lambda s: {**s, "last_epoch": 7, "milestones": 5}),
+    (lambda o: fls.SequentialLR(o, [fls.ConstantLR(o, factor=0.5), fls.ExponentialLR(o, 0.9)],
+                                milestones=[3]),
+     lambda s: {**s, "last_epoch": 9,
+                "_schedulers": [{**s["_schedulers"][0], "last_epoch": 4}, {"gamma": 0.5}]}),
+])
+def test_load_state_dict_is_atomic(make, bad):
+    # A state dict that fails part-way leaves the scheduler and its children as they were.
+    scheduler = make(FakeOptimizer([{"lr": 0.1, "momentum": 0.9}]))
+    family = scheduler._family()
+    before = [_attributes(s) for s in family]
+    with pytest.raises((ValueError, TypeError, KeyError)):
+        scheduler.load_state_dict(bad(scheduler.state_dict()))
+    assert [_attributes(s) for s in family] == before

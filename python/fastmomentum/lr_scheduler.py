@@ -280,8 +280,24 @@ class LRScheduler:
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore a state returned by :meth:`state_dict` (possibly after a JSON round trip).
 
-        Keys this class does not use are ignored; a missing key raises ``KeyError``.
+        Keys this class does not use are ignored; a missing key raises ``KeyError``. Atomic: on
+        any error the scheduler, and the schedulers it chains, are left as they were.
         """
+        saved = [(scheduler, dict(vars(scheduler))) for scheduler in self._family()]
+        try:
+            self._load_state(state_dict)
+        except BaseException:
+            for scheduler, attributes in saved:
+                vars(scheduler).clear()
+                vars(scheduler).update(attributes)
+            raise
+
+    def _family(self) -> list[LRScheduler]:
+        """This scheduler and every scheduler whose state its state dict holds."""
+        return [self]
+
+    def _load_state(self, state_dict: dict[str, Any]) -> None:
+        """The body of :meth:`load_state_dict` (which undoes it on an error)."""
         missing = [key for key in self._state_keys if key not in state_dict]
         if missing:
             raise KeyError(f"{type(self).__name__}.load_state_dict: missing keys {missing}")
@@ -415,9 +431,8 @@ class MultiStepLR(_ChainableLRScheduler):
             return sorted(self.milestones.elements())
         return super()._state_value(key)
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """See :meth:`LRScheduler.load_state_dict`."""
-        super().load_state_dict(state_dict)
+    def _load_state(self, state_dict: dict[str, Any]) -> None:
+        super()._load_state(state_dict)
         self.milestones = Counter(self.milestones)
 
 
@@ -1014,9 +1029,9 @@ class CyclicLR(LRScheduler):
                 group["momentum"] = m_max - height * scale
         return lrs
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """See :meth:`LRScheduler.load_state_dict`; the constructor's ``scale_fn`` is kept."""
-        super().load_state_dict(state_dict)
+    def _load_state(self, state_dict: dict[str, Any]) -> None:
+        # The constructor's scale_fn is kept.
+        super()._load_state(state_dict)
         self._init_scale_mode()
 
 
@@ -1295,10 +1310,12 @@ class SequentialLR(LRScheduler):
         state["_schedulers"] = [s.state_dict() for s in self._schedulers]
         return state
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """See :meth:`LRScheduler.load_state_dict`; also loads every child's state."""
+    def _family(self) -> list[LRScheduler]:
+        return [self, *(s for child in self._schedulers for s in child._family())]
+
+    def _load_state(self, state_dict: dict[str, Any]) -> None:
         _load_children(self._schedulers, state_dict)
-        super().load_state_dict(state_dict)
+        super()._load_state(state_dict)
 
 
 class ChainedScheduler(LRScheduler):
@@ -1342,10 +1359,12 @@ class ChainedScheduler(LRScheduler):
         state["_schedulers"] = [s.state_dict() for s in self._schedulers]
         return state
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """See :meth:`LRScheduler.load_state_dict`; also loads every child's state."""
+    def _family(self) -> list[LRScheduler]:
+        return [self, *(s for child in self._schedulers for s in child._family())]
+
+    def _load_state(self, state_dict: dict[str, Any]) -> None:
         _load_children(self._schedulers, state_dict)
-        super().load_state_dict(state_dict)
+        super()._load_state(state_dict)
 
 
 def _load_children(schedulers: list[LRScheduler], state_dict: dict[str, Any]) -> None:
@@ -1354,7 +1373,7 @@ def _load_children(schedulers: list[LRScheduler], state_dict: dict[str, Any]) ->
         raise ValueError(f"state_dict has {len(states)} child states for {len(schedulers)} "
                          "schedulers")
     for scheduler, state in zip(schedulers, states):
-        scheduler.load_state_dict(state)
+        scheduler._load_state(state)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1501,7 +1520,7 @@ class ReduceLROnPlateau(LRScheduler):
             if old_lr - new_lr > self.eps:
                 group["lr"] = new_lr
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """See :meth:`LRScheduler.load_state_dict`; re-validates mode and threshold mode."""
-        super().load_state_dict(state_dict)
+    def _load_state(self, state_dict: dict[str, Any]) -> None:
+        # Re-validates mode and threshold mode.
+        super()._load_state(state_dict)
         self._init_is_better(self.mode, self.threshold, self.threshold_mode)
