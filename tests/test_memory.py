@@ -218,8 +218,35 @@ class RejectedCalls(Workload):
         return [*super().kept, self.strided, self.opt]
 
 
+class Guarded(Workload):
+    """The guards: an optimizer that clips and skips (every other step has a NaN: skipped, then
+    applied), and functional steps that clip under a loss scale, or raise on a NaN."""
+
+    def __init__(self):
+        super().__init__()
+        self.opt = fm.SGD(self.params, lr=0.01, momentum=0.9, nonfinite="skip",
+                          max_grad_norm=1.0, max_consecutive_skips=None)
+        self.poisoned = self.grads()
+        self.poisoned[3][100] = np.nan
+
+    def step(self):
+        assert self.opt.step(self.poisoned, loss_scale=2.0).skipped
+        assert not self.opt.step(self.grads(), loss_scale=2.0).skipped
+        fm.functional.sgd_(self.params, self.grads(), self.buffers, lr=0.01, momentum=0.9,
+                           max_grad_norm=0.5, loss_scale=8.0)
+        try:
+            fm.functional.sgd_(self.params, self.poisoned, self.buffers, lr=0.01, momentum=0.9,
+                               nonfinite="raise")
+        except FloatingPointError:
+            pass
+
+    @property
+    def kept(self):
+        return [*super().kept, self.opt, self.opt.state, *self.poisoned]
+
+
 WORKLOADS = [OptimizerTorch, OptimizerKeras, OptimizerEma, FunctionalTorch, FunctionalKeras,
-             FunctionalEma, RejectedCalls]
+             FunctionalEma, RejectedCalls, Guarded]
 IDS = [w.__name__ for w in WORKLOADS]
 
 
