@@ -853,15 +853,10 @@ def test_guarded_calls_skip_raise_or_match_the_reference_bitwise(call, isa, thre
         "a gradient was written"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the kernel merges arrays adjacent in memory (params, "
-                   "grads and buffers each contiguous) into one span BEFORE the norm's blocks are "
-                   "cut, so the blocks straddle the arrays and the norm's summation order (hence "
-                   "grad_norm and, through the clip factor, the parameters) depends on the memory "
-                   "layout: fm.flat.FlatGroup views give other bits than the same arrays apart")
 def test_the_norm_does_not_depend_on_whether_the_arrays_are_adjacent():
-    """Two float64 gradients of 4000 elements, as views of one block and as separate copies:
-    the documented order (test_guards.ordered_norm_squares: blocks of each array) and the
-    results must not depend on it."""
+    """Two float64 gradients of 4000 elements, as views of one block (merged into one span by the
+    kernel) and as separate copies: the documented order (test_guards.ordered_norm_squares:
+    blocks of the concatenated gradients) and the results must not depend on it."""
     g = np.random.default_rng(1).standard_normal(8000)
     p = np.zeros(8000)
     adjacent = fm.functional.sgd_([p[:4000], p[4000:]], [g[:4000], g[4000:]], lr=1.0,

@@ -1,6 +1,7 @@
 #include "hyper_args.hpp"
 
 #include <cmath>
+#include <cstring>
 #include <string>
 
 // The coefficients are checked with the same function the kernels use; this object's copy of the
@@ -13,9 +14,17 @@ namespace {
 
 std::string repr(double x) { return py::repr(py::float_(x)).cast<std::string>(); }
 
-// A Python real number: float, int or a NumPy scalar (never a bool or an array).
+// A NumPy bool scalar (numpy.bool_, named numpy.bool since NumPy 2).
+bool is_numpy_bool(py::handle obj) {
+    const char* type = Py_TYPE(obj.ptr())->tp_name;
+    return std::strcmp(type, "numpy.bool") == 0 || std::strcmp(type, "numpy.bool_") == 0;
+}
+
+// A Python real number: float, int or a NumPy scalar (never a bool, Python's or NumPy's, or an
+// array).
 double real(py::handle obj, const char* name) {
-    if (!PyBool_Check(obj.ptr()) && !py::isinstance<py::array>(obj)) {
+    if (PyFloat_CheckExact(obj.ptr())) return PyFloat_AS_DOUBLE(obj.ptr());  // the usual case
+    if (!PyBool_Check(obj.ptr()) && !is_numpy_bool(obj) && !py::isinstance<py::array>(obj)) {
         const double value = PyFloat_AsDouble(obj.ptr());
         if (!(value == -1.0 && PyErr_Occurred())) return value;
         PyErr_Clear();
@@ -89,7 +98,8 @@ void check_coefficients_as(const Hyper& h, const char* dtype) {
     finite(k.lr, "lr", h.lr);
     finite(k.weight_decay, "weight_decay", h.weight_decay);
     if (!std::isfinite(k.grad_scale))
-        throw py::value_error("loss_scale=" + repr(1.0 / h.grad_scale) + " is too small: 1/loss_scale overflows " + dtype);
+        throw py::value_error("loss_scale is too small: 1/loss_scale = " + repr(h.grad_scale) +
+                              " overflows " + dtype + ", the arrays' dtype");
     // (1 - scale*wd is in [0, 1]: check_hyper bounds scale*wd.)
     if (h.decay_mode != DecayMode::coupled)
         finite(k.decay_scale, h.decay_mode == DecayMode::sgdw ? "schedule_multiplier" : "lr",
@@ -112,9 +122,8 @@ const char* momentum_name(Style s) { return s == Style::ema ? "beta" : "momentum
 
 bool flag(py::handle obj, const char* name) {
     if (PyBool_Check(obj.ptr())) return obj.ptr() == Py_True;
-    const std::string type = type_name(obj);
-    if (type == "numpy.bool" || type == "numpy.bool_") return PyObject_IsTrue(obj.ptr()) == 1;
-    throw py::type_error(std::string(name) + " must be a bool, got " + type);
+    if (is_numpy_bool(obj)) return PyObject_IsTrue(obj.ptr()) == 1;
+    throw py::type_error(std::string(name) + " must be a bool, got " + type_name(obj));
 }
 
 Hyper parse_hyper(py::handle style, py::handle lr, py::handle momentum, py::handle dampening,

@@ -150,14 +150,14 @@ std::vector<double>& block_sums(std::int64_t blocks) {
 }
 
 std::int64_t blocks_of(const std::vector<TensorRef>& tensors) {
-    std::int64_t blocks = 0;
-    for (const TensorRef& t : tensors) blocks += (t.size + kNormBlock - 1) / kNormBlock;
-    return blocks;
+    std::int64_t total = 0;
+    for (const TensorRef& t : tensors) total += t.size;
+    return (total + kNormBlock - 1) / kNormBlock;
 }
 
 // The statistics pass over every gradient of the calls: whether all are finite, and (when
 // clipping) the sum of their squares, added block after block in call order, f32 before f64.
-bool grad_stats(const KernelSet& kernels, const Launch& launch, const Call* calls,
+bool measure_gradients(const KernelSet& kernels, const Launch& launch, const Call* calls,
                 std::size_t count, bool norm, double& sum_squares) {
     bool finite = true;
     sum_squares = 0.0;
@@ -196,7 +196,7 @@ Outcome run(const Call* calls, std::size_t count, const Guard& guard) {
     double clip = 1.0;
     if (guard.check_finite || guard.clip) {
         double sum_squares = 0.0;
-        const bool finite = grad_stats(kernels, launch, calls, count, guard.clip, sum_squares);
+        const bool finite = measure_gradients(kernels, launch, calls, count, guard.clip, sum_squares);
         if (guard.clip) {
             outcome.norm = std::sqrt(sum_squares) / guard.loss_scale;
             clip = rules::clip_coefficient(guard.max_norm, outcome.norm);

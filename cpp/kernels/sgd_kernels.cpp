@@ -196,47 +196,48 @@ bool all_finite(const T* __restrict g, int64_t n) {
     return sum == T(0);
 }
 
-// The sum of rules::square over g[0, n), n <= kNormBlock, in a fixed order: kLanes running sums
-// (element i goes to lane i % kLanes) combined pairwise. The order is written out, not left to
-// the vectoriser, so every ISA gives the same bits; the lanes vectorise as they are.
-template <class T>
-double block_square_sum(const T* __restrict g, int64_t n) {
-    constexpr int kLanes = 16;
-    double lane[kLanes] = {};
-    int64_t i = 0;
-    for (; i + kLanes <= n; i += kLanes)
-        for (int j = 0; j < kLanes; ++j) lane[j] += rules::square(g[i + j]);
-    for (int j = 0; i + j < n; ++j) lane[j] += rules::square(g[i + j]);
-    for (int width = kLanes / 2; width > 0; width /= 2)
-        for (int j = 0; j < width; ++j) lane[j] += lane[j + width];
-    return lane[0];
-}
+// Running sums of squares for one block of the norm: element `pos` of the concatenated range goes
+// to lane pos % kLanes, each lane adds in element order, and the lanes combine pairwise. The order
+// is written out, not left to the vectoriser, so every ISA gives the same bits (the lanes
+// vectorise as they are). kNormBlock is a multiple of kLanes, so lanes restart with each block.
+class BlockSum {
+public:
+    static constexpr int kLanes = 16;
 
-int64_t blocks_of(const TensorRef& t) { return (t.size + kNormBlock - 1) / kNormBlock; }
-
-// Calls fn(tensor, a, e, block) for each block [a, e) of a tensor whose global block number
-// (tensor after tensor) is in [lo, hi).
-template <class Fn>
-void for_each_block(const TensorRef* tensors, std::size_t count, int64_t lo, int64_t hi,
-                    const Fn& fn) {
-    int64_t first = 0;  // global number of tensor i's first block
-    for (std::size_t i = 0; i < count && first < hi; ++i) {
-        const TensorRef& t = tensors[i];
-        const int64_t end = first + blocks_of(t);
-        for (int64_t block = std::max(lo, first); block < std::min(hi, end); ++block) {
-            const int64_t a = (block - first) * kNormBlock;
-            fn(t, a, std::min(t.size, a + kNormBlock), block);
-        }
-        first = end;
+    // Adds g[0, n), whose first element is at position `pos` of the concatenated range.
+    template <class T>
+    void add(const T* __restrict g, int64_t n, int64_t pos) {
+        int64_t i = 0;
+        for (; i < n && (pos + i) % kLanes != 0; ++i) lane_[(pos + i) % kLanes] += rules::square(g[i]);
+        for (; i + kLanes <= n; i += kLanes)
+            for (int j = 0; j < kLanes; ++j) lane_[j] += rules::square(g[i + j]);
+        for (int j = 0; i < n; ++i, ++j) lane_[j] += rules::square(g[i]);
     }
-}
 
+    // The block's sum; starts the next block.
+    double take() {
+        for (int width = kLanes / 2; width > 0; width /= 2)
+            for (int j = 0; j < width; ++j) lane_[j] += lane_[j + width];
+        const double sum = lane_[0];
+        std::fill(lane_, lane_ + kLanes, 0.0);
+        return sum;
+    }
+
+private:
+    double lane_[kLanes] = {};
+};
+static_assert(kNormBlock % BlockSum::kLanes == 0, "blocks must restart the lanes");
+
+// The blocks are cut from the tensors' concatenated range, not from each tensor, so tensors that
+// are adjacent in memory (merged into one span by the bindings) give the same sums as separate
+// ones: the norm depends only on the gradients' values and order.
 template <class T>
 bool grad_stats(const TensorRef* tensors, std::size_t count, double* block_sums,
                 const Launch& launch) {
+    const int64_t total = total_size(tensors, count);
     std::atomic<bool> finite{true};  // parts only ever clear it
     if (block_sums == nullptr) {
-        for_each_part(total_size(tensors, count), sizeof(T), launch, [&](int64_t lo, int64_t hi) {
+        for_each_part(total, sizeof(T), launch, [&](int64_t lo, int64_t hi) {
             bool ok = true;
             for_each_span(tensors, count, lo, hi, [&](const TensorRef& t, int64_t a, int64_t e) {
                 ok = ok && all_finite(static_cast<const T*>(t.grad) + a, e - a);
@@ -245,20 +246,32 @@ bool grad_stats(const TensorRef* tensors, std::size_t count, double* block_sums,
         });
         return finite.load();
     }
-    int64_t blocks = 0;
-    for (std::size_t i = 0; i < count; ++i) blocks += blocks_of(tensors[i]);
+    const int64_t blocks = (total + kNormBlock - 1) / kNormBlock;
     for_each_part(blocks, kNormBlock * int64_t{sizeof(T)}, launch, [&](int64_t lo, int64_t hi) {
+        BlockSum sum;
         bool ok = true;
-        for_each_block(tensors, count, lo, hi, [&](const TensorRef& t, int64_t a, int64_t e, int64_t block) {
-            const T* g = static_cast<const T*>(t.grad) + a;
-            const double sum = block_square_sum(g, e - a);
-            block_sums[block] = sum;
-            // A finite sum has only finite terms; an infinite one may be float64 overflow.
-            if (!std::isfinite(sum)) ok = ok && all_finite(g, e - a);
+        int64_t pos = lo * kNormBlock;  // in the concatenated range
+        for_each_span(tensors, count, pos, std::min(hi * kNormBlock, total),
+                      [&](const TensorRef& t, int64_t a, int64_t e) {
+            const T* g = static_cast<const T*>(t.grad);
+            while (a < e) {  // the span, cut at block ends
+                const int64_t block_end = std::min(total, (pos / kNormBlock + 1) * kNormBlock);
+                const int64_t n = std::min(e - a, block_end - pos);
+                sum.add(g + a, n, pos);
+                a += n;
+                pos += n;
+                if (pos == block_end) {
+                    const double block = sum.take();
+                    block_sums[(pos - 1) / kNormBlock] = block;
+                    ok = ok && std::isfinite(block);
+                }
+            }
         });
         if (!ok) finite.store(false, std::memory_order_relaxed);
     });
-    return finite.load();
+    if (finite.load()) return true;
+    // A finite sum has only finite terms; an infinite one may be float64 overflow of finite ones.
+    return grad_stats<T>(tensors, count, nullptr, launch);
 }
 
 }  // namespace

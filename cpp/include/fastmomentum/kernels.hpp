@@ -37,10 +37,11 @@ using ReferenceFn = int (*)(const TensorRef* tensors, std::size_t count, double 
                             const Launch& launch);
 
 // The gradient statistics of a step's guards, in one read pass over the gradients. The sum of
-// squares is taken over fixed blocks of kNormBlock elements of each tensor (a tensor's last block
-// may be shorter), each block with a fixed summation order, so it is the same on every ISA and
-// thread count. When block_sums is not null, it receives each block's sum of g*g (in double), in
-// tensor order (stats_blocks() of them). Returns whether every element is finite.
+// squares is taken over fixed blocks of kNormBlock elements of the tensors' concatenated range,
+// each block in a fixed summation order, so it is the same on every ISA and thread count, and
+// whether or not tensors are adjacent in memory. When block_sums is not null, it receives each
+// block's sum of g*g (in double), ceil(total / kNormBlock) of them. Returns whether every element
+// is finite.
 inline constexpr std::int64_t kNormBlock = 4096;
 using GradStatsFn = bool (*)(const TensorRef* tensors, std::size_t count, double* block_sums,
                              const Launch& launch);
