@@ -337,7 +337,7 @@ def test_clipping_matches_torch_clip_grad_norm_then_sgd(dtype, max_norm, nestero
         topt.step()
         out = opt.step(grads)
         assert not out.skipped
-        assert out.grad_norm == pytest.approx(tnorm, rel=10 * np.finfo(dtype).eps)
+        assert out.grad_norm == pytest.approx(tnorm, rel=10 * float(np.finfo(dtype).eps))
     expected = [t.detach().numpy() for t in tparams]
     scale = max(np.abs(e).max() for e in expected)
     deviation = max(np.abs(p - e).max() for p, e in zip(params, expected)) / scale
