@@ -34,7 +34,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from . import _core
-from .guards import APPLIED, NonFinite, StepResult, checks_finite, is_plain, result
+from .guards import APPLIED, UNSCALED, NonFinite, StepResult, checks_finite, result
 
 Array = Union[NDArray[np.float32], NDArray[np.float64]]
 #: A list or tuple of arrays (any other sequence is rejected: it might be an array's rows).
@@ -61,7 +61,7 @@ def sgd_(
     first_step: FirstStep = False,
     nonfinite: NonFinite = "ignore",
     max_grad_norm: float | None = None,
-    loss_scale: float = 1.0,
+    loss_scale: float = UNSCALED,
 ) -> StepResult:
     """One momentum-SGD step in PyTorch's convention (the buffer ``b`` holds no learning rate).
 
@@ -100,9 +100,13 @@ def sgd_(
         gradients' norm when ``max_grad_norm`` is given.
     """
     # Positional: matching keyword arguments by name would cost ~1 us a call.
-    args = (params, grads, buffers, first_step, "torch", lr, momentum, dampening, nesterov,
-            weight_decay, weight_decay_mode, schedule_multiplier, maximize)
-    return _step(args, nonfinite, max_grad_norm, loss_scale)
+    if nonfinite == "ignore" and max_grad_norm is None and loss_scale is UNSCALED:  # no guard
+        _core.sgd_step(params, grads, buffers, first_step, "torch", lr, momentum, dampening,
+                       nesterov, weight_decay, weight_decay_mode, schedule_multiplier, maximize)
+        return APPLIED
+    return _guarded((params, grads, buffers, first_step, "torch", lr, momentum, dampening, nesterov,
+                     weight_decay, weight_decay_mode, schedule_multiplier, maximize),
+                    nonfinite, max_grad_norm, loss_scale)
 
 
 def keras_sgd_(
@@ -119,7 +123,7 @@ def keras_sgd_(
     maximize: bool = False,
     nonfinite: NonFinite = "ignore",
     max_grad_norm: float | None = None,
-    loss_scale: float = 1.0,
+    loss_scale: float = UNSCALED,
 ) -> StepResult:
     """One SGD step in Keras' convention (Sutskever et al. 2013: the velocity holds the lr).
 
@@ -138,9 +142,13 @@ def keras_sgd_(
     when the lr changes. ``velocities`` is required when ``momentum != 0``. ``maximize`` negates g
     first. See :func:`sgd_` for the argument rules, the guards and the result.
     """
-    args = (params, grads, velocities, False, "keras", lr, momentum, 0.0, nesterov, weight_decay,
-            weight_decay_mode, schedule_multiplier, maximize)
-    return _step(args, nonfinite, max_grad_norm, loss_scale)
+    if nonfinite == "ignore" and max_grad_norm is None and loss_scale is UNSCALED:  # no guard
+        _core.sgd_step(params, grads, velocities, False, "keras", lr, momentum, 0.0, nesterov,
+                       weight_decay, weight_decay_mode, schedule_multiplier, maximize)
+        return APPLIED
+    return _guarded((params, grads, velocities, False, "keras", lr, momentum, 0.0, nesterov,
+                     weight_decay, weight_decay_mode, schedule_multiplier, maximize),
+                    nonfinite, max_grad_norm, loss_scale)
 
 
 def ema_sgd_(
@@ -156,7 +164,7 @@ def ema_sgd_(
     maximize: bool = False,
     nonfinite: NonFinite = "ignore",
     max_grad_norm: float | None = None,
-    loss_scale: float = 1.0,
+    loss_scale: float = UNSCALED,
 ) -> StepResult:
     """One step of EMA momentum, the ``(1 - beta)`` form: start the buffers at zero, then::
 
@@ -168,17 +176,18 @@ def ema_sgd_(
     in :func:`sgd_`. With ``beta == 0`` it is plain SGD and the buffers are not used. See
     :func:`sgd_` for the guards and the result.
     """
-    args = (params, grads, buffers, False, "ema", lr, beta, 0.0, False, weight_decay,
-            weight_decay_mode, schedule_multiplier, maximize)
-    return _step(args, nonfinite, max_grad_norm, loss_scale)
-
-
-def _step(args: tuple[Any, ...], nonfinite: NonFinite, max_grad_norm: float | None,
-          loss_scale: float) -> StepResult:
-    """One kernel call: the unguarded entry when there is no guard (no result to build)."""
-    check = checks_finite(nonfinite)
-    if is_plain(check, max_grad_norm, loss_scale):
-        _core.sgd_step(*args)
+    if nonfinite == "ignore" and max_grad_norm is None and loss_scale is UNSCALED:  # no guard
+        _core.sgd_step(params, grads, buffers, False, "ema", lr, beta, 0.0, False, weight_decay,
+                       weight_decay_mode, schedule_multiplier, maximize)
         return APPLIED
+    return _guarded((params, grads, buffers, False, "ema", lr, beta, 0.0, False, weight_decay,
+                     weight_decay_mode, schedule_multiplier, maximize),
+                    nonfinite, max_grad_norm, loss_scale)
+
+
+def _guarded(args: tuple[Any, ...], nonfinite: NonFinite, max_grad_norm: float | None,
+             loss_scale: float) -> StepResult:
+    """The kernel call of a step with guards (``args``: sgd_step's 13 arguments)."""
+    check = checks_finite(nonfinite)
     return result(_core.sgd_step_guarded(*args, check, max_grad_norm, loss_scale), nonfinite,
                   args[1])

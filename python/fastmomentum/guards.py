@@ -42,6 +42,11 @@ class StepResult(NamedTuple):
 #: The result of a step that had nothing to report.
 APPLIED = StepResult(False, None)
 
+#: The default loss scale, 1.0. A step whose ``loss_scale`` IS this object (and has no other
+#: guard) takes the unguarded kernel entry: an identity test is the cheapest check of the hot
+#: path; any other value, 1.0 included, goes through the guarded entry, with the same result.
+UNSCALED = 1.0
+
 
 def checks_finite(nonfinite: Any) -> bool:
     """Whether ``nonfinite`` (a :data:`NonFinite` mode) asks for the finiteness check."""
@@ -49,11 +54,6 @@ def checks_finite(nonfinite: Any) -> bool:
     if check is None:
         raise ValueError(f"nonfinite must be 'raise', 'skip' or 'ignore', got {nonfinite!r}")
     return check
-
-
-def is_plain(check: bool, max_grad_norm: Any, loss_scale: Any) -> bool:
-    """True when a step has no guard at all, so it can take the unguarded kernel entry."""
-    return not check and max_grad_norm is None and type(loss_scale) is float and loss_scale == 1.0
 
 
 def result(outcome: tuple[bool, float | None, int], nonfinite: str,
