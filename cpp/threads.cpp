@@ -11,6 +11,13 @@
 #if defined(_OPENMP) && defined(__unix__)
 #include <pthread.h>
 #endif
+#if defined(_OPENMP) && defined(_WIN32)
+#define NOMINMAX  // windows.h's min/max macros would break std::min below
+#define WIN32_LEAN_AND_MEAN
+#include <windows.h>
+#elif defined(_OPENMP)
+#include <dlfcn.h>
+#endif
 
 namespace fastmomentum {
 namespace {
@@ -32,6 +39,28 @@ int openmp_version() {
     return _OPENMP;
 #else
     return 0;
+#endif
+}
+
+std::string openmp_runtime() {
+#if defined(_OPENMP) && defined(_WIN32)
+    HMODULE module = nullptr;
+    char path[MAX_PATH] = {};
+    if (GetModuleHandleExA(GET_MODULE_HANDLE_EX_FLAG_FROM_ADDRESS |
+                               GET_MODULE_HANDLE_EX_FLAG_UNCHANGED_REFCOUNT,
+                           reinterpret_cast<LPCSTR>(&omp_get_max_threads), &module) &&
+        GetModuleFileNameA(module, path, MAX_PATH) > 0)
+        return path;
+    return "unknown";
+#elif defined(_OPENMP)
+    // The library that defines the entry point we call: the one this module actually runs on
+    // (after auditwheel, the vendored copy in fastmomentum.libs/).
+    Dl_info info{};
+    if (dladdr(reinterpret_cast<void*>(&omp_get_max_threads), &info) != 0 && info.dli_fname)
+        return info.dli_fname;
+    return "unknown";
+#else
+    return "";
 #endif
 }
 

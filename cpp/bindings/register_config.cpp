@@ -56,6 +56,7 @@ py::dict config() {
     d["isas_supported"] = isas_where([](Isa isa) { return isa_compiled(isa) && isa_supported(isa); });
     d["openmp"] = openmp_enabled();
     d["openmp_version"] = openmp_version();
+    d["openmp_runtime"] = openmp_runtime();
     d["threads"] = max_threads();
     d["grain_bytes"] = grain_bytes();
     d["compiler"] = FM_COMPILER;

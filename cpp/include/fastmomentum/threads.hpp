@@ -7,6 +7,7 @@
 // are gone, and the child's next parallel region would hang), as PyTorch also does.
 
 #include <cstdint>
+#include <string>
 
 #include "fastmomentum/kernels.hpp"
 
@@ -14,6 +15,7 @@ namespace fastmomentum {
 
 bool openmp_enabled();
 int openmp_version();  // the _OPENMP date (e.g. 201511), 0 without OpenMP
+std::string openmp_runtime();  // the loaded runtime library's path; "" without OpenMP
 
 void set_thread_cap(int n);  // n >= 1, or 0 for no cap
 int max_threads();           // what a call from THIS thread may use
