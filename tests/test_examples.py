@@ -62,11 +62,6 @@ def test_mlp_classifier_accuracy():
         assert acc >= 0.9, f"{schedule}: test accuracy {acc:.3f} (chance is 1/3)"
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_mlp_classifier_gradients(seed):
-    assert load("mlp_classifier").grad_check(seed) < 1e-6
-
-
 def test_example_runs_as_script():
     script = EXAMPLES / "linear_regression.py"
     if not script.exists():

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import operator
+import platform
 from typing import Any, Literal
+
+import numpy as np
 
 from . import _core
 
@@ -35,12 +39,16 @@ def show_config(mode: Literal["stdout", "dicts"] = "stdout") -> dict[str, Any] |
     """Print (``mode="stdout"``) or return (``mode="dicts"``) the build and runtime configuration.
 
     Keys: ``version``, ``isa`` (in use), ``isas_compiled``, ``isas_supported`` (compiled and
-    runnable on this CPU), ``openmp``, ``openmp_version``, ``threads``, ``grain_bytes`` (bytes
-    of parameters per thread below which a call stays serial), ``compiler``, ``fp_contract``.
+    runnable on this CPU), ``openmp``, ``openmp_version``, ``openmp_runtime`` (the path of the
+    OpenMP library in use), ``threads``, ``grain_bytes`` (bytes of parameters per thread below
+    which a call stays serial), ``compiler``, ``fp_contract``, ``cuda``, ``numpy``, ``python``.
     Set the environment variable ``FASTMOMENTUM_ISA=baseline|avx2|avx512`` before import to
     force an ISA.
     """
     config: dict[str, Any] = dict(_core.config())
+    config["cuda"] = _cuda_status()
+    config["numpy"] = np.__version__
+    config["python"] = f"{platform.python_version()} ({platform.machine()}, {platform.system()})"
     if mode == "dicts":
         return config
     if mode != "stdout":
@@ -50,3 +58,8 @@ def show_config(mode: Literal["stdout", "dicts"] = "stdout") -> dict[str, Any] |
         shown = ", ".join(value) if isinstance(value, list) else value
         print(f"{key:<{width}}  {shown}")
     return None
+
+
+def _cuda_status() -> str:
+    """Whether this build has a CUDA extension module (``fastmomentum._cuda``)."""
+    return "built" if importlib.util.find_spec(f"{__package__}._cuda") is not None else "not built"

@@ -16,17 +16,18 @@ class Progress:
     """``[#######.......]  12/48 rows  ETA 0:42  float32 single 1e6 2 thr: numba``.
 
     Work is counted in weights (an estimate of each unit's cost); the ETA extrapolates the
-    elapsed time per unit of weight done. Writes nothing unless ``enabled`` (by default: the
-    stream is a terminal).
+    elapsed time per unit of weight done. ``unit`` names what the counter counts. Writes nothing
+    unless ``enabled`` (by default: the stream is a terminal).
     """
 
     WIDTH = 24
 
     def __init__(self, total_weight: float, total_rows: int, *, stream: TextIO | None = None,
-                 enabled: bool | None = None) -> None:
+                 enabled: bool | None = None, unit: str = "rows") -> None:
         self.stream = stream if stream is not None else sys.stderr
         self.enabled = self.stream.isatty() if enabled is None else enabled
         self.total_weight, self.total_rows = max(total_weight, 1e-12), total_rows
+        self.unit = unit
         self.done_weight, self.rows_done = 0.0, 0
         self.start = time.perf_counter()
 
@@ -43,7 +44,7 @@ class Progress:
             return
         filled = int(self.WIDTH * min(self.done_weight / self.total_weight, 1.0))
         bar = "#" * filled + "." * (self.WIDTH - filled)
-        self.stream.write(f"\r\x1b[K[{bar}] {self.rows_done + 1}/{self.total_rows} rows  "
+        self.stream.write(f"\r\x1b[K[{bar}] {self.rows_done + 1}/{self.total_rows} {self.unit}  "
                           f"ETA {self.eta()}  {what}")
         self.stream.flush()
 

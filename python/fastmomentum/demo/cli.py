@@ -1,0 +1,79 @@
+"""``python -m fastmomentum demo``: train the MLP with plain SGD, momentum and Nesterov, print
+the table, optionally plot the curves."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import fields
+
+from .._config import show_config
+from ..benchmark.progress import Progress
+from . import report
+from .train import LABELS, METHODS, Config, History, train
+
+
+def add_parser(
+        commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
+    """The ``demo`` subcommand and its options."""
+    default = Config()
+    parser = commands.add_parser(
+        "demo", help="train a small NumPy MLP with SGD, momentum and Nesterov (the default)",
+        description="Train a 2 -> hidden -> 3 tanh MLP on three generated spirals with plain SGD, "
+        "heavy-ball momentum and Nesterov momentum (fm.SGD, L2 weight decay on the weights), "
+        "all under the same warmup + cosine learning-rate schedule (fm.schedules), from the same "
+        "initialisation; print training loss and test accuracy per epoch.")
+    parser.add_argument("--epochs", type=int, default=default.epochs,
+                        help=f"epochs per optimizer ({default.epochs})")
+    parser.add_argument("--hidden", type=int, default=default.hidden,
+                        help=f"hidden units ({default.hidden})")
+    parser.add_argument("--lr", type=float, default=default.peak_lr, dest="peak_lr",
+                        help=f"peak learning rate, after the warmup ({default.peak_lr})")
+    parser.add_argument("--dtype", choices=["float32", "float64"], default=default.dtype,
+                        help=f"dtype of the data and parameters ({default.dtype})")
+    parser.add_argument("--seed", type=int, default=default.seed,
+                        help=f"seed of the data, initialisation and batch order ({default.seed})")
+    parser.add_argument("--plot", metavar="FILE.png",
+                        help="save the loss curves of the three optimizers (needs matplotlib)")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress bar (there is none either when stderr is not a terminal)")
+    return parser
+
+
+def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Run the demo with the parsed options; the exit status."""
+    if args.epochs < 1 or args.hidden < 1 or not args.peak_lr > 0:
+        parser.error("--epochs and --hidden must be >= 1, and --lr > 0")
+    if args.plot:  # before training, not after it
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            parser.error("--plot needs matplotlib: pip install 'fastmomentum[plot]'")
+    config = Config(**{f.name: getattr(args, f.name) for f in fields(Config)
+                       if hasattr(args, f.name)})
+    setup = show_config(mode="dicts")
+    assert setup is not None
+    print(f"fastmomentum {setup['version']}: {setup['isa']} kernels, {setup['threads']} thread(s). "
+          f"MLP 2 -> {config.hidden} -> 3 ({config.dtype}), {config.train_points} training points, "
+          f"{config.epochs} epochs of {-(-config.train_points // config.batch)} steps, "
+          f"warmup + cosine lr (peak {config.peak_lr}).\n")
+
+    bar = Progress(len(METHODS) * config.epochs, len(METHODS) * config.epochs,
+                   enabled=False if args.quiet else None, unit="epochs")
+    start = time.perf_counter()
+    histories: dict[str, History] = {}
+    for name in METHODS:
+        def show(epoch: int, history: History, name: str = name) -> None:
+            bar.advance(1, row_done=True)
+            bar.show(f"{LABELS[name]}: epoch {epoch + 1}, loss {history.train_loss[-1]:.4f}")
+
+        histories[name] = train(name, config, on_epoch=show)
+    bar.clear()
+    print(report.table(histories))
+    print(f"total {time.perf_counter() - start:.1f} s")
+    if args.plot:
+        report.plot(histories, args.plot)
+        print(f"loss curves saved to {args.plot}")
+    sys.stdout.flush()
+    return 0

@@ -1,0 +1,73 @@
+"""The demo's model and training: backprop against finite differences, dtypes kept, runs
+reproducible, and momentum doing what the demo shows it doing."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from fastmomentum.demo import mlp
+from fastmomentum.demo.data import CLASSES, spirals
+from fastmomentum.demo.train import METHODS, Config, lr_schedule, train
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_backprop_matches_central_differences(seed):
+    X, y = spirals(20, seed)
+    params = mlp.init(2, 16, CLASSES, np.random.default_rng(seed))
+    assert mlp.grad_check(X, y, params) < 1e-6
+
+
+def test_grad_check_catches_a_wrong_gradient(monkeypatch):
+    X, y = spirals(20, 0)
+    params = mlp.init(2, 8, CLASSES, np.random.default_rng(0))
+    right = mlp.loss_and_grads
+
+    def wrong(params, X, y):
+        loss, grads, accuracy = right(params, X, y)
+        grads[0] = grads[0] * 1.01  # a 1% error in dW1
+        return loss, grads, accuracy
+
+    monkeypatch.setattr(mlp, "loss_and_grads", wrong)
+    assert mlp.grad_check(X, y, params) > 1e-3
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gradients_keep_the_parameters_dtype(dtype):
+    X, y = spirals(10, 0, dtype)
+    params = mlp.init(2, 4, CLASSES, np.random.default_rng(0), dtype)
+    _, grads, _ = mlp.loss_and_grads(params, X, y)
+    assert [g.dtype for g in grads] == [np.dtype(dtype)] * 4  # fm.SGD never casts
+    assert [g.shape for g in grads] == [p.shape for p in params]
+
+
+def test_schedule_warms_up_then_decays_to_zero():
+    config = Config(epochs=4)
+    lr = lr_schedule(config, steps_per_epoch=10)
+    values = [lr(t) for t in range(41)]
+    peak = values.index(max(values))
+    assert values[0] == 0.0 and max(values) == pytest.approx(config.peak_lr)
+    assert peak == round(config.warmup_fraction * 40)
+    assert all(a <= b for a, b in zip(values[:peak], values[1:peak + 1]))
+    assert all(a >= b for a, b in zip(values[peak:], values[peak + 1:]))
+    assert values[40] == 0.0
+
+
+def test_runs_are_reproducible_bit_for_bit():
+    config = Config(epochs=3, hidden=16)
+    first, second = train("nesterov", config), train("nesterov", config)
+    assert first.train_loss == second.train_loss
+    assert first.test_accuracy == second.test_accuracy
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_momentum_beats_plain_sgd_as_the_demo_shows(dtype):
+    config = replace(Config(), dtype=dtype)
+    final = {name: train(name, config) for name in METHODS}
+    for name in ("momentum", "nesterov"):
+        assert final[name].test_accuracy[-1] >= 0.95, name
+        assert final[name].train_loss[-1] < 0.5 * final["sgd"].train_loss[-1], name
+    assert final["sgd"].test_accuracy[-1] > 0.6  # it learns, slower (chance is 1/3)
+    assert all(h.lr[-1] == 0.0 for h in final.values())  # the cosine reached its end
