@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import fastmomentum as fm
@@ -16,7 +17,8 @@ from fastmomentum import _core
 from conftest import COMPILED_ISAS, DEFAULT_ISA, SUPPORTED_ISAS
 
 KEYS = {"version", "isa", "isas_compiled", "isas_supported", "openmp", "openmp_version",
-        "threads", "grain_bytes", "compiler", "fp_contract"}
+        "openmp_runtime", "threads", "grain_bytes", "compiler", "fp_contract", "cuda", "numpy",
+        "python"}
 
 
 def test_show_config_reports_every_key(capsys):
@@ -25,6 +27,13 @@ def test_show_config_reports_every_key(capsys):
     assert config["isa"] in config["isas_supported"]
     assert config["isas_compiled"][0] == "baseline"
     assert config["fp_contract"] == "off"
+    assert config["numpy"] == np.__version__
+    assert config["cuda"] in ("built", "not built")
+    # The runtime is a file that exists (a wheel's vendored copy, or the system's), or "" without
+    # OpenMP.
+    assert bool(config["openmp_runtime"]) == config["openmp"]
+    if config["openmp"]:
+        assert os.path.isfile(config["openmp_runtime"]), config["openmp_runtime"]
     assert fm.show_config() is None
     out = capsys.readouterr().out
     assert re.search(rf"^isa\s+{config['isa']}$", out, re.M)
