@@ -27,8 +27,7 @@ costs one read pass over the gradients before the update (one in all when both a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, Literal, Union
+from typing import Literal, Optional, Union
 
 import numpy as np
 from numpy.typing import NDArray
@@ -39,8 +38,14 @@ from .guards import APPLIED, UNSCALED, NonFinite, StepResult, checks_finite, res
 Array = Union[NDArray[np.float32], NDArray[np.float64]]
 #: A list or tuple of arrays (any other sequence is rejected: it might be an array's rows).
 Arrays = Union[list[Array], tuple[Array, ...]]
-FirstStep = Union[bool, Sequence[bool]]
+#: One bool for every array, or one per array (a list or tuple, as for the arrays).
+FirstStep = Union[bool, list[bool], tuple[bool, ...]]
 WeightDecayMode = Literal["coupled", "decoupled", "sgdw"]
+# The 13 positional arguments of the kernel entries ``_core.sgd_step`` and ``sgd_step_guarded``:
+# params, grads, buffers, first_step, style, lr, momentum, dampening, nesterov, weight_decay,
+# weight_decay_mode, schedule_multiplier, maximize.
+_StepArgs = tuple[Arrays, Arrays, Optional[Arrays], FirstStep, Literal["torch", "keras", "ema"],
+                  float, float, float, bool, float, WeightDecayMode, float, bool]
 
 __all__ = ["ema_sgd_", "keras_sgd_", "sgd_"]
 
@@ -185,7 +190,7 @@ def ema_sgd_(
                     nonfinite, max_grad_norm, loss_scale)
 
 
-def _guarded(args: tuple[Any, ...], nonfinite: NonFinite, max_grad_norm: float | None,
+def _guarded(args: _StepArgs, nonfinite: NonFinite, max_grad_norm: float | None,
              loss_scale: float) -> StepResult:
     """The kernel call of a step with guards (``args``: sgd_step's 13 arguments)."""
     check = checks_finite(nonfinite)
