@@ -46,7 +46,7 @@ import warnings
 from bisect import bisect_right
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, ClassVar, Literal, Protocol, SupportsFloat
+from typing import Any, ClassVar, Literal, Protocol, SupportsFloat, Union
 
 __all__ = [
     "ChainedScheduler",
@@ -73,6 +73,12 @@ class OptimizerLike(Protocol):
     """What a scheduler needs from an optimizer: ``param_groups``, a list of dicts with ``"lr"``."""
 
     param_groups: list[dict[str, Any]]
+
+
+#: A factor as a function of the epoch index, or a list or tuple of one per param group (as in
+#: torch, any other object is taken as the one function).
+LrLambda = Union[Callable[[int], float], list[Callable[[int], float]],
+                 tuple[Callable[[int], float], ...]]
 
 
 # --------------------------------------------------------------------------------------------
@@ -155,7 +161,8 @@ class LRScheduler:
     A subclass implements :meth:`get_lr`, the lrs of epoch ``last_epoch``. The constructor sets
     ``group["initial_lr"]`` (if absent, when ``last_epoch == -1``), ``base_lrs`` and takes the
     first :meth:`step`, so afterwards ``last_epoch == last_epoch_arg + 1``. Each :meth:`step` does
-    ``last_epoch <- last_epoch + 1; group["lr"] <- get_lr()[i]`` for every group ``i``.
+    ``last_epoch <- last_epoch + 1`` and then, with ``t = last_epoch``, writes
+    ``lr_t = get_lr()[i]`` into ``group["lr"]`` for every group ``i``.
 
     Args:
         optimizer: Object with ``param_groups`` (a list of dicts holding ``"lr"``).
@@ -493,7 +500,7 @@ class MultiplicativeLR(LRScheduler):
     def __init__(
         self,
         optimizer: OptimizerLike,
-        lr_lambda: Callable[[int], float] | Sequence[Callable[[int], float]],
+        lr_lambda: LrLambda,
         last_epoch: int = -1,
     ) -> None:
         _check_optimizer(optimizer)
@@ -513,7 +520,7 @@ class MultiplicativeLR(LRScheduler):
 
 
 class LambdaLR(LRScheduler):
-    """Set the lr to ``base_lr * lr_lambda(t)`` (closed form; no recursion involved).
+    """Set the lr to ``lr_t = base_lr * lr_lambda(t)`` (closed form; no recursion involved).
 
     Args:
         optimizer: Wrapped optimizer.
@@ -527,7 +534,7 @@ class LambdaLR(LRScheduler):
     def __init__(
         self,
         optimizer: OptimizerLike,
-        lr_lambda: Callable[[int], float] | Sequence[Callable[[int], float]],
+        lr_lambda: LrLambda,
         last_epoch: int = -1,
     ) -> None:
         _check_optimizer(optimizer)
@@ -543,12 +550,12 @@ class LambdaLR(LRScheduler):
 
 def _lambdas(
     optimizer: OptimizerLike,
-    lr_lambda: Callable[[int], float] | Sequence[Callable[[int], float]],
+    lr_lambda: LrLambda,
 ) -> list[Callable[[int], float]]:
     """``lr_lambda`` repeated for every group, or the list itself if it has one per group."""
     n_groups = len(optimizer.param_groups)
     if not isinstance(lr_lambda, (list, tuple)):
-        return [lr_lambda] * n_groups  # type: ignore[list-item]
+        return [lr_lambda] * n_groups
     if len(lr_lambda) != n_groups:
         raise ValueError(f"Expected {n_groups} lr_lambdas, but got {len(lr_lambda)}")
     return list(lr_lambda)
@@ -999,9 +1006,10 @@ class CyclicLR(LRScheduler):
             return self._scale_fn_custom(x)
         if self.mode == "triangular":
             return 1.0
+        # float(): typeshed types a float power as Any (a negative base can give a complex)
         if self.mode == "triangular2":
-            return 1 / (2.0 ** (x - 1))
-        return self.gamma**x
+            return 1 / float(2.0 ** (x - 1))
+        return float(self.gamma**x)
 
     def get_lr(self) -> list[float]:
         """``base_lr + (max_lr - base_lr) * f * scale`` (see the class docstring); with
@@ -1048,8 +1056,9 @@ class OneCycleLR(LRScheduler):
     - ``three_phase``: ``initial -> max_lr`` until ``p*N - 1``, ``max_lr -> initial`` until
       ``2*p*N - 2``, ``initial -> min_lr`` until ``N - 1``.
 
-    ``anneal_strategy="cos"``: ``end + (start - end) / 2 * (cos(pi * pct) + 1)``;
-    ``"linear"``: ``(end - start) * pct + start``. With ``cycle_momentum`` the momentum goes
+    With ``start`` and ``end`` the lrs at the ends of the phase, ``anneal_strategy="cos"`` gives
+    ``lr_t = end + (start - end) / 2 * (cos(pi * pct) + 1)`` and ``"linear"`` gives
+    ``lr_t = (end - start) * pct + start``. With ``cycle_momentum`` the momentum goes
     ``max_momentum -> base_momentum -> max_momentum`` (three phases: then stays at
     ``max_momentum``), written into ``group["momentum"]``.
 
@@ -1236,9 +1245,11 @@ def _check_children(
 class SequentialLR(LRScheduler):
     """Run ``schedulers[i]`` between ``milestones[i-1]`` and ``milestones[i]``.
 
-    ``lr_t`` is given by ``schedulers[i]``, ``i = number of milestones <= t``. On construction
-    (as in torch) the lrs are reset to ``group["initial_lr"]``, the constructor steps of all
-    children are undone (``last_epoch -= 1``) and only the first child takes its first step again.
+    ``lr_t = L_i(t - m_{i-1})`` with ``m = milestones`` (``m_{-1} = 0``), ``i = number of
+    milestones <= t``, and ``L_i(e)`` the lr ``schedulers[i]`` gives at its epoch ``e``.
+    On construction (as in torch) the lrs are reset to ``group["initial_lr"]``, the constructor
+    steps of all children are undone (``last_epoch -= 1``) and only the first child takes its
+    first step again.
     At ``t == milestones[i-1]`` child ``i`` restarts at its epoch 0 (with its closed form where
     it has one, else its :meth:`get_lr`), starting from the lr the previous child left; then it
     is stepped normally.
@@ -1320,8 +1331,9 @@ class SequentialLR(LRScheduler):
 
 class ChainedScheduler(LRScheduler):
     """Step several chainable schedulers together: each :meth:`step` calls every child's
-    ``step()`` in order, so their recursive updates compose (e.g. ConstantLR then ExponentialLR
-    gives ``lr_t = base_lr * factor(t) * gamma ** t``, up to rounding).
+    ``step()`` in order, so their recursive updates compose: ``lr_t = u_n(...u_1(lr_{t-1}))``,
+    ``u_k`` being child ``k``'s update (e.g. ConstantLR then ExponentialLR gives
+    ``lr_t = base_lr * factor(t) * gamma ** t``, up to rounding).
 
     Args:
         schedulers: The schedulers (not :class:`ReduceLROnPlateau`), all on one optimizer.
@@ -1391,8 +1403,9 @@ class ReduceLROnPlateau(LRScheduler):
 
     an improvement sets ``best`` and clears the bad-epoch count, anything else increments it
     (bad epochs are not counted during the ``cooldown`` epochs after a reduction). When the count
-    exceeds ``patience``: for every group ``new = max(lr * factor, min_lr)``, written only if
-    ``lr - new > eps``; then the cooldown starts and the count is cleared.
+    exceeds ``patience``: for every group ``lr_t = max(lr_{t-1} * factor, min_lr)``, written only
+    if ``lr_{t-1} - lr_t > eps`` (else ``lr_t = lr_{t-1}``); then the cooldown starts and the count
+    is cleared. ``t`` counts the calls of :meth:`step`.
 
     Args:
         optimizer: Wrapped optimizer.
@@ -1481,6 +1494,7 @@ class ReduceLROnPlateau(LRScheduler):
             return a > best * (self.threshold + 1.0)
         return a > best + self.threshold
 
+    # torch's signature: a plateau scheduler steps on a metric, not on the epoch count
     def step(self, metrics: SupportsFloat) -> None:  # type: ignore[override]
         """Record one epoch's metric and reduce the lrs if it is the ``patience + 1``-th bad
         epoch in a row (see the class docstring). torch's deprecated ``epoch`` is not supported."""

@@ -30,12 +30,13 @@ for a bad value, naming the argument); a step must be an integer ``>= 0``.
 
 from __future__ import annotations
 
+import abc
 import math
 import numbers
 import operator
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import MISSING, Field, dataclass, fields
 from typing import Any, ClassVar, Union
 
 Schedule = Callable[[int], float]
@@ -165,20 +166,26 @@ def _plain(value: Any) -> Any:
 _KINDS: dict[str, type[_ScheduleBase]] = {}
 
 
-class _ScheduleBase:
-    """Common behaviour: registry of kinds, ``to_dict``."""
+class _ScheduleBase(abc.ABC):
+    """Common behaviour: registry of kinds, ``to_dict``. Every subclass is a frozen dataclass."""
 
     kind: ClassVar[str] = ""
+    # Declared for the type checker (dataclasses.fields() wants a dataclass); @dataclass sets it.
+    __dataclass_fields__: ClassVar[dict[str, Field[Any]]]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if cls.kind:
             _KINDS[cls.kind] = cls
 
+    @abc.abstractmethod
+    def __call__(self, step: int) -> float:
+        """The value at ``step`` (an integer >= 0), by the formula of the class docstring."""
+
     def to_dict(self) -> dict[str, Any]:
         """``{"kind": <lowercase name>, **parameters}`` as plain data (lists, numbers, bools)."""
         out: dict[str, Any] = {"kind": self.kind}
-        for f in fields(self):  # type: ignore[arg-type]
+        for f in fields(self):
             out[f.name] = _plain(getattr(self, f.name))
         return out
 
@@ -202,9 +209,9 @@ def from_dict(d: Mapping[str, Any]) -> Schedule:
         if isinstance(children, (str, bytes, Mapping)) or not isinstance(children, Iterable):
             raise ValueError(f"join_schedules: schedules must be a list of dicts, got {children!r}")
         params["schedules"] = [from_dict(c) for c in children]
-    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    names = {f.name for f in fields(cls)}
     unknown = sorted(set(params) - names)
-    missing = sorted(f.name for f in fields(cls)  # type: ignore[arg-type]
+    missing = sorted(f.name for f in fields(cls)
                      if f.name not in params and f.default is MISSING
                      and f.default_factory is MISSING)
     if unknown or missing:
@@ -319,7 +326,8 @@ class PiecewiseConstantScales(_ScheduleBase):
     def __call__(self, step: int) -> float:
         step = _step(step)
         value = self.init_value
-        for boundary, scale in self.boundaries_and_scales:
+        # never None here: __post_init__ stored () for it
+        for boundary, scale in self.boundaries_and_scales or ():
             if step >= boundary:
                 value = value * scale
         return value
@@ -482,10 +490,16 @@ class PolynomialDecay(_ScheduleBase):
         else:
             s = min(s, horizon)
         p = s / horizon
-        return (self.init_value - self.end_value) * (1.0 - p) ** self.power + self.end_value
+        return (self.init_value - self.end_value) * _power(1.0 - p, self.power) + self.end_value
 
 
 polynomial_decay = PolynomialDecay
+
+
+def _power(base: float, exponent: float) -> float:
+    """``base ** exponent`` for a ``base >= 0``, where it is real: typeshed types a float power as
+    ``Any`` because a negative base gives a complex."""
+    return float(base ** exponent)
 
 
 def _half_cosine(fraction: float) -> float:
@@ -523,7 +537,7 @@ class CosineDecay(_ScheduleBase):
     def __call__(self, step: int) -> float:
         s = min(_step(step), self.decay_steps)
         c = _half_cosine(s / self.decay_steps)
-        return self.init_value * ((1.0 - self.alpha) * c ** self.exponent + self.alpha)
+        return self.init_value * ((1.0 - self.alpha) * _power(c, self.exponent) + self.alpha)
 
 
 cosine_decay = CosineDecay
@@ -531,7 +545,15 @@ cosine_decay = CosineDecay
 
 @dataclass(frozen=True)
 class WarmupCosineDecay(_ScheduleBase):
-    """Linear warmup, then cosine decay (Keras or optax); see :func:`warmup_cosine_decay`."""
+    """Linear warmup, then cosine decay (Keras or optax), built by :func:`warmup_cosine_decay`
+    (whose docstring compares the libraries)::
+
+        W = warmup_steps
+        D = decay_steps - W    if decay_steps_include_warmup   (optax), else decay_steps (Keras)
+        f(step) = init_value + (peak_value - init_value) * step / W       if step < W
+                  end_value + (peak_value - end_value) * c ** exponent    otherwise,
+                  c = 0.5 * (1 + cos(pi * min(step - W, D) / D))
+    """
 
     kind: ClassVar[str] = "warmup_cosine_decay"
     init_value: float
@@ -571,7 +593,7 @@ class WarmupCosineDecay(_ScheduleBase):
             return self.init_value + (self.peak_value - self.init_value) * (step / warmup)
         horizon = self.cosine_steps
         c = _half_cosine(min(step - warmup, horizon) / horizon)
-        return self.end_value + (self.peak_value - self.end_value) * c ** self.exponent
+        return self.end_value + (self.peak_value - self.end_value) * _power(c, self.exponent)
 
 
 def warmup_cosine_decay(
