@@ -20,6 +20,8 @@ from . import _core
 from .functional import Array, WeightDecayMode
 from .guards import NonFinite, StepResult, checks_finite, nonfinite_error, result
 
+__all__ = ["SGD", "ArrayState"]
+
 Style = Literal["torch", "keras", "ema"]
 #: A hyper-parameter: a number, or a schedule (a callable of the step count, e.g. from
 #: :mod:`fastmomentum.schedules`).
@@ -31,7 +33,7 @@ BUFFER_KEY = {"torch": "momentum_buffer", "ema": "momentum_buffer", "keras": "ve
 _CALLABLE = "callable"
 
 
-class ArrayState(MutableMapping):  # type: ignore[type-arg]
+class ArrayState(MutableMapping[np.ndarray, dict[str, Any]]):
     """Per-parameter state keyed by the array itself (by identity: arrays are not hashable), as
     ``torch.optim`` keys its state by tensor: ``opt.state[w]["momentum_buffer"]``."""
 

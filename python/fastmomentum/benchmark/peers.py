@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ..numpy_baseline import sgd_inplace_
-from .problems import Hyper, Problem
+from .problems import Array, Hyper, Problem
 from .timing import Step
 
 
@@ -122,14 +122,20 @@ def _load_numexpr() -> Builder:
 # --- numba ------------------------------------------------------------------------------------
 
 
+# The numba kernels' per-element update: (p, g, b, i, lr, momentum, weight_decay, nesterov).
+_Element = Callable[[Any, Any, Any, Any, Any, Any, Any, bool], None]
+
+
 @functools.cache
 def _numba_kernels() -> dict[str, Any]:
     """The four numba kernels (compiled lazily, per dtype, at their first call): loops over
     one element function, which numba inlines."""
     numba = importlib.import_module("numba")
     njit, prange = numba.njit, numba.prange
+    # numba is untyped; its inlining jit keeps the function's signature
+    inline: Callable[[_Element], _Element] = njit(inline="always")
 
-    @njit(inline="always")
+    @inline
     def element(p: Any, g: Any, b: Any, i: Any, lr: Any, m: Any, wd: Any, nesterov: bool
                 ) -> None:
         d = g[i] + wd * p[i]
@@ -194,9 +200,11 @@ def _load_numba(parallel: bool) -> Builder:
 
 def _tensors(torch: Any, problem: Problem) -> tuple[list[Any], list[Any], list[Any]]:
     """Zero-copy ``torch.from_numpy`` views of the problem's arrays."""
-    return tuple(  # type: ignore[return-value]
-        [torch.from_numpy(a) for a in arrays]
-        for arrays in (problem.params, problem.grads, problem.buffers))
+
+    def views(arrays: list[Array]) -> list[Any]:
+        return [torch.from_numpy(a) for a in arrays]
+
+    return views(problem.params), views(problem.grads), views(problem.buffers)
 
 
 def _load_torch_optim() -> Builder:

@@ -169,6 +169,8 @@ def run(
     ``sys.stdout`` of the moment; ``None``: nowhere). ``progress``: show the bar on stderr
     (default: when it is a terminal).
     """
+    # mypy keeps `str` in the else branch (== does not narrow it); a str other than "stdout"
+    # is the caller's error
     stream: TextIO | None = sys.stdout if out == "stdout" else out  # type: ignore[assignment]
     registry = dict(IMPLEMENTATIONS if registry is None else registry)
     unknown = [name for name in [*(impls or []), "numpy"] if name not in registry]
