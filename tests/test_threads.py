@@ -53,12 +53,30 @@ def test_two_threads_run_for_large_calls_and_one_for_small(restore_threads):
 
 @needs_openmp
 def test_threadpoolctl_limits_apply(restore_threads):
-    threadpoolctl = pytest.importorskip("threadpoolctl")
-    assert any(info["user_api"] == "openmp" for info in threadpoolctl.threadpool_info())
-    with threadpoolctl.threadpool_limits(1, user_api="openmp"):
-        assert fm.get_num_threads() == 1
-        big = [np.zeros(DEFAULT_GRAIN_BYTES, np.float32) for _ in range(3)]
-        assert core_step(*([a] for a in big)) == 1
+    threadpoolctl = pytest.importorskip("threadpoolctl", reason="threadpoolctl is not installed")
+    # The library that defines the omp_get_max_threads _core calls (dladdr), e.g. a wheel's
+    # vendored fastmomentum.libs/libgomp-<hash>.so.1.0.0.
+    runtime = fm.show_config(mode="dicts")["openmp_runtime"]
+    assert os.path.isfile(runtime), f"_core reports no OpenMP runtime file: {runtime!r}"
+    controller = threadpoolctl.ThreadpoolController()
+    ours = [lib.filepath for lib in controller.select(user_api="openmp").lib_controllers
+            if os.path.samefile(lib.filepath, runtime)]  # the paths may differ by symlinks
+    assert ours, f"threadpoolctl lists no {runtime} (_core's OpenMP): {controller.info()}"
+    arrays = [np.zeros(DEFAULT_GRAIN_BYTES, np.float32) for _ in range(3)]  # 4 grains each
+
+    def kernel_threads():
+        return core_step(*([a] for a in arrays))
+
+    # 2 threads even on one core, so that a limit to 1 and its undoing both show.
+    with threadpoolctl.threadpool_limits(2, user_api="openmp"):
+        assert (fm.get_num_threads(), kernel_threads()) == (2, 2)
+        # Limiting that library alone limits our kernels: it is the runtime they run on.
+        with controller.select(filepath=ours[0]).limit(limits=1):
+            assert (fm.get_num_threads(), kernel_threads()) == (1, 1)
+        assert (fm.get_num_threads(), kernel_threads()) == (2, 2)
+        with threadpoolctl.threadpool_limits(1, user_api="openmp"):
+            assert (fm.get_num_threads(), kernel_threads()) == (1, 1)
+        assert (fm.get_num_threads(), kernel_threads()) == (2, 2)
 
 
 @pytest.mark.parametrize("isa", SUPPORTED_ISAS)
