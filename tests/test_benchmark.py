@@ -18,6 +18,7 @@ import pytest
 
 import fastmomentum as fm
 from fastmomentum import _core
+from fastmomentum._progress import Progress
 from fastmomentum.benchmark import IMPLEMENTATIONS, main, run
 from fastmomentum.benchmark.cli import parse_args, run_options
 from fastmomentum.benchmark.peers import Built, Implementation, Unavailable
@@ -29,7 +30,6 @@ from fastmomentum.benchmark.problems import (
     make_layout_problem,
     size_label,
 )
-from fastmomentum.benchmark.progress import Progress
 from fastmomentum.benchmark.report import JSON_SCHEMA
 from fastmomentum.benchmark.threads import thread_limit
 from fastmomentum.benchmark.timing import sample_seconds_per_call

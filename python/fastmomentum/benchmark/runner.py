@@ -11,11 +11,11 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from .._progress import Progress
 from . import metadata
 from .contention import BUSY_WARNING, CpuMeter
 from .peers import IMPLEMENTATIONS, Builder, Implementation, Unavailable
 from .problems import LAYOUTS, VARIANTS, Layout, Problem, make_layout_problem, size_label
-from .progress import Progress
 from .report import TablePrinter, failure_lines
 from .results import FAILED, NOT_APPLICABLE, OK, UNAVAILABLE, Record, Results, Row
 from .threads import ThreadReport, thread_limit

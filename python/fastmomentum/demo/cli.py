@@ -9,7 +9,7 @@ import time
 from dataclasses import fields
 
 from .._config import show_config
-from ..benchmark.progress import Progress
+from .._progress import Progress
 from . import report
 from .train import LABELS, METHODS, Config, History, train
 

@@ -20,7 +20,8 @@ def table(histories: Mapping[str, History], rows: int = 8) -> str:
         lines.append(f"{e + 1:5d} {lr:7.4f}" + "".join(
             f" | {histories[n].train_loss[e]:18.4f} {histories[n].test_accuracy[e]:4.0%}"
             for n in names))
-    lines.append("")
+    lines.append("loss: mean training cross-entropy over the epoch; "
+                 "acc: accuracy on the test points")
     lines.append("time in opt.step: " + ", ".join(
         f"{LABELS[n]} {histories[n].step_seconds * 1e3:.0f} ms" for n in names))
     return "\n".join(lines)

@@ -1,0 +1,61 @@
+"""A progress bar with a counter and an ETA, on stderr, only when stderr is a terminal (shared by
+``bench`` and ``demo``)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds + 0.5), 60)
+    return f"{minutes}:{secs:02d}"
+
+
+class Progress:
+    """``[#######.......]  12/48 rows  ETA 0:42  float32 single 1e6 2 thr: numba``.
+
+    Work is counted in weights (an estimate of each unit's cost); the ETA extrapolates the
+    elapsed time per unit of weight done. ``unit`` names what the counter counts. Writes nothing
+    unless ``enabled`` (by default: the stream is a terminal).
+    """
+
+    WIDTH = 24
+
+    def __init__(self, total_weight: float, total_rows: int, *, stream: TextIO | None = None,
+                 enabled: bool | None = None, unit: str = "rows") -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.enabled = self.stream.isatty() if enabled is None else enabled
+        self.total_weight, self.total_rows = max(total_weight, 1e-12), total_rows
+        self.unit = unit
+        self.done_weight, self.rows_done = 0.0, 0
+        self.start = time.perf_counter()
+
+    def eta(self) -> str:
+        """Remaining time, extrapolated; ``"?"`` before any work is done."""
+        if self.done_weight <= 0:
+            return "?"
+        elapsed = time.perf_counter() - self.start
+        return _clock(elapsed * (self.total_weight - self.done_weight) / self.done_weight)
+
+    def show(self, what: str) -> None:
+        """Redraw the bar, with ``what`` as the work now in progress."""
+        if not self.enabled:
+            return
+        filled = int(self.WIDTH * min(self.done_weight / self.total_weight, 1.0))
+        bar = "#" * filled + "." * (self.WIDTH - filled)
+        self.stream.write(f"\r\x1b[K[{bar}] {self.rows_done + 1}/{self.total_rows} {self.unit}  "
+                          f"ETA {self.eta()}  {what}")
+        self.stream.flush()
+
+    def advance(self, weight: float, *, row_done: bool = False) -> None:
+        """Count ``weight`` as done (and one more row when ``row_done``)."""
+        self.done_weight += weight
+        self.rows_done += row_done
+
+    def clear(self) -> None:
+        """Erase the bar (before printing a table line to a terminal)."""
+        if self.enabled:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
