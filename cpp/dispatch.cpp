@@ -3,10 +3,16 @@
 
 #include <array>
 #include <atomic>
+#include <cstdint>
 #include <stdexcept>
 #include <string>
 
 #include "fastmomentum/cpu_features.hpp"
+
+#if defined(_MSC_VER) && (defined(_M_X64) || defined(_M_IX86))
+#include <intrin.h>
+#define FM_MSVC_CPUID 1
+#endif
 
 FM_DECLARE_KERNEL_SET(fastmomentum::baseline)
 #ifdef FM_HAVE_AVX2
@@ -39,6 +45,32 @@ const std::array<KernelSet, 3>& table() {
 
 std::atomic<int> g_active{-1};  // an Isa, or -1 before the first use
 
+#ifdef FM_MSVC_CPUID
+// What libgcc's __builtin_cpu_supports checks, from CPUID and XCR0: the CPU has the instructions
+// AND the OS saves the registers they use (OSXSAVE, then XCR0's SSE+YMM state for AVX2, and its
+// opmask+ZMM state for AVX-512); an OS that did not would lose them on every context switch.
+bool msvc_supports(Isa isa) {
+    const auto has = [](int reg, std::uint32_t bits) {
+        return (static_cast<std::uint32_t>(reg) & bits) == bits;
+    };
+    int r[4];  // eax, ebx, ecx, edx
+    __cpuid(r, 0);
+    if (r[0] < 7) return false;
+    __cpuid(r, 1);
+    const std::uint32_t fma = 1u << 12, osxsave = 1u << 27, avx = 1u << 28;
+    if (!has(r[2], fma | osxsave | avx)) return false;
+    const unsigned long long xcr0 = _xgetbv(0);
+    const unsigned long long sse_ymm = 0x6, opmask_zmm = 0xe0;
+    __cpuidex(r, 7, 0);
+    const std::uint32_t avx2 = 1u << 5;
+    const std::uint32_t avx512f = 1u << 16, avx512dq = 1u << 17, avx512bw = 1u << 30,
+                        avx512vl = 1u << 31;
+    if ((xcr0 & sse_ymm) != sse_ymm || !has(r[1], avx2)) return false;
+    if (isa == Isa::avx2) return true;
+    return (xcr0 & opmask_zmm) == opmask_zmm && has(r[1], avx512f | avx512dq | avx512bw | avx512vl);
+}
+#endif
+
 }  // namespace
 
 std::string_view isa_name(Isa isa) {
@@ -67,6 +99,8 @@ bool isa_supported(Isa isa) {
     if (isa == Isa::avx2) return avx2;
     return avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw");
+#elif defined(FM_MSVC_CPUID)
+    return msvc_supports(isa);
 #else
     return false;
 #endif

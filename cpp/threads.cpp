@@ -69,8 +69,13 @@ void set_thread_cap(int n) { g_cap.store(n); }
 int max_threads() {
 #ifdef _OPENMP
     if (g_forked.load()) return 1;
-    // The CALLING thread's limit (OMP_NUM_THREADS, threadpoolctl), and the process-wide one.
+    // The CALLING thread's limit (OMP_NUM_THREADS, threadpoolctl), and the process-wide one
+    // (OpenMP 3.0, 200805; MSVC's runtime is 2.0 and has no thread limit).
+#if _OPENMP >= 200805
     const int omp = std::min(omp_get_max_threads(), omp_get_thread_limit());
+#else
+    const int omp = omp_get_max_threads();
+#endif
     const int cap = g_cap.load();
     return cap > 0 ? std::min(cap, omp) : omp;
 #else
