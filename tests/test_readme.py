@@ -1,18 +1,81 @@
-"""Every ```python block of the README runs as written."""
+"""Every code block of the README is executed: Python blocks here, shell blocks here or by CI.
+
+A ```python block runs as written. A ```bash block must either follow a ``<!-- test:run -->``
+line (its commands run here, each in a fresh process) or sit between ``<!-- NAME:begin -->`` and
+``<!-- NAME:end -->`` markers that ``.ci/run`` extracts and runs (the quick start, the minimal
+build, the benchmark). A ```text block is output, not code. Any other block fails the test.
+"""
 
 from __future__ import annotations
 
 import re
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-README = Path(__file__).resolve().parents[1] / "README.md"
-BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), re.S) if README.exists() else []
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+TEXT = README.read_text(encoding="utf-8") if README.exists() else ""
+FENCE = re.compile(r"^```(\w*)\n(.*?)^```$", re.S | re.M)
+BLOCKS = [(m.group(1), m.group(2), m.start()) for m in FENCE.finditer(TEXT)]
+PYTHON = [source for lang, source, _ in BLOCKS if lang == "python"]
+RUN_HERE = [source for lang, source, start in BLOCKS
+            if lang == "bash" and TEXT[:start].rstrip().endswith("<!-- test:run -->")]
+
+pytestmark = pytest.mark.skipif(not TEXT, reason="no README.md beside the tests")
 
 
-@pytest.mark.skipif(not BLOCKS, reason="no README with python blocks beside the tests")
-@pytest.mark.parametrize("source", BLOCKS, ids=[f"block{i}" for i in range(len(BLOCKS))])
+def _ci_region(start: int) -> str | None:
+    """The NAME of the ``<!-- NAME:begin -->`` region around position ``start``, if any."""
+    opened = list(re.finditer(r"<!-- ([\w:-]+):begin -->", TEXT[:start]))
+    if not opened:
+        return None
+    name = opened[-1].group(1)
+    end = TEXT.find(f"<!-- {name}:end -->", opened[-1].end())
+    return name if end > start else None
+
+
+def _commands(source: str) -> list[str]:
+    return [line for line in source.splitlines()
+            if line.strip() and not line.lstrip().startswith("#")]
+
+
+def test_every_block_is_executed_somewhere():
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert BLOCKS, "no code blocks found"
+    for lang, source, start in BLOCKS:
+        where = f"README.md block at line {TEXT[:start].count(chr(10)) + 1}"
+        if lang in ("python", "text"):
+            continue
+        assert lang == "bash", f"{where}: fence ```{lang} (python, bash or text only)"
+        if source in RUN_HERE:
+            continue
+        region = _ci_region(start)
+        assert region, f"{where}: a bash block needs <!-- test:run --> or CI markers"
+        # .ci/run must extract this region by name (readme_commands or run_readme NAME).
+        assert re.search(rf"(readme_commands|run_readme) {re.escape(region)}\b", ci), \
+            f"{where}: region {region!r} is not run by .ci/run"
+
+
+@pytest.mark.parametrize("source", PYTHON, ids=[f"python{i}" for i in range(len(PYTHON))])
 def test_readme_python_block_runs(source, restore_threads, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # blocks may write files (checkpoints)
     exec(compile(source, str(README), "exec"), {})
+
+
+@pytest.mark.parametrize("source", RUN_HERE, ids=[f"bash{i}" for i in range(len(RUN_HERE))])
+def test_readme_shell_block_runs(source, tmp_path):
+    for command in _commands(source):
+        argv = shlex.split(command)
+        assert argv[0] == "python", f"only python commands run here: {command}"
+        if "--plot" in argv:
+            pytest.importorskip("matplotlib")
+        done = subprocess.run([sys.executable, *argv[1:]], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=300, check=False)
+        assert done.returncode == 0, f"{command}\n{done.stdout}\n{done.stderr}"
+        if "--plot" in argv:
+            plot = tmp_path / argv[argv.index("--plot") + 1]
+            assert plot.read_bytes()[:4] == b"\x89PNG", command
