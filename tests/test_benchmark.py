@@ -18,7 +18,6 @@ import pytest
 
 import fastmomentum as fm
 from fastmomentum import _core
-from fastmomentum._progress import Progress
 from fastmomentum.benchmark import IMPLEMENTATIONS, main, run
 from fastmomentum.benchmark.cli import parse_args, run_options
 from fastmomentum.benchmark.peers import Built, Implementation, Unavailable
@@ -374,24 +373,6 @@ def test_samples_last_at_least_the_minimum(monkeypatch):
     # calibration: 1 call (1 ms) is too short, so 30 calls (1.2 x 25 ms): each sample is a loop
     # of 30 calls = 30 ms >= 1.25 x 20 ms
     assert clock[0] == pytest.approx((1 + 30 + 7 * 30) * 1e-3)
-
-
-def test_progress_bar_only_on_a_terminal():
-    quiet = io.StringIO()
-    bar = Progress(10.0, 4, stream=quiet)  # a StringIO is no terminal
-    bar.show("x")
-    bar.advance(5.0, row_done=True)
-    bar.show("y")
-    bar.clear()
-    assert quiet.getvalue() == ""
-    shown = io.StringIO()
-    bar = Progress(10.0, 4, stream=shown, enabled=True)
-    bar.show("first")
-    assert "[" + "." * Progress.WIDTH + "] 1/4 rows  ETA ?  first" in shown.getvalue()
-    bar.advance(5.0, row_done=True)
-    bar.show("second")
-    assert "[" + "#" * (Progress.WIDTH // 2) in shown.getvalue()
-    assert "2/4 rows  ETA 0:0" in shown.getvalue() and "second" in shown.getvalue()
 
 
 def test_size_labels():

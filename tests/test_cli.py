@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -30,7 +32,7 @@ def test_demo_prints_the_table_of_the_three_optimizers_without_a_bar_off_a_termi
     assert proc.returncode == 0, proc.stderr
     header = next(line for line in proc.stdout.splitlines() if line.startswith("epoch"))
     assert all(label in header for label in ("plain SGD", "momentum 0.9", "Nesterov 0.9"))
-    assert "time in opt.step" in proc.stdout
+    assert "median time of one opt.step" in proc.stdout
     assert proc.stderr == ""  # stderr is a pipe: no progress bar
 
 
@@ -44,10 +46,14 @@ def test_demo_progress_bar_on_a_terminal_unless_quiet(quiet, monkeypatch, capsys
     terminal = _Terminal()
     monkeypatch.setattr(sys, "stderr", terminal)
     assert main(["demo", "--epochs", "2", "--hidden", "8", *(["--quiet"] if quiet else [])]) == 0
-    drawn = terminal.getvalue()
-    assert ("epochs  ETA" in drawn) is not quiet, drawn
-    assert ("6/6 epochs" in drawn) is not quiet  # 3 optimizers x 2 epochs, counted to the end
+    counts = [int(c) for c in re.findall(r"(\d+)/6 epochs", terminal.getvalue())]
     assert "Nesterov 0.9" in capsys.readouterr().out
+    if quiet:
+        assert terminal.getvalue() == ""
+        return
+    # Drawn before the first epoch and after each of the 3 optimizers x 2 epochs: the epoch in
+    # progress, never past the total.
+    assert counts == [1, 2, 3, 4, 5, 6, 6], counts
 
 
 def test_demo_plot_writes_a_png(tmp_path):
@@ -69,12 +75,45 @@ def test_demo_plot_without_matplotlib_fails_before_training(monkeypatch, capsys,
     assert "epoch" not in captured.out
 
 
-@pytest.mark.parametrize("args", [["--epochs", "0"], ["--hidden", "0"], ["--lr", "0"],
-                                  ["--dtype", "float16"]])
-def test_demo_bad_arguments_exit_with_usage(args):
-    proc = _run("demo", *args)
+@pytest.mark.parametrize("args, message", [
+    (["--epochs", "0"], "--epochs and --hidden must be >= 1"),
+    (["--hidden", "0"], "--epochs and --hidden must be >= 1"),
+    (["--lr", "0"], "--lr must be a finite number > 0"),
+    (["--lr", "inf"], "--lr must be a finite number > 0"),
+    (["--lr", "nan"], "--lr must be a finite number > 0"),
+    (["--seed", "-1"], "--seed must be >= 0"),
+    (["--dtype", "float16"], "invalid choice"),
+    (["--plot", "no-such-folder/curves.png"], "does not exist"),
+    (["--plot", "curves.txt"], "not .txt"),
+])
+def test_demo_bad_arguments_exit_with_usage_before_training(args, message, tmp_path):
+    if "--plot" in args:
+        pytest.importorskip("matplotlib")
+    proc = subprocess.run([sys.executable, "-m", "fastmomentum", "demo", *args], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
-    assert proc.stderr.startswith("usage:")
+    assert proc.stderr.startswith("usage:") and message in proc.stderr, proc.stderr
+    assert proc.stdout == ""  # nothing trained
+
+
+def test_readme_demo_output_has_the_lines_a_run_prints():
+    """The README's copy of the demo's output keeps the run's header, column and legend lines
+    (the numbers depend on the machine's BLAS; these lines do not)."""
+    readme = Path(__file__).resolve().parents[1] / "README.md"
+    if not readme.exists():
+        pytest.skip("no README.md beside the tests")
+    block = re.search(r"```text\n(fastmomentum \d.*?)```", readme.read_text(), re.S)
+    assert block, "README has no demo output block"
+    shown = block.group(1).splitlines()
+    run = _run("demo").stdout.splitlines()
+    fixed = [line for line in run if not re.search(r"\d\.\d", line) or line.startswith("fastm")]
+    for line in fixed:
+        if line.startswith("fastmomentum "):  # the version, ISA and threads are the machine's
+            line = line.split(". ", 1)[1]
+            assert any(s.endswith(line) for s in shown), line
+        else:
+            assert line in shown, line
+    assert len(shown) == len(run)
 
 
 def test_every_command_has_help():

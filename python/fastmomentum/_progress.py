@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from typing import TextIO
@@ -40,14 +41,14 @@ class Progress:
         return _clock(elapsed * (self.total_weight - self.done_weight) / self.done_weight)
 
     def show(self, what: str) -> None:
-        """Redraw the bar, with ``what`` as the work now in progress."""
+        """Redraw the bar, with ``what`` as the work now in progress. The counter is the unit in
+        progress (the last one once all are done)."""
         if not self.enabled:
             return
         filled = int(self.WIDTH * min(self.done_weight / self.total_weight, 1.0))
         bar = "#" * filled + "." * (self.WIDTH - filled)
-        self.stream.write(f"\r\x1b[K[{bar}] {self.rows_done + 1}/{self.total_rows} {self.unit}  "
-                          f"ETA {self.eta()}  {what}")
-        self.stream.flush()
+        current = min(self.rows_done + 1, self.total_rows)
+        self._draw(f"[{bar}] {current}/{self.total_rows} {self.unit}  ETA {self.eta()}  {what}")
 
     def advance(self, weight: float, *, row_done: bool = False) -> None:
         """Count ``weight`` as done (and one more row when ``row_done``)."""
@@ -57,5 +58,13 @@ class Progress:
     def clear(self) -> None:
         """Erase the bar (before printing a table line to a terminal)."""
         if self.enabled:
-            self.stream.write("\r\x1b[K")
+            self._draw("")
+            self.stream.write("\r")
             self.stream.flush()
+
+    def _draw(self, line: str) -> None:
+        # One line narrower than the terminal, padded with spaces over the previous one: a line
+        # that wraps cannot be redrawn by "\r", and spaces work where escape codes do not.
+        width = shutil.get_terminal_size().columns - 1
+        self.stream.write("\r" + line[:width].ljust(width))
+        self.stream.flush()

@@ -4,14 +4,16 @@ the table, optionally plot the curves."""
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from dataclasses import fields
+from pathlib import Path
 
 from .._config import show_config
 from .._progress import Progress
 from . import report
-from .train import LABELS, METHODS, Config, History, train
+from .train import METHODS, Config, History, train
 
 
 def add_parser(
@@ -43,30 +45,33 @@ def add_parser(
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Run the demo with the parsed options; the exit status."""
-    if args.epochs < 1 or args.hidden < 1 or not args.peak_lr > 0:
-        parser.error("--epochs and --hidden must be >= 1, and --lr > 0")
-    if args.plot:  # before training, not after it
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            parser.error("--plot needs matplotlib: pip install 'fastmomentum[plot]'")
+    if args.epochs < 1 or args.hidden < 1:
+        parser.error("--epochs and --hidden must be >= 1")
+    if not (math.isfinite(args.peak_lr) and args.peak_lr > 0):
+        parser.error(f"--lr must be a finite number > 0, got {args.peak_lr}")
+    if args.seed < 0:
+        parser.error(f"--seed must be >= 0, got {args.seed}")
+    if args.plot:
+        _check_plot_path(Path(args.plot), parser)
     config = Config(**{f.name: getattr(args, f.name) for f in fields(Config)
                        if hasattr(args, f.name)})
+    first = next(iter(METHODS.values())).label
     setup = show_config(mode="dicts")
     assert setup is not None
     print(f"fastmomentum {setup['version']}: {setup['isa']} kernels, {setup['threads']} thread(s). "
           f"MLP 2 -> {config.hidden} -> 3 ({config.dtype}), {config.train_points} training points, "
-          f"{config.epochs} epochs of {-(-config.train_points // config.batch)} steps, "
+          f"{config.epochs} epochs of {config.steps_per_epoch} steps, "
           f"warmup + cosine lr (peak {config.peak_lr}).\n")
 
     bar = Progress(len(METHODS) * config.epochs, len(METHODS) * config.epochs,
                    enabled=False if args.quiet else None, unit="epochs")
     start = time.perf_counter()
     histories: dict[str, History] = {}
-    for name in METHODS:
-        def show(epoch: int, history: History, name: str = name) -> None:
+    bar.show(f"{first}: first epoch")
+    for name, method in METHODS.items():
+        def show(epoch: int, history: History, label: str = method.label) -> None:
             bar.advance(1, row_done=True)
-            bar.show(f"{LABELS[name]}: epoch {epoch + 1}, loss {history.train_loss[-1]:.4f}")
+            bar.show(f"{label}: loss {history.train_loss[-1]:.4f} after epoch {epoch + 1}")
 
         histories[name] = train(name, config, on_epoch=show)
     bar.clear()
@@ -77,3 +82,18 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         print(f"loss curves saved to {args.plot}")
     sys.stdout.flush()
     return 0
+
+
+def _check_plot_path(path: Path, parser: argparse.ArgumentParser) -> None:
+    """Fail before training, not after it: matplotlib missing, no such folder, or a file type
+    matplotlib cannot write."""
+    try:
+        from matplotlib.backend_bases import FigureCanvasBase
+    except ImportError:
+        parser.error("--plot needs matplotlib: pip install 'fastmomentum[plot]'")
+    if not path.parent.is_dir():
+        parser.error(f"--plot {path}: the folder {path.parent} does not exist")
+    kinds = FigureCanvasBase.get_supported_filetypes()
+    if path.suffix.lstrip(".").lower() not in kinds:
+        parser.error(f"--plot {path}: matplotlib writes {', '.join(sorted(kinds))} files, "
+                     f"not {path.suffix or 'files without a suffix'}")

@@ -5,38 +5,37 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from .train import LABELS, History
+from .train import METHODS, History
 
 
 def table(histories: Mapping[str, History], rows: int = 8) -> str:
     """Training loss and test accuracy of each optimizer at ``rows`` evenly spaced epochs (the
-    last included), then the time spent in ``opt.step``."""
+    last included), then the median time of one ``opt.step``."""
     epochs = len(next(iter(histories.values())).train_loss)
     shown = sorted({round(epochs * (i + 1) / rows) - 1 for i in range(rows)} - {-1})
     names = list(histories)
-    lines = [f"{'epoch':>5} {'lr':>7}" + "".join(f" | {LABELS[n]:>13} loss  acc" for n in names)]
+    lines = [f"{'epoch':>5} {'lr':>8}" +
+             "".join(f" | {METHODS[n].label:>13} loss  acc" for n in names)]
     for e in shown:
         lr = next(iter(histories.values())).lr[e]
-        lines.append(f"{e + 1:5d} {lr:7.4f}" + "".join(
+        lines.append(f"{e + 1:5d} {lr:8.3g}" + "".join(
             f" | {histories[n].train_loss[e]:18.4f} {histories[n].test_accuracy[e]:4.0%}"
             for n in names))
     lines.append("loss: mean training cross-entropy over the epoch; "
                  "acc: accuracy on the test points")
-    lines.append("time in opt.step: " + ", ".join(
-        f"{LABELS[n]} {histories[n].step_seconds * 1e3:.0f} ms" for n in names))
+    lines.append("lr: the learning rate of the epoch's last step")
+    lines.append("median time of one opt.step: " + ", ".join(
+        f"{METHODS[n].label} {histories[n].median_step_us():.1f} us" for n in names))
     return "\n".join(lines)
 
 
 def plot(histories: Mapping[str, History], path: str | Path) -> None:
     """Save the training and test loss per epoch of each optimizer, side by side on one log
     scale, with the learning rate dotted on a second axis. Needs matplotlib."""
-    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: no global state, no window
 
-    matplotlib.use("Agg")  # a file, never a window
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(histories), figsize=(4.2 * len(histories), 3.6), sharey=True,
-                             constrained_layout=True)
+    fig = Figure(figsize=(4.2 * len(histories), 3.6), constrained_layout=True)
+    axes = fig.subplots(1, len(histories), sharey=True, squeeze=False)[0]
     last = len(histories) - 1
     for i, (ax, (name, h)) in enumerate(zip(axes, histories.items())):
         epochs = range(1, len(h.train_loss) + 1)
@@ -44,7 +43,7 @@ def plot(histories: Mapping[str, History], path: str | Path) -> None:
         ax.plot(epochs, h.test_loss, label="test loss")
         ax.set_yscale("log")
         ax.set_xlabel("epoch")
-        ax.set_title(f"{LABELS[name]}: test accuracy {h.test_accuracy[-1]:.1%}")
+        ax.set_title(f"{METHODS[name].label}: test accuracy {h.test_accuracy[-1]:.1%}")
         ax.grid(True, which="both", alpha=0.3)
         ax.plot([], [], ":", color="gray", label="learning rate (right axis)")  # legend entry
         lr_axis = ax.twinx()
@@ -57,4 +56,3 @@ def plot(histories: Mapping[str, History], path: str | Path) -> None:
     axes[0].legend(loc="lower left")
     fig.suptitle("fastmomentum demo: a NumPy MLP on three spirals, warmup + cosine schedule")
     fig.savefig(path, dpi=110)
-    plt.close(fig)
