@@ -60,7 +60,7 @@ def keras_sgd(p, g, v, *, lr, momentum=0.0, nesterov=False, weight_decay=0.0,
 
 def ema_sgd(p, g, b, *, lr, beta, weight_decay=0.0, weight_decay_mode="coupled",
             schedule_multiplier=1.0, maximize=False):
-    """EMA momentum from b0 = 0 (MATH.md): b <- beta*b + (1-beta)*g, p <- p - lr*b, with PyTorch's
+    """EMA momentum from b0 = 0: b <- beta*b + (1-beta)*g, p <- p - lr*b, with PyTorch's
     weight-decay forms."""
     t = p.dtype.type
     g = -g if maximize else g

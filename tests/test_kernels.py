@@ -201,7 +201,8 @@ def test_zero_weight_decay_keeps_infinite_params_free_of_nan():
 
 
 def test_torch_and_keras_conventions_split_when_the_lr_changes():
-    """MATH.md: g = 1, mu = 0.9, lr 0.1 then 0.01 gives p2 = -0.119 (torch) vs -0.200 (keras)."""
+    """README, "Conventions": g = 1, mu = 0.9, lr 0.1 then 0.01 gives p2 = -0.119 (torch) vs
+    -0.200 (keras)."""
     p_t, b_t = np.zeros(1), np.zeros(1)
     p_k, v_k = np.zeros(1), np.zeros(1)
     for step, lr in enumerate([0.1, 0.01]):

@@ -302,7 +302,7 @@ def test_get_lr_outside_step_warns_like_torch(torch):
 # closed_form
 # --------------------------------------------------------------------------------------------
 
-# (our scheduler with closed_form=True, the MATH.md section 3 formula of (b0, t))
+# (our scheduler with closed_form=True, the closed form of (b0, t) in its docstring)
 CLOSED_FORMS = [
     pytest.param(lambda o: fls.StepLR(o, 7, 0.5, closed_form=True),
                  lambda b, t: b * 0.5 ** (t // 7), id="StepLR"),

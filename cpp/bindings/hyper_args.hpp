@@ -17,7 +17,7 @@ Hyper parse_hyper(py::handle style, py::handle lr, py::handle momentum, py::hand
 // The same, from a tuple of those nine values.
 Hyper parse_hyper(const py::tuple& values);
 
-// A step's guards, over all the calls of the step (MATH.md section 4).
+// A step's guards, over all the calls of the step (README, "Guards").
 struct Guard {
     bool check_finite = false;  // update nothing when a gradient has a NaN or an infinity
     bool clip = false;          // scale the gradients by rules::clip_coefficient(max_norm, norm)

@@ -11,7 +11,7 @@ element then goes through the formula below in that dtype, in the reference fram
 operations, with no FMA contraction, so results are the same bits on every ISA and every thread
 count. A weight decay that cannot change a parameter (a zero coefficient) is skipped.
 
-Guards, in every function (MATH.md section 4), applied to the gradients before the formula::
+Guards, in every function (README, "Guards"), applied to the gradients before the formula::
 
     g <- g / loss_scale                                  (loss-scale unscaling)
     norm = sqrt(sum of g*g over every array)             if max_grad_norm is not None

@@ -23,7 +23,7 @@ combined; these forms drift from the closed form of the schedule when anything e
 the last bits. This module reproduces torch's recursion by default. :class:`StepLR`,
 :class:`MultiStepLR`, :class:`ConstantLR`, :class:`LinearLR`, :class:`ExponentialLR`,
 :class:`PolynomialLR` and :class:`CosineAnnealingLR` also take ``closed_form=True``, which computes
-the lr from ``base_lrs`` and ``last_epoch`` only (the formulas of docs MATH.md section 3).
+the lr from ``base_lrs`` and ``last_epoch`` only (the closed forms in each class's docstring).
 
 Differences from torch (all deliberate):
 

@@ -7,14 +7,14 @@
 
 namespace fastmomentum {
 
-// Which momentum convention the buffer follows (MATH.md section 1).
+// Which momentum convention the buffer follows (README, "Conventions").
 enum class Style : std::uint8_t {
     torch,  // b without the lr: b <- mu*b + (1-tau)*g, p <- p - lr*b   (also optax trace, apex)
     keras,  // v with the lr:    v <- mu*v - lr*g,      p <- p + v
     ema,    // b <- beta*b + (1-beta)*g from b = 0, p <- p - lr*b   (`momentum` holds beta)
 };
 
-// How weight decay is applied (MATH.md section 2). The decoupled forms follow the operation order
+// How weight decay is applied (README, "Conventions"). The decoupled forms follow the operation order
 // of the style's reference framework: torch / ema as PyTorch's AdamW, p <- p * (1 - scale*wd);
 // keras as Keras 3, p <- p - (p*wd)*scale.
 enum class DecayMode : std::uint8_t {

@@ -98,7 +98,7 @@ FM_HOST_DEVICE inline void update(T& p, T& b, const T g, const Coeffs<T>& k) {
     }
 }
 
-// The guards of a step (MATH.md section 4), computed before the update pass.
+// The guards of a step (README, "Guards"), computed before the update pass.
 
 // g*g of one gradient element, in double: the term of the global norm's sum. float32 squares
 // cannot overflow a double sum, so a float32 sum is finite exactly when every element is.
