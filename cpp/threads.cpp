@@ -8,7 +8,8 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
-#if defined(_OPENMP) && defined(__unix__)
+#if defined(_OPENMP) && (defined(__unix__) || defined(__APPLE__))
+#define FM_HAVE_PTHREAD_ATFORK
 #include <pthread.h>
 #endif
 #if defined(_OPENMP) && defined(_WIN32)
@@ -44,14 +45,21 @@ int openmp_version() {
 
 std::string openmp_runtime() {
 #if defined(_OPENMP) && defined(_WIN32)
+    // The wide API and UTF-8, so that no path is truncated at MAX_PATH or mangled by a code page.
     HMODULE module = nullptr;
-    char path[MAX_PATH] = {};
-    if (GetModuleHandleExA(GET_MODULE_HANDLE_EX_FLAG_FROM_ADDRESS |
-                               GET_MODULE_HANDLE_EX_FLAG_UNCHANGED_REFCOUNT,
-                           reinterpret_cast<LPCSTR>(&omp_get_max_threads), &module) &&
-        GetModuleFileNameA(module, path, MAX_PATH) > 0)
-        return path;
-    return "unknown";
+    if (!GetModuleHandleExW(GET_MODULE_HANDLE_EX_FLAG_FROM_ADDRESS |
+                                GET_MODULE_HANDLE_EX_FLAG_UNCHANGED_REFCOUNT,
+                            reinterpret_cast<LPCWSTR>(&omp_get_max_threads), &module))
+        return "unknown";
+    std::wstring wide(32768, L'\0');  // the longest path Windows allows
+    const DWORD length = GetModuleFileNameW(module, wide.data(), static_cast<DWORD>(wide.size()));
+    if (length == 0 || length >= wide.size()) return "unknown";
+    const int bytes = WideCharToMultiByte(CP_UTF8, 0, wide.data(), static_cast<int>(length),
+                                          nullptr, 0, nullptr, nullptr);
+    std::string path(static_cast<std::size_t>(bytes), '\0');
+    WideCharToMultiByte(CP_UTF8, 0, wide.data(), static_cast<int>(length), path.data(), bytes,
+                        nullptr, nullptr);
+    return path;
 #elif defined(_OPENMP)
     // The library that defines the entry point we call: the one this module actually runs on
     // (after auditwheel, the vendored copy in fastmomentum.libs/).
@@ -84,7 +92,7 @@ int max_threads() {
 }
 
 void install_fork_handler() {
-#if defined(_OPENMP) && defined(__unix__)
+#ifdef FM_HAVE_PTHREAD_ATFORK
     static const int installed =
         pthread_atfork(nullptr, nullptr, [] { g_forked.store(true); });
     (void)installed;

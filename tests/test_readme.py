@@ -44,7 +44,8 @@ def _commands(source: str) -> list[str]:
 
 
 def test_every_block_is_executed_somewhere():
-    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    ci = "\n".join(line for line in (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+                   if not line.lstrip().startswith("#"))  # a mention in a comment runs nothing
     assert BLOCKS, "no code blocks found"
     for lang, source, start in BLOCKS:
         where = f"README.md block at line {TEXT[:start].count(chr(10)) + 1}"

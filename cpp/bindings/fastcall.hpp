@@ -63,8 +63,9 @@ void def_fastcall(pybind11::module_& m, PyMethodDef& def) {
         reinterpret_cast<void (*)()>(&detail::fastcall<Fn, N>));
     def.ml_flags = METH_FASTCALL;
     pybind11::object name = m.attr("__name__");
+    // The module as self, as for any module function: inspect then drops the signature's $module.
     pybind11::object f = pybind11::reinterpret_steal<pybind11::object>(
-        PyCFunction_NewEx(&def, nullptr, name.ptr()));
+        PyCFunction_NewEx(&def, m.ptr(), name.ptr()));
     if (!f) throw pybind11::error_already_set();
     m.add_object(def.ml_name, f);
 }

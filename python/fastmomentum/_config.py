@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import operator
 import platform
 from typing import Any, Literal
@@ -61,5 +60,5 @@ def show_config(mode: Literal["stdout", "dicts"] = "stdout") -> dict[str, Any] |
 
 
 def _cuda_status() -> str:
-    """Whether this build has a CUDA extension module (``fastmomentum._cuda``)."""
-    return "built" if importlib.util.find_spec(f"{__package__}._cuda") is not None else "not built"
+    """This version has no CUDA kernels, whatever the build machine had."""
+    return "not built (no CUDA kernels in this version)"
