@@ -1,6 +1,6 @@
 """Per-call and per-array overheads: what a step costs when the arrays are too small to matter.
 
-Prints, each a median of >= 7 samples of >= 20 ms of back-to-back calls (PERFORMANCE.md's
+Prints, each a median of >= 7 samples of >= 20 ms of back-to-back calls (the README's performance
 targets in brackets):
 
 - ``sgd_`` on one float32 array of 1,000 elements, called as a user writes it (<= 0.6 us);

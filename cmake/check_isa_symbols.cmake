@@ -2,7 +2,7 @@
 #
 # The linker keeps ONE copy of each weak symbol (inline functions, templates). If an AVX-512 object
 # emitted a weak helper that the baseline object also uses, the baseline path could end up running
-# AVX-512 code and crash with SIGILL on older CPUs (BUILD-FACTS.md, "ODR hazard"). Every kernel
+# AVX-512 code and crash with SIGILL on older CPUs (an ODR hazard). Every kernel
 # function must therefore live in fastmomentum::<isa> or fastmomentum::rules::<isa>, or have
 # internal linkage.
 #

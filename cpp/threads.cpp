@@ -56,6 +56,7 @@ std::string openmp_runtime() {
     if (length == 0 || length >= wide.size()) return "unknown";
     const int bytes = WideCharToMultiByte(CP_UTF8, 0, wide.data(), static_cast<int>(length),
                                           nullptr, 0, nullptr, nullptr);
+    if (bytes <= 0) return "unknown";
     std::string path(static_cast<std::size_t>(bytes), '\0');
     WideCharToMultiByte(CP_UTF8, 0, wide.data(), static_cast<int>(length), path.data(), bytes,
                         nullptr, nullptr);

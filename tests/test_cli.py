@@ -66,7 +66,10 @@ def test_demo_plot_writes_a_png(tmp_path):
 
 
 def test_demo_plot_without_matplotlib_fails_before_training(monkeypatch, capsys, tmp_path):
-    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    # import matplotlib -> ImportError, and its submodules too, even if another test loaded them.
+    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
+        monkeypatch.setitem(sys.modules, name, None)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(SystemExit) as exit_:
         main(["demo", "--plot", str(tmp_path / "x.png")])
     assert exit_.value.code == 2

@@ -2,7 +2,7 @@
 // Zero-copy validation of the arrays of one call. Nothing here converts or copies: an array the
 // kernel cannot update in place is rejected with an error that names the argument and list index.
 // (pybind11's py::array_t would silently copy a strided or mistyped array, and the in-place write
-// would be lost: BUILD-FACTS.md.)
+// would be lost.)
 
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>

@@ -158,7 +158,7 @@ int sgd(const TensorRef* tensors, std::size_t count, const Hyper& h, const Launc
 }
 
 // The bandwidth reference (rules::rmw_reference), split across threads like the update. Its time
-// is the floor the update is measured against (PERFORMANCE.md).
+// is the floor the update is measured against (README, "Performance").
 template <class T>
 void rmw_span(const TensorRef& t, int64_t lo, int64_t hi, const T s) {
     T* __restrict p = static_cast<T*>(t.param) + lo;

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import io
+import os
 import shutil
 import sys
 import time
@@ -27,7 +29,10 @@ class Progress:
     def __init__(self, total_weight: float, total_rows: int, *, stream: TextIO | None = None,
                  enabled: bool | None = None, unit: str = "rows") -> None:
         self.stream = stream if stream is not None else sys.stderr
-        self.enabled = self.stream.isatty() if enabled is None else enabled
+        # sys.stderr is None under pythonw: no terminal, no bar.
+        if enabled is None:
+            enabled = self.stream is not None and self.stream.isatty()
+        self.enabled = enabled
         self.total_weight, self.total_rows = max(total_weight, 1e-12), total_rows
         self.unit = unit
         self.done_weight, self.rows_done = 0.0, 0
@@ -65,6 +70,14 @@ class Progress:
     def _draw(self, line: str) -> None:
         # One line narrower than the terminal, padded with spaces over the previous one: a line
         # that wraps cannot be redrawn by "\r", and spaces work where escape codes do not.
-        width = shutil.get_terminal_size().columns - 1
+        width = max(self._columns() - 1, 1)
         self.stream.write("\r" + line[:width].ljust(width))
         self.stream.flush()
+
+    def _columns(self) -> int:
+        # The width of the terminal the bar is drawn on: with stdout redirected
+        # (`bench > table.txt`), shutil's answer would be its 80-column default.
+        try:
+            return os.get_terminal_size(self.stream.fileno()).columns
+        except (AttributeError, ValueError, OSError, io.UnsupportedOperation):
+            return shutil.get_terminal_size().columns

@@ -1,7 +1,7 @@
 #pragma once
 // The hyper-parameters of one update call, as plain data. No functions live here: this header is
 // shared by the ISA-neutral code (dispatch, bindings) and by every per-ISA kernel object, and plain
-// aggregates cannot cause the weak-symbol ODR hazard that inline functions can (BUILD-FACTS.md).
+// aggregates cannot cause the weak-symbol ODR hazard that inline functions can.
 
 #include <cstdint>
 

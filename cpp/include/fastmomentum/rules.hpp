@@ -11,7 +11,7 @@
 //
 // ODR safety: the functions live in an inline namespace named after the ISA the including object
 // is compiled for (FM_ISA), so each ISA's copy has its own mangled names and the linker can never
-// substitute, say, the AVX-512 copy into the baseline path (BUILD-FACTS.md, "ODR hazard").
+// substitute, say, the AVX-512 copy into the baseline path (cmake/check_isa_symbols.cmake checks).
 
 #include "fastmomentum/hyper.hpp"
 

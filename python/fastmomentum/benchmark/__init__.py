@@ -2,7 +2,7 @@
 
 Times one fused momentum-SGD step of fastmomentum against the peers that are installed (NumPy,
 numexpr, numba, torch) and the in-place read-modify-write bound, in one process, after checking
-each result. See ``../shared/design/PERFORMANCE.md`` for the method.
+each result. The README's "Performance" section describes the method and the results.
 
 - :mod:`.problems`: hyper-parameters, layouts, the arrays stepped;
 - :mod:`.peers`: the implementations (:data:`IMPLEMENTATIONS`);
@@ -11,7 +11,7 @@ each result. See ``../shared/design/PERFORMANCE.md`` for the method.
 - :mod:`.threads`: one thread count for every library;
 - :mod:`.contention`: how much CPU other processes took meanwhile (a shared machine);
 - :mod:`.runner`: :func:`run`; :mod:`.results`: what it returns;
-- :mod:`.report` (table, JSON), :mod:`.plot` (PNG), :mod:`.progress` (the bar);
+- :mod:`.report` (table, JSON), :mod:`.plot` (PNG), ``fastmomentum._progress`` (the bar);
 - :mod:`.cli`: :func:`main`, the command line.
 """
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 Step = Callable[[], object]
 
-#: The minimums of honest printed timings (``../shared/design/PERFORMANCE.md``).
+#: The minimums of honest printed timings: a median of at least 7 samples of at least 20 ms each.
 MIN_SAMPLES = 7
 MIN_SAMPLE_S = 0.020
 

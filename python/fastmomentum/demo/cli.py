@@ -88,6 +88,9 @@ def _check_plot_path(path: Path, parser: argparse.ArgumentParser) -> None:
     """Fail before training, not after it: matplotlib missing, no such folder, or a file type
     matplotlib cannot write."""
     try:
+        # The package first: importing a submodule already in sys.modules would not notice that
+        # the package itself cannot be imported.
+        import matplotlib  # noqa: F401
         from matplotlib.backend_bases import FigureCanvasBase
     except ImportError:
         parser.error("--plot needs matplotlib: pip install 'fastmomentum[plot]'")
