@@ -1,6 +1,6 @@
 #include "arrays.hpp"
+#include "overlap.hpp"
 
-#include <algorithm>
 #include <cstdint>
 
 namespace fastmomentum::bindings {
@@ -132,36 +132,6 @@ void check_matches(const CheckedArray& other, const CheckedArray& ref) {
                               label(ref) + " has shape " + shape_of(ref.array) + "; they must match");
 }
 
-void check_no_overlap(const std::vector<CheckedArray>& arrays) {
-    // Sweep the byte ranges in address order. A range overlaps an earlier-starting one iff it
-    // starts before the furthest end seen so far; a conflict needs one of the two to be written.
-    // Pointers to the non-empty arrays, on the stack for a small call (no allocation).
-    const CheckedArray* small[24];
-    std::vector<const CheckedArray*> large(arrays.size() > 24 ? arrays.size() : 0);
-    const CheckedArray** first = large.empty() ? small : large.data();
-    const CheckedArray** last = first;
-    for (const CheckedArray& a : arrays)
-        if (a.nbytes > 0) *last++ = &a;
-    const auto begin = [](const CheckedArray* a) { return reinterpret_cast<std::uintptr_t>(a->data); };
-    const auto end = [&](const CheckedArray* a) { return begin(a) + a->nbytes; };
-    std::sort(first, last,
-              [&](const CheckedArray* x, const CheckedArray* y) { return begin(x) < begin(y); });
-
-    const CheckedArray* furthest_any = nullptr;      // of all earlier ranges
-    const CheckedArray* furthest_written = nullptr;  // of earlier written ranges
-    for (const CheckedArray** it = first; it != last; ++it) {
-        const CheckedArray* a = *it;
-        const CheckedArray* clash = nullptr;
-        if (a->access == Access::write && furthest_any && end(furthest_any) > begin(a)) clash = furthest_any;
-        else if (furthest_written && end(furthest_written) > begin(a)) clash = furthest_written;
-        if (clash)
-            throw py::value_error(label(*clash) + " and " + label(*a) + " share memory; every "
-                                  "parameter and buffer of a call must be distinct memory, and no "
-                                  "gradient may overlap one");
-        if (!furthest_any || end(a) > end(furthest_any)) furthest_any = a;
-        if (a->access == Access::write && (!furthest_written || end(a) > end(furthest_written)))
-            furthest_written = a;
-    }
-}
+void check_no_overlap(const std::vector<CheckedArray>& arrays) { check_disjoint(arrays); }
 
 }  // namespace fastmomentum::bindings

@@ -4,8 +4,8 @@
 #include <cstring>
 #include <string>
 
-// The coefficients are checked with the same function the kernels use; this object's copy of the
-// rules lives in its own namespace, rules::host.
+// The coefficients are checked, and the clipping coefficient computed, with the same functions the
+// kernels use; this object's copy of the rules lives in its own namespace, rules::host.
 #define FM_ISA host
 #include "fastmomentum/rules.hpp"
 
@@ -164,6 +164,10 @@ Guard parse_guard(py::handle check_finite, py::handle max_norm, py::handle loss_
                               repr(guard.loss_scale));
     return guard;
 }
+
+double Guard::norm(double sum_squares) const { return std::sqrt(sum_squares) / loss_scale; }
+
+double Guard::clip_coefficient(double norm) const { return rules::clip_coefficient(max_norm, norm); }
 
 void check_coefficients(const Hyper& h, Dtype dtype) {
     if (dtype == Dtype::f32) check_coefficients_as<float>(h, "float32");

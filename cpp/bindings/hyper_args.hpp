@@ -26,6 +26,10 @@ struct Guard {
 
     // The Hyper::grad_scale of the step's calls, before clipping.
     double grad_scale() const { return 1.0 / loss_scale; }
+    // The norm of the gradients after unscaling, from the sum of their squares before it.
+    double norm(double sum_squares) const;
+    // The gradients' factor for that norm (rules::clip_coefficient).
+    double clip_coefficient(double norm) const;
 };
 
 // Parses the guard arguments of the step entry points: check_finite (a bool), max_norm (None, or

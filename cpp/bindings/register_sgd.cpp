@@ -58,24 +58,11 @@ py::object sgd_step_guarded(py::handle params, py::handle grads, py::handle buff
                      guard);
 }
 
-constexpr std::size_t kCallFields = 14;
-
 py::tuple sgd_steps(py::handle calls, py::handle check_finite, py::handle max_norm,
                     py::handle loss_scale) {
     const Guard guard = parse_guard(check_finite, max_norm, loss_scale);
     std::vector<CheckedArray> arrays;
-    std::vector<Call> prepared;
-    const Items items(calls, "calls");
-    for (std::size_t i = 0; i < items.size(); ++i) {
-        const py::handle item = items[i];
-        if (!py::isinstance<py::tuple>(item) || py::len(item) != kCallFields)
-            throw py::type_error("each call must be a tuple of " + std::to_string(kCallFields) +
-                                 " fields (sgd_step's arguments, then indices)");
-        const auto f = py::reinterpret_borrow<py::tuple>(item);
-        Hyper h = parse_hyper(f[4], f[5], f[6], f[7], f[8], f[9], f[10], f[11], f[12]);
-        h.grad_scale = guard.grad_scale();
-        prepared.push_back(prepare(f[0], f[1], f[2], f[3], h, f[13], arrays));
-    }
+    const std::vector<Call> prepared = prepare_calls(calls, guard, arrays, &check_array);
     check_no_overlap(arrays);
     return to_python(run(prepared.data(), prepared.size(), guard), guard);
 }
