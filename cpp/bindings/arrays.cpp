@@ -85,7 +85,11 @@ CheckedArray check_array(py::handle obj, const char* list, std::size_t index, Ac
     PyObject* o = obj.ptr();
     if (Py_TYPE(o) != g_ndarray) {  // exact ndarrays (the usual case) skip the subclass checks
         if (!py::isinstance<py::array>(obj))
-            throw py::type_error(where() + " must be a numpy.ndarray, got " + type_name(obj));
+            throw py::type_error(where() + " must be a numpy.ndarray, got " + type_name(obj) +
+                                 (py::hasattr(obj, "__cuda_array_interface__")
+                                      ? " (a CUDA array: a step's arrays must all be NumPy arrays "
+                                        "or all be on one GPU)"
+                                      : ""));
         if (PyObject_IsInstance(o, g_masked_array) == 1)
             throw py::type_error(where() + " is a numpy.ma.MaskedArray; its mask would be ignored: "
                                  "pass its .data and handle the masked elements yourself");

@@ -9,6 +9,7 @@ from typing import Any, Literal
 import numpy as np
 
 from . import _core
+from ._devices import cuda_status
 
 
 def set_num_threads(n: int | None) -> None:
@@ -40,12 +41,13 @@ def show_config(mode: Literal["stdout", "dicts"] = "stdout") -> dict[str, Any] |
     Keys: ``version``, ``isa`` (in use), ``isas_compiled``, ``isas_supported`` (compiled and
     runnable on this CPU), ``openmp``, ``openmp_version``, ``openmp_runtime`` (the path of the
     OpenMP library in use), ``threads``, ``grain_bytes`` (bytes of parameters per thread below
-    which a call stays serial), ``compiler``, ``fp_contract``, ``cuda``, ``numpy``, ``python``.
+    which a call stays serial), ``compiler``, ``fp_contract``, ``cuda`` (whether the CUDA module was
+    built, and the devices it can use here or why there are none), ``numpy``, ``python``.
     Set the environment variable ``FASTMOMENTUM_ISA=baseline|avx2|avx512`` before import to
     force an ISA.
     """
     config: dict[str, Any] = dict(_core.config())
-    config["cuda"] = _cuda_status()
+    config["cuda"] = cuda_status()
     config["numpy"] = np.__version__
     config["python"] = f"{platform.python_version()} ({platform.machine()}, {platform.system()})"
     if mode == "dicts":
@@ -57,8 +59,3 @@ def show_config(mode: Literal["stdout", "dicts"] = "stdout") -> dict[str, Any] |
         shown = ", ".join(value) if isinstance(value, list) else value
         print(f"{key:<{width}}  {shown}")
     return None
-
-
-def _cuda_status() -> str:
-    """This version has no CUDA kernels, whatever the build machine had."""
-    return "not built (no CUDA kernels in this version)"

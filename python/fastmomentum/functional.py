@@ -6,6 +6,12 @@ one index must share dtype (float32 or float64) and shape, be C-contiguous and a
 written ones writeable; arrays are never copied. Any violation raises ``TypeError`` or
 ``ValueError`` naming the argument and index, and then NO array has been modified.
 
+The arrays are NumPy arrays, or all CUDA arrays on one GPU (CuPy arrays, PyTorch CUDA tensors,
+anything with ``__cuda_array_interface__`` or ``__dlpack__``; the first parameter decides). A
+device step runs the same per-element formula on the GPU, with the same bits as on the CPU, on the
+current stream of the arrays' library, and returns without waiting for the GPU unless a guard
+needs the gradients' verdict.
+
 Arithmetic: hyper-parameters are combined in double and rounded once to the arrays' dtype; each
 element then goes through the formula below in that dtype, in the reference framework's order of
 operations, with no FMA contraction, so results are the same bits on every ISA and every thread
@@ -33,6 +39,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from . import _core
+from ._devices import on_device, steps
 from .guards import APPLIED, UNSCALED, NonFinite, StepResult, checks_finite, result
 
 Array = Union[NDArray[np.float32], NDArray[np.float64]]
@@ -106,9 +113,13 @@ def sgd_(
     """
     # Positional: matching keyword arguments by name would cost ~1 us a call.
     if nonfinite == "ignore" and max_grad_norm is None and loss_scale is UNSCALED:  # no guard
-        _core.sgd_step(params, grads, buffers, first_step, "torch", lr, momentum, dampening,
-                       nesterov, weight_decay, weight_decay_mode, schedule_multiplier, maximize)
-        return APPLIED
+        try:
+            _core.sgd_step(params, grads, buffers, first_step, "torch", lr, momentum, dampening,
+                           nesterov, weight_decay, weight_decay_mode, schedule_multiplier, maximize)
+            return APPLIED
+        except TypeError:  # the host kernels take NumPy arrays only: maybe CUDA arrays
+            if not on_device(params):
+                raise
     return _guarded((params, grads, buffers, first_step, "torch", lr, momentum, dampening, nesterov,
                      weight_decay, weight_decay_mode, schedule_multiplier, maximize),
                     nonfinite, max_grad_norm, loss_scale)
@@ -148,9 +159,13 @@ def keras_sgd_(
     first. See :func:`sgd_` for the argument rules, the guards and the result.
     """
     if nonfinite == "ignore" and max_grad_norm is None and loss_scale is UNSCALED:  # no guard
-        _core.sgd_step(params, grads, velocities, False, "keras", lr, momentum, 0.0, nesterov,
-                       weight_decay, weight_decay_mode, schedule_multiplier, maximize)
-        return APPLIED
+        try:
+            _core.sgd_step(params, grads, velocities, False, "keras", lr, momentum, 0.0, nesterov,
+                           weight_decay, weight_decay_mode, schedule_multiplier, maximize)
+            return APPLIED
+        except TypeError:
+            if not on_device(params):
+                raise
     return _guarded((params, grads, velocities, False, "keras", lr, momentum, 0.0, nesterov,
                      weight_decay, weight_decay_mode, schedule_multiplier, maximize),
                     nonfinite, max_grad_norm, loss_scale)
@@ -182,9 +197,13 @@ def ema_sgd_(
     :func:`sgd_` for the guards and the result.
     """
     if nonfinite == "ignore" and max_grad_norm is None and loss_scale is UNSCALED:  # no guard
-        _core.sgd_step(params, grads, buffers, False, "ema", lr, beta, 0.0, False, weight_decay,
-                       weight_decay_mode, schedule_multiplier, maximize)
-        return APPLIED
+        try:
+            _core.sgd_step(params, grads, buffers, False, "ema", lr, beta, 0.0, False, weight_decay,
+                           weight_decay_mode, schedule_multiplier, maximize)
+            return APPLIED
+        except TypeError:
+            if not on_device(params):
+                raise
     return _guarded((params, grads, buffers, False, "ema", lr, beta, 0.0, False, weight_decay,
                      weight_decay_mode, schedule_multiplier, maximize),
                     nonfinite, max_grad_norm, loss_scale)
@@ -192,7 +211,11 @@ def ema_sgd_(
 
 def _guarded(args: _StepArgs, nonfinite: NonFinite, max_grad_norm: float | None,
              loss_scale: float) -> StepResult:
-    """The kernel call of a step with guards (``args``: sgd_step's 13 arguments)."""
+    """The kernel call of a step with guards, or of any step on CUDA arrays (``args``: sgd_step's
+    13 arguments)."""
     check = checks_finite(nonfinite)
-    return result(_core.sgd_step_guarded(*args, check, max_grad_norm, loss_scale), nonfinite,
-                  args[1])
+    if on_device(args[0]):
+        outcome = steps([(*args, None)], check, max_grad_norm, loss_scale)
+    else:
+        outcome = _core.sgd_step_guarded(*args, check, max_grad_norm, loss_scale)
+    return result(outcome, nonfinite, args[1])

@@ -13,6 +13,8 @@ from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
+from ._devices import is_device_array, to_host
+
 __all__ = ["NonFinite", "StepResult"]
 
 #: What a step does when a gradient holds a NaN or an infinity: ``"raise"`` a
@@ -74,7 +76,7 @@ def nonfinite_error(grads: Sequence[Any]) -> FloatingPointError:
     for i, g in enumerate(grads):
         if g is None:
             continue
-        flat = np.asarray(g).reshape(-1)
+        flat = (to_host(g) if is_device_array(g) else np.asarray(g)).reshape(-1)
         bad = np.flatnonzero(~np.isfinite(flat))
         if bad.size:
             return FloatingPointError(

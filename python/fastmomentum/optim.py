@@ -17,6 +17,9 @@ from typing import Any, Callable, Literal, Union
 import numpy as np
 
 from . import _core
+from ._devices import check_params as check_device_params
+from ._devices import is_device_array, new_buffer, on_device, to_device_like, to_host
+from ._devices import steps as device_steps
 from .functional import Array, WeightDecayMode
 from .guards import NonFinite, StepResult, checks_finite, nonfinite_error, result
 
@@ -132,6 +135,12 @@ class SGD:
         skipped_steps, consecutive_skips: steps skipped in all, and since the last applied one
             (saved in the state dict).
 
+    CUDA arrays (CuPy arrays, PyTorch CUDA tensors without grad: pass ``p.detach()``) work as
+    NumPy arrays do, all on one GPU: the buffers are created on that device by the arrays' own
+    library, each step runs the CUDA kernels on that library's current stream, and
+    :meth:`state_dict` returns NumPy copies of them (:meth:`load_state_dict` copies them back to
+    the device). Host and device arrays cannot be mixed in one optimizer.
+
     One thread at a time: a call of :meth:`step`, :meth:`load_state_dict` or
     :meth:`add_param_group` while another thread is inside one of them raises ``RuntimeError``
     and changes nothing. Different optimizers step in parallel (the kernels release the GIL).
@@ -154,7 +163,7 @@ class SGD:
         max_grad_norm: float | None = None,
         max_consecutive_skips: int | None = 10,
     ) -> None:
-        if isinstance(params, np.ndarray):
+        if isinstance(params, np.ndarray) or is_device_array(params):
             raise TypeError("params argument given to the optimizer should be an iterable of "
                             f"arrays or dicts, but got {type(params).__name__} (wrap it: [w])")
         if style not in BUFFER_KEY:
@@ -186,6 +195,9 @@ class SGD:
         # from; see _step_with_plan.
         self._plan: Any = None
         self._plan_made_from: tuple[ArrayState, int] | None = None
+        #: Whether the parameters are CUDA arrays (the first one decides; the kernels' checks
+        #: reject the others unless they are on the same GPU).
+        self.on_device = False
 
         items = list(params)
         if not items:
@@ -205,7 +217,7 @@ class SGD:
         seen: set[int] = set()
         for group in groups:
             self._add(group, seen)
-        _core.check_params(self._params(), 0)  # once for all: no two share memory
+        self._check_params(self._params(), 0)  # once for all: no two share memory
 
     # -- parameter groups -------------------------------------------------------------------
 
@@ -214,7 +226,7 @@ class SGD:
         with self._exclusive("add_param_group"):
             self._add(param_group, {id(p) for p in self._params()})
             try:
-                _core.check_params(self._params(), 0)
+                self._check_params(self._params(), 0)
             except ValueError:
                 self.param_groups.pop()
                 raise
@@ -236,13 +248,15 @@ class SGD:
         if not isinstance(param_group, dict):
             raise TypeError(f"param_group must be a dict, got {type(param_group).__name__}")
         params = param_group["params"]
-        if isinstance(params, np.ndarray):
+        if isinstance(params, np.ndarray) or is_device_array(params):
             params = [params]
         elif isinstance(params, set):
             raise TypeError("optimizer parameters need to be organized in ordered collections, "
                             "but the ordering of sets is not deterministic; use a list")
         group = {**self.defaults, **param_group, "params": list(params)}
-        _core.check_params(group["params"], len(seen))
+        if not self.param_groups:
+            self.on_device = on_device(group["params"])
+        self._check_params(group["params"], len(seen))
         ids = {id(p) for p in group["params"]}
         if len(ids) != len(group["params"]) or not ids.isdisjoint(seen):
             raise ValueError("some parameters appear in more than one parameter group")
@@ -257,6 +271,10 @@ class SGD:
 
     def _params(self) -> list[np.ndarray]:
         return [p for g in self.param_groups for p in g["params"]]
+
+    def _check_params(self, params: list[Any], first_index: int) -> None:
+        """The kernels' checks of parameters (types, layout, no shared memory; one GPU)."""
+        (check_device_params if self.on_device else _core.check_params)(params, first_index)
 
     # -- stepping ---------------------------------------------------------------------------
 
@@ -337,6 +355,8 @@ class SGD:
         a group's ``params`` is not a list, or a buffer no step uses now is invalid): the steps
         then take the full path, which reports such problems when they matter."""
         self._plan, self._plan_made_from = None, None
+        if self.on_device:  # plans hold NumPy arrays; a device step checks everything anyway
+            return
         try:
             self._plan = _core.StepPlan(
                 self.param_groups,
@@ -386,13 +406,14 @@ class SGD:
                     first.append(buf is None and has_momentum and self.style == "torch")
                     indices.append(index)
                 index += 1
-            for i, buf in zip(new, _new_buffers([params[i] for i in new], self.style)):
+            new_buffers = _new_device_buffers if self.on_device else _new_buffers
+            for i, buf in zip(new, new_buffers([params[i] for i in new], self.style)):
                 buffers[i] = buf
                 created.append((params[i], buf))
             if params:
                 calls.append((params, group_grads, buffers if has_momentum else None, first,
                               *values, indices))
-        outcome = _core.sgd_steps(calls, *guard)
+        outcome = (device_steps if self.on_device and calls else _core.sgd_steps)(calls, *guard)
         if outcome[0]:  # only after a successful update
             for p, buf in created:
                 self.state.setdefault(p, {})[key] = buf
@@ -420,7 +441,8 @@ class SGD:
             saved["params"] = []
             for p in group["params"]:
                 if p in self.state:
-                    state[index] = dict(self.state[p])
+                    state[index] = {k: to_host(v) if self.on_device and is_device_array(v) else v
+                                    for k, v in self.state[p].items()}
                 saved["params"].append(index)
                 index += 1
             groups.append(saved)
@@ -473,11 +495,12 @@ class SGD:
                                  "of the groups")
             buf = entry.get(key)
             if buf is not None:
-                buf = np.asarray(buf)
-                if buf.shape != p.shape:
+                buf = np.asarray(to_host(buf) if is_device_array(buf) else buf)
+                if buf.shape != tuple(p.shape):
                     raise ValueError(f"state[{saved_index}][{key!r}] has shape {buf.shape} but "
-                                     f"its parameter has shape {p.shape}")
-                buf = np.array(buf, dtype=p.dtype, order="C", copy=True)
+                                     f"its parameter has shape {tuple(p.shape)}")
+                buf = to_device_like(buf, p) if self.on_device else \
+                    np.array(buf, dtype=p.dtype, order="C", copy=True)
             new_state[p] = {**entry, key: buf}
         self.param_groups[:] = new_groups
         self.state = new_state
@@ -510,6 +533,12 @@ def _new_buffers(params: list[np.ndarray], style: Style) -> list[np.ndarray]:
             out[i] = block[offset:offset + size].reshape(params[i].shape)
             offset += size
     return out
+
+
+def _new_device_buffers(params: list[Any], style: Style) -> list[Any]:
+    """Buffers for CUDA ``params``, on their device, made by their library (the torch style's
+    first step writes them whole; the others start from zero)."""
+    return [new_buffer(p, zero=style != "torch") for p in params]
 
 
 def _evaluate(value: Hyper, step: int) -> Any:

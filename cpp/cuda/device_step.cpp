@@ -1,0 +1,78 @@
+#include "device_step.hpp"
+
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+
+#include "launch.hpp"
+
+namespace fastmomentum::cuda {
+namespace {
+
+cudaStream_t to_stream(StreamId id) {
+    if (id == 1) return cudaStreamLegacy;
+    if (id == 2) return cudaStreamPerThread;
+    return reinterpret_cast<cudaStream_t>(id);
+}
+
+// Makes `device` current for its lifetime (CUDA calls act on the calling thread's device).
+class CurrentDevice {
+public:
+    explicit CurrentDevice(int device) {
+        check(cudaGetDevice(&previous_), "cudaGetDevice");
+        if (previous_ != device) check(cudaSetDevice(device), "cudaSetDevice");
+    }
+    ~CurrentDevice() { cudaSetDevice(previous_); }
+    CurrentDevice(const CurrentDevice&) = delete;
+    CurrentDevice& operator=(const CurrentDevice&) = delete;
+
+private:
+    int previous_ = 0;
+};
+
+// `waiter` waits for the work enqueued on `stream` so far.
+void wait_for(cudaStream_t waiter, cudaStream_t stream) {
+    cudaEvent_t event;
+    check(cudaEventCreateWithFlags(&event, cudaEventDisableTiming), "cudaEventCreateWithFlags");
+    cudaError_t status = cudaEventRecord(event, stream);
+    if (status == cudaSuccess) status = cudaStreamWaitEvent(waiter, event, 0);
+    cudaEventDestroy(event);  // released once the wait has happened
+    check(status, "ordering the step's stream after an array's stream");
+}
+
+}  // namespace
+
+bindings::Outcome run_on_device(const std::vector<bindings::Call>& calls,
+                                const bindings::Guard& guard, const std::vector<DeviceArray>& arrays,
+                                int device, StreamId stream_id) {
+    std::vector<StreamId> producers;
+    for (const DeviceArray& a : arrays)
+        if (a.stream != 0 && a.stream != stream_id &&
+            std::find(producers.begin(), producers.end(), a.stream) == producers.end())
+            producers.push_back(a.stream);
+    const cudaStream_t stream = to_stream(stream_id);
+
+    py::gil_scoped_release release;
+    const CurrentDevice current(device);
+    for (StreamId p : producers) wait_for(stream, to_stream(p));
+    const bindings::Outcome outcome = bindings::run_calls(
+        calls.data(), calls.size(), guard,
+        [&](const std::vector<TensorRef>& list, Dtype dtype, double* sum_squares) {
+            std::vector<double> sums;
+            std::vector<double>* want = sum_squares ? &sums : nullptr;
+            const bool finite = dtype == Dtype::f32
+                                    ? grad_stats<float>(list.data(), list.size(), want, stream)
+                                    : grad_stats<double>(list.data(), list.size(), want, stream);
+            for (double s : sums) *sum_squares += s;  // block after block, as on the CPU
+            return finite;
+        },
+        [&](const bindings::Call& c, const Hyper& h) {
+            if (!c.f32.empty()) sgd<float>(c.f32.data(), c.f32.size(), h, stream);
+            if (!c.f64.empty()) sgd<double>(c.f64.data(), c.f64.size(), h, stream);
+            return 0;  // no host threads
+        });
+    for (StreamId p : producers) wait_for(to_stream(p), stream);
+    return outcome;
+}
+
+}  // namespace fastmomentum::cuda

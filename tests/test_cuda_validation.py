@@ -1,0 +1,291 @@
+"""The CUDA module without a GPU: its report, the routing of device arrays to it, and every check
+of its inputs. Those checks all run before CUDA is asked where the memory lives, so stand-in
+device arrays (objects exposing ``__cuda_array_interface__`` over NumPy memory) exercise them here;
+with no driver, or on a GPU (where host memory is refused), such a step then fails at that last
+check with nothing modified. The checks must give the host module's messages word for word."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+import fastmomentum as fm
+from fastmomentum import _core, _devices
+
+_cuda = pytest.importorskip("fastmomentum._cuda", reason="built without the CUDA module")
+
+from conftest import core_step  # noqa: E402
+
+# What the last check says for stand-ins: no driver here, or host memory on a machine with a GPU.
+WHERE_THE_MEMORY_LIVES = r"finding the device of params\[0\]|params\[0\] is not device memory"
+
+
+class FakeCudaArray:
+    """A ``__cuda_array_interface__`` (v3) over a NumPy array's memory, with any field overridden
+    (``None`` drops it)."""
+
+    def __init__(self, host, **fields):
+        self.host = host  # keeps the memory alive
+        self.interface = {"version": 3, "typestr": host.dtype.str, "shape": host.shape,
+                          "strides": None, "data": (host.ctypes.data, not host.flags.writeable),
+                          "stream": None}
+        for key, value in fields.items():
+            if value is None:
+                self.interface.pop(key)
+            else:
+                self.interface[key] = value
+
+    @property
+    def __cuda_array_interface__(self):
+        return self.interface
+
+
+class RefusingArray:
+    """A producer that refuses to export (as PyTorch does for a tensor that requires grad)."""
+
+    @property
+    def __cuda_array_interface__(self):
+        raise RuntimeError("Can't get __cuda_array_interface__ on Variable that requires grad")
+
+
+def fake(host, **fields):
+    return FakeCudaArray(host, **fields)
+
+
+def device_step(params, grads, buffers=None, *, stream=1, check_finite=False, max_norm=None,
+                **overrides):
+    """``_cuda.sgd_steps`` on one call, with core_step's defaults."""
+    kw = dict(first_step=False, style="torch", lr=0.01, momentum=0.9, dampening=0.0,
+              nesterov=True, weight_decay=1e-4, weight_decay_mode="coupled",
+              schedule_multiplier=1.0, maximize=False)
+    kw.update(overrides)
+    call = (params, grads, buffers, *kw.values(), None)
+    return _cuda.sgd_steps([call], check_finite, max_norm, 1.0, stream)
+
+
+@pytest.fixture
+def arrays():
+    rng = np.random.default_rng(0)
+    return [rng.standard_normal(6).astype(np.float32) for _ in range(6)]
+
+
+def snapshot(arrays):
+    return [a.copy() for a in arrays]
+
+
+def unchanged(arrays, before):
+    return all(a.tobytes() == b.tobytes() for a, b in zip(arrays, before))
+
+
+def test_show_config_says_the_module_is_built_and_which_devices_it_can_use():
+    status = fm.show_config(mode="dicts")["cuda"]
+    build = _cuda.build()
+    assert status.startswith(f"built (CUDA {build['runtime_version'] // 1000}.")
+    assert build["architectures"] in status
+    found = _cuda.devices()
+    if found["devices"]:
+        assert found["error"] is None and "; devices 0: " in status
+    else:  # this machine: a toolkit but no driver, or no GPU
+        assert found["error"] and f"; no usable device: {found['error']}" in status
+
+
+def test_the_default_architectures_include_turing_ampere_and_hopper():
+    # Unless the build overrode them: then this says what was asked for.
+    archs = _cuda.build()["architectures"].split()
+    assert {a.split("-")[0] for a in archs} >= {"75", "80", "90"}
+    assert "native" not in archs
+
+
+@pytest.mark.parametrize("step", ["sgd_", "keras_sgd_", "ema_sgd_"])
+@pytest.mark.parametrize("guarded", [False, True])
+def test_a_step_on_device_arrays_goes_to_the_cuda_module(arrays, step, guarded):
+    p, g, b = arrays[:3]
+    before = snapshot(arrays)
+    kw = {"beta": 0.9} if step == "ema_sgd_" else {"momentum": 0.9}
+    if guarded:
+        kw["max_grad_norm"] = 1.0
+    with pytest.raises((RuntimeError, ValueError), match=WHERE_THE_MEMORY_LIVES):
+        getattr(fm.functional, step)([fake(p)], [fake(g)], [fake(b)], lr=0.1, **kw)
+    assert unchanged(arrays, before)
+
+
+def test_host_steps_do_not_route_to_the_cuda_module(arrays):
+    p, g = arrays[:2]
+    with pytest.raises(TypeError, match=r"params must be a list or tuple"):
+        fm.functional.sgd_(p, [g], lr=0.1)  # the host module's own error, re-raised as it was
+
+
+def test_is_device_array():
+    assert _devices.is_device_array(fake(np.zeros(2, np.float32)))
+    assert not _devices.is_device_array(np.zeros(2, np.float32))  # has __dlpack__, on the CPU
+    assert not _devices.is_device_array([1.0])
+
+
+def test_a_device_array_in_a_host_step_is_named_with_the_reason(arrays):
+    p, g, b = arrays[:3]
+    with pytest.raises(TypeError, match=r"grads\[0\] must be a numpy\.ndarray, got "
+                                        r".*FakeCudaArray \(a CUDA array: a step's arrays must "
+                                        r"all be NumPy arrays or all be on one GPU\)"):
+        core_step([p], [fake(g)], [b])
+
+
+def test_a_host_array_in_a_device_step_is_named_with_the_reason(arrays):
+    p, g, b = arrays[:3]
+    before = snapshot(arrays)
+    with pytest.raises(TypeError, match=r"grads\[0\] must be a CUDA array .* got numpy\.ndarray "
+                                        r"\(its DLPack device type is 1, the CPU\)"):
+        fm.functional.sgd_([fake(p)], [g], [fake(b)], lr=0.1, momentum=0.9)
+    assert unchanged(arrays, before)
+
+
+def test_a_dlpack_export_on_the_cpu_is_refused():
+    class ClaimsCuda:  # says CUDA, but its export is NumPy's, on the CPU
+        def __init__(self, host):
+            self.host = host
+
+        def __dlpack_device__(self):
+            return (2, 0)
+
+        def __dlpack__(self, stream=None):
+            return self.host.__dlpack__()
+
+    p = np.zeros(4, np.float32)
+    with pytest.raises(TypeError, match=r"params\[0\] must be a CUDA array"):
+        device_step([ClaimsCuda(p)], [ClaimsCuda(p.copy())], momentum=0.0, nesterov=False)
+
+
+def test_a_producer_that_refuses_is_named(arrays):
+    p = arrays[0]
+    with pytest.raises(TypeError, match=r"^grads\[0\]: .*requires grad"):
+        device_step([fake(p)], [RefusingArray()], momentum=0.0, nesterov=False)
+
+
+@pytest.mark.parametrize(("fields", "error", "message"), [
+    ({"typestr": "<i4"}, TypeError, r"params\[0\] has dtype '<i4'; expected float32 or float64"),
+    ({"typestr": "<f2"}, TypeError, r"params\[0\] has dtype '<f2'"),
+    ({"typestr": ">f4"}, TypeError, r"params\[0\] has dtype '>f4'; .* native byte order"),
+    ({"strides": (8,)}, ValueError, r"params\[0\] is not C-contiguous \(shape \(6,\), strides "
+                                    r"\(8,\)\); fastmomentum never copies"),
+    ({"mask": (1,)}, ValueError, r"params\[0\] has a mask"),
+    ({"stream": 0}, ValueError, r"params\[0\]\.__cuda_array_interface__\['stream'\] is 0"),
+    ({"data": None}, ValueError, r"params\[0\]\.__cuda_array_interface__ has no 'data'"),
+    ({"shape": [6]}, TypeError, r"\['shape'\] must be a tuple of ints"),
+    ({"strides": (4, 4)}, ValueError, r"has 2 strides for 1 dimensions"),
+])
+def test_interface_fields_are_checked(arrays, fields, error, message):
+    p, g, b = arrays[:3]
+    before = snapshot(arrays)
+    with pytest.raises(error, match=message):
+        device_step([fake(p, **fields)], [fake(g)], [fake(b)])
+    assert unchanged(arrays, before)
+
+
+def test_strides_that_are_c_contiguous_are_accepted(arrays):
+    p, g, b = arrays[:3]
+    m = p.reshape(2, 3)
+    # Explicit C strides, and any stride on a dimension of extent 1 (NumPy's rule).
+    for strides in [(12, 4), None]:
+        with pytest.raises((RuntimeError, ValueError), match=WHERE_THE_MEMORY_LIVES):
+            device_step([fake(m, strides=strides)], [fake(g.reshape(2, 3))],
+                        [fake(b.reshape(2, 3))])
+    col = p.reshape(1, 6)
+    with pytest.raises((RuntimeError, ValueError), match=WHERE_THE_MEMORY_LIVES):
+        device_step([fake(col, strides=(999, 4))], [fake(g.reshape(1, 6))],
+                    [fake(b.reshape(1, 6))])
+
+
+def test_a_misaligned_pointer_is_refused():
+    raw = np.zeros(16, np.uint8)
+    p = fake(np.zeros(2, np.float32), data=(raw.ctypes.data + 1, False))
+    with pytest.raises(ValueError, match=r"params\[0\] is not aligned to its dtype"):
+        device_step([p], [fake(np.zeros(2, np.float32))], momentum=0.0, nesterov=False)
+
+
+# Each case: (params, grads, buffers) for the host module, and keyword overrides. The device
+# module must refuse the same inputs, given as stand-ins, with the same message.
+def _cases(arrays):
+    p, g, b, q, h, c = arrays
+    ro = p.copy()
+    ro.flags.writeable = False
+    g64 = g.astype(np.float64)
+    return {
+        "lengths": (([p, q], [g], [b, c]), {}),
+        "buffers lengths": (([p, q], [g, h], [b]), {}),
+        "no buffers": (([p], [g], None), {}),
+        "shape": (([p], [g[:5]], [b]), {}),
+        "dtype": (([p], [g64], [b]), {}),
+        "buffer shape": (([p], [g], [b.reshape(2, 3)]), {}),
+        "read-only param": (([ro], [g], [b]), {}),
+        "read-only buffer": (([p], [g], [ro]), {}),
+        "param overlaps buffer": (([p], [g], [p]), {}),
+        "grad overlaps param": (([p, q], [g, p], [b, c]), {}),
+        "lr": (([p], [g], [b]), {"lr": -1.0}),
+        "momentum": (([p], [g], [b]), {"momentum": 1.5}),
+        "nesterov": (([p], [g], [b]), {"dampening": 0.5}),
+        "style": (([p], [g], [b]), {"style": "adam"}),
+        "first_step": (([p], [g], [b]), {"first_step": [True, False]}),
+        "overflow": (([p], [g], [b]), {"lr": 1e39}),
+    }
+
+
+@pytest.mark.parametrize("case", list(_cases([np.zeros(6, np.float32)] * 6)))
+def test_the_device_module_refuses_what_the_host_module_refuses_with_its_words(arrays, case):
+    (params, grads, buffers), overrides = _cases(arrays)[case]
+    before = snapshot(arrays)
+    with pytest.raises((TypeError, ValueError)) as host:
+        core_step(params, grads, buffers, **overrides)
+
+    def as_fake(items):
+        return None if items is None else [fake(a) for a in items]
+
+    with pytest.raises(type(host.value), match=f"^{re.escape(str(host.value))}$"):
+        device_step(as_fake(params), as_fake(grads), as_fake(buffers), **overrides)
+    assert unchanged(arrays, before)
+
+
+def test_the_stream_argument_is_checked(arrays):
+    p, g = arrays[:2]
+    with pytest.raises(ValueError, match="stream 0 is ambiguous"):
+        device_step([fake(p)], [fake(g)], momentum=0.0, nesterov=False, stream=0)
+    with pytest.raises(TypeError, match="stream must be an int"):
+        device_step([fake(p)], [fake(g)], momentum=0.0, nesterov=False, stream=True)
+
+
+def test_an_optimizer_of_device_arrays_checks_them_with_the_device_module(arrays):
+    p, q = arrays[:2]
+    with pytest.raises(TypeError, match=r"params\[1\] must be a CUDA array .* got numpy\.ndarray"):
+        fm.SGD([fake(p), q], lr=0.1)
+    with pytest.raises(TypeError, match=r"params\[1\] must be a numpy\.ndarray, got "
+                                        r".*FakeCudaArray \(a CUDA array"):
+        fm.SGD([p, fake(q)], lr=0.1)
+    with pytest.raises(TypeError, match=r"should be an iterable of arrays or dicts, but got "
+                                        r"FakeCudaArray \(wrap it: \[w\]\)"):
+        fm.SGD(fake(p), lr=0.1)
+    # Valid stand-ins pass every check but the last one.
+    with pytest.raises((RuntimeError, ValueError), match=WHERE_THE_MEMORY_LIVES):
+        fm.SGD([fake(p), fake(q)], lr=0.1)
+
+
+def test_the_host_module_is_unchanged_by_the_device_routing(arrays):
+    # One host step, checked against the host module called directly.
+    p, g, b = arrays[:3]
+    p2, b2 = p.copy(), b.copy()
+    fm.functional.sgd_([p], [g], [b], lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4)
+    core_step([p2], [g], [b2])
+    assert p.tobytes() == p2.tobytes() and b.tobytes() == b2.tobytes()
+
+
+def test_the_cuda_status_without_the_module(monkeypatch):
+    monkeypatch.setattr(_devices, "_cuda", None)
+    assert fm.show_config(mode="dicts")["cuda"].startswith("not built (no CUDA compiler")
+    with pytest.raises(RuntimeError, match=r"is a CUDA array, but fastmomentum's CUDA module is "
+                                           r"not built"):
+        fm.functional.sgd_([fake(np.zeros(2, np.float32))], [fake(np.zeros(2, np.float32))],
+                           lr=0.1)
+
+
+def test_module_functions_are_registered_without_touching_the_host_module():
+    assert {"sgd_steps", "check_params", "devices", "build"} <= set(dir(_cuda))
+    assert _core.sgd_steps is not _cuda.sgd_steps
