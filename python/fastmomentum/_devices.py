@@ -51,6 +51,14 @@ def cuda_status() -> str:
     return f"{head}; no usable device: {reason}"
 
 
+def no_device_reason() -> str | None:
+    """Why fastmomentum cannot run on a GPU here, or ``None`` when it can."""
+    if _cuda is None:
+        return f"fastmomentum's CUDA module is {_NOT_BUILT}"
+    found = _cuda.devices()
+    return None if found["devices"] else f"no usable CUDA device: {found['error']}"
+
+
 def is_device_array(x: Any) -> bool:
     """Whether ``x`` is in CUDA memory: its ``__dlpack_device__`` says CUDA, or (without one) it
     has a ``__cuda_array_interface__``. NumPy arrays and PyTorch CPU tensors are not."""

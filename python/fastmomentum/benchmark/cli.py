@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from . import cuda
 from .peers import IMPLEMENTATIONS
 from .plot import matplotlib_available, write_plot
 from .problems import LAYOUTS, VARIANTS, parse_size, size_label
@@ -43,6 +44,13 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         "--sizes replaces the sizes of every layout. Implementations: "
         + ", ".join(IMPLEMENTATIONS) + ".",
     )
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                        help="cuda: time the CUDA kernels against the GPU's copy bandwidth, "
+                        "torch's fused SGD and a CuPy kernel (sizes default to 1e6 1e7 1e8; "
+                        "the CPU-only options do not apply)")
+    parser.add_argument("--gpu-library", choices=["cupy", "torch"],
+                        help="with --device cuda: the library that allocates the arrays "
+                        "(default: CuPy if installed, else PyTorch)")
     preset = parser.add_mutually_exclusive_group()
     preset.add_argument("--quick", dest="preset", action="store_const", const="quick",
                         help="about a minute on 2 cores (the default)")
@@ -83,6 +91,14 @@ def parse_args(argv: Sequence[str] | None = None, prog: str = PROG) -> argparse.
     if args.samples < MIN_SAMPLES or args.min_sample_ms < MIN_SAMPLE_S * 1e3:
         parser.error(f"honest timings need --samples >= {MIN_SAMPLES} and --min-sample-ms >= "
                      f"{MIN_SAMPLE_S * 1e3:g}")
+    if args.device == "cuda":
+        cpu_only = [f"--{name.replace('_', '-')}" for name in
+                    ("preset", "threads", "variant", "layout", "impl")
+                    if getattr(args, name) is not None]
+        if cpu_only:
+            parser.error(f"{', '.join(cpu_only)}: CPU options, not for --device cuda")
+    elif args.gpu_library is not None:
+        parser.error("--gpu-library is for --device cuda")
     if args.threads is not None and min(args.threads) < 1:
         parser.error("--threads must be >= 1")
     layouts = args.layout or list(LAYOUTS)
@@ -117,6 +133,13 @@ def main(argv: Sequence[str] | None = None, *, prog: str = PROG, **knobs: Any) -
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv, prog)
+    if args.device == "cuda":
+        out = knobs.get("out", "stdout")
+        return cuda.main(library=args.gpu_library, sizes=args.sizes, dtypes=args.dtype,
+                         samples=args.samples, min_sample_s=args.min_sample_ms / 1e3,
+                         json_path=args.json,
+                         command=" ".join([prog, shlex.join(argv)]).strip(),
+                         out=sys.stdout if out == "stdout" else out)
     options = {**run_options(args), **knobs}
     options.setdefault("command", " ".join([prog, shlex.join(argv)]).strip())
     results = run(**options)

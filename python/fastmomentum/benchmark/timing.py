@@ -13,25 +13,29 @@ MIN_SAMPLES = 7
 MIN_SAMPLE_S = 0.020
 
 
-def _loop_seconds(step: Step, loops: int) -> float:
+def _loop_seconds(step: Step, loops: int, finish: Step | None) -> float:
     calls = range(loops)
     start = time.perf_counter()
     for _ in calls:
         step()
+    if finish is not None:
+        finish()
     return time.perf_counter() - start
 
 
-def sample_seconds_per_call(step: Step, *, samples: int, min_sample_s: float) -> list[float]:
+def sample_seconds_per_call(step: Step, *, samples: int, min_sample_s: float,
+                            finish: Step | None = None) -> list[float]:
     """``samples`` values of (loop time / calls), each loop lasting >= ``min_sample_s``.
 
     The calibration that picks the loop length (doubling it, or more, until one loop lasts 25%
-    longer than needed, a margin for noise) is also the warm-up.
+    longer than needed, a margin for noise) is also the warm-up. ``finish`` ends each loop inside
+    its time (for a GPU: waiting for the device, as the steps only enqueue work).
     """
     target = 1.25 * min_sample_s
     loops = 1
-    while (elapsed := _loop_seconds(step, loops)) < target:
+    while (elapsed := _loop_seconds(step, loops, finish)) < target:
         loops = max(2 * loops, int(loops * 1.2 * target / max(elapsed, 1e-9)))
-    return [_loop_seconds(step, loops) / loops for _ in range(samples)]
+    return [_loop_seconds(step, loops, finish) / loops for _ in range(samples)]
 
 
 def seconds_per_call(step: Step, *, samples: int, min_sample_s: float) -> float:
