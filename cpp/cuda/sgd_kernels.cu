@@ -88,37 +88,12 @@ __global__ void __launch_bounds__(kThreads) sgd_kernel(const Batch<T> batch, con
 template <class T>
 using KernelPtr = void (*)(Batch<T>, Coeffs<T>);
 
-// Runtime variant -> kernel instantiation, once per launch (as the CPU kernels pick theirs).
-template <class T, Form F, bool Nesterov, Decay D>
-KernelPtr<T> pick_scale(bool scale_grad) {
-    return scale_grad ? &sgd_kernel<T, F, Nesterov, D, true> : &sgd_kernel<T, F, Nesterov, D, false>;
-}
-
-template <class T, Form F, bool Nesterov>
-KernelPtr<T> pick_decay(Decay d, bool scale_grad) {
-    switch (d) {
-        case Decay::coupled: return pick_scale<T, F, Nesterov, Decay::coupled>(scale_grad);
-        case Decay::keep: return pick_scale<T, F, Nesterov, Decay::keep>(scale_grad);
-        case Decay::keras: return pick_scale<T, F, Nesterov, Decay::keras>(scale_grad);
-        case Decay::none: break;
-    }
-    return pick_scale<T, F, Nesterov, Decay::none>(scale_grad);
-}
-
-template <class T, Form F>
-KernelPtr<T> pick_nesterov(bool nesterov, Decay d, bool scale_grad) {
-    return nesterov ? pick_decay<T, F, true>(d, scale_grad) : pick_decay<T, F, false>(d, scale_grad);
-}
-
 template <class T>
 KernelPtr<T> pick(Form f, bool nesterov, Decay d, bool scale_grad) {
-    switch (f) {
-        case Form::torch_first: return pick_nesterov<T, Form::torch_first>(nesterov, d, scale_grad);
-        case Form::torch: return pick_nesterov<T, Form::torch>(nesterov, d, scale_grad);
-        case Form::keras: return pick_nesterov<T, Form::keras>(nesterov, d, scale_grad);
-        case Form::plain: break;
-    }
-    return pick_decay<T, Form::plain, false>(d, scale_grad);  // no buffer: no Nesterov
+    return rules::pick_variant(f, nesterov, d, scale_grad, [](auto F, auto N, auto D, auto S) {
+        return &sgd_kernel<T, decltype(F)::value, decltype(N)::value, decltype(D)::value,
+                           decltype(S)::value>;
+    });
 }
 
 // Launches `kernel` over the tensors whose first_step flag is `first`, kBatchTensors at a time.

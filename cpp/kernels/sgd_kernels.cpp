@@ -56,38 +56,12 @@ void update_span(const TensorRef& t, int64_t lo, int64_t hi, const Coeffs<T> k) 
 template <class T>
 using SpanFn = void (*)(const TensorRef&, int64_t, int64_t, Coeffs<T>);
 
-// Runtime variant -> template instantiation, once per call, one parameter at a time.
-template <class T, Form F, bool Nesterov, Decay D>
-SpanFn<T> pick_scale(bool scale_grad) {
-    return scale_grad ? &update_span<T, F, Nesterov, D, true> : &update_span<T, F, Nesterov, D, false>;
-}
-
-template <class T, Form F, bool Nesterov>
-SpanFn<T> pick_decay(Decay d, bool scale_grad) {
-    switch (d) {
-        case Decay::coupled: return pick_scale<T, F, Nesterov, Decay::coupled>(scale_grad);
-        case Decay::keep: return pick_scale<T, F, Nesterov, Decay::keep>(scale_grad);
-        case Decay::keras: return pick_scale<T, F, Nesterov, Decay::keras>(scale_grad);
-        case Decay::none: break;
-    }
-    return pick_scale<T, F, Nesterov, Decay::none>(scale_grad);
-}
-
-template <class T, Form F>
-SpanFn<T> pick_nesterov(bool nesterov, Decay d, bool scale_grad) {
-    return nesterov ? pick_decay<T, F, true>(d, scale_grad) : pick_decay<T, F, false>(d, scale_grad);
-}
-
 template <class T>
 SpanFn<T> pick(Form f, bool nesterov, Decay d, bool scale_grad) {
-    switch (f) {
-        case Form::torch_first: return pick_nesterov<T, Form::torch_first>(nesterov, d, scale_grad);
-        case Form::torch: return pick_nesterov<T, Form::torch>(nesterov, d, scale_grad);
-        case Form::keras: return pick_nesterov<T, Form::keras>(nesterov, d, scale_grad);
-        case Form::plain: break;
-    }
-    // No buffer: Nesterov has no meaning.
-    return pick_decay<T, Form::plain, false>(d, scale_grad);
+    return rules::pick_variant(f, nesterov, d, scale_grad, [](auto F, auto N, auto D, auto S) {
+        return &update_span<T, decltype(F)::value, decltype(N)::value, decltype(D)::value,
+                            decltype(S)::value>;
+    });
 }
 
 // Start of part `part` of `parts` in [0, total): floor(total * part / parts), without overflow.

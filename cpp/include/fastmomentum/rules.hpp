@@ -13,6 +13,8 @@
 // is compiled for (FM_ISA), so each ISA's copy has its own mangled names and the linker can never
 // substitute, say, the AVX-512 copy into the baseline path (cmake/check_isa_symbols.cmake checks).
 
+#include <type_traits>
+
 #include "fastmomentum/hyper.hpp"
 
 #ifndef FM_ISA
@@ -96,6 +98,48 @@ FM_HOST_DEVICE inline void update(T& p, T& b, const T g, const Coeffs<T>& k) {
         if constexpr (Nesterov) p = p - k.lr * (d + k.momentum * b);
         else p = p - k.lr * b;
     }
+}
+
+// The runtime variant -> one template instantiation, once per call (never per element): returns
+// make(form, nesterov, decay, scale_grad), each argument a std::integral_constant of the variant's
+// value, for a `make` that returns, say, &kernel<T, decltype(form)::value, ...>. The plain form has
+// no buffer, so no Nesterov. Host code only: the kernels of every ISA and of CUDA pick with it.
+namespace variant {
+template <Form F, bool N, Decay D, class Make>
+auto with_scale(bool scale_grad, const Make& make) {
+    using Fc = std::integral_constant<Form, F>;
+    using Dc = std::integral_constant<Decay, D>;
+    return scale_grad ? make(Fc{}, std::bool_constant<N>{}, Dc{}, std::true_type{})
+                      : make(Fc{}, std::bool_constant<N>{}, Dc{}, std::false_type{});
+}
+
+template <Form F, bool N, class Make>
+auto with_decay(Decay d, bool scale_grad, const Make& make) {
+    switch (d) {
+        case Decay::coupled: return with_scale<F, N, Decay::coupled>(scale_grad, make);
+        case Decay::keep: return with_scale<F, N, Decay::keep>(scale_grad, make);
+        case Decay::keras: return with_scale<F, N, Decay::keras>(scale_grad, make);
+        case Decay::none: break;
+    }
+    return with_scale<F, N, Decay::none>(scale_grad, make);
+}
+
+template <Form F, class Make>
+auto with_nesterov(bool nesterov, Decay d, bool scale_grad, const Make& make) {
+    return nesterov ? with_decay<F, true>(d, scale_grad, make)
+                    : with_decay<F, false>(d, scale_grad, make);
+}
+}  // namespace variant
+
+template <class Make>
+auto pick_variant(Form f, bool nesterov, Decay d, bool scale_grad, const Make& make) {
+    switch (f) {
+        case Form::torch_first: return variant::with_nesterov<Form::torch_first>(nesterov, d, scale_grad, make);
+        case Form::torch: return variant::with_nesterov<Form::torch>(nesterov, d, scale_grad, make);
+        case Form::keras: return variant::with_nesterov<Form::keras>(nesterov, d, scale_grad, make);
+        case Form::plain: break;
+    }
+    return variant::with_decay<Form::plain, false>(d, scale_grad, make);
 }
 
 // The guards of a step (README, "Guards"), computed before the update pass.
