@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -87,7 +88,13 @@ class ShardedSGD(SGD):
                 place = self._grads.places[index]
                 bounds = self._bounds[place.dtype]
                 start, stop = max(place.start, bounds[rank]), min(place.stop, bounds[rank + 1])
-                if start < stop:
+                # An empty array belongs to the rank whose shard holds its offset, so that it
+                # gets state (an empty buffer) as in fm.SGD.
+                empty_here = place.start == place.stop and rank == min(
+                    bisect.bisect_right(bounds, place.start) - 1, world - 1)
+                if empty_here:
+                    start = stop = place.start
+                if start < stop or empty_here:
                     piece = p.reshape(-1)[start - place.start:stop - place.start]
                     grad = self._grads.flats[place.dtype][start:stop]
                     self._pieces.append((place._replace(start=start, stop=stop), piece, grad))
