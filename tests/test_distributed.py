@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -37,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).parent / "mpi"))
 from cases import CASES, STEPS, grad_order, make_grads, make_params, make_scheduler, param_groups
 
 WORKER = Path(__file__).parent / "mpi" / "worker.py"
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "mpi_train.py"
 SEED = 7  # worker.py's
 KINDS = ("DistributedSGD", "ShardedSGD")
 TOLERANCE = {np.dtype(np.float32): 2e-5, np.dtype(np.float64): 1e-13}
@@ -65,15 +67,15 @@ def _is_open_mpi() -> bool:
     return "Open MPI" in version.stdout + version.stderr
 
 
-def mpirun(n: int, *args: str) -> None:
-    """Run worker.py on ``n`` ranks; fails with its output if any rank fails."""
+def mpirun(n: int, *args: str, script: Path = WORKER) -> None:
+    """Run ``script`` (worker.py) on ``n`` ranks; fails with its output if any rank fails."""
     command = ["mpirun", "-n", str(n)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # n ranks on 2 cores: no OpenMP on top
     if _is_open_mpi():
         # More ranks than cores; and Open MPI refuses root (CI's containers) unless told twice.
         command.append("--oversubscribe")
         env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
-    command += [sys.executable, "-m", "mpi4py", str(WORKER), *args]
+    command += [sys.executable, "-m", "mpi4py", str(script), *args]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env,
                           check=False)
     assert done.returncode == 0, f"{' '.join(command)}\n{done.stdout}\n{done.stderr}"
@@ -225,3 +227,22 @@ def test_constructor_and_step_refuse_bad_input(tmp_path):
         assert "parameter groups of rank(s) [1] differ" in found["hyper"]
         assert "comm must be an mpi4py intracommunicator" in found["comm"]
         assert "grads[0] is None" in found["none"]
+
+
+@pytest.mark.parametrize(("world", "flag"), [(4, "--distributed"), (4, "--sharded"),
+                                             (3, "--distributed")])
+def test_mpi_train_example_reaches_the_single_process_loss(tmp_path, world, flag):
+    if not EXAMPLE.exists():
+        pytest.skip(f"{EXAMPLE} not found")
+    mpirun(world, flag, "--json", str(tmp_path / "run.json"), script=EXAMPLE)
+    result = json.loads((tmp_path / "run.json").read_text())
+    spec = importlib.util.spec_from_file_location("examples_mpi_train", EXAMPLE)
+    assert spec is not None and spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    single = example.train(None)  # fm.SGD in this process, no MPI
+    assert result["world"] == world
+    assert result["loss"][-1] < 0.5 * result["loss"][0]  # it trains
+    # The same model: float64 sums associated differently (slices, then ranks), nothing else.
+    np.testing.assert_allclose(result["loss"], single["loss"], rtol=1e-9)
+    assert result["test_accuracy"] == single["test_accuracy"]
