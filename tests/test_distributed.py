@@ -160,6 +160,15 @@ def test_matches_single_process(cases_job, case_name):
             np.testing.assert_allclose(ranks[0]["norms"], norms, rtol=1e-6)
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_gradients_in_the_optimizers_buffers(cases_job, kind):
+    n, out = cases_job
+    params, opt, _ = reference("torch-heavyball", [n] * STEPS)
+    ranks = load_ranks(out, f"torch-heavyball.{kind}.in-place", n)
+    assert_same_on_every_rank(ranks)
+    assert_matches(ranks[0], params, opt, exact=True)
+
+
 def test_the_guards_case_skips_and_clips():
     # Guards the comparison above: the NaN step must be skipped and the clipping must act.
     _, opt, norms = reference("guards", [2] * STEPS)

@@ -4,7 +4,8 @@ compares the files with a single-process fm.SGD and with each other. Modes:
 
 - ``cases OUT``: every case of cases.py with DistributedSGD and ShardedSGD, rank-order and MPI
   sums; per rank, the final parameters, the gathered state dict's buffers, the state bytes held,
-  the counters and each step's gradient norm.
+  the counters and each step's gradient norm; and ``torch-heavyball`` with the gradients written
+  into ``opt.grad_buffers``.
 - ``save OUT``: the ``groups-onecycle`` case with ShardedSGD (rank-order sums) for STEPS steps,
   then rank 0 saves the parameters, the optimizer's and the scheduler's state to ``OUT/ckpt.npz``.
 - ``resume OUT CKPT KIND``: loads that checkpoint into KIND (``DistributedSGD`` / ``ShardedSGD``)
@@ -38,15 +39,22 @@ def build(kind: str, case_name: str, params: list[np.ndarray], deterministic: bo
                        **case.options, **extra)
 
 
-def run(opt: Any, case_name: str, steps: range, scheduler: Any) -> list[float]:
+def run(opt: Any, case_name: str, steps: range, scheduler: Any, in_place: bool = False
+        ) -> list[float]:
     """Steps ``steps`` (the gradients of this rank at those steps), each followed by a step of
-    ``scheduler`` (if not None); returns each step's grad norm."""
+    ``scheduler`` (if not None); returns each step's grad norm. ``in_place``: the gradients are
+    written into ``opt.grad_buffers`` and those are passed."""
     case = CASES[case_name]
     norms = []
     order = grad_order(case)
     for t in steps:
         grads = make_grads(case, SEED, t, RANK, WORLD)
-        result = opt.step([grads[i] for i in order], loss_scale=case.loss_scale)
+        grads = [grads[i] for i in order]
+        if in_place:
+            for buffer, g in zip(opt.grad_buffers, grads):
+                buffer[...] = g
+            grads = opt.grad_buffers
+        result = opt.step(grads, loss_scale=case.loss_scale)
         norms.append(np.nan if result.grad_norm is None else result.grad_norm)
         if scheduler is not None:
             scheduler.step()
@@ -71,6 +79,11 @@ def cases(out: Path) -> None:
                 norms = run(opt, name, range(STEPS), make_scheduler(CASES[name], opt))
                 save_result(out / f"{name}.{kind}.{deterministic}.rank{RANK}.npz", opt, params,
                             norms)
+    for kind in KINDS:  # gradients computed into the optimizer's buffers
+        params = make_params(CASES["torch-heavyball"], SEED)
+        opt = build(kind, "torch-heavyball", params, True)
+        norms = run(opt, "torch-heavyball", range(STEPS), None, in_place=True)
+        save_result(out / f"torch-heavyball.{kind}.in-place.rank{RANK}.npz", opt, params, norms)
 
 
 def save(out: Path) -> None:

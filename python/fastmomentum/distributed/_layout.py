@@ -67,8 +67,9 @@ class FlatGrads:
         return out
 
     def load(self, grads: Sequence[Array | None]) -> None:
-        """Copy ``grads`` (one per parameter, in order) into the views, after checking each:
-        every parameter needs a gradient on every rank (the reduction has a fixed layout)."""
+        """Copy ``grads`` (one per parameter, in order) into the views, after checking each (a
+        gradient that IS its view stays): every parameter needs a gradient on every rank (the
+        reduction has a fixed layout)."""
         if len(grads) != len(self.views):
             raise ValueError(f"step() got {len(grads)} gradients for {len(self.views)} parameters")
         for i, (g, view) in enumerate(zip(grads, self.views)):
@@ -82,4 +83,5 @@ class FlatGrads:
                 raise ValueError(f"grads[{i}] is {g.dtype} of shape {g.shape} but its parameter "
                                  f"is {view.dtype} of shape {view.shape}")
         for g, view in zip(grads, self.views):
-            np.copyto(view, g)  # type: ignore[arg-type]  # checked above: not None
+            if g is not view:  # a gradient computed into the buffer needs no copy
+                np.copyto(view, g)  # type: ignore[arg-type]  # checked above: not None

@@ -7,6 +7,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from mpi4py import MPI
+from numpy.typing import NDArray
 
 from ..functional import Array
 from ..guards import StepResult
@@ -36,9 +37,10 @@ class DistributedSGD(SGD):
     * loss_scale)`` in one process, with ``sum`` added up in rank order; with ``False``, equal up to
     the rounding of the additions, which MPI may associate differently.
 
-    Communication: the gradients are copied into one flat buffer per dtype, which is summed in
-    buckets of whole parameters of at most ``bucket_bytes`` (few large messages, one in-place
-    ``MPI_Allreduce`` each), then the step is ONE kernel call over all groups. Parameters and
+    Communication: the gradients are copied into one flat buffer per dtype (unless they were
+    computed there: :attr:`grad_buffers`), which is summed in buckets of whole parameters of at
+    most ``bucket_bytes`` (few large messages, one in-place ``MPI_Allreduce`` each), then the step
+    is ONE kernel call over all groups. Parameters and
     state are never communicated after construction: every rank computes the same update from the
     same sums, so replicas stay identical bit for bit.
 
@@ -97,6 +99,14 @@ class DistributedSGD(SGD):
     def _layout(self) -> None:
         self._grads = FlatGrads(self._params())
         self._buckets = self._grads.buckets(self.bucket_bytes)
+
+    @property
+    def grad_buffers(self) -> list[NDArray[Any]]:
+        """One array per parameter (its shape and dtype, in parameter order), views into the
+        flat buffers that are reduced: gradients written there (e.g. ``np.matmul(..., out=...)``)
+        and passed to :meth:`step` as they are, ``step(opt.grad_buffers)``, are not copied. After
+        a step they hold the averaged gradients. Any other array passed is copied in."""
+        return list(self._grads.views)
 
     @property
     def bucket_sizes(self) -> list[int]:

@@ -110,6 +110,12 @@ class ShardedSGD(SGD):
         return self._reducer.deterministic
 
     @property
+    def grad_buffers(self) -> list[NDArray[Any]]:
+        """As :attr:`DistributedSGD.grad_buffers` (gradients computed there are not copied), but
+        after a step they hold the parameters (the all-gather's receive buffer), not gradients."""
+        return list(self._grads.views)
+
+    @property
     def shard_bounds(self) -> dict[np.dtype[Any], list[int]]:
         """Per dtype, the ``n + 1`` offsets of the ranks' shards in the flattened parameters."""
         return {dtype: list(bounds) for dtype, bounds in self._bounds.items()}
