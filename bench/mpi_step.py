@@ -19,7 +19,8 @@ counted from the messages the code issues under the ring model of the collective
 MPI picks may move more): an all-reduce of ``B`` bytes sends ``2(n-1)/n·B`` (reduce-scatter then
 all-gather), a reduce-scatter or an all-gather ``(n-1)/n·B``, the rank-order reduce-scatter
 (``MPI_Alltoallv``) exactly the ``(n-1)/n·B`` bound for the other ranks. ``msgs``: collective calls
-per step. ``state MB/rank``: the momentum buffers this rank holds (``state_nbytes``).
+per step (none on one rank, except the baseline's). ``state MB/rank``: the momentum buffers this
+rank holds (``state_nbytes``).
 
 Several ranks on fewer cores (``--oversubscribe``) share the cores and the memory bandwidth: there,
 compare the rows of one world size with each other, not across world sizes.
@@ -78,8 +79,8 @@ def measure(size: int, arrays: int, steps: int) -> list[dict[str, Any]]:
                 opt.step(work)
 
             sent = 2 * ring
-            messages = (len(opt.bucket_sizes) * (2 if opt.deterministic else 1)
-                        if kind is DistributedSGD else 2)
+            messages = 0 if n == 1 else (len(opt.bucket_sizes) * (2 if opt.deterministic else 1)
+                                         if kind is DistributedSGD else 2)
         times = []
         for i in range(steps + 2):
             comm.Barrier()

@@ -53,6 +53,8 @@ class SumReducer:
 
     def allreduce(self, buf: NDArray[Any]) -> None:
         """``buf <- Σ_ranks buf``."""
+        if self.comm.size == 1:
+            return  # the sum of one term (MPI would copy, and the rank-order path three times)
         if not self.deterministic:
             self.comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
             return
@@ -63,6 +65,10 @@ class SumReducer:
 
     def reduce_scatter(self, buf: NDArray[Any], bounds: Sequence[int], out: NDArray[Any]) -> None:
         """``out <- Σ_ranks buf[bounds[rank]:bounds[rank + 1]]`` (``out`` may be that slice)."""
+        if self.comm.size == 1:
+            if out.ctypes.data != buf.ctypes.data:
+                np.copyto(out, buf)
+            return
         if not self.deterministic:
             counts = [b - a for a, b in zip(bounds, bounds[1:])]
             self.comm.Reduce_scatter(buf, out, recvcounts=counts, op=MPI.SUM)

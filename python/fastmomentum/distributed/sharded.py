@@ -172,6 +172,8 @@ class ShardedSGD(SGD):
 
     def _gather_params(self) -> None:
         """Every rank's updated shard into every rank's parameters, through the flat buffers."""
+        if self.comm.size == 1:
+            return  # the one shard is all the parameters, updated in place
         params = self._params()
         for _, piece, grad in self._pieces:
             np.copyto(grad, piece)  # this rank's shard, in place of its gradient sums
