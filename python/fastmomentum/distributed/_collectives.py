@@ -59,22 +59,26 @@ class SumReducer:
             self.comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
             return
         bounds = shard_bounds(buf.size, self.comm.size)
-        rank = self.comm.rank
-        self.reduce_scatter(buf, bounds, buf[bounds[rank]:bounds[rank + 1]])
+        self.reduce_scatter(buf, bounds)
         allgather(self.comm, buf, bounds)
 
-    def reduce_scatter(self, buf: NDArray[Any], bounds: Sequence[int], out: NDArray[Any]) -> None:
-        """``out <- Σ_ranks buf[bounds[rank]:bounds[rank + 1]]`` (``out`` may be that slice)."""
-        if self.comm.size == 1:
-            if out.ctypes.data != buf.ctypes.data:
-                np.copyto(out, buf)
+    def reduce_scatter(self, buf: NDArray[Any], bounds: Sequence[int]) -> None:
+        """``buf[lo:hi] <- Σ_ranks buf[lo:hi]`` for this rank's ``lo, hi = bounds[rank:rank + 2]``
+        (the rest of ``buf`` is left undefined)."""
+        world, rank = self.comm.size, self.comm.rank
+        lo, hi = bounds[rank], bounds[rank + 1]
+        if world == 1:
             return
         if not self.deterministic:
+            # In place (MPI forbids overlapping send and receive buffers): the sums arrive at the
+            # start of buf, and move to this rank's place.
             counts = [b - a for a, b in zip(bounds, bounds[1:])]
-            self.comm.Reduce_scatter(buf, out, recvcounts=counts, op=MPI.SUM)
+            self.comm.Reduce_scatter(MPI.IN_PLACE, buf, recvcounts=counts, op=MPI.SUM)
+            if lo:
+                buf[lo:hi] = buf[:hi - lo]  # NumPy copies overlapping ranges correctly
             return
-        world, rank = self.comm.size, self.comm.rank
-        size = bounds[rank + 1] - bounds[rank]
+        size = hi - lo
+        out = buf[lo:hi]
         scratch = self._scratch.get(buf.dtype)
         if scratch is None or scratch.size < world * size:
             scratch = self._scratch[buf.dtype] = np.empty(world * size, buf.dtype)

@@ -112,7 +112,8 @@ class ShardedSGD(SGD):
     @property
     def grad_buffers(self) -> list[NDArray[Any]]:
         """As :attr:`DistributedSGD.grad_buffers` (gradients computed there are not copied), but
-        after a step they hold the parameters (the all-gather's receive buffer), not gradients."""
+        they are also the all-gathers' receive buffers: after a step, or a :meth:`state_dict`,
+        they hold parameters or buffers, not gradients."""
         return list(self._grads.views)
 
     @property
@@ -139,10 +140,8 @@ class ShardedSGD(SGD):
         :meth:`fastmomentum.SGD.step`, the same on every rank."""
         with self._exclusive("step"):
             self._grads.load(grads)
-            rank = self.comm.rank
             for dtype, flat in self._grads.flats.items():
-                bounds = self._bounds[dtype]
-                self._reducer.reduce_scatter(flat, bounds, flat[bounds[rank]:bounds[rank + 1]])
+                self._reducer.reduce_scatter(flat, self._bounds[dtype])
             scale = loss_scale * self.comm.size
             norm = None
             if self.max_grad_norm is not None or checks_finite(self.nonfinite):
