@@ -138,6 +138,10 @@ def mismatch(out: Path) -> None:
         opt.step([None] * len(case.shapes))
     except ValueError as error:
         messages.append(f"none: {error}")
+    try:
+        opt.step(make_grads(case, SEED, 0, RANK, WORLD), loss_scale=0.0)
+    except ValueError as error:
+        messages.append(f"scale: {error}")
     (out / f"mismatch.rank{RANK}.txt").write_text("\n".join(messages))
 
 

@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from numpy.typing import NDArray
 
+from .. import _core
 from ..functional import Array
 
 
@@ -66,10 +67,12 @@ class FlatGrads:
             out += [flat[a:b] for a, b in zip(cuts, cuts[1:]) if b > a]
         return out
 
-    def load(self, grads: Sequence[Array | None]) -> None:
+    def load(self, grads: Sequence[Array | None], loss_scale: float) -> None:
         """Copy ``grads`` (one per parameter, in order) into the views, after checking each (a
         gradient that IS its view stays): every parameter needs a gradient on every rank (the
-        reduction has a fixed layout)."""
+        reduction has a fixed layout). ``loss_scale`` is checked here too (the kernel's own
+        check of a step of no calls), so that a bad step raises before any communication."""
+        _core.sgd_steps([], False, None, loss_scale)
         if len(grads) != len(self.views):
             raise ValueError(f"step() got {len(grads)} gradients for {len(self.views)} parameters")
         for i, (g, view) in enumerate(zip(grads, self.views)):

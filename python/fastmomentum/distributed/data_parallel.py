@@ -135,7 +135,7 @@ class DistributedSGD(SGD):
         and apply one update (collective). See :meth:`fastmomentum.SGD.step` for the result, the
         guards and ``loss_scale``."""
         with self._exclusive("step"):
-            self._grads.load(grads)
+            self._grads.load(grads, loss_scale)
             for bucket in self._buckets:
                 self._reducer.allreduce(bucket)
             return self._step(self._grads.views, loss_scale * self.comm.size)

@@ -139,7 +139,7 @@ class ShardedSGD(SGD):
         this rank's shard, all-gather the parameters (collective). Returns the result of
         :meth:`fastmomentum.SGD.step`, the same on every rank."""
         with self._exclusive("step"):
-            self._grads.load(grads)
+            self._grads.load(grads, loss_scale)
             for dtype, flat in self._grads.flats.items():
                 self._reducer.reduce_scatter(flat, self._bounds[dtype])
             scale = loss_scale * self.comm.size
