@@ -101,7 +101,8 @@ class ShardedSGD(SGD):
                     views.append(piece)
                 index += 1
             inner_groups.append({**group, "params": views})
-        # The optimizer of this rank's shard: fm.SGD itself, on views; guards are applied here.
+        # The optimizer of this rank's shard: fm.SGD itself, on views, its guards off (step()
+        # applies them from the global norm).
         self._shard = SGD(inner_groups, style=self.style)
 
     @property
