@@ -319,22 +319,27 @@ class SGD:
         (the arrays' fields, the groups' lists, the state's entries) before the gradients.
         """
         with self._exclusive("step"):
-            if not isinstance(grads, (list, tuple)):
-                grads = list(grads)
-            total = sum(len(g["params"]) for g in self.param_groups)
-            if len(grads) != total:
-                raise ValueError(f"step() got {len(grads)} gradients for {total} parameters")
-            hypers = [self._values(group, self.iterations) for group in self.param_groups]
-            guard = (checks_finite(self.nonfinite), self.max_grad_norm, loss_scale)
-            outcome = self._step_with_plan(grads, hypers, guard)
-            if outcome is None:
-                outcome = self._step_in_full(grads, hypers, guard)
-                self._make_plan()
-            if not outcome[0]:
-                return self._skipped(outcome, grads)
-            self.iterations += 1
-            self.consecutive_skips = 0
-            return result(outcome, self.nonfinite, grads)
+            return self._step(grads, loss_scale)
+
+    def _step(self, grads: Sequence[Array | None], loss_scale: float) -> StepResult:
+        """:meth:`step`'s body, for a caller that holds the lock (the distributed optimizers
+        reduce the gradients first, under the same lock)."""
+        if not isinstance(grads, (list, tuple)):
+            grads = list(grads)
+        total = sum(len(g["params"]) for g in self.param_groups)
+        if len(grads) != total:
+            raise ValueError(f"step() got {len(grads)} gradients for {total} parameters")
+        hypers = [self._values(group, self.iterations) for group in self.param_groups]
+        guard = (checks_finite(self.nonfinite), self.max_grad_norm, loss_scale)
+        outcome = self._step_with_plan(grads, hypers, guard)
+        if outcome is None:
+            outcome = self._step_in_full(grads, hypers, guard)
+            self._make_plan()
+        if not outcome[0]:
+            return self._skipped(outcome, grads)
+        self.iterations += 1
+        self.consecutive_skips = 0
+        return result(outcome, self.nonfinite, grads)
 
     def _skipped(self, outcome: tuple[bool, float | None, int], grads: Sequence[Any]
                  ) -> StepResult:

@@ -1,0 +1,147 @@
+"""Step time, bytes communicated and state memory per rank of the distributed optimizers, against
+the plain data-parallel loop, at world sizes 1, 2, 4.
+
+    python bench/mpi_step.py                  # mpirun -n 1, 2, 4 of itself; prints a table
+    python bench/mpi_step.py --size 1e6 --worlds 2 --steps 5
+
+The model: ``--size`` float32 parameters (default 1e7) in ``--arrays`` equal arrays (default 50),
+momentum 0.9, fixed random gradients. Per world size ``n``, one after the other on the same
+arrays:
+
+- ``baseline``: ``comm.Allreduce(IN_PLACE, g)`` for each gradient (one message per array), then
+  ``fm.SGD.step(grads, loss_scale=n)``;
+- ``DistributedSGD`` (25 MiB buckets) and ``ShardedSGD``, with MPI's sums and with rank-order
+  sums (``det``).
+
+``step ms``: the median over ``--steps`` steps (after two warm-up steps) of the slowest rank's time
+of one whole step (a barrier before each). ``MB sent/rank``: the bytes each rank sends per step,
+counted from the messages the code issues under the ring model of the collectives (the algorithm
+MPI picks may move more): an all-reduce of ``B`` bytes sends ``2(n-1)/n·B`` (reduce-scatter then
+all-gather), a reduce-scatter or an all-gather ``(n-1)/n·B``, the rank-order reduce-scatter
+(``MPI_Alltoallv``) exactly the ``(n-1)/n·B`` bound for the other ranks. ``msgs``: collective calls
+per step (none on one rank, except the baseline's). ``state MB/rank``: the momentum buffers this
+rank holds (``state_nbytes``).
+
+Several ranks on fewer cores (``--oversubscribe``) share the cores and the memory bandwidth: there,
+compare the rows of one world size with each other, not across world sizes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+import fastmomentum as fm
+
+VARIANTS = ["baseline", "DistributedSGD", "DistributedSGD det", "ShardedSGD", "ShardedSGD det"]
+
+
+def measure(size: int, arrays: int, steps: int) -> list[dict[str, Any]]:
+    """Run under MPI: every variant on this world; rank 0 gets the rows."""
+    from mpi4py import MPI
+
+    from fastmomentum.distributed import DistributedSGD, ShardedSGD
+
+    comm = MPI.COMM_WORLD
+    n = comm.size
+    rng = np.random.default_rng(0)
+    params = [np.asarray(rng.standard_normal(size // arrays), np.float32) for _ in range(arrays)]
+    grads = [np.asarray(np.random.default_rng([1, comm.rank, i]).standard_normal(p.size) * 1e-3,
+                        np.float32) for i, p in enumerate(params)]
+    total = sum(p.nbytes for p in params)
+    ring = (n - 1) / n * total  # one reduce-scatter or all-gather of every parameter
+    rows = []
+    for variant in VARIANTS:
+        work = [g.copy() for g in grads]  # the baseline reduces in place
+        if variant == "baseline":
+            opt: Any = fm.SGD(params, lr=1e-3, momentum=0.9)
+
+            def step(opt: Any = opt, work: list[np.ndarray] = work) -> None:
+                for g in work:
+                    comm.Allreduce(MPI.IN_PLACE, g, op=MPI.SUM)
+                opt.step(work, loss_scale=n)
+
+            sent, messages = 2 * ring, arrays
+        else:
+            kind = DistributedSGD if variant.startswith("Distributed") else ShardedSGD
+            opt = kind(comm, params, lr=1e-3, momentum=0.9, deterministic=variant.endswith("det"))
+
+            def step(opt: Any = opt, work: list[np.ndarray] = work) -> None:
+                opt.step(work)
+
+            sent = 2 * ring
+            messages = 0 if n == 1 else (len(opt.bucket_sizes) * (2 if opt.deterministic else 1)
+                                         if kind is DistributedSGD else 2)
+        times = []
+        for i in range(steps + 2):
+            comm.Barrier()
+            begin = time.perf_counter()
+            step()
+            elapsed = comm.allreduce(time.perf_counter() - begin, op=MPI.MAX)
+            if i >= 2:
+                times.append(elapsed)
+        state = opt.state_nbytes if hasattr(opt, "state_nbytes") else sum(
+            e["momentum_buffer"].nbytes for e in opt.state.values())
+        rows.append({"world": n, "variant": variant, "step_ms": statistics.median(times) * 1e3,
+                     "mb_sent": sent / 1e6, "messages": messages,
+                     "state_mb": comm.allreduce(state, op=MPI.MAX) / 1e6})
+        del opt, step
+    return rows
+
+
+def launch(world: int, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """``mpirun -n world`` of this script in worker mode; its rows."""
+    command = [shutil.which("mpirun") or "mpirun", "-n", str(world)]
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    version = subprocess.run([command[0], "--version"], capture_output=True, text=True,
+                             check=False)
+    if "Open MPI" in version.stdout:
+        command.append("--oversubscribe")
+        env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    command += [sys.executable, "-m", "mpi4py", __file__, "--worker", "--size", str(args.size),
+                "--arrays", str(args.arrays), "--steps", str(args.steps)]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
+    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", type=lambda s: int(float(s)), default=10**7)
+    parser.add_argument("--arrays", type=int, default=50)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--worlds", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        rows = measure(args.size, args.arrays, args.steps)
+        from mpi4py import MPI
+
+        if MPI.COMM_WORLD.rank == 0:
+            for row in rows:
+                print(json.dumps(row))
+        return
+    print(f"{args.size:.0e} float32 parameters in {args.arrays} arrays, momentum 0.9, "
+          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '1')}, {os.cpu_count()} CPUs; "
+          f"median of {args.steps} steps")
+    print(f"{'n':>2}  {'variant':<20} {'step ms':>9} {'vs baseline':>11} {'MB sent/rank':>12} "
+          f"{'msgs':>5} {'state MB/rank':>13}")
+    for world in args.worlds:
+        rows = launch(world, args)
+        base = rows[0]["step_ms"]
+        for row in rows:
+            print(f"{world:>2}  {row['variant']:<20} {row['step_ms']:>9.2f} "
+                  f"{row['step_ms'] / base:>11.2f} {row['mb_sent']:>12.1f} {row['messages']:>5} "
+                  f"{row['state_mb']:>13.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""The MPI operations of the distributed optimizers: gradient sums (in MPI's order, or in a fixed
+rank order), the parameters' all-gather, and the construction-time checks across ranks."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from mpi4py import MPI
+from mpi4py.util.dtlib import from_numpy_dtype
+from numpy.typing import NDArray
+
+from ..optim import _describe
+from ._layout import shard_bounds
+
+
+def check_comm(comm: Any) -> MPI.Intracomm:
+    """``comm`` if it is an mpi4py intracommunicator, else ``TypeError``."""
+    if not isinstance(comm, MPI.Intracomm):
+        raise TypeError("comm must be an mpi4py intracommunicator (e.g. mpi4py.MPI.COMM_WORLD), "
+                        f"got {type(comm).__name__}")
+    return comm
+
+
+def _spec(buf: NDArray[Any], bounds: Sequence[int]) -> list[Any]:
+    """mpi4py's ``[buffer, counts, displacements, datatype]`` for ``buf`` cut at ``bounds``."""
+    counts = [b - a for a, b in zip(bounds, bounds[1:])]
+    return [buf, counts, list(bounds[:-1]), from_numpy_dtype(buf.dtype)]
+
+
+class SumReducer:
+    """Element-wise sums of a buffer over the ranks, in place.
+
+    ``deterministic=False``: ``MPI_Allreduce`` / ``MPI_Reduce_scatter`` with ``MPI_SUM``, whose
+    order of additions is the MPI library's (it may depend on the world size, the message size and
+    the algorithm chosen; the sum is then exact up to that rounding).
+
+    ``deterministic=True``: a reduce-scatter written here from ``MPI_Alltoallv``, so that every
+    element is summed in rank order, ``((g_0 + g_1) + g_2) + ...`` (left to right, each addition
+    rounded to the dtype), whatever the library, world size or network; the all-reduce is that
+    reduce-scatter followed by ``MPI_Allgatherv``. It moves as many bytes per rank as a ring
+    all-reduce, ``2·(n-1)/n`` of the buffer, and needs a scratch buffer as large as the part summed.
+    """
+
+    def __init__(self, comm: MPI.Intracomm, deterministic: bool) -> None:
+        if not isinstance(deterministic, bool):
+            raise TypeError(f"deterministic must be a bool, got {deterministic!r}")
+        self.comm = comm
+        self.deterministic = deterministic
+        self._scratch: dict[np.dtype[Any], NDArray[Any]] = {}
+
+    def allreduce(self, buf: NDArray[Any]) -> None:
+        """``buf <- Σ_ranks buf``."""
+        if self.comm.size == 1:
+            return  # the sum of one term (MPI would copy, and the rank-order path three times)
+        if not self.deterministic:
+            self.comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
+            return
+        bounds = shard_bounds(buf.size, self.comm.size)
+        self.reduce_scatter(buf, bounds)
+        allgather(self.comm, buf, bounds)
+
+    def reduce_scatter(self, buf: NDArray[Any], bounds: Sequence[int]) -> None:
+        """``buf[lo:hi] <- Σ_ranks buf[lo:hi]`` for this rank's ``lo, hi = bounds[rank:rank + 2]``
+        (the rest of ``buf`` is left undefined)."""
+        world, rank = self.comm.size, self.comm.rank
+        lo, hi = bounds[rank], bounds[rank + 1]
+        if world == 1:
+            return
+        if not self.deterministic:
+            # In place (MPI forbids overlapping send and receive buffers): the sums arrive at the
+            # start of buf, and move to this rank's place.
+            counts = [b - a for a, b in zip(bounds, bounds[1:])]
+            self.comm.Reduce_scatter(MPI.IN_PLACE, buf, recvcounts=counts, op=MPI.SUM)
+            if lo:
+                buf[lo:hi] = buf[:hi - lo]  # NumPy copies overlapping ranges correctly
+            return
+        size = hi - lo
+        out = buf[lo:hi]
+        scratch = self._scratch.get(buf.dtype)
+        if scratch is None or scratch.size < world * size:
+            scratch = self._scratch[buf.dtype] = np.empty(world * size, buf.dtype)
+        parts = scratch[:world * size].reshape(world, size)  # row r: rank r's piece
+        self.comm.Alltoallv(_spec(buf, bounds), _spec(parts, [r * size for r in range(world + 1)]))
+        np.copyto(out, parts[0])
+        for r in range(1, world):
+            np.add(out, parts[r], out=out)
+
+
+def allgather(comm: MPI.Intracomm, buf: NDArray[Any], bounds: Sequence[int]) -> None:
+    """Every rank's piece ``buf[bounds[r]:bounds[r + 1]]`` copied to every rank, in place."""
+    comm.Allgatherv(MPI.IN_PLACE, _spec(buf, bounds))
+
+
+def check_same_everywhere(comm: MPI.Intracomm, groups: Sequence[dict[str, Any]]) -> None:
+    """Raise ``ValueError`` on EVERY rank unless all ranks have the same parameter groups (shapes,
+    dtypes, hyper-parameters) and the same parameter values (a BLAKE2b digest of their bytes):
+    data parallelism keeps identical replicas, and one that starts different never converges."""
+    layout = [([(p.shape, p.dtype.str) for p in g["params"]],
+               sorted((k, repr(_describe(v))) for k, v in g.items() if k != "params"))
+              for g in groups]
+    layouts = comm.allgather(layout)
+    differ = [r for r, other in enumerate(layouts) if other != layouts[0]]
+    if differ:
+        raise ValueError(
+            f"the parameter groups of rank(s) {differ} differ from rank 0's (number, shapes or "
+            "dtypes of the arrays, or hyper-parameters): every rank must build the optimizer from "
+            "the same model with the same arguments")
+    digest = hashlib.blake2b()
+    for g in groups:
+        for p in g["params"]:
+            digest.update(memoryview(p).cast("B"))
+    digests = comm.allgather(digest.hexdigest())
+    differ = [r for r, d in enumerate(digests) if d != digests[0]]
+    if differ:
+        raise ValueError(
+            f"the parameter values of rank(s) {differ} differ from rank 0's: initialise them from "
+            "the same seed, or copy rank 0's to all with "
+            "fastmomentum.distributed.broadcast_parameters(comm, params)")
+
+
+def broadcast_parameters(comm: MPI.Intracomm, params: Sequence[NDArray[Any]], root: int = 0
+                         ) -> None:
+    """Copy ``root``'s values of ``params`` into every rank's arrays, in place (``MPI_Bcast`` of
+    each array): the usual way to start identical replicas."""
+    check_comm(comm)
+    for p in params:
+        comm.Bcast(p, root=root)

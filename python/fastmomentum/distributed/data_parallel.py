@@ -1,0 +1,141 @@
+"""``DistributedSGD``: data-parallel momentum SGD, every rank holding all parameters and state."""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from mpi4py import MPI
+from numpy.typing import NDArray
+
+from ..functional import Array
+from ..guards import StepResult
+from ..optim import BUFFER_KEY, SGD, Hyper
+from ._collectives import SumReducer, check_comm, check_same_everywhere
+from ._layout import FlatGrads
+
+__all__ = ["DistributedSGD"]
+
+#: PyTorch DistributedDataParallel's default bucket size (``bucket_cap_mb=25``).
+DEFAULT_BUCKET_BYTES = 25 * 2**20
+
+
+class DistributedSGD(SGD):
+    """:class:`fastmomentum.SGD` over MPI ranks (data parallelism): each step averages the ranks'
+    gradients, then every rank applies the same fused update to its own replica of the parameters.
+
+    With ``n = comm.size`` and ``g_r`` rank ``r``'s gradient of a parameter ``p``::
+
+        g <- (g_0 + g_1 + ... + g_{n-1}) * (1 / (n * loss_scale))
+        p <- the fm.SGD update of p with g          (e.g. b <- momentum*b + g; p <- p - lr*b)
+
+    The sum is formed in MPI's order, or in rank order ``((g_0 + g_1) + g_2) + ...`` with
+    ``deterministic=True``; the product by ``1/(n*loss_scale)`` (computed in double, rounded once
+    to the dtype) is fused into the update kernel, as ``fm.SGD.step``'s ``loss_scale`` is. So with
+    ``deterministic=True`` the parameters are bit for bit those of ``fm.SGD.step(sum, loss_scale=n
+    * loss_scale)`` in one process, with ``sum`` added up in rank order; with ``False``, equal up to
+    the rounding of the additions, which MPI may associate differently.
+
+    Communication: the gradients are copied into one flat buffer per dtype (unless they were
+    computed there: :attr:`grad_buffers`), which is summed in buckets of whole parameters of at
+    most ``bucket_bytes`` (few large messages, one in-place ``MPI_Allreduce`` each), then the step
+    is ONE kernel call over all groups. Parameters and
+    state are never communicated after construction: every rank computes the same update from the
+    same sums, so replicas stay identical bit for bit.
+
+    Args:
+        comm: an mpi4py intracommunicator (``MPI.COMM_WORLD``); every rank calls the constructor,
+            :meth:`step`, :meth:`add_param_group` and :meth:`load_state_dict` (collectively),
+            with the same model. The constructor checks that the groups (shapes, dtypes,
+            hyper-parameters) and the parameter values are identical on every rank (a digest of
+            the bytes), else raises ``ValueError`` on every rank.
+        params, lr, momentum, dampening, weight_decay, nesterov, **options: as
+            :class:`fastmomentum.SGD` (``maximize``, ``style``, ``weight_decay_mode``,
+            ``schedule_multiplier``, ``nonfinite``, ``max_grad_norm``, ``max_consecutive_skips``);
+            the guards act on the averaged gradients, identically on every rank.
+        deterministic: sum in rank order (bitwise reproducible, independent of the MPI library
+            and the network); default ``False``: ``MPI_Allreduce``.
+        bucket_bytes: the largest message, in bytes (default 25 MiB, as PyTorch's DDP).
+
+    Schedulers (:mod:`fastmomentum.lr_scheduler`) and schedules attach exactly as to ``fm.SGD``;
+    ``state_dict()`` is ``fm.SGD``'s (identical on every rank; save it from one), and loads into
+    ``fm.SGD``, ``DistributedSGD`` or ``ShardedSGD`` of any world size.
+
+    Every parameter needs a gradient on every rank (no ``None``: pass zeros), and a rank's error
+    (a bad gradient) is raised before it communicates, so the other ranks wait: run scripts with
+    ``mpirun ... python -m mpi4py script.py`` so that an uncaught exception aborts the whole job.
+    """
+
+    def __init__(
+        self,
+        comm: MPI.Intracomm,
+        params: Iterable[Array | dict[str, Any]],
+        lr: Hyper = 1e-3,
+        momentum: Hyper = 0.0,
+        dampening: float = 0.0,
+        weight_decay: float = 0.0,
+        nesterov: bool = False,
+        *,
+        deterministic: bool = False,
+        bucket_bytes: int = DEFAULT_BUCKET_BYTES,
+        **options: Any,
+    ) -> None:
+        self.comm: MPI.Intracomm = check_comm(comm)
+        if not isinstance(bucket_bytes, numbers.Integral) or isinstance(bucket_bytes, bool) \
+                or bucket_bytes <= 0:
+            raise ValueError(f"bucket_bytes must be an integer > 0, got {bucket_bytes!r}")
+        self.bucket_bytes: int = int(bucket_bytes)
+        self._reducer: SumReducer = SumReducer(self.comm, deterministic)
+        super().__init__(params, lr, momentum, dampening, weight_decay, nesterov, **options)
+        check_same_everywhere(self.comm, self.param_groups)
+        self._layout()
+
+    @property
+    def deterministic(self) -> bool:
+        """Whether gradients are summed in rank order (see the class docstring)."""
+        return self._reducer.deterministic
+
+    def _layout(self) -> None:
+        self._grads = FlatGrads(self._params())
+        self._buckets = self._grads.buckets(self.bucket_bytes)
+
+    @property
+    def grad_buffers(self) -> list[NDArray[Any]]:
+        """One array per parameter (its shape and dtype, in parameter order), views into the
+        flat buffers that are reduced: gradients written there (e.g. ``np.matmul(..., out=...)``)
+        and passed to :meth:`step` as they are, ``step(opt.grad_buffers)``, are not copied. After
+        a step they hold the averaged gradients. Any other array passed is copied in."""
+        return list(self._grads.views)
+
+    @property
+    def bucket_sizes(self) -> list[int]:
+        """Elements per bucket: the sizes of the all-reduce messages of one step, in order."""
+        return [bucket.size for bucket in self._buckets]
+
+    @property
+    def state_nbytes(self) -> int:
+        """Bytes of this rank's momentum buffers (all parameters': the state is replicated)."""
+        key = BUFFER_KEY[self.style]
+        return sum(entry[key].nbytes for entry in self.state.values()
+                   if entry.get(key) is not None)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group (collectively, the same on every rank; checked as in the constructor)."""
+        super().add_param_group(param_group)
+        try:
+            check_same_everywhere(self.comm, self.param_groups)
+        except ValueError:
+            self.param_groups.pop()
+            raise
+        self._layout()
+
+    def step(self, grads: Sequence[Array | None], *, loss_scale: float = 1.0) -> StepResult:
+        """Average ``grads`` (this rank's, one per parameter in order, all present) over the ranks
+        and apply one update (collective). See :meth:`fastmomentum.SGD.step` for the result, the
+        guards and ``loss_scale``."""
+        with self._exclusive("step"):
+            self._grads.load(grads, loss_scale)
+            for bucket in self._buckets:
+                self._reducer.allreduce(bucket)
+            return self._step(self._grads.views, loss_scale * self.comm.size)

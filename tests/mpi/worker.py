@@ -1,0 +1,159 @@
+"""The MPI program of tests/test_distributed.py, run as ``mpirun -n N python -m mpi4py worker.py
+MODE OUT [...]``. Every rank writes what it ends with to ``OUT`` (``.npz`` / ``.txt``); the test
+compares the files with a single-process fm.SGD and with each other. Modes:
+
+- ``cases OUT``: every case of cases.py with DistributedSGD and ShardedSGD, rank-order and MPI
+  sums; per rank, the final parameters, the gathered state dict's buffers, the state bytes held,
+  the counters and each step's gradient norm; and ``torch-heavyball`` with the gradients written
+  into ``opt.grad_buffers``.
+- ``save OUT``: the ``groups-onecycle`` case with ShardedSGD (rank-order sums) for STEPS steps,
+  then rank 0 saves the parameters, the optimizer's and the scheduler's state to ``OUT/ckpt.npz``.
+- ``resume OUT CKPT KIND``: loads that checkpoint into KIND (``DistributedSGD`` / ``ShardedSGD``)
+  at this world size and takes STEPS more steps.
+- ``mismatch OUT``: the constructor's errors: replicas that differ, a communicator that is not one.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from cases import CASES, STEPS, grad_order, make_grads, make_params, make_scheduler, param_groups
+from mpi4py import MPI
+
+import fastmomentum as fm
+from fastmomentum.distributed import DistributedSGD, ShardedSGD
+
+COMM = MPI.COMM_WORLD
+RANK, WORLD = COMM.rank, COMM.size
+KINDS = {"DistributedSGD": DistributedSGD, "ShardedSGD": ShardedSGD}
+SEED = 7
+
+
+def build(kind: str, case_name: str, params: list[np.ndarray], deterministic: bool) -> Any:
+    case = CASES[case_name]
+    extra = {"bucket_bytes": 64} if kind == "DistributedSGD" else {}  # several buckets
+    return KINDS[kind](COMM, param_groups(case, params), deterministic=deterministic,
+                       **case.options, **extra)
+
+
+def run(opt: Any, case_name: str, steps: range, scheduler: Any, in_place: bool = False
+        ) -> list[float]:
+    """Steps ``steps`` (the gradients of this rank at those steps), each followed by a step of
+    ``scheduler`` (if not None); returns each step's grad norm. ``in_place``: the gradients are
+    written into ``opt.grad_buffers`` and those are passed."""
+    case = CASES[case_name]
+    norms = []
+    order = grad_order(case)
+    for t in steps:
+        grads = make_grads(case, SEED, t, RANK, WORLD)
+        grads = [grads[i] for i in order]
+        if in_place:
+            for buffer, g in zip(opt.grad_buffers, grads):
+                buffer[...] = g
+            grads = opt.grad_buffers
+        result = opt.step(grads, loss_scale=case.loss_scale)
+        norms.append(np.nan if result.grad_norm is None else result.grad_norm)
+        if scheduler is not None:
+            scheduler.step()
+    return norms
+
+
+def save_result(path: Path, opt: Any, params: list[np.ndarray], norms: list[float]) -> None:
+    state = opt.state_dict()  # collective
+    arrays = {f"p{i}": p for i, p in enumerate(params)}
+    for index, entry in state["state"].items():
+        arrays[f"b{index}"] = next(iter(entry.values()))
+    np.savez(path, **arrays, norms=np.array(norms), state_nbytes=opt.state_nbytes,
+             iterations=opt.iterations, skipped_steps=opt.skipped_steps)
+
+
+def cases(out: Path) -> None:
+    for name in CASES:
+        for kind in KINDS:
+            for deterministic in (True, False):
+                params = make_params(CASES[name], SEED)
+                opt = build(kind, name, params, deterministic)
+                norms = run(opt, name, range(STEPS), make_scheduler(CASES[name], opt))
+                save_result(out / f"{name}.{kind}.{deterministic}.rank{RANK}.npz", opt, params,
+                            norms)
+    for kind in KINDS:  # gradients computed into the optimizer's buffers
+        params = make_params(CASES["torch-heavyball"], SEED)
+        opt = build(kind, "torch-heavyball", params, True)
+        norms = run(opt, "torch-heavyball", range(STEPS), None, in_place=True)
+        save_result(out / f"torch-heavyball.{kind}.in-place.rank{RANK}.npz", opt, params, norms)
+
+
+def save(out: Path) -> None:
+    name = "groups-onecycle"
+    params = make_params(CASES[name], SEED)
+    opt = build("ShardedSGD", name, params, True)
+    scheduler = make_scheduler(CASES[name], opt)
+    run(opt, name, range(STEPS), scheduler)
+    state = opt.state_dict()  # collective: every rank gathers
+    if RANK == 0:
+        fm.checkpoint.save(out / "ckpt.npz", {"optimizer": state, "params": params,
+                                              "scheduler": scheduler.state_dict()})
+
+
+def resume(ckpt: Path, out: Path, kind: str) -> None:
+    name = "groups-onecycle"
+    saved = fm.checkpoint.load(ckpt)  # every rank reads the same file
+    params = [np.array(p) for p in saved["params"]]
+    opt = build(kind, name, params, True)
+    scheduler = make_scheduler(CASES[name], opt)
+    opt.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    norms = run(opt, name, range(STEPS, 2 * STEPS), scheduler)
+    save_result(out / f"resume.{kind}.rank{RANK}.npz", opt, params, norms)
+
+
+def mismatch(out: Path) -> None:
+    messages = []
+    case = CASES["torch-heavyball"]
+    params = make_params(case, SEED)
+    if RANK == WORLD - 1:
+        params[3][0, 0] += 1e-7  # one element, one ulp or so: the digest sees it
+    try:
+        DistributedSGD(COMM, params, lr=0.1)
+    except ValueError as error:
+        messages.append(f"values: {error}")
+    shapes = [*case.shapes[:-1], (12,) if RANK == WORLD - 1 else case.shapes[-1]]
+    try:
+        ShardedSGD(COMM, [np.zeros(s, np.float32) for s in shapes], lr=0.1)
+    except ValueError as error:
+        messages.append(f"shapes: {error}")
+    try:
+        ShardedSGD(COMM, make_params(case, SEED), lr=0.1, momentum=0.9 if RANK else 0.8)
+    except ValueError as error:
+        messages.append(f"hyper: {error}")
+    try:
+        DistributedSGD(None, make_params(case, SEED))  # type: ignore[arg-type]
+    except TypeError as error:
+        messages.append(f"comm: {error}")
+    opt = DistributedSGD(COMM, make_params(case, SEED))
+    try:
+        opt.step([None] * len(case.shapes))
+    except ValueError as error:
+        messages.append(f"none: {error}")
+    try:
+        opt.step(make_grads(case, SEED, 0, RANK, WORLD), loss_scale=0.0)
+    except ValueError as error:
+        messages.append(f"scale: {error}")
+    (out / f"mismatch.rank{RANK}.txt").write_text("\n".join(messages))
+
+
+if __name__ == "__main__":
+    mode, out = sys.argv[1], Path(sys.argv[2])
+    if mode == "cases":
+        cases(out)
+    elif mode == "save":
+        save(out)
+    elif mode == "resume":
+        resume(Path(sys.argv[3]), out, sys.argv[4])
+    elif mode == "mismatch":
+        mismatch(out)
+    else:
+        raise SystemExit(f"unknown mode {mode!r}")

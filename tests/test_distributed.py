@@ -1,0 +1,272 @@
+"""fastmomentum.distributed under real MPI jobs: ``mpirun -n 1, 2, 4`` (4 ranks oversubscribe a
+2-core machine) run ``tests/mpi/worker.py``, whose ranks write their results to files, compared
+here with single-process ``fm.SGD`` on the rank-summed gradients.
+
+The reference forms the average as the optimizers define it: the ranks' gradients added in rank
+order, ``((g_0 + g_1) + g_2) + g_3`` in the dtype, then ``fm.SGD.step(sum, loss_scale=n *
+loss_scale)`` (the kernel multiplies by ``1/(n * loss_scale)``, rounded once). With rank-order sums
+(``deterministic=True``) the optimizers must match it bit for bit; with MPI's sums the additions may
+be associated differently, each changing a sum by at most ``(n-1)·u·Σ|g_r|`` (``u`` the unit
+roundoff), and over these few steps the parameters must agree to ``2e-5`` (float32) / ``1e-13``
+(float64) times ``max(1, max |p|)``. Every rank must end with the same bits as every other, and the
+momentum state a ShardedSGD rank holds must be the total divided by the world size (give or take
+one element per dtype).
+
+Without ``mpirun`` or mpi4py the tests skip, unless ``FASTMOMENTUM_REQUIRE_MPI=1`` (set by
+``.ci/run``), which makes them fail instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fastmomentum as fm
+
+from conftest import same_bits
+
+sys.path.insert(0, str(Path(__file__).parent / "mpi"))
+from cases import CASES, STEPS, grad_order, make_grads, make_params, make_scheduler, param_groups
+
+WORKER = Path(__file__).parent / "mpi" / "worker.py"
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "mpi_train.py"
+SEED = 7  # worker.py's
+KINDS = ("DistributedSGD", "ShardedSGD")
+TOLERANCE = {np.dtype(np.float32): 2e-5, np.dtype(np.float64): 1e-13}
+
+
+def _missing() -> str | None:
+    if shutil.which("mpirun") is None:
+        return "mpirun not found (install an MPI, e.g. apt-get install openmpi-bin libopenmpi-dev)"
+    if importlib.util.find_spec("mpi4py") is None:
+        return 'mpi4py not installed (pip install "fastmomentum[mpi]")'
+    return None
+
+
+@pytest.fixture(autouse=True)
+def _needs_mpi():
+    missing = _missing()
+    if missing is not None:
+        if os.environ.get("FASTMOMENTUM_REQUIRE_MPI") == "1":
+            pytest.fail(f"FASTMOMENTUM_REQUIRE_MPI=1 but {missing}")
+        pytest.skip(missing)
+
+
+@functools.cache
+def _is_open_mpi() -> bool:
+    version = subprocess.run(["mpirun", "--version"], capture_output=True, text=True, check=False)
+    return "Open MPI" in version.stdout + version.stderr
+
+
+def mpirun(n: int, *args: str, script: Path = WORKER) -> None:
+    """Run ``script`` (worker.py) on ``n`` ranks; fails with its output if any rank fails."""
+    command = ["mpirun", "-n", str(n)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # n ranks on 2 cores: no OpenMP on top
+    if _is_open_mpi():
+        # More ranks than cores; and Open MPI refuses root (CI's containers) unless told twice.
+        command.append("--oversubscribe")
+        env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    command += [sys.executable, "-m", "mpi4py", str(script), *args]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env,
+                          check=False)
+    assert done.returncode == 0, f"{' '.join(command)}\n{done.stdout}\n{done.stderr}"
+
+
+def load_ranks(out: Path, stem: str, n: int) -> list[dict[str, np.ndarray]]:
+    ranks = []
+    for r in range(n):
+        with np.load(out / f"{stem}.rank{r}.npz") as data:
+            ranks.append(dict(data))
+    return ranks
+
+
+def reference(case_name: str, worlds: list[int]) -> tuple[list[np.ndarray], fm.SGD, list[float]]:
+    """Single-process fm.SGD over the steps, step ``t`` with the sum of ``worlds[t]`` ranks'
+    gradients in rank order; returns the parameters, the optimizer and each step's norm."""
+    case = CASES[case_name]
+    params = make_params(case, SEED)
+    opt = fm.SGD(param_groups(case, params), **case.options)
+    scheduler = make_scheduler(case, opt)
+    order, norms = grad_order(case), []
+    for t, n in enumerate(worlds):
+        total = make_grads(case, SEED, t, 0, n)
+        for r in range(1, n):
+            for a, b in zip(total, make_grads(case, SEED, t, r, n)):
+                a += b  # rank order, each addition rounded to the dtype
+        result = opt.step([total[i] for i in order], loss_scale=n * case.loss_scale)
+        norms.append(np.nan if result.grad_norm is None else result.grad_norm)
+        if scheduler is not None:
+            scheduler.step()
+    return params, opt, norms
+
+
+def assert_matches(rank: dict[str, np.ndarray], params: list[np.ndarray], opt: fm.SGD,
+                   exact: bool) -> None:
+    """One rank's file against the reference's parameters and state dict."""
+    buffers = {i: next(iter(entry.values())) for i, entry in opt.state_dict()["state"].items()}
+    assert sorted(k for k in rank if k.startswith("b")) == sorted(f"b{i}" for i in buffers)
+    pairs = [(rank[f"p{i}"], p) for i, p in enumerate(params)]
+    pairs += [(rank[f"b{i}"], b) for i, b in buffers.items()]
+    for actual, expected in pairs:
+        assert actual.dtype == expected.dtype and actual.shape == expected.shape
+        if exact:
+            assert actual.tobytes() == expected.tobytes()
+        else:
+            scale = max(1.0, float(np.abs(expected).max(initial=0.0)))
+            np.testing.assert_allclose(actual, expected, rtol=0,
+                                       atol=TOLERANCE[expected.dtype] * scale)
+
+
+def assert_same_on_every_rank(ranks: list[dict[str, np.ndarray]]) -> None:
+    for r, other in enumerate(ranks[1:], start=1):
+        assert other.keys() == ranks[0].keys()
+        for key, value in ranks[0].items():
+            if key != "state_nbytes":
+                assert other[key].tobytes() == value.tobytes(), f"rank {r} differs in {key}"
+
+
+@pytest.fixture(scope="module", params=[1, 2, 4], ids=lambda n: f"n{n}")
+def cases_job(request, tmp_path_factory):
+    """Every case, both optimizers, both reductions, on ``n`` ranks: (n, output folder)."""
+    if _missing() is not None:
+        pytest.skip(_missing())
+    out = tmp_path_factory.mktemp(f"mpi-n{request.param}")
+    mpirun(request.param, "cases", str(out))
+    return request.param, out
+
+
+@pytest.mark.parametrize("case_name", list(CASES))
+def test_matches_single_process(cases_job, case_name):
+    n, out = cases_job
+    params, opt, norms = reference(case_name, [n] * STEPS)
+    for kind in KINDS:
+        for deterministic in (True, False):
+            ranks = load_ranks(out, f"{case_name}.{kind}.{deterministic}", n)
+            assert_same_on_every_rank(ranks)
+            exact = deterministic and (kind == "DistributedSGD"
+                                       or CASES[case_name].exact_when_sharded)
+            assert_matches(ranks[0], params, opt, exact)
+            assert int(ranks[0]["iterations"]) == opt.iterations
+            assert int(ranks[0]["skipped_steps"]) == opt.skipped_steps
+            np.testing.assert_allclose(ranks[0]["norms"], norms, rtol=1e-6)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_gradients_in_the_optimizers_buffers(cases_job, kind):
+    n, out = cases_job
+    params, opt, _ = reference("torch-heavyball", [n] * STEPS)
+    ranks = load_ranks(out, f"torch-heavyball.{kind}.in-place", n)
+    assert_same_on_every_rank(ranks)
+    assert_matches(ranks[0], params, opt, exact=True)
+
+
+def test_the_guards_case_skips_and_clips():
+    # Guards the comparison above: the NaN step must be skipped and the clipping must act.
+    _, opt, norms = reference("guards", [2] * STEPS)
+    assert opt.skipped_steps == 1 and np.isnan(norms[CASES["guards"].nan_step])
+    assert max(norm for norm in norms if np.isfinite(norm)) > 1.0  # > max_grad_norm: clipped
+
+
+@pytest.mark.parametrize("case_name", list(CASES))
+def test_sharded_state_memory_is_divided_by_the_world_size(cases_job, case_name):
+    n, out = cases_job
+    _, opt, _ = reference(case_name, [n] * STEPS)
+    total = sum(next(iter(e.values())).nbytes for e in opt.state_dict()["state"].values())
+    slack = sum(np.dtype(d).itemsize for d in CASES[case_name].dtypes)  # one element per dtype
+    replicated = [int(r["state_nbytes"]) for r in load_ranks(out, f"{case_name}.DistributedSGD"
+                                                             f".True", n)]
+    sharded = [int(r["state_nbytes"]) for r in load_ranks(out, f"{case_name}.ShardedSGD.True", n)]
+    assert replicated == [total] * n
+    assert sum(sharded) == total
+    assert all(abs(nbytes - total / n) <= slack for nbytes in sharded), (sharded, total)
+    if CASES[case_name].options.get("momentum", 0) == 0:
+        assert total == 0
+    else:
+        assert total > 0
+
+
+@pytest.fixture(scope="module")
+def checkpoint_of_4_ranks(tmp_path_factory):
+    """ShardedSGD on 4 ranks, its state gathered into one checkpoint: the file's path."""
+    if _missing() is not None:
+        pytest.skip(_missing())
+    out = tmp_path_factory.mktemp("mpi-save")
+    mpirun(4, "save", str(out))
+    return out / "ckpt.npz"
+
+
+def test_sharded_state_dict_gathers_the_full_state(checkpoint_of_4_ranks):
+    saved = fm.checkpoint.load(checkpoint_of_4_ranks)["optimizer"]
+    _, opt, _ = reference("groups-onecycle", [4] * STEPS)
+    expected = opt.state_dict()
+    assert saved["param_groups"] == expected["param_groups"]  # with the scheduler's lr
+    assert saved["state"].keys() == expected["state"].keys()
+    for i, entry in expected["state"].items():
+        same_bits(saved["state"][i]["momentum_buffer"], entry["momentum_buffer"])
+
+
+@pytest.mark.parametrize(("world", "kind"), [(2, "ShardedSGD"), (3, "DistributedSGD"),
+                                             (1, "ShardedSGD")])
+def test_checkpoint_reshards_to_another_world_size(checkpoint_of_4_ranks, tmp_path, world, kind):
+    mpirun(world, "resume", str(tmp_path), str(checkpoint_of_4_ranks), kind)
+    ranks = load_ranks(tmp_path, f"resume.{kind}", world)
+    assert_same_on_every_rank(ranks)
+    params, opt, _ = reference("groups-onecycle", [4] * STEPS + [world] * STEPS)
+    assert_matches(ranks[0], params, opt, exact=True)
+    assert int(ranks[0]["iterations"]) == 2 * STEPS
+
+
+def test_constructor_and_step_refuse_bad_input(tmp_path):
+    mpirun(2, "mismatch", str(tmp_path))
+    for r in range(2):
+        lines = (tmp_path / f"mismatch.rank{r}.txt").read_text().splitlines()
+        found = dict(line.split(": ", 1) for line in lines)
+        assert found.keys() == {"values", "shapes", "hyper", "comm", "none", "scale"}, lines
+        assert "parameter values of rank(s) [1] differ from rank 0's" in found["values"]
+        assert "parameter groups of rank(s) [1] differ" in found["shapes"]
+        assert "parameter groups of rank(s) [1] differ" in found["hyper"]
+        assert "comm must be an mpi4py intracommunicator" in found["comm"]
+        assert "grads[0] is None" in found["none"]
+        assert "loss_scale must be a finite number > 0, got 0.0" in found["scale"]
+
+
+@pytest.mark.parametrize(("world", "flag"), [(4, "--distributed"), (4, "--sharded"),
+                                             (3, "--distributed")])
+def test_mpi_train_example_reaches_the_single_process_loss(tmp_path, world, flag):
+    if not EXAMPLE.exists():
+        pytest.skip(f"{EXAMPLE} not found")
+    mpirun(world, flag, "--json", str(tmp_path / "run.json"), script=EXAMPLE)
+    result = json.loads((tmp_path / "run.json").read_text())
+    spec = importlib.util.spec_from_file_location("examples_mpi_train", EXAMPLE)
+    assert spec is not None and spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    single = example.train(None)  # fm.SGD in this process, no MPI
+    assert result["world"] == world
+    assert result["loss"][-1] < 0.5 * result["loss"][0]  # it trains
+    # The same model: float64 sums associated differently (slices, then ranks), nothing else.
+    np.testing.assert_allclose(result["loss"], single["loss"], rtol=1e-9)
+    assert result["test_accuracy"] == single["test_accuracy"]
+
+
+def test_gpu_arrays_are_refused():
+    from fastmomentum.distributed._layout import FlatGrads
+
+    class FakeCudaArray:  # what a CuPy array says of itself (tests/test_cuda_validation.py)
+        @property
+        def __cuda_array_interface__(self):
+            return {"shape": (2,), "typestr": "<f4", "data": (0, False), "version": 3}
+
+    host = np.zeros(2, np.float32)
+    with pytest.raises(TypeError, match=r"params\[1\] is a CUDA array: fastmomentum\.distributed "
+                                        r"updates NumPy arrays only"):
+        FlatGrads([host, FakeCudaArray()])
