@@ -94,6 +94,12 @@ def allgather(comm: MPI.Intracomm, buf: NDArray[Any], bounds: Sequence[int]) -> 
     comm.Allgatherv(MPI.IN_PLACE, _spec(buf, bounds))
 
 
+def _ranks_unlike_rank_0(comm: MPI.Intracomm, value: Any) -> list[int]:
+    """The ranks whose ``value`` differs from rank 0's (collective; the same list on every rank)."""
+    values = comm.allgather(value)
+    return [r for r, other in enumerate(values) if other != values[0]]
+
+
 def check_same_everywhere(comm: MPI.Intracomm, groups: Sequence[dict[str, Any]]) -> None:
     """Raise ``ValueError`` on EVERY rank unless all ranks have the same parameter groups (shapes,
     dtypes, hyper-parameters) and the same parameter values (a BLAKE2b digest of their bytes):
@@ -101,8 +107,7 @@ def check_same_everywhere(comm: MPI.Intracomm, groups: Sequence[dict[str, Any]])
     layout = [([(p.shape, p.dtype.str) for p in g["params"]],
                sorted((k, repr(_describe(v))) for k, v in g.items() if k != "params"))
               for g in groups]
-    layouts = comm.allgather(layout)
-    differ = [r for r, other in enumerate(layouts) if other != layouts[0]]
+    differ = _ranks_unlike_rank_0(comm, layout)
     if differ:
         raise ValueError(
             f"the parameter groups of rank(s) {differ} differ from rank 0's (number, shapes or "
@@ -112,8 +117,7 @@ def check_same_everywhere(comm: MPI.Intracomm, groups: Sequence[dict[str, Any]])
     for g in groups:
         for p in g["params"]:
             digest.update(memoryview(p).cast("B"))
-    digests = comm.allgather(digest.hexdigest())
-    differ = [r for r, d in enumerate(digests) if d != digests[0]]
+    differ = _ranks_unlike_rank_0(comm, digest.hexdigest())
     if differ:
         raise ValueError(
             f"the parameter values of rank(s) {differ} differ from rank 0's: initialise them from "
