@@ -283,11 +283,18 @@ def test_views_of_one_block_that_do_not_overlap_are_fine():
     np.testing.assert_array_equal(b, 1.0)
 
 
-def test_sgd_step_takes_its_13_arguments_positionally_only():
+def test_the_fast_entry_points_take_their_arguments_positionally_only():
     p, g, b = (np.zeros(3, np.float32) for _ in range(3))
     args = ([p], [g], [b], False, "torch", 0.1, 0.9, 0.0, False, 0.0, "coupled", 1.0, False)
-    with pytest.raises(TypeError, match="takes 13 positional arguments but 12 were given"):
+    with pytest.raises(TypeError,
+                       match=r"^sgd_step\(\) takes 13 positional arguments but 12 were given$"):
         _core.sgd_step(*args[:-1])
+    with pytest.raises(TypeError, match=r"^sgd_step_guarded\(\) takes 16 positional arguments "
+                                        r"but 13 were given$"):
+        _core.sgd_step_guarded(*args)
+    with pytest.raises(TypeError, match=r"^sgd_step\(\) takes 13 positional arguments but 1 was "
+                                        r"given$"):
+        _core.sgd_step(p)
     with pytest.raises(TypeError, match="keyword arguments"):
         _core.sgd_step(*args[:-1], maximize=False)
     assert not p.any()

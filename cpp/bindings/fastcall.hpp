@@ -39,11 +39,12 @@ PyObject* call(PyObject* const* args, std::index_sequence<I...>) {
         return Fn(pybind11::handle(args[I])...).release().ptr();
 }
 
-template <auto Fn, std::size_t N>
+template <auto Fn, std::size_t N, const PyMethodDef& Def>
 PyObject* fastcall(PyObject* /*module*/, PyObject* const* args, Py_ssize_t nargs) {
     if (nargs != static_cast<Py_ssize_t>(N)) {
-        PyErr_Format(PyExc_TypeError, "takes %zd positional arguments but %zd were given",
-                     static_cast<Py_ssize_t>(N), nargs);
+        // CPython's wording for a function of fixed arity.
+        PyErr_Format(PyExc_TypeError, "%s() takes %zd positional arguments but %zd %s given",
+                     Def.ml_name, static_cast<Py_ssize_t>(N), nargs, nargs == 1 ? "was" : "were");
         return nullptr;
     }
     try {
@@ -55,19 +56,20 @@ PyObject* fastcall(PyObject* /*module*/, PyObject* const* args, Py_ssize_t nargs
 
 }  // namespace detail
 
-// `def` must outlive the module (a static PyMethodDef); its ml_doc may start with a
-// "name(args)\n--\n\n" signature line for inspect. Fn returns an int or a py::object.
-template <auto Fn, std::size_t N>
-void def_fastcall(pybind11::module_& m, PyMethodDef& def) {
-    def.ml_meth = reinterpret_cast<PyCFunction>(
-        reinterpret_cast<void (*)()>(&detail::fastcall<Fn, N>));
-    def.ml_flags = METH_FASTCALL;
+// `Def` is a PyMethodDef at namespace scope (it must outlive the module, and the entry point names
+// it in its argument-count error); its ml_doc may start with a "name(args)\n--\n\n" signature line
+// for inspect. Fn returns an int or a py::object.
+template <auto Fn, std::size_t N, PyMethodDef& Def>
+void def_fastcall(pybind11::module_& m) {
+    Def.ml_meth = reinterpret_cast<PyCFunction>(
+        reinterpret_cast<void (*)()>(&detail::fastcall<Fn, N, Def>));
+    Def.ml_flags = METH_FASTCALL;
     pybind11::object name = m.attr("__name__");
     // The module as self, as for any module function: inspect then drops the signature's $module.
     pybind11::object f = pybind11::reinterpret_steal<pybind11::object>(
-        PyCFunction_NewEx(&def, m.ptr(), name.ptr()));
+        PyCFunction_NewEx(&Def, m.ptr(), name.ptr()));
     if (!f) throw pybind11::error_already_set();
-    m.add_object(def.ml_name, f);
+    m.add_object(Def.ml_name, f);
 }
 
 }  // namespace fastmomentum::bindings

@@ -100,28 +100,30 @@ int rmw_reference(py::handle params, py::handle grads, py::handle buffers, doubl
     return threads;
 }
 
+// The fast entry points' method tables (they outlive the module; see def_fastcall).
+PyMethodDef sgd_step_def{
+    "sgd_step", nullptr, 0,
+    "sgd_step($module, params, grads, buffers, first_step, style, lr, momentum, dampening, "
+    "nesterov, weight_decay, weight_decay_mode, schedule_multiplier, maximize, /)\n--\n\n"
+    "Validate every array and hyper-parameter, then update params (and buffers) in place in "
+    "one fused pass with the GIL released. Returns the number of threads that ran (0 when "
+    "there was nothing to update). Positional arguments only."};
+PyMethodDef sgd_step_guarded_def{
+    "sgd_step_guarded", nullptr, 0,
+    "sgd_step_guarded($module, params, grads, buffers, first_step, style, lr, momentum, "
+    "dampening, nesterov, weight_decay, weight_decay_mode, schedule_multiplier, maximize, "
+    "check_finite, max_norm, loss_scale, /)\n--\n\n"
+    "sgd_step with guards: the gradients are divided by loss_scale; with max_norm (not None) "
+    "their global 2-norm is computed in a read pass and they are scaled by "
+    "min(1, max_norm / (norm + 1e-6)); with check_finite, nothing is written when a gradient "
+    "has a NaN or an infinity. Returns (applied, norm or None, threads)."};
+
 }  // namespace
 
 void register_sgd(py::module_& m) {
     init_array_checks();
-    static PyMethodDef sgd_step_def{
-        "sgd_step", nullptr, 0,
-        "sgd_step($module, params, grads, buffers, first_step, style, lr, momentum, dampening, "
-        "nesterov, weight_decay, weight_decay_mode, schedule_multiplier, maximize, /)\n--\n\n"
-        "Validate every array and hyper-parameter, then update params (and buffers) in place in "
-        "one fused pass with the GIL released. Returns the number of threads that ran (0 when "
-        "there was nothing to update). Positional arguments only."};
-    def_fastcall<&sgd_step, 13>(m, sgd_step_def);
-    static PyMethodDef sgd_step_guarded_def{
-        "sgd_step_guarded", nullptr, 0,
-        "sgd_step_guarded($module, params, grads, buffers, first_step, style, lr, momentum, "
-        "dampening, nesterov, weight_decay, weight_decay_mode, schedule_multiplier, maximize, "
-        "check_finite, max_norm, loss_scale, /)\n--\n\n"
-        "sgd_step with guards: the gradients are divided by loss_scale; with max_norm (not None) "
-        "their global 2-norm is computed in a read pass and they are scaled by "
-        "min(1, max_norm / (norm + 1e-6)); with check_finite, nothing is written when a gradient "
-        "has a NaN or an infinity. Returns (applied, norm or None, threads)."};
-    def_fastcall<&sgd_step_guarded, 16>(m, sgd_step_guarded_def);
+    def_fastcall<&sgd_step, 13, sgd_step_def>(m);
+    def_fastcall<&sgd_step_guarded, 16, sgd_step_guarded_def>(m);
     m.def("sgd_steps", &sgd_steps, py::arg("calls"), py::arg("check_finite") = false,
           py::arg("max_norm") = py::none(), py::arg("loss_scale") = 1.0,
           "Several sgd_step calls, each a tuple of sgd_step's 13 arguments plus `indices` (how each "
