@@ -56,6 +56,15 @@ def test_demo_progress_bar_on_a_terminal_unless_quiet(quiet, monkeypatch, capsys
     assert counts == [1, 2, 3, 4, 5, 6, 6], counts
 
 
+def test_demo_that_diverges_says_so_and_exits_1(capsys):
+    assert main(["demo", "--epochs", "2", "--hidden", "8", "--lr", "1e9", "--quiet"]) == 1
+    captured = capsys.readouterr()
+    assert "nan" in captured.out  # the table is still printed
+    assert captured.err == ("demo: the training loss of plain SGD, momentum 0.9, Nesterov 0.9 is "
+                            "not finite: --lr 1000000000.0 is too large for this model (the "
+                            "default is 0.5)\n")
+
+
 def test_demo_plot_writes_a_png(tmp_path):
     pytest.importorskip("matplotlib")
     path = tmp_path / "curves.png"

@@ -10,6 +10,8 @@ import time
 from dataclasses import fields
 from pathlib import Path
 
+import numpy as np
+
 from .._config import show_config
 from .._progress import Progress
 from . import report
@@ -44,7 +46,8 @@ def add_parser(
 
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    """Run the demo with the parsed options; the exit status."""
+    """Run the demo with the parsed options; the exit status: 0, or 1 when an optimizer's
+    training loss ended up NaN or infinite (a learning rate too large for the model)."""
     if args.epochs < 1 or args.hidden < 1:
         parser.error("--epochs and --hidden must be >= 1")
     if not (math.isfinite(args.peak_lr) and args.peak_lr > 0):
@@ -73,7 +76,9 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             bar.advance(1, row_done=True)
             bar.show(f"{label}: loss {history.train_loss[-1]:.4f} after epoch {epoch + 1}")
 
-        histories[name] = train(name, config, on_epoch=show)
+        # A diverging run is reported once, below, rather than by NumPy's warnings on the way.
+        with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+            histories[name] = train(name, config, on_epoch=show)
     bar.clear()
     print(report.table(histories))
     print(f"total {time.perf_counter() - start:.1f} s")
@@ -81,6 +86,13 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         report.plot(histories, args.plot)
         print(f"loss curves saved to {args.plot}")
     sys.stdout.flush()
+    diverged = [METHODS[name].label for name, history in histories.items()
+                if not math.isfinite(history.train_loss[-1])]
+    if diverged:
+        print(f"demo: the training loss of {', '.join(diverged)} is not finite: --lr "
+              f"{config.peak_lr} is too large for this model (the default is {Config.peak_lr})",
+              file=sys.stderr)
+        return 1
     return 0
 
 
