@@ -33,7 +33,7 @@ costs one read pass over the gradients before the update (one in all when both a
 
 from __future__ import annotations
 
-from typing import Literal, Optional, Union
+from typing import Any, Callable, Literal, Optional, Protocol, Union
 
 import numpy as np
 from numpy.typing import NDArray
@@ -42,7 +42,21 @@ from . import _core
 from ._devices import on_device, steps
 from .guards import APPLIED, UNSCALED, NonFinite, StepResult, checks_finite, result
 
-Array = Union[NDArray[np.float32], NDArray[np.float64]]
+#: A NumPy array of a dtype the kernels update.
+HostArray = Union[NDArray[np.float32], NDArray[np.float64]]
+
+
+class CudaArray(Protocol):
+    """The static type of a GPU array: anything with ``__cuda_array_interface__`` (CuPy arrays,
+    PyTorch tensors, Numba device arrays). Its dtype, device and layout are checked at run time;
+    a producer with only ``__dlpack__`` works too, but needs a ``cast`` to satisfy a checker."""
+
+    @property
+    def __cuda_array_interface__(self) -> dict[str, Any]: ...
+
+
+#: A parameter, gradient or buffer: a NumPy array, or a GPU array (all of one kind in a step).
+Array = Union[HostArray, CudaArray]
 #: A list or tuple of arrays (any other sequence is rejected: it might be an array's rows).
 Arrays = Union[list[Array], tuple[Array, ...]]
 #: One bool for every array, or one per array (a list or tuple, as for the arrays).
@@ -54,7 +68,13 @@ WeightDecayMode = Literal["coupled", "decoupled", "sgdw"]
 _StepArgs = tuple[Arrays, Arrays, Optional[Arrays], FirstStep, Literal["torch", "keras", "ema"],
                   float, float, float, bool, float, WeightDecayMode, float, bool]
 
-__all__ = ["ema_sgd_", "keras_sgd_", "sgd_"]
+__all__ = ["CudaArray", "ema_sgd_", "keras_sgd_", "sgd_"]
+
+# The host kernels, typed here to take any arrays: the functions below hand them CUDA arrays too,
+# on purpose, since the host kernel's TypeError is what sends a call to the device path
+# (``_core.pyi`` types what the host kernels accept).
+_host_step: Callable[..., int] = _core.sgd_step
+_host_step_guarded: Callable[..., tuple[bool, float | None, int]] = _core.sgd_step_guarded
 
 
 def sgd_(
@@ -114,8 +134,8 @@ def sgd_(
     # Positional: matching keyword arguments by name would cost ~1 us a call.
     if nonfinite == "ignore" and max_grad_norm is None and loss_scale is UNSCALED:  # no guard
         try:
-            _core.sgd_step(params, grads, buffers, first_step, "torch", lr, momentum, dampening,
-                           nesterov, weight_decay, weight_decay_mode, schedule_multiplier, maximize)
+            _host_step(params, grads, buffers, first_step, "torch", lr, momentum, dampening,
+                       nesterov, weight_decay, weight_decay_mode, schedule_multiplier, maximize)
             return APPLIED
         except TypeError:  # the host kernels take NumPy arrays only: maybe CUDA arrays
             if not on_device(params):
@@ -160,8 +180,8 @@ def keras_sgd_(
     """
     if nonfinite == "ignore" and max_grad_norm is None and loss_scale is UNSCALED:  # no guard
         try:
-            _core.sgd_step(params, grads, velocities, False, "keras", lr, momentum, 0.0, nesterov,
-                           weight_decay, weight_decay_mode, schedule_multiplier, maximize)
+            _host_step(params, grads, velocities, False, "keras", lr, momentum, 0.0, nesterov,
+                       weight_decay, weight_decay_mode, schedule_multiplier, maximize)
             return APPLIED
         except TypeError:
             if not on_device(params):
@@ -198,8 +218,8 @@ def ema_sgd_(
     """
     if nonfinite == "ignore" and max_grad_norm is None and loss_scale is UNSCALED:  # no guard
         try:
-            _core.sgd_step(params, grads, buffers, False, "ema", lr, beta, 0.0, False, weight_decay,
-                           weight_decay_mode, schedule_multiplier, maximize)
+            _host_step(params, grads, buffers, False, "ema", lr, beta, 0.0, False, weight_decay,
+                       weight_decay_mode, schedule_multiplier, maximize)
             return APPLIED
         except TypeError:
             if not on_device(params):
@@ -217,5 +237,5 @@ def _guarded(args: _StepArgs, nonfinite: NonFinite, max_grad_norm: float | None,
     if on_device(args[0]):
         outcome = steps([(*args, None)], check, max_grad_norm, loss_scale)
     else:
-        outcome = _core.sgd_step_guarded(*args, check, max_grad_norm, loss_scale)
+        outcome = _host_step_guarded(*args, check, max_grad_norm, loss_scale)
     return result(outcome, nonfinite, args[1])

@@ -36,33 +36,33 @@ BUFFER_KEY = {"torch": "momentum_buffer", "ema": "momentum_buffer", "keras": "ve
 _CALLABLE = "callable"
 
 
-class ArrayState(MutableMapping[np.ndarray, dict[str, Any]]):
+class ArrayState(MutableMapping[Array, dict[str, Any]]):
     """Per-parameter state keyed by the array itself (by identity: arrays are not hashable), as
     ``torch.optim`` keys its state by tensor: ``opt.state[w]["momentum_buffer"]``."""
 
     def __init__(self) -> None:
-        self._items: dict[int, tuple[np.ndarray, dict[str, Any]]] = {}
+        self._items: dict[int, tuple[Array, dict[str, Any]]] = {}
         #: Bumped by every assignment or deletion (the optimizer's step plan depends on the
         #: entries; edits inside an entry's dict are checked by the plan itself).
         self.version = 0
 
-    def __getitem__(self, param: np.ndarray) -> dict[str, Any]:
+    def __getitem__(self, param: Array) -> dict[str, Any]:
         return self._items[id(param)][1]
 
-    def __setitem__(self, param: np.ndarray, value: dict[str, Any]) -> None:
+    def __setitem__(self, param: Array, value: dict[str, Any]) -> None:
         self._items[id(param)] = (param, value)
         self.version += 1
 
-    def __delitem__(self, param: np.ndarray) -> None:
+    def __delitem__(self, param: Array) -> None:
         del self._items[id(param)]
         self.version += 1
 
-    def entry(self, param: np.ndarray) -> dict[str, Any] | None:
+    def entry(self, param: Array) -> dict[str, Any] | None:
         """``param``'s state dict, or ``None`` when it has none."""
         item = self._items.get(id(param))
         return None if item is None else item[1]
 
-    def __iter__(self) -> Iterator[np.ndarray]:
+    def __iter__(self) -> Iterator[Array]:
         return (param for param, _ in self._items.values())
 
     def __len__(self) -> int:
@@ -390,7 +390,7 @@ class SGD:
         index = 0
         for group, values in zip(self.param_groups, hypers):
             has_momentum = values[2] != 0
-            params: list[Array] = []
+            params: list[Any] = []  # NumPy or CUDA arrays, as ``self.on_device`` says
             group_grads: list[Array] = []
             buffers: list[np.ndarray | None] = []
             first: list[bool] = []

@@ -9,7 +9,7 @@ from typing import Any
 from mpi4py import MPI
 from numpy.typing import NDArray
 
-from ..functional import Array
+from ..functional import Array, HostArray
 from ..guards import StepResult
 from ..optim import BUFFER_KEY, SGD, Hyper
 from ._collectives import SumReducer, check_comm, check_same_everywhere
@@ -70,7 +70,7 @@ class DistributedSGD(SGD):
     def __init__(
         self,
         comm: MPI.Intracomm,
-        params: Iterable[Array | dict[str, Any]],
+        params: Iterable[HostArray | dict[str, Any]],
         lr: Hyper = 1e-3,
         momentum: Hyper = 0.0,
         dampening: float = 0.0,

@@ -11,7 +11,7 @@ import numpy as np
 from mpi4py import MPI
 from numpy.typing import NDArray
 
-from ..functional import Array
+from ..functional import Array, HostArray
 from ..guards import StepResult, checks_finite, result
 from ..optim import BUFFER_KEY, SGD, ArrayState, Hyper, _new_buffers
 from ._collectives import SumReducer, allgather, check_comm, check_same_everywhere
@@ -58,7 +58,7 @@ class ShardedSGD(SGD):
     def __init__(
         self,
         comm: MPI.Intracomm,
-        params: Iterable[Array | dict[str, Any]],
+        params: Iterable[HostArray | dict[str, Any]],
         lr: Hyper = 1e-3,
         momentum: Hyper = 0.0,
         dampening: float = 0.0,
