@@ -107,6 +107,35 @@ def test_sgdw_multiplier_follows_the_lr_schedule():
     np.testing.assert_array_equal(p, 1.0 * (1 - 0.5 * 0.5))
 
 
+def test_sgdw_with_an_lr_schedule_from_zero_asks_for_the_multiplier():
+    """lr(0) = 0 leaves s = lr / lr(0) undefined: an error, not the full decay at every step."""
+    p = np.ones(4)
+    warmup = fm.schedules.warmup_cosine_decay(0.0, 0.1, 10, 100, decay_steps_include_warmup=True)
+    with pytest.raises(ValueError, match="the lr schedule starts at 0; pass schedule_multiplier"):
+        fm.SGD([p], lr=warmup, weight_decay=0.5, weight_decay_mode="sgdw")
+    opt = fm.SGD([p], lr=warmup, weight_decay=0.5, weight_decay_mode="sgdw",
+                 schedule_multiplier=lambda t: warmup(t) / 0.1)
+    opt.step([np.zeros(4)])  # s = 0 at step 0: no decay
+    np.testing.assert_array_equal(p, 1.0)
+    opt.step([np.zeros(4)])  # s = lr(1) / 0.1
+    np.testing.assert_array_equal(p, 1.0 * (1 - (warmup(1) / 0.1) * 0.5))
+    fm.SGD([p], lr=warmup, weight_decay=0.0, weight_decay_mode="sgdw")  # no decay: no s needed
+
+
+def test_step_takes_a_list_or_tuple_of_gradients_not_an_array():
+    """An array's rows are not one gradient per parameter (fm.functional's rule too)."""
+    params = _arrays(6, [3, 3])
+    opt = fm.SGD(params, lr=0.1)
+    before = [p.copy() for p in params]
+    with pytest.raises(TypeError, match=r"grads must be a list or tuple, got numpy.ndarray .*"
+                                        r"wrap a single gradient as \[g\]"):
+        opt.step(np.ones((2, 3)))
+    for p, b in zip(params, before):
+        np.testing.assert_array_equal(p, b)
+    opt.step((np.ones(3), np.ones(3)))
+    np.testing.assert_array_equal(params[0], before[0] - 0.1)
+
+
 def test_a_bad_gradient_anywhere_modifies_nothing_and_names_its_position():
     params = _arrays(7, [5, 5, 5])
     before = [p.copy() for p in params]

@@ -92,7 +92,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
         groups=[([(6,), (11,)], F32, {}), ([(65,)], F32, {"lr": S.exponential_decay(0.1, 5, 0.5)})],
         sched=None, k=10, late=12),
     "torch-schedules-sgdw-f64": dict(
-        kwargs=dict(lr=S.warmup_cosine_decay(0.0, 0.2, 5, 20, decay_steps_include_warmup=True),
+        # Group 0's s is lr / lr(0): a warm-up from 0.05, not 0 (s would be undefined).
+        kwargs=dict(lr=S.warmup_cosine_decay(0.05, 0.2, 5, 20, decay_steps_include_warmup=True),
                     momentum=0.9, nesterov=True, weight_decay=0.02, weight_decay_mode="sgdw"),
         groups=[([(6,), (2, 2)], F64, {}),
                 ([(40,)], F64, {"schedule_multiplier": S.cosine_decay(1.0, N_STEPS),

@@ -111,7 +111,8 @@ class SGD:
             ``lr / initial_lr``, the lr schedule's multiplier (``initial_lr`` is set by the
             schedulers of :mod:`fastmomentum.lr_scheduler`; for a callable lr it is ``lr(0)``;
             without either, ``s = 1``). With a warm-up (OneCycleLR, CyclicLR) ``initial_lr`` is the
-            low lr, so pass ``schedule_multiplier`` explicitly there.
+            low lr, so pass ``schedule_multiplier`` explicitly there; a schedule that starts at 0
+            raises ``ValueError`` without it.
         nonfinite: what a NaN or an infinity in a step's gradients does: ``"ignore"`` (default,
             PyTorch's behaviour: no check), ``"skip"`` (the step changes nothing at all: no
             parameter, buffer, first-step state, :attr:`iterations`; it returns
@@ -293,10 +294,18 @@ class SGD:
         s = group["schedule_multiplier"]
         if s is not None:
             return _evaluate(s, step)
+        scheduled = callable(group["lr"]) or "initial_lr" in group
         base = _evaluate(group["lr"], 0) if callable(group["lr"]) else group.get("initial_lr", lr)
         if not isinstance(lr, numbers.Real) or not isinstance(base, numbers.Real):
             return lr  # not numbers: let the kernel's check report the lr
-        return lr / base if base else 1.0
+        if base:
+            return lr / base
+        if scheduled and group["weight_decay"]:
+            # lr / 0: a schedule that starts at 0 (a warm-up) has no multiplier to scale by.
+            raise ValueError("weight_decay_mode='sgdw' scales the decay by lr / initial_lr, but "
+                             "the lr schedule starts at 0; pass schedule_multiplier (a number or "
+                             "a callable of the step)")
+        return 1.0
 
     def step(self, grads: Sequence[Array | None], *, loss_scale: float = 1.0) -> StepResult:
         """One update of every parameter that has a gradient, in ONE fused kernel call.
@@ -324,8 +333,10 @@ class SGD:
     def _step(self, grads: Sequence[Array | None], loss_scale: float) -> StepResult:
         """:meth:`step`'s body, for a caller that holds the lock (the distributed optimizers
         reduce the gradients first, under the same lock)."""
-        if not isinstance(grads, (list, tuple)):
-            grads = list(grads)
+        if not isinstance(grads, (list, tuple)):  # as fm.functional: an array's rows are not grads
+            raise TypeError(f"grads must be a list or tuple, got {type(grads).__module__}."
+                            f"{type(grads).__name__} (one gradient per parameter; wrap a single "
+                            "gradient as [g])")
         total = sum(len(g["params"]) for g in self.param_groups)
         if len(grads) != total:
             raise ValueError(f"step() got {len(grads)} gradients for {total} parameters")
