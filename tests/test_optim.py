@@ -136,6 +136,17 @@ def test_step_takes_a_list_or_tuple_of_gradients_not_an_array():
     np.testing.assert_array_equal(params[0], before[0] - 0.1)
 
 
+def test_a_step_without_any_gradient_changes_nothing_but_counts():
+    """Schedules see training steps, as an lr scheduler's step() counts them."""
+    p = np.ones(3)
+    opt = fm.SGD([p], lr=lambda t: 0.5 ** t, momentum=0.9)
+    opt.step([None])
+    assert opt.iterations == 1 and opt.state == {}
+    np.testing.assert_array_equal(p, 1.0)
+    opt.step([np.ones(3)])  # lr(1) = 0.5
+    np.testing.assert_array_equal(p, 0.5)
+
+
 def test_a_bad_gradient_anywhere_modifies_nothing_and_names_its_position():
     params = _arrays(7, [5, 5, 5])
     before = [p.copy() for p in params]

@@ -312,8 +312,11 @@ class SGD:
 
         ``grads`` lists one gradient per parameter, in parameter order over all groups (the
         order of ``state_dict()["param_groups"][...]["params"]``); ``None`` leaves that parameter
-        untouched, and it keeps its first-step state. Any invalid gradient or hyper-parameter
-        raises before anything is modified; errors name parameters by that position.
+        untouched, and it keeps its first-step state. A step counts in :attr:`iterations` (the
+        step that schedules see) even when every gradient is ``None``, as an lr scheduler's
+        ``step()`` counts a training step whether or not any gradient came. Any invalid gradient
+        or hyper-parameter raises before anything is modified; errors name parameters by that
+        position. ``grads`` must be a list or tuple (an array's rows are refused).
 
         ``loss_scale``: the gradients are divided by it first (``g <- g / loss_scale``, fused),
         for a loss that was multiplied by it; finite and > 0. Clipping (``max_grad_norm``) and
