@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -140,12 +141,48 @@ def test_python_m_fastmomentum_bench_is_wired_and_keeps_the_minimums():
     for option in ("--quick", "--full", "--sizes", "--dtype", "--threads", "--variant",
                    "--layout", "--impl", "--json", "--plot", "--samples", "--min-sample-ms"):
         assert option in proc.stdout
-    for args in (["--samples", "6"], ["--min-sample-ms", "19"]):
+    for args in (["--samples", "6"], ["--min-sample-ms", "19"], ["--min-sample-ms", "nan"],
+                 ["--min-sample-ms", "inf"]):
         proc = bench(*args)
         assert proc.returncode == 2
-        assert "honest timings need --samples >= 7 and --min-sample-ms >= 20" in proc.stderr
+        assert ("honest timings need --samples >= 7 and a finite --min-sample-ms >= 20"
+                in proc.stderr)
     proc = bench("--sizes", "100")  # lists split 100 elements over 200 arrays: refused
     assert proc.returncode == 2 and "--sizes must be >= 200" in proc.stderr
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--json", "no-such-folder/r.json"], "--json no-such-folder/r.json: the folder no-such-folder "
+                                          "does not exist"),
+    (["--json", "."], "--json .: is a folder, not a file"),
+    (["--no-json", "--plot", "r.txt"], "--plot r.txt: matplotlib writes"),
+    (["--sizes", "1e20"], "--sizes 1e20: p, g and the buffer need"),
+])
+def test_bad_output_paths_and_sizes_are_refused_before_timing(args, message, tmp_path, capsys,
+                                                              monkeypatch):
+    if "--plot" in args:
+        pytest.importorskip("matplotlib")
+    if "--sizes" in args and not hasattr(os, "sysconf"):
+        pytest.skip("the memory check needs the machine's memory size (POSIX sysconf)")
+    monkeypatch.chdir(tmp_path)
+    argv = ["--threads", "1", "--dtype", "float32", "--layout", "single", "--impl", "numpy", *args]
+    with pytest.raises(SystemExit) as exit_:
+        main(argv, **FAST)
+    assert exit_.value.code == 2
+    captured = capsys.readouterr()
+    assert f"error: {message}" in captured.err
+    assert captured.out == ""  # nothing timed
+    assert list(tmp_path.iterdir()) == []  # the checks leave nothing behind
+
+
+def test_a_plot_with_nothing_to_draw_says_so(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("matplotlib")
+    monkeypatch.chdir(tmp_path)
+    argv = ["--sizes", "1e3", "--threads", "1", "--dtype", "float64", "--layout", "list",
+            "--impl", "fastmomentum", "--no-json", "--plot", "r.png"]
+    assert main(argv, **FAST) == 0
+    assert "# note: no single-array results to plot: no plot" in capsys.readouterr().out
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_presets_and_overrides():

@@ -82,7 +82,7 @@ def test_the_command_writes_json(monkeypatch, tmp_path):
 def test_cpu_options_are_refused_with_the_cuda_device(option, capsys):
     with pytest.raises(SystemExit):
         cli.parse_args(["--device", "cuda", *option])
-    assert "CPU options, not for --device cuda" in capsys.readouterr().err
+    assert f"error: {option[0]}: CPU options, not for --device cuda" in capsys.readouterr().err
 
 
 def test_the_gpu_library_option_needs_the_cuda_device(capsys):

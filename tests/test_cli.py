@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import re
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+import fastmomentum as fm
 from fastmomentum.__main__ import main
 
 
@@ -95,17 +97,45 @@ def test_demo_plot_without_matplotlib_fails_before_training(monkeypatch, capsys,
     (["--lr", "nan"], "--lr must be a finite number > 0"),
     (["--seed", "-1"], "--seed must be >= 0"),
     (["--dtype", "float16"], "invalid choice"),
+    (["--lr", "1e40"], "--lr 1e+40 overflows --dtype float32"),
     (["--plot", "no-such-folder/curves.png"], "does not exist"),
     (["--plot", "curves.txt"], "not .txt"),
+    (["--plot", "a-folder.png"], "--plot a-folder.png: is a folder, not a file"),
 ])
 def test_demo_bad_arguments_exit_with_usage_before_training(args, message, tmp_path):
     if "--plot" in args:
         pytest.importorskip("matplotlib")
+    (tmp_path / "a-folder.png").mkdir()
     proc = subprocess.run([sys.executable, "-m", "fastmomentum", "demo", *args], cwd=tmp_path,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.startswith("usage:") and message in proc.stderr, proc.stderr
     assert proc.stdout == ""  # nothing trained
+
+
+def test_without_a_command_options_go_to_the_demo(capsys):
+    assert main(["--epochs", "2", "--hidden", "8", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "MLP 2 -> 8 -> 3" in out and "2 epochs of" in out
+
+
+def test_version():
+    proc = _run("--version")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == f"fastmomentum {fm.__version__}\n"
+
+
+def test_a_reader_that_goes_away_ends_the_output_without_a_traceback():
+    """``python -m fastmomentum demo | head -1``: a closed pipe stops the command quietly."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # gone before the first line: every write fails, in any schedule
+    try:
+        proc = subprocess.run([sys.executable, "-m", "fastmomentum", "demo", "--epochs", "2",
+                               "--hidden", "8"], stdout=write_end, stderr=subprocess.PIPE,
+                              text=True, timeout=120)
+    finally:
+        os.close(write_end)
+    assert (proc.returncode, proc.stderr) == (1, "")
 
 
 def test_readme_demo_output_has_the_lines_a_run_prints():

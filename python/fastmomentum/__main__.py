@@ -3,23 +3,31 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
-from . import show_config
+from . import __version__, show_config
 from .demo import cli as demo_cli
+
+# The options of this parser itself; any other option before a command is the demo's.
+_OWN_OPTIONS = ("-h", "--help", "--version")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` (default: the command line), run the command, return the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] and argv[0].startswith("-") and argv[0] not in _OWN_OPTIONS:
+        argv = ["demo", *argv]  # without a command: the demo, with its options
     if argv[:1] == ["bench"]:  # its own parser, so that `bench --help` lists its options
         from .benchmark import main as bench_main
 
         return bench_main(argv[1:])
     parser = argparse.ArgumentParser(
         prog="python -m fastmomentum",
-        description="Fused momentum-SGD updates for NumPy arrays. Without a command: demo.")
+        description="Fused momentum-SGD updates for NumPy arrays. Without a command: demo "
+        "(its options too: `python -m fastmomentum --quiet`).")
+    parser.add_argument("--version", action="version", version=f"fastmomentum {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="{demo,info,bench}")
     demo = demo_cli.add_parser(commands)
     commands.add_parser("info", help="print the version, ISAs, OpenMP runtime and threads, CUDA "
@@ -40,4 +48,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except BrokenPipeError:  # the reader went away (`... | head`): stop quietly, as cat does
+        # Python flushes stdout at exit: point it at devnull so that flush cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import shlex
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from .._outputs import check_plot_format, check_writable
 from . import cuda
 from .peers import IMPLEMENTATIONS
 from .plot import matplotlib_available, write_plot
@@ -85,27 +91,64 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
 
 
 def parse_args(argv: Sequence[str] | None = None, prog: str = PROG) -> argparse.Namespace:
-    """Parse and check the options: honest timings need >= 7 samples of >= 20 ms."""
+    """Parse and check the options: honest timings need >= 7 samples of >= 20 ms. (The files
+    they name are checked by :func:`main`, which writes them.)"""
+    return _parse(argv, prog)[0]
+
+
+def _parse(argv: Sequence[str] | None, prog: str
+           ) -> tuple[argparse.Namespace, argparse.ArgumentParser]:
     parser = build_parser(prog)
     args = parser.parse_args(argv)
-    if args.samples < MIN_SAMPLES or args.min_sample_ms < MIN_SAMPLE_S * 1e3:
-        parser.error(f"honest timings need --samples >= {MIN_SAMPLES} and --min-sample-ms >= "
-                     f"{MIN_SAMPLE_S * 1e3:g}")
+    # Written so that NaN fails too.
+    if not (args.samples >= MIN_SAMPLES and MIN_SAMPLE_S * 1e3 <= args.min_sample_ms < math.inf):
+        parser.error(f"honest timings need --samples >= {MIN_SAMPLES} and a finite "
+                     f"--min-sample-ms >= {MIN_SAMPLE_S * 1e3:g}")
     if args.device == "cuda":
-        cpu_only = [f"--{name.replace('_', '-')}" for name in
-                    ("preset", "threads", "variant", "layout", "impl")
-                    if getattr(args, name) is not None]
+        cpu_only = [f"--{args.preset}"] if args.preset is not None else []
+        cpu_only += [f"--{name}" for name in ("threads", "variant", "layout", "impl")
+                     if getattr(args, name) is not None]
         if cpu_only:
             parser.error(f"{', '.join(cpu_only)}: CPU options, not for --device cuda")
-    elif args.gpu_library is not None:
-        parser.error("--gpu-library is for --device cuda")
+    else:
+        if args.gpu_library is not None:
+            parser.error("--gpu-library is for --device cuda")
+        _check_memory(args, parser)
     if args.threads is not None and min(args.threads) < 1:
         parser.error("--threads must be >= 1")
     layouts = args.layout or list(LAYOUTS)
     if args.sizes and "list" in layouts and min(args.sizes) < LAYOUTS["list"].n_arrays:
         parser.error(f"list layout: --sizes must be >= {LAYOUTS['list'].n_arrays} (the "
                      "elements are split over that many arrays)")
-    return args
+    return args, parser
+
+
+def _check_outputs(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """The files the run will write, checked before it (not after a 10-minute --full)."""
+    if args.json:
+        check_writable(Path(args.json), "--json", parser)
+    if args.plot and args.device == "cpu" and matplotlib_available():
+        check_plot_format(Path(args.plot), "--plot", parser)
+        check_writable(Path(args.plot), "--plot", parser)
+
+
+def _physical_memory() -> int | None:
+    """This machine's memory in bytes, where the OS says (POSIX)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _check_memory(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """``parser.error`` when the largest problem's p, g and buffer alone exceed the memory."""
+    memory = _physical_memory()
+    if not args.sizes or memory is None:
+        return
+    need = 3 * max(args.sizes) * max(np.dtype(d).itemsize for d in args.dtype)
+    if need > memory:
+        parser.error(f"--sizes {size_label(max(args.sizes))}: p, g and the buffer need "
+                     f"{need / 2**30:.1f} GiB; this machine has {memory / 2**30:.1f} GiB")
 
 
 def run_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -132,7 +175,8 @@ def main(argv: Sequence[str] | None = None, *, prog: str = PROG, **knobs: Any) -
     samples than the command line allows, another registry, ``out``, ``progress``).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = parse_args(argv, prog)
+    args, parser = _parse(argv, prog)
+    _check_outputs(args, parser)
     if args.device == "cuda":
         out = knobs.get("out", "stdout")
         return cuda.main(library=args.gpu_library, sizes=args.sizes, dtypes=args.dtype,
@@ -153,6 +197,10 @@ def main(argv: Sequence[str] | None = None, *, prog: str = PROG, **knobs: Any) -
                 print("# note: matplotlib is not installed: no plot", file=out)
         elif (path := write_plot(results, args.plot)) is not None:
             written.append(str(path))
+        else:
+            results.notes.append("no single-array results to plot: no plot")
+            if out is not None:
+                print("# note: no single-array results to plot: no plot", file=out)
     if args.json:
         written.insert(0, str(write_json(results, args.json)))
     if out is not None and written:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .._config import show_config
+from .._outputs import check_plot_format, check_writable
 from .._progress import Progress
 from . import report
 from .train import METHODS, Config, History, train
@@ -52,6 +53,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error("--epochs and --hidden must be >= 1")
     if not (math.isfinite(args.peak_lr) and args.peak_lr > 0):
         parser.error(f"--lr must be a finite number > 0, got {args.peak_lr}")
+    if args.peak_lr > float(np.finfo(args.dtype).max):
+        parser.error(f"--lr {args.peak_lr} overflows --dtype {args.dtype}")
     if args.seed < 0:
         parser.error(f"--seed must be >= 0, got {args.seed}")
     if args.plot:
@@ -97,18 +100,14 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 def _check_plot_path(path: Path, parser: argparse.ArgumentParser) -> None:
-    """Fail before training, not after it: matplotlib missing, no such folder, or a file type
-    matplotlib cannot write."""
+    """Fail before training, not after it: matplotlib missing, a file type it cannot write, or a
+    path that cannot be written."""
     try:
         # The package first: importing a submodule already in sys.modules would not notice that
         # the package itself cannot be imported.
-        import matplotlib  # noqa: F401
-        from matplotlib.backend_bases import FigureCanvasBase
+        import matplotlib
+        import matplotlib.backend_bases  # noqa: F401
     except ImportError:
         parser.error("--plot needs matplotlib: pip install 'fastmomentum[plot]'")
-    if not path.parent.is_dir():
-        parser.error(f"--plot {path}: the folder {path.parent} does not exist")
-    kinds = FigureCanvasBase.get_supported_filetypes()
-    if path.suffix.lstrip(".").lower() not in kinds:
-        parser.error(f"--plot {path}: matplotlib writes {', '.join(sorted(kinds))} files, "
-                     f"not {path.suffix or 'files without a suffix'}")
+    check_plot_format(path, "--plot", parser)
+    check_writable(path, "--plot", parser)
