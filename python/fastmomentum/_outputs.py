@@ -27,11 +27,13 @@ def check_writable(path: Path, option: str, parser: argparse.ArgumentParser) -> 
         os.unlink(path)
 
 
-def check_plot_format(path: Path, option: str, parser: argparse.ArgumentParser) -> None:
-    """``parser.error`` unless matplotlib (which must be importable) writes ``path``'s suffix."""
+def check_plot_path(path: Path, option: str, parser: argparse.ArgumentParser) -> None:
+    """``parser.error`` unless matplotlib (which must be importable) writes ``path``'s suffix
+    and ``path`` can be written (:func:`check_writable`)."""
     from matplotlib.backend_bases import FigureCanvasBase
 
     kinds = FigureCanvasBase.get_supported_filetypes()
     if path.suffix.lstrip(".").lower() not in kinds:
         parser.error(f"{option} {path}: matplotlib writes {', '.join(sorted(kinds))} files, "
                      f"not {path.suffix or 'files without a suffix'}")
+    check_writable(path, option, parser)

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .._outputs import check_plot_format, check_writable
+from .._outputs import check_plot_path, check_writable
 from . import cuda
 from .peers import IMPLEMENTATIONS
 from .plot import matplotlib_available, write_plot
@@ -128,8 +128,7 @@ def _check_outputs(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
     if args.json:
         check_writable(Path(args.json), "--json", parser)
     if args.plot and args.device == "cpu" and matplotlib_available():
-        check_plot_format(Path(args.plot), "--plot", parser)
-        check_writable(Path(args.plot), "--plot", parser)
+        check_plot_path(Path(args.plot), "--plot", parser)
 
 
 def _physical_memory() -> int | None:

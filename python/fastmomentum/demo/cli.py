@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .._config import show_config
-from .._outputs import check_plot_format, check_writable
+from .._outputs import check_plot_path
 from .._progress import Progress
 from . import report
 from .train import METHODS, Config, History, train
@@ -103,11 +103,7 @@ def _check_plot_path(path: Path, parser: argparse.ArgumentParser) -> None:
     """Fail before training, not after it: matplotlib missing, a file type it cannot write, or a
     path that cannot be written."""
     try:
-        # The package first: importing a submodule already in sys.modules would not notice that
-        # the package itself cannot be imported.
-        import matplotlib
-        import matplotlib.backend_bases  # noqa: F401
+        import matplotlib.backend_bases  # noqa: F401  (imports the package first)
     except ImportError:
         parser.error("--plot needs matplotlib: pip install 'fastmomentum[plot]'")
-    check_plot_format(path, "--plot", parser)
-    check_writable(path, "--plot", parser)
+    check_plot_path(path, "--plot", parser)
