@@ -1,10 +1,10 @@
-"""The cases of ``test_bench_sgd.py``, built from :mod:`fastmomentum.benchmark` (which has the
+"""The cases of ``test_bench_sgd.py``, built from :mod:`fastmomentum.commands.bench` (which has the
 problems, the implementations and their verification: nothing is duplicated here).
 
 Imported as ``_common`` (pytest puts ``bench/`` on ``sys.path`` for its rootdir-less test files).
 Problems are cached one at a time: the cases are ordered so that every implementation and update
 of one (dtype, layout, size) runs on the same arrays, which stay bounded however often they are
-stepped (see :mod:`fastmomentum.benchmark.problems`).
+stepped (see :mod:`fastmomentum.commands.bench.problems`).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import functools
 from typing import NamedTuple
 
 import fastmomentum
-from fastmomentum.benchmark.peers import IMPLEMENTATIONS, Builder, Unavailable
-from fastmomentum.benchmark.problems import (
+from fastmomentum.commands.bench.peers import IMPLEMENTATIONS, Builder, Unavailable
+from fastmomentum.commands.bench.problems import (
     HEAVY_BALL,
     LAYOUTS,
     NESTEROV,
@@ -24,7 +24,7 @@ from fastmomentum.benchmark.problems import (
     make_layout_problem,
     size_label,
 )
-from fastmomentum.benchmark.verify import Verifier
+from fastmomentum.commands.bench.verify import Verifier
 
 SIZES = [10**3, 10**4, 10**5, 10**6, 10**7]
 DTYPES = ["float32", "float64"]

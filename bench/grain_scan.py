@@ -18,8 +18,8 @@ from collections.abc import Sequence
 
 import fastmomentum
 from fastmomentum import _core
-from fastmomentum.benchmark.problems import make_problem
-from fastmomentum.benchmark.timing import seconds_per_call
+from fastmomentum.commands.bench.problems import make_problem
+from fastmomentum.commands.bench.timing import seconds_per_call
 
 SIZES = [2**k for k in range(11, 21)]  # 2048 .. 1M elements
 

@@ -18,7 +18,7 @@ import argparse
 import numpy as np
 
 import fastmomentum as fm
-from fastmomentum.benchmark.timing import seconds_per_call
+from fastmomentum.commands.bench.timing import seconds_per_call
 
 GUARDS = {
     "none": {},

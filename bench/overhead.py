@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 import fastmomentum as fm
-from fastmomentum.benchmark.timing import seconds_per_call
+from fastmomentum.commands.bench.timing import seconds_per_call
 
 SAMPLES, MIN_SAMPLE_S = 9, 0.02
 LR, MOMENTUM, WEIGHT_DECAY = 0.01, 0.9, 1e-4
@@ -24,7 +24,7 @@ LR, MOMENTUM, WEIGHT_DECAY = 0.01, 0.9, 1e-4
 
 def _arrays(n_arrays: int, size: int) -> tuple[list[np.ndarray], ...]:
     # Values that stay far from overflow and subnormals over millions of steps (see
-    # fastmomentum.benchmark.problems): a fixed small gradient and a weight decay.
+    # fastmomentum.commands.bench.problems): a fixed small gradient and a weight decay.
     rng = np.random.default_rng(0)
     params = [rng.random(size, dtype=np.float32) for _ in range(n_arrays)]
     grads = [rng.random(size, dtype=np.float32) * np.float32(1e-3) for _ in range(n_arrays)]

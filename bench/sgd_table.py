@@ -5,7 +5,7 @@ See ``bench/README.md`` and ``python bench/sgd_table.py --help``.
 
 import sys
 
-from fastmomentum.benchmark import main
+from fastmomentum.commands.bench import main
 
 if __name__ == "__main__":
     sys.exit(main(prog="python bench/sgd_table.py"))

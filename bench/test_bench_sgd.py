@@ -3,7 +3,7 @@
 The same cases as ``python -m fastmomentum bench --full`` up to 1e7 elements: every
 implementation x sizes 1e3..1e7 x one array / a list of 200 arrays x heavy-ball / Nesterov x
 float32 / float64, on :data:`_common.THREADS` threads for every library. Each benchmark first
-verifies its implementation (``fastmomentum.benchmark.verify``); a missing peer is skipped.
+verifies its implementation (``fastmomentum.commands.bench.verify``); a missing peer is skipped.
 
 Run ``python -m pytest bench --benchmark-only`` to time (grouped by problem), or
 ``python -m pytest bench -q --benchmark-disable`` to run each body once as a plain test.
@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 import fastmomentum
-from fastmomentum.benchmark.peers import IMPLEMENTATIONS
-from fastmomentum.benchmark.threads import thread_limit
+from fastmomentum.commands.bench.peers import IMPLEMENTATIONS
+from fastmomentum.commands.bench.threads import thread_limit
 
 from _common import CASES, THREADS, Case, builder, problem, verifier
 

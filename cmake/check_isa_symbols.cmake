@@ -6,13 +6,17 @@
 # function must therefore live in fastmomentum::<isa> or fastmomentum::rules::<isa>, or have
 # internal linkage.
 #
-# Usage: cmake -DNM=<nm> -DISA=<isa> -DOBJECT=<object file> -P check_isa_symbols.cmake
+# Usage: cmake -DNM=<nm> -DISA=<isa> -DOBJECT=<object files, a ;-list> -P check_isa_symbols.cmake
 
-execute_process(COMMAND "${NM}" -C --defined-only "${OBJECT}"
-                OUTPUT_VARIABLE symbols RESULT_VARIABLE status)
-if(NOT status EQUAL 0)
-  message(FATAL_ERROR "${NM} failed on ${OBJECT}")
-endif()
+set(symbols "")
+foreach(object IN LISTS OBJECT)
+  execute_process(COMMAND "${NM}" -C --defined-only "${object}"
+                  OUTPUT_VARIABLE found RESULT_VARIABLE status)
+  if(NOT status EQUAL 0)
+    message(FATAL_ERROR "${NM} failed on ${object}")
+  endif()
+  string(APPEND symbols "${found}")
+endforeach()
 
 string(REPLACE "\n" ";" symbols "${symbols}")
 set(leaks "")

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "fastmomentum/cpu_features.hpp"
+#include "fastmomentum/probe.hpp"
 
 #if defined(_MSC_VER) && (defined(_M_X64) || defined(_M_IX86))
 #include <intrin.h>
@@ -15,11 +16,14 @@
 #endif
 
 FM_DECLARE_KERNEL_SET(fastmomentum::baseline)
+FM_DECLARE_PROBE_SET(fastmomentum::baseline)
 #ifdef FM_HAVE_AVX2
 FM_DECLARE_KERNEL_SET(fastmomentum::avx2)
+FM_DECLARE_PROBE_SET(fastmomentum::avx2)
 #endif
 #ifdef FM_HAVE_AVX512
 FM_DECLARE_KERNEL_SET(fastmomentum::avx512)
+FM_DECLARE_PROBE_SET(fastmomentum::avx512)
 #endif
 
 namespace fastmomentum {
@@ -38,6 +42,24 @@ const std::array<KernelSet, 3>& table() {
         avx512::kernel_set(),
 #else
         KernelSet{},
+#endif
+    };
+    return sets;
+}
+
+// The bandwidth probes, indexed like table().
+const std::array<ProbeSet, 3>& probe_table() {
+    static const std::array<ProbeSet, 3> sets = {
+        baseline::probe_set(),
+#ifdef FM_HAVE_AVX2
+        avx2::probe_set(),
+#else
+        ProbeSet{},
+#endif
+#ifdef FM_HAVE_AVX512
+        avx512::probe_set(),
+#else
+        ProbeSet{},
 #endif
     };
     return sets;
@@ -133,5 +155,7 @@ Isa active_isa() {
 }
 
 const KernelSet& active_kernels() { return table()[static_cast<int>(active_isa())]; }
+
+const ProbeSet& active_probes() { return probe_table()[static_cast<int>(active_isa())]; }
 
 }  // namespace fastmomentum

@@ -1,8 +1,9 @@
 """A 2 → 64 → 3 tanh MLP on three interleaved spirals, trained with fm.SGD under three lr schedules.
 
-The network, its hand-written backprop and the data are the demo's (``fastmomentum.demo.mlp`` and
-``.data``; ``python -m fastmomentum demo`` compares plain SGD, momentum and Nesterov under one
-schedule); this script compares schedules under one optimizer.
+The network, its hand-written backprop and the data are the demo's
+(``fastmomentum.commands.demo.mlp`` and ``.data``; ``python -m fastmomentum demo`` compares plain
+SGD, momentum and Nesterov under one schedule); this script compares schedules under one
+optimizer.
 
 The optimizer is Nesterov momentum in PyTorch's convention with L2 weight decay on the weights
 only (a second param group with weight_decay = 0 holds the biases):
@@ -19,8 +20,8 @@ from __future__ import annotations
 import numpy as np
 
 import fastmomentum as fm
-from fastmomentum.demo.data import CLASSES, spirals
-from fastmomentum.demo.mlp import init, loss_and_grads
+from fastmomentum.commands.demo.data import CLASSES, spirals
+from fastmomentum.commands.demo.mlp import init, loss_and_grads
 
 HIDDEN, EPOCHS, BATCH, LR = 64, 30, 50, 0.5
 

@@ -5,9 +5,9 @@ slice of every mini-batch, fastmomentum.distributed averages them and applies th
     mpirun -n 4 python -m mpi4py examples/mpi_train.py --sharded     # ShardedSGD (ZeRO-1)
     python examples/mpi_train.py --single                            # fm.SGD in one process
 
-The network and data are the demo's (``fastmomentum.demo.mlp``, ``.data``): a 2 → 64 → 3 tanh MLP
-on three spirals, float64. Every rank draws the same initialisation and batch order (same seed);
-a global batch of 48 points is split into ``n`` equal slices, so the mean of the ranks' slice
+The network and data are the demo's (``fastmomentum.commands.demo.mlp``, ``.data``): a 2 → 64 → 3
+tanh MLP on three spirals, float64. Every rank draws the same initialisation and batch order (same
+seed); a global batch of 48 points is split into ``n`` equal slices, so the mean of the ranks' slice
 gradients IS the gradient of the batch's mean loss, and ``n`` ranks train the same model as one
 process, up to the rounding of the sums (about 1e-15 relative here). The optimizer: Nesterov
 momentum (PyTorch's form), L2 weight decay on the weights, cosine lr decay::
@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 
 import fastmomentum as fm
-from fastmomentum.demo.data import CLASSES, spirals
-from fastmomentum.demo.mlp import init, loss_and_grads
+from fastmomentum.commands.demo.data import CLASSES, spirals
+from fastmomentum.commands.demo.mlp import init, loss_and_grads
 
 HIDDEN, EPOCHS, BATCH, LR, POINTS = 64, 20, 48, 0.3, 1920
 

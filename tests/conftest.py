@@ -8,6 +8,7 @@ import pytest
 
 import fastmomentum as fm
 from fastmomentum import _core
+from fastmomentum._protocol import Call, Guard, Hyper
 
 CONFIG = fm.show_config(mode="dicts")
 COMPILED_ISAS = CONFIG["isas_compiled"]
@@ -20,14 +21,19 @@ SMALL_GRAIN_BYTES = 64
 
 
 def core_step(params, grads, buffers, **overrides):
-    """``_core.sgd_step`` with torch-convention defaults; returns the number of threads that ran."""
-    kw = dict(first_step=False, style="torch", lr=0.01, momentum=0.9, dampening=0.0,
-              nesterov=True, weight_decay=1e-4, weight_decay_mode="coupled",
-              schedule_multiplier=1.0, maximize=False)
+    """One call through the step protocol (``_core.sgd_steps``) with torch-convention defaults;
+    returns the number of threads that ran."""
+    kw = dict(style="torch", lr=0.01, momentum=0.9, dampening=0.0, nesterov=True,
+              weight_decay=1e-4, weight_decay_mode="coupled", schedule_multiplier=1.0,
+              maximize=False)
+    first_step = overrides.pop("first_step", False)
     unknown = set(overrides) - set(kw)
-    assert not unknown, f"not an sgd_step argument: {unknown}"
+    assert not unknown, f"not a Hyper field: {unknown}"
     kw.update(overrides)
-    return _core.sgd_step(params, grads, buffers, *kw.values())  # positional only
+    outcome = _core.StepOutcome()
+    _core.sgd_steps([Call(params, buffers, first_step, Hyper(**kw), 0)], grads, Guard(), outcome)
+    assert outcome.ran and outcome.applied
+    return outcome.threads
 
 
 def same_bits(actual, expected):

@@ -1,4 +1,4 @@
-"""``python -m fastmomentum bench`` (:mod:`fastmomentum.benchmark`): runs, reports, verifies.
+"""``python -m fastmomentum bench`` (:mod:`fastmomentum.commands.bench`): runs, reports, verifies.
 
 The runs here use ``run()``'s test knobs (2 samples of 2 ms) so that they take seconds; the
 command line itself refuses fewer than 7 samples of 20 ms.
@@ -19,10 +19,10 @@ import pytest
 
 import fastmomentum as fm
 from fastmomentum import _core
-from fastmomentum.benchmark import IMPLEMENTATIONS, main, run
-from fastmomentum.benchmark.cli import parse_args, run_options
-from fastmomentum.benchmark.peers import Built, Implementation, Unavailable
-from fastmomentum.benchmark.problems import (
+from fastmomentum.commands.bench import IMPLEMENTATIONS, main, run
+from fastmomentum.commands.bench.cli import parse_args, run_options
+from fastmomentum.commands.bench.peers import Built, Implementation, Unavailable
+from fastmomentum.commands.bench.problems import (
     HEAVY_BALL,
     LAYOUTS,
     NESTEROV,
@@ -30,10 +30,10 @@ from fastmomentum.benchmark.problems import (
     make_layout_problem,
     size_label,
 )
-from fastmomentum.benchmark.report import JSON_SCHEMA
-from fastmomentum.benchmark.threads import thread_limit
-from fastmomentum.benchmark.timing import sample_seconds_per_call
-from fastmomentum.benchmark.verify import Verifier, reference_steps
+from fastmomentum.commands.bench.report import JSON_SCHEMA
+from fastmomentum.commands.bench.threads import thread_limit
+from fastmomentum.commands.bench.timing import sample_seconds_per_call
+from fastmomentum.commands.bench.verify import Verifier, reference_steps
 
 from reference import torch_sgd
 
@@ -319,7 +319,7 @@ def test_the_flat_implementation_steps_its_own_flat_copy():
 def test_missing_peers_are_skipped_with_a_note(tmp_path, capsys, monkeypatch):
     for module in ("numba", "numexpr", "torch", "fastmomentum.flat"):
         monkeypatch.setitem(sys.modules, module, None)  # makes `import module` fail
-    monkeypatch.delattr(_core, "rmw_reference", raising=False)
+    monkeypatch.delattr(_core, "bandwidth_probe", raising=False)
     json_path = tmp_path / "r.json"
     argv = ["--sizes", "1e3", "--threads", "1", "--dtype", "float32", "--json", str(json_path),
             "--no-plot"]
@@ -330,7 +330,7 @@ def test_missing_peers_are_skipped_with_a_note(tmp_path, capsys, monkeypatch):
     for name in missing:
         assert f"# note: {name}: skipped, " in out, name
     assert "# note: numba: skipped, numba is not installed" in out
-    assert "# note: rmw-bound: skipped, this fastmomentum has no _core.rmw_reference" in out
+    assert "# note: rmw-bound: skipped, this fastmomentum has no _core.bandwidth_probe" in out
     names = list(IMPLEMENTATIONS)
     for row in table_rows(out):
         cells = dict(zip(names, row[2:]))
@@ -397,7 +397,7 @@ def test_thread_limit_sets_checks_and_restores_every_library():
 
 
 def test_samples_last_at_least_the_minimum(monkeypatch):
-    from fastmomentum.benchmark import timing
+    from fastmomentum.commands.bench import timing
 
     clock = [0.0]
     monkeypatch.setattr(timing.time, "perf_counter", lambda: clock[0])
@@ -426,9 +426,9 @@ def test_bench_sgd_table_script_delegates():
 
 
 def test_the_cpu_meter_sees_other_processes_and_the_table_flags_them():
-    from fastmomentum.benchmark.contention import CpuMeter
-    from fastmomentum.benchmark.report import TablePrinter
-    from fastmomentum.benchmark.results import Record, Row
+    from fastmomentum.commands.bench.contention import CpuMeter
+    from fastmomentum.commands.bench.report import TablePrinter
+    from fastmomentum.commands.bench.results import Record, Row
 
     meter = CpuMeter()
     spin = "import time\nt = time.perf_counter()\nwhile time.perf_counter() - t < 0.6: pass"

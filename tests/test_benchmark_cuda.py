@@ -10,8 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-from fastmomentum.benchmark import cli
-from fastmomentum.benchmark import cuda as gpu_bench
+from fastmomentum.commands.bench import cli
+from fastmomentum.commands.bench import cuda as gpu_bench
 
 
 class HostLibrary(gpu_bench.Library):

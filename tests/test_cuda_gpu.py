@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 
 import fastmomentum as fm
-from fastmomentum import _devices
+from fastmomentum import _backend
 
 import reference
 from conftest import rand, same_bits
 
 # Skipped test by test (not the module: a file that collects nothing makes pytest exit 5).
-_NO_DEVICE = _devices.no_device_reason()
+_NO_DEVICE = _backend.no_device_reason()
 pytestmark = pytest.mark.skipif(_NO_DEVICE is not None, reason=str(_NO_DEVICE))
 
 
@@ -36,7 +36,7 @@ class Library:
         return self.module.from_numpy(np.ascontiguousarray(a)).cuda()
 
     def to_host(self, x):
-        return _devices.to_host(x)
+        return _backend.to_host(x)
 
     def synchronize(self):
         if self.name == "cupy":
@@ -189,7 +189,7 @@ def test_the_optimizer_on_device_follows_the_cpu_optimizer_and_its_checkpoints(l
         same_bits(lib.to_host(d), c)
     # The buffers live on the device, made by the arrays' library; the state dict is NumPy.
     buf = dev_opt.state[dev_ws[0]]["momentum_buffer"]
-    assert type(buf) is type(dev_ws[0]) and _devices.is_device_array(buf)
+    assert type(buf) is type(dev_ws[0]) and _backend.is_device_array(buf)
     state = dev_opt.state_dict()
     for i, c in enumerate(cpu_ws):
         saved = state["state"][i]["momentum_buffer"]
@@ -199,7 +199,7 @@ def test_the_optimizer_on_device_follows_the_cpu_optimizer_and_its_checkpoints(l
     resumed_ws = [lib.to_device(lib.to_host(w)) for w in dev_ws]
     resumed = fm.SGD(resumed_ws, **kw)
     resumed.load_state_dict(state)
-    assert _devices.is_device_array(resumed.state[resumed_ws[0]]["momentum_buffer"])
+    assert _backend.is_device_array(resumed.state[resumed_ws[0]]["momentum_buffer"])
     gs = [rand(rng, w.size, np.float32) for w in ws]
     cpu_opt.step(gs)
     resumed.step([lib.to_device(g) for g in gs])

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 import fastmomentum as fm
-from fastmomentum import _core, _devices
+from fastmomentum import _backend, _core
+from fastmomentum._protocol import Call, Guard, Hyper
 
 from conftest import core_step
 
@@ -59,15 +60,17 @@ def fake(host, **fields):
     return FakeCudaArray(host, **fields)
 
 
-def device_step(params, grads, buffers=None, *, stream=1, check_finite=False, max_norm=None,
-                **overrides):
-    """``_cuda.sgd_steps`` on one call, with core_step's defaults."""
-    kw = dict(first_step=False, style="torch", lr=0.01, momentum=0.9, dampening=0.0,
-              nesterov=True, weight_decay=1e-4, weight_decay_mode="coupled",
-              schedule_multiplier=1.0, maximize=False)
+def device_step(params, grads, buffers=None, *, stream=1, nonfinite="ignore", max_norm=None,
+                first_step=False, **overrides):
+    """``_cuda.sgd_steps`` on one call, with core_step's defaults; returns the outcome."""
+    kw = dict(style="torch", lr=0.01, momentum=0.9, dampening=0.0, nesterov=True,
+              weight_decay=1e-4, weight_decay_mode="coupled", schedule_multiplier=1.0,
+              maximize=False)
     kw.update(overrides)
-    call = (params, grads, buffers, *kw.values(), None)
-    return _cuda.sgd_steps([call], check_finite, max_norm, 1.0, stream)
+    outcome = _core.StepOutcome()
+    _cuda.sgd_steps([Call(params, buffers, first_step, Hyper(**kw), 0)], grads,
+                    Guard(nonfinite, max_norm, 1.0, None), outcome, stream)
+    return outcome
 
 
 @pytest.fixture
@@ -123,9 +126,9 @@ def test_host_steps_do_not_route_to_the_cuda_module(arrays):
 
 
 def test_is_device_array():
-    assert _devices.is_device_array(fake(np.zeros(2, np.float32)))
-    assert not _devices.is_device_array(np.zeros(2, np.float32))  # has __dlpack__, on the CPU
-    assert not _devices.is_device_array([1.0])
+    assert _backend.is_device_array(fake(np.zeros(2, np.float32)))
+    assert not _backend.is_device_array(np.zeros(2, np.float32))  # has __dlpack__, on the CPU
+    assert not _backend.is_device_array([1.0])
 
 
 def test_a_device_array_in_a_host_step_is_named_with_the_reason(arrays):
@@ -283,7 +286,7 @@ def test_the_host_module_is_unchanged_by_the_device_routing(arrays):
 
 
 def test_the_cuda_status_without_the_module(monkeypatch):
-    monkeypatch.setattr(_devices, "_cuda", None)
+    monkeypatch.setattr(_backend, "_cuda", None)
     assert fm.show_config(mode="dicts")["cuda"].startswith("not built (no CUDA compiler")
     with pytest.raises(RuntimeError, match=r"is a CUDA array, but fastmomentum's CUDA module is "
                                            r"not built"):

@@ -8,9 +8,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from fastmomentum.demo import mlp
-from fastmomentum.demo.data import CLASSES, spirals
-from fastmomentum.demo.train import METHODS, Config, lr_schedule, train
+from fastmomentum.commands.demo import mlp
+from fastmomentum.commands.demo.data import CLASSES, spirals
+from fastmomentum.commands.demo.train import METHODS, Config, lr_schedule, train
 
 
 @pytest.mark.parametrize("seed", [0, 1])

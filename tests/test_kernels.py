@@ -213,8 +213,8 @@ def test_torch_and_keras_conventions_split_when_the_lr_changes():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_the_bandwidth_reference_adds_s_times_g_to_p_and_b(dtype, isa, threads):
-    """_core.rmw_reference (the benchmarks' floor): p += s*g and b += s*g, in the dtype, over
+def test_the_bandwidth_probe_adds_s_times_g_to_p_and_b(dtype, isa, threads):
+    """_core.bandwidth_probe (the benchmarks' floor): p += s*g and b += s*g, in the dtype, over
     arrays of several sizes in one call, checked like a step's arrays."""
     rng = np.random.default_rng(4)
     sizes = [1000, 7, 0, 333]
@@ -222,11 +222,11 @@ def test_the_bandwidth_reference_adds_s_times_g_to_p_and_b(dtype, isa, threads):
     s = dtype(0.25)
     want_p = [x + s * y for x, y in zip(p, g)]
     want_b = [x + s * y for x, y in zip(b, g)]
-    ran = fm._core.rmw_reference(p, g, b, 0.25)
+    ran = fm._core.bandwidth_probe(p, g, b, 0.25)
     assert ran == (threads if threads > 1 else 1)
     for got, want in zip(p + b, want_p + want_b):
         assert got.tobytes() == want.tobytes()
     before = [x.copy() for x in p]
     with pytest.raises(TypeError, match=r"grads\[1\] has dtype"):
-        fm._core.rmw_reference(p[:2], [g[0], g[1].astype(np.float16)], b[:2], 0.25)
+        fm._core.bandwidth_probe(p[:2], [g[0], g[1].astype(np.float16)], b[:2], 0.25)
     assert all(x.tobytes() == y.tobytes() for x, y in zip(p, before))

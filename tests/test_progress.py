@@ -7,8 +7,8 @@ import io
 import os
 import re
 
-from fastmomentum import _progress
-from fastmomentum._progress import Progress
+from fastmomentum.commands import _progress
+from fastmomentum.commands._progress import Progress
 
 
 def test_progress_bar_only_on_a_terminal():

@@ -131,6 +131,10 @@ def _hyper(draw, style):
         hyper["beta"] = momentum
         return hyper
     hyper["momentum"] = momentum
+    if style == "keras" and hyper["weight_decay_mode"] != "coupled":
+        # Keras' decay rounds wd and its scale separately, and a product near 1 could flip a
+        # tiny parameter's sign (refused: test_sign_of_a_decay.py); <= 0.5 never does.
+        hyper["weight_decay"] = min(hyper["weight_decay"], 0.25)
     if style == "torch":
         hyper["dampening"] = draw(UNIT)
     if momentum > 0 and hyper.get("dampening", 0.0) == 0:

@@ -68,7 +68,7 @@ def documented_objects() -> dict[str, object]:
             if inspect.isclass(obj):
                 for method_name, method in public_methods(obj):
                     found.setdefault(id(method), (method_name, method))
-            if inspect.isfunction(obj) or inspect.isclass(obj) or inspect.ismodule(obj):
+            if inspect.isroutine(obj) or inspect.isclass(obj) or inspect.ismodule(obj):
                 found.setdefault(id(obj), (name, obj))
     return dict(found.values())
 
@@ -94,7 +94,7 @@ def is_schedule(obj: object) -> bool:
 def formula_cases() -> list[tuple[str, object, re.Pattern[str]]]:
     """Each update rule, scheduler and schedule, with the formula its docstring must state."""
     cases = [(name, obj, UPDATE_RULE) for name, obj in public_members(functional)
-             if inspect.isfunction(obj)]
+             if inspect.isroutine(obj)]  # the compiled entry points are builtins
     cases += [(name, obj, UPDATE_RULE) for name, obj in public_members(optim)
               if inspect.isclass(obj) and hasattr(obj, "step")]
     cases += [(name, obj, SCHEDULER) for name, obj in public_members(lr_scheduler)

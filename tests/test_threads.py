@@ -115,6 +115,7 @@ def test_partitions_into_many_threads_are_bitwise_identical():
     out = _python("""
         import numpy as np, fastmomentum as fm
         from fastmomentum import _core
+        from fastmomentum._protocol import Call, Guard, Hyper
         _core.set_grain_bytes(1)
         rng = np.random.default_rng(0)
         sizes = [1, 0, 1000, 3, 129, 70001, 5]
@@ -123,8 +124,10 @@ def test_partitions_into_many_threads_are_bitwise_identical():
         for threads in (1, 3, 5, 7):
             fm.set_num_threads(threads)
             p, g, b = ([a.copy() for a in arrays] for arrays in start)
-            ran.append(_core.sgd_step(p, g, b, False, "torch", 0.1, 0.9, 0.0, True, 1e-3,
-                                      "coupled", 1.0, False))
+            outcome = _core.StepOutcome()
+            hyper = Hyper("torch", 0.1, 0.9, 0.0, True, 1e-3, "coupled", 1.0, False)
+            _core.sgd_steps([Call(p, b, False, hyper, 0)], g, Guard(), outcome)
+            ran.append(outcome.threads)
             results.append(np.concatenate(p + b).tobytes())
         print(ran, all(r == results[0] for r in results))
     """, OMP_NUM_THREADS="7")

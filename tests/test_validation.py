@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 import fastmomentum as fm
-from fastmomentum import _core
 
 from conftest import core_step
 
@@ -264,14 +263,30 @@ def test_a_float64_lr_that_float32_cannot_hold_is_fine_for_float64():
     np.testing.assert_array_equal(p, -1e39)
 
 
-def test_list_subclass_yielding_temporaries_is_safe():
-    """A subclass's __iter__ may create the arrays on the fly: each is held while in use."""
+def test_a_list_subclass_is_read_from_its_storage_and_its_methods_never_run():
+    """No __iter__, __len__ or __getitem__ of a list or tuple subclass runs (they could change the
+    arrays between the checks and the writes): a step uses the items the list holds."""
+    calls = []
 
-    class Rows(list):
+    class Lying(list):
         def __iter__(self):
+            calls.append("__iter__")
             return iter([np.ones(4, np.float32)])
 
-    fm.functional.sgd_(Rows(), [np.ones(4, np.float32)], lr=0.5)
+        def __len__(self):
+            calls.append("__len__")
+            return 7
+
+        def __getitem__(self, i):
+            calls.append("__getitem__")
+            return np.zeros(4, np.float32)
+
+    p = np.zeros(4, np.float32)
+    fm.functional.sgd_(Lying([p]), Lying([np.ones(4, np.float32)]), lr=0.5)
+    np.testing.assert_array_equal(p, -0.5)
+    with pytest.raises(ValueError, match="grads has 1 arrays but params has 0"):
+        fm.functional.sgd_(Lying(), Lying([np.ones(4, np.float32)]), lr=0.5)
+    assert calls == []
 
 
 def test_views_of_one_block_that_do_not_overlap_are_fine():
@@ -283,19 +298,38 @@ def test_views_of_one_block_that_do_not_overlap_are_fine():
     np.testing.assert_array_equal(b, 1.0)
 
 
-def test_the_fast_entry_points_take_their_arguments_positionally_only():
-    p, g, b = (np.zeros(3, np.float32) for _ in range(3))
-    args = ([p], [g], [b], False, "torch", 0.1, 0.9, 0.0, False, 0.0, "coupled", 1.0, False)
-    with pytest.raises(TypeError,
-                       match=r"^sgd_step\(\) takes 13 positional arguments but 12 were given$"):
-        _core.sgd_step(*args[:-1])
-    with pytest.raises(TypeError, match=r"^sgd_step_guarded\(\) takes 16 positional arguments "
-                                        r"but 13 were given$"):
-        _core.sgd_step_guarded(*args)
-    with pytest.raises(TypeError, match=r"^sgd_step\(\) takes 13 positional arguments but 1 was "
-                                        r"given$"):
-        _core.sgd_step(p)
-    with pytest.raises(TypeError, match="keyword arguments"):
-        _core.sgd_step(*args[:-1], maximize=False)
-    assert not p.any()
-    assert _core.sgd_step(*args) == 1
+@pytest.mark.parametrize(("call", "message"), [
+    (lambda f, a: f(*a, a[2], lr=0.1), r"sgd_\(\) takes from 2 to 3 positional arguments but 4 "
+     r"were given"),
+    (lambda f, a: f(lr=0.1), r"sgd_\(\) missing 2 required positional arguments: 'params' and "
+     r"'grads'"),
+    (lambda f, a: f(a[0], lr=0.1), r"sgd_\(\) missing 1 required positional argument: 'grads'"),
+    (lambda f, a: f(*a), r"sgd_\(\) missing 1 required keyword-only argument: 'lr'"),
+    (lambda f, a: f(*a, lr=0.1, velocities=None), r"sgd_\(\) got an unexpected keyword argument "
+     r"'velocities'"),
+    (lambda f, a: f(*a, lr=0.1, buffers=a[2]), r"sgd_\(\) got multiple values for argument "
+     r"'buffers'"),
+    (lambda f, a: f(*a, 0.1), r"sgd_\(\) takes from 2 to 3 positional arguments but 4 were "
+     r"given"),
+], ids=["too-many", "none", "no-grads", "no-lr", "unknown", "twice", "lr-by-position"])
+def test_the_entry_points_match_arguments_as_python_does(call, message):
+    """The compiled entry points take their keywords directly, with CPython's rules and words."""
+    args = ([np.zeros(3, np.float32)], [np.ones(3, np.float32)], [np.zeros(3, np.float32)])
+    with pytest.raises(TypeError, match="^" + message + "$"):
+        call(fm.functional.sgd_, args)
+    assert not args[0][0].any()
+
+
+def test_each_entry_point_has_its_own_signature():
+    with pytest.raises(TypeError, match=r"^ema_sgd_\(\) missing 1 required keyword-only "
+                                        r"argument: 'beta'$"):
+        fm.functional.ema_sgd_([], [], lr=0.1)
+    with pytest.raises(TypeError, match=r"^keras_sgd_\(\) got an unexpected keyword argument "
+                                        r"'dampening'$"):
+        fm.functional.keras_sgd_([], [], lr=0.1, dampening=0.5)
+    p, g = np.zeros(2), np.ones(2)
+    fm.functional.keras_sgd_(params=[p], grads=[g], velocities=None, lr=0.5)
+    np.testing.assert_array_equal(p, -0.5)
+    kwargs = {"".join(["l", "r"]): 0.5}  # a keyword made at run time: not an interned string
+    fm.functional.ema_sgd_([p], [g], beta=0.0, **kwargs)
+    np.testing.assert_array_equal(p, -1.0)

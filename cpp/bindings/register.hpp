@@ -5,8 +5,9 @@
 
 namespace fastmomentum::bindings {
 
-void register_sgd(pybind11::module_& m);
-void register_config(pybind11::module_& m);
-void register_plan(pybind11::module_& m);
+void register_config(pybind11::module_& m);      // build and runtime configuration
+void register_steps(pybind11::module_& m);       // the step protocol (the optimizers' entry)
+void register_functional(pybind11::module_& m);  // sgd_, keras_sgd_, ema_sgd_
+void register_probe(pybind11::module_& m);       // the benchmarks' bandwidth floor
 
 }  // namespace fastmomentum::bindings

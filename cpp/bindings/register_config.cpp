@@ -4,12 +4,14 @@
 #include <pybind11/stl.h>
 
 #include <cstdlib>
+#include <limits>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "fastmomentum/cpu_features.hpp"
 #include "fastmomentum/threads.hpp"
+#include "args.hpp"
 #include "register.hpp"
 
 namespace fastmomentum::bindings {
@@ -71,10 +73,12 @@ void register_config(py::module_& m) {
     install_fork_handler();
     m.attr("__version__") = FM_VERSION;
     m.def("config", &config, "Build and runtime configuration as a dict.");
-    m.def("set_num_threads", [](int n) {
-        if (n < 0) throw py::value_error("set_num_threads: n must be >= 0, got " + std::to_string(n));
-        set_thread_cap(n);
-    }, py::arg("n"), "Cap the threads of every call; 0 removes the cap.");
+    m.def("set_num_threads", [](py::handle n) {
+        const std::size_t cap = count(n.ptr(), "n");
+        if (cap > static_cast<std::size_t>(std::numeric_limits<int>::max()))
+            throw py::value_error("set_num_threads: n is too large");
+        set_thread_cap(static_cast<int>(cap));
+    }, py::arg("n"), "Cap the threads of every call (an int >= 0, not a bool); 0 removes the cap.");
     m.def("get_num_threads", &max_threads);
     m.def("select_isa", &select_isa_by_name, py::arg("name"));
     m.def("set_grain_bytes", [](std::int64_t bytes) {

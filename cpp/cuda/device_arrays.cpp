@@ -2,7 +2,9 @@
 
 #include <cuda_runtime_api.h>
 
-#include <cstring>
+#include <algorithm>
+#include <limits>
+#include <string>
 
 #include "dlpack_abi.hpp"
 #include "launch.hpp"
@@ -10,31 +12,42 @@
 namespace fastmomentum::cuda {
 namespace {
 
-std::string label(const char* list, std::size_t index) {
-    return std::string(list) + "[" + std::to_string(index) + "]";
+std::string where_not_device(PyObject* obj) {
+    return " must be a CUDA array (a CuPy array, a PyTorch CUDA tensor, or any object with "
+           "__cuda_array_interface__ or __dlpack__ on a CUDA device), got " +
+           bindings::type_name(obj);
 }
 
-std::string shape_str(const std::vector<std::int64_t>& shape) {
-    std::string s = "(";
-    for (std::size_t d = 0; d < shape.size(); ++d) s += (d ? ", " : "") + std::to_string(shape[d]);
-    return s + (shape.size() == 1 ? ",)" : ")");
+}  // namespace
+
+std::int64_t int64_of(PyObject* obj, const std::string& what) {
+    if (!PyLong_Check(obj) || PyBool_Check(obj))
+        throw py::type_error(what + " must be an int, got " + bindings::type_name(obj));
+    int overflow = 0;
+    const long long value = PyLong_AsLongLongAndOverflow(obj, &overflow);
+    if (value == -1 && PyErr_Occurred()) throw py::error_already_set();
+    if (overflow != 0)
+        throw py::value_error(what + " = " + py::repr(obj).cast<std::string>() +
+                              " does not fit a 64-bit integer");
+    return value;
 }
 
-const char* dtype_name(Dtype d) { return d == Dtype::f32 ? "float32" : "float64"; }
+namespace {
 
-std::size_t itemsize(Dtype d) { return d == Dtype::f32 ? 4 : 8; }
-
-std::int64_t product(const std::vector<std::int64_t>& shape) {
-    std::int64_t n = 1;
-    for (std::int64_t extent : shape) n *= extent;
-    return n;
+std::vector<std::int64_t> int_tuple(PyObject* obj, const std::string& what) {
+    if (!PyTuple_Check(obj))
+        throw py::type_error(what + " must be a tuple of ints, got " + bindings::type_name(obj));
+    std::vector<std::int64_t> out;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(obj); ++i)
+        out.push_back(int64_of(PyTuple_GET_ITEM(obj, i), what + "[" + std::to_string(i) + "]"));
+    return out;
 }
 
-// Whether `strides` (in bytes, or in elements with itemsize 1) are C-contiguous for `shape`.
-// Dimensions of extent 1 may have any stride, and an empty array is contiguous (NumPy's rules).
+// The C-contiguity of NumPy's rules: extents of 1 may have any stride, an empty array is
+// contiguous. `strides` in bytes; the products are bounded by nbytes (count_elements checked).
 bool c_contiguous(const std::vector<std::int64_t>& shape, const std::vector<std::int64_t>& strides,
-                  std::int64_t itemsize) {
-    if (product(shape) == 0) return true;
+                  std::int64_t size, std::int64_t itemsize) {
+    if (size == 0) return true;
     std::int64_t expected = itemsize;
     for (std::size_t d = shape.size(); d-- > 0;) {
         if (shape[d] != 1 && strides[d] != expected) return false;
@@ -43,80 +56,76 @@ bool c_contiguous(const std::vector<std::int64_t>& shape, const std::vector<std:
     return true;
 }
 
-std::string where_not_device(py::handle obj) {
-    return " must be a CUDA array (a CuPy array, a PyTorch CUDA tensor, or any object with "
-           "__cuda_array_interface__ or __dlpack__ on a CUDA device), got " +
-           bindings::type_name(obj);
-}
-
-// A CUDA-array-interface dict's fields, checked.
-struct Interface {
+struct Fields {
     Dtype dtype;
-    std::vector<std::int64_t> shape;
+    std::vector<std::int64_t> shape, strides;  // strides in bytes, empty: contiguous
     void* data;
     bool readonly;
-    std::intptr_t stream;
+    StreamId stream;  // 0: none named
 };
 
-std::vector<std::int64_t> int_tuple(py::handle obj, const std::string& what) {
-    if (!py::isinstance<py::tuple>(obj)) throw py::type_error(what + " must be a tuple of ints");
-    std::vector<std::int64_t> out;
-    for (py::handle item : obj) out.push_back(item.cast<std::int64_t>());
-    return out;
-}
-
-Interface read_interface(const py::dict& d, const std::string& where) {
+// A __cuda_array_interface__ dict's fields, converted and checked.
+Fields read_interface(PyObject* d, const std::string& where) {
     const std::string field = where + ".__cuda_array_interface__";
+    const auto item = [&](const char* key) { return PyDict_GetItemString(d, key); };  // borrowed
     for (const char* key : {"typestr", "shape", "data"})
-        if (!d.contains(key)) throw py::value_error(field + " has no '" + key + "'");
-    Interface in{};
-    const std::string typestr = py::str(d["typestr"]);
+        if (item(key) == nullptr) throw py::value_error(field + " has no '" + key + "'");
+    Fields f{};
+    PyObject* typestr = item("typestr");
+    if (!PyUnicode_Check(typestr))
+        throw py::type_error(field + "['typestr'] must be a str, got " +
+                             bindings::type_name(typestr));
+    const std::string type = py::reinterpret_borrow<py::str>(typestr).cast<std::string>();
     // Little-endian machines only (x86-64, aarch64): '<' or native '='.
-    if (typestr == "<f4" || typestr == "=f4") in.dtype = Dtype::f32;
-    else if (typestr == "<f8" || typestr == "=f8") in.dtype = Dtype::f64;
+    if (type == "<f4" || type == "=f4") f.dtype = Dtype::f32;
+    else if (type == "<f8" || type == "=f8") f.dtype = Dtype::f64;
     else
-        throw py::type_error(where + " has dtype '" + typestr +
+        throw py::type_error(where + " has dtype '" + type +
                              "'; expected float32 or float64 in native byte order");
-    in.shape = int_tuple(d["shape"], field + "['shape']");
-    if (d.contains("mask") && !d["mask"].is_none())
+    f.shape = int_tuple(item("shape"), field + "['shape']");
+    PyObject* mask = item("mask");
+    if (mask != nullptr && mask != Py_None)
         throw py::value_error(where + " has a mask; it would be ignored: pass the unmasked data "
                               "and handle the masked elements yourself");
-    const py::object data = d["data"];
-    if (!py::isinstance<py::tuple>(data) || py::len(data) != 2)
+    PyObject* data = item("data");
+    if (!PyTuple_Check(data) || PyTuple_GET_SIZE(data) != 2)
         throw py::type_error(field + "['data'] must be a tuple (pointer, read_only)");
-    in.data = reinterpret_cast<void*>(data[py::int_(0)].cast<std::uintptr_t>());
-    in.readonly = data[py::int_(1)].cast<bool>();
-    if (d.contains("strides") && !d["strides"].is_none()) {
-        const auto strides = int_tuple(d["strides"], field + "['strides']");
-        if (strides.size() != in.shape.size())
-            throw py::value_error(field + " has " + std::to_string(strides.size()) +
-                                  " strides for " + std::to_string(in.shape.size()) + " dimensions");
-        if (!c_contiguous(in.shape, strides, static_cast<std::int64_t>(itemsize(in.dtype))))
-            throw py::value_error(where + " is not C-contiguous (shape " + shape_str(in.shape) +
-                                  ", strides " + shape_str(strides) + "); fastmomentum never "
-                                  "copies: update a contiguous array");
+    const std::int64_t pointer = int64_of(PyTuple_GET_ITEM(data, 0), field + "['data'][0]");
+    f.data = reinterpret_cast<void*>(static_cast<std::uintptr_t>(pointer));
+    const int readonly = PyObject_IsTrue(PyTuple_GET_ITEM(data, 1));
+    if (readonly < 0) throw py::error_already_set();
+    f.readonly = readonly != 0;
+    PyObject* strides = item("strides");
+    if (strides != nullptr && strides != Py_None) {
+        f.strides = int_tuple(strides, field + "['strides']");
+        if (f.strides.size() != f.shape.size())
+            throw py::value_error(field + " has " + std::to_string(f.strides.size()) +
+                                  " strides for " + std::to_string(f.shape.size()) + " dimensions");
     }
-    in.stream = 0;
-    if (d.contains("stream") && !d["stream"].is_none()) {
-        in.stream = d["stream"].cast<std::intptr_t>();
-        if (in.stream == 0)  // the interface's rule: 0 is ambiguous, so it is not allowed
+    PyObject* stream = item("stream");
+    if (stream != nullptr && stream != Py_None) {
+        f.stream = int64_of(stream, field + "['stream']");
+        if (f.stream == 0)  // the interface's rule: 0 is ambiguous, so it is not allowed
             throw py::value_error(field + "['stream'] is 0, which the interface disallows");
     }
-    return in;
+    return f;
 }
 
-// The DLPack export of `obj`, made for `stream`; fills `in` and returns the capsule.
-py::object read_dlpack(py::handle obj, std::intptr_t stream, Interface& in,
-                       const std::string& where) {
+// The DLPack export of `obj`, made for `stream`: fills `f` and returns the capsule.
+py::object read_dlpack(PyObject* obj, StreamId stream, Fields& f, const std::string& where) {
+    const py::handle h(obj);
     // Where the memory lives, before exporting anything.
-    if (py::hasattr(obj, "__dlpack_device__")) {
-        const py::tuple device = obj.attr("__dlpack_device__")();
-        const int type = device[0].cast<int>();
+    if (py::hasattr(h, "__dlpack_device__")) {
+        const py::object device = h.attr("__dlpack_device__")();
+        if (!PyTuple_Check(device.ptr()) || PyTuple_GET_SIZE(device.ptr()) < 1)
+            throw py::type_error(where + ".__dlpack_device__() must return a tuple");
+        const std::int64_t type = int64_of(PyTuple_GET_ITEM(device.ptr(), 0),
+                                           where + ".__dlpack_device__()[0]");
         if (type != dlpack::kCUDA && type != dlpack::kCUDAManaged)
             throw py::type_error(where + where_not_device(obj) + " (its DLPack device type is " +
                                  std::to_string(type) + (type == dlpack::kCPU ? ", the CPU)" : ")"));
     }
-    py::object capsule = obj.attr("__dlpack__")(py::arg("stream") = stream);
+    py::object capsule = h.attr("__dlpack__")(py::arg("stream") = stream);
     auto* managed = static_cast<dlpack::ManagedTensor*>(
         PyCapsule_GetPointer(capsule.ptr(), dlpack::kCapsuleName));
     if (managed == nullptr) throw py::error_already_set();
@@ -124,88 +133,111 @@ py::object read_dlpack(py::handle obj, std::intptr_t stream, Interface& in,
     if (t.device.device_type != dlpack::kCUDA && t.device.device_type != dlpack::kCUDAManaged)
         throw py::type_error(where + where_not_device(obj));
     if (t.dtype.code == dlpack::kFloat && t.dtype.lanes == 1 && t.dtype.bits == 32)
-        in.dtype = Dtype::f32;
+        f.dtype = Dtype::f32;
     else if (t.dtype.code == dlpack::kFloat && t.dtype.lanes == 1 && t.dtype.bits == 64)
-        in.dtype = Dtype::f64;
+        f.dtype = Dtype::f64;
     else
         throw py::type_error(where + " has DLPack dtype (code " + std::to_string(t.dtype.code) +
                              ", bits " + std::to_string(t.dtype.bits) + ", lanes " +
                              std::to_string(t.dtype.lanes) + "); expected float32 or float64");
-    in.shape.assign(t.shape, t.shape + t.ndim);
-    if (t.strides != nullptr &&
-        !c_contiguous(in.shape, std::vector<std::int64_t>(t.strides, t.strides + t.ndim), 1))
-        throw py::value_error(where + " is not C-contiguous (shape " + shape_str(in.shape) +
-                              ", strides in elements " +
-                              shape_str(std::vector<std::int64_t>(t.strides, t.strides + t.ndim)) +
-                              "); fastmomentum never copies: update a contiguous array");
-    in.data = static_cast<char*>(t.data) + t.byte_offset;
-    in.readonly = false;  // the unversioned ABI has no read-only flag
-    in.stream = 0;
+    if (t.ndim < 0) throw py::value_error(where + " has a negative number of dimensions");
+    f.shape.assign(t.shape, t.shape + t.ndim);
+    if (t.strides != nullptr) {  // in elements: as bytes, checked
+        const auto item = static_cast<std::int64_t>(bindings::itemsize(f.dtype));
+        for (std::int32_t d = 0; d < t.ndim; ++d) {
+            const std::int64_t s = t.strides[d];
+            if (s > std::numeric_limits<std::int64_t>::max() / item ||
+                s < std::numeric_limits<std::int64_t>::min() / item)
+                throw py::value_error(where + " has a stride that overflows a 64-bit count of bytes");
+            f.strides.push_back(s * item);
+        }
+    }
+    f.data = static_cast<char*>(t.data) + t.byte_offset;
+    f.readonly = false;  // the unversioned ABI has no read-only flag
+    f.stream = 0;        // DLPack synchronises with the consumer's stream itself
     return capsule;
 }
 
 }  // namespace
 
-std::string label(const DeviceArray& a) { return label(a.list, a.index); }
-
-DeviceArray check_device_array(py::handle obj, const char* list, std::size_t index, Access access,
-                               std::intptr_t stream) {
-    const std::string where = label(list, index);
-    Interface in{};
-    py::object owner = py::reinterpret_borrow<py::object>(obj);
-    PyObject* d = PyObject_GetAttrString(obj.ptr(), "__cuda_array_interface__");
-    if (d != nullptr) {
-        const auto dict = py::reinterpret_steal<py::object>(d);
-        if (!PyDict_Check(d))
-            throw py::type_error(where + ".__cuda_array_interface__ is not a dict");
-        in = read_interface(py::reinterpret_borrow<py::dict>(dict), where);
-    } else if (PyErr_ExceptionMatches(PyExc_AttributeError)) {
-        PyErr_Clear();
-        if (!py::hasattr(obj, "__dlpack__")) throw py::type_error(where + where_not_device(obj));
-        owner = read_dlpack(obj, stream, in, where);
-    } else {
-        // The producer refuses (e.g. a PyTorch tensor that requires grad): say which array.
-        py::error_already_set e;
-        throw py::type_error(where + ": " + e.what());
+void DeviceReader::collect(List& list, const char* name, std::size_t first) {
+    list.freeze();
+    for (std::size_t i = 0; i < list.size(); ++i) {
+        PyObject* obj = list[i];
+        if (obj == Py_None || infos_.count(obj) != 0) continue;
+        const std::string where = Where{name, first + i}.str();
+        held_.push_back(py::reinterpret_borrow<py::object>(obj));
+        Fields f{};
+        py::object owner = held_.back();
+        PyObject* d = PyObject_GetAttrString(obj, "__cuda_array_interface__");
+        if (d != nullptr) {
+            const auto dict = py::reinterpret_steal<py::object>(d);
+            if (!PyDict_Check(d))
+                throw py::type_error(where + ".__cuda_array_interface__ is not a dict");
+            f = read_interface(d, where);
+        } else if (PyErr_ExceptionMatches(PyExc_AttributeError)) {
+            PyErr_Clear();
+            if (!py::hasattr(obj, "__dlpack__")) throw py::type_error(where + where_not_device(obj));
+            owner = read_dlpack(obj, stream_, f, where);
+        } else if (PyErr_ExceptionMatches(PyExc_Exception)) {
+            // The producer refuses (e.g. a PyTorch tensor that requires grad): say which array.
+            py::error_already_set e;
+            throw py::type_error(where + ": " + e.what());
+        } else {
+            throw py::error_already_set();  // KeyboardInterrupt and the like: the caller's
+        }
+        Info info{};
+        info.shape = std::move(f.shape);
+        info.strides = std::move(f.strides);
+        info.readonly = f.readonly;
+        info.owner = std::move(owner);
+        bindings::ArrayDesc& a = info.desc;
+        a.data = f.data;
+        a.dtype = f.dtype;
+        a.ndim = static_cast<int>(info.shape.size());
+        a.shape = info.shape.data();
+        a.strides = info.strides.empty() ? nullptr : info.strides.data();
+        a.writeable = !f.readonly;
+        bindings::count_elements(a, Where{name, first + i});
+        a.contiguous = info.strides.empty() ||
+                       c_contiguous(info.shape, info.strides, a.size,
+                                    static_cast<std::int64_t>(bindings::itemsize(a.dtype)));
+        if (f.stream != 0 && f.stream != stream_ &&
+            std::find(producers_.begin(), producers_.end(), f.stream) == producers_.end())
+            producers_.push_back(f.stream);
+        auto [it, inserted] = infos_.emplace(obj, std::move(info));
+        it->second.desc.shape = it->second.shape.data();  // the vectors moved into the map
+        it->second.desc.strides = it->second.strides.empty() ? nullptr : it->second.strides.data();
     }
-    const std::size_t bytes = itemsize(in.dtype);
-    if (reinterpret_cast<std::uintptr_t>(in.data) % bytes != 0)
-        throw py::value_error(where + " is not aligned to its dtype; fastmomentum never copies: "
-                              "use an aligned array");
-    if (access == Access::write && in.readonly)
-        throw py::value_error(where + " is read-only; it is updated in place and must be writeable");
-    const std::int64_t size = product(in.shape);
-    return DeviceArray{std::move(owner), in.data,   size,   static_cast<std::size_t>(size) * bytes,
-                       in.dtype,         access,    std::move(in.shape), in.stream,
-                       list,             index};
 }
 
-void check_matches(const DeviceArray& other, const DeviceArray& ref) {
-    if (other.dtype != ref.dtype)
-        throw py::type_error(label(other) + " has dtype " + dtype_name(other.dtype) + " but " +
-                             label(ref) + " has dtype " + dtype_name(ref.dtype) + "; they must match");
-    if (other.shape != ref.shape)
-        throw py::value_error(label(other) + " has shape " + shape_str(other.shape) + " but " +
-                              label(ref) + " has shape " + shape_str(ref.shape) + "; they must match");
+void DeviceReader::operator()(Checked& out, PyObject* obj, Access access) const {
+    const auto it = infos_.find(obj);
+    if (it == infos_.end())  // None, or an object phase 1 did not see
+        throw py::type_error(out.where.str() + where_not_device(obj));
+    out.desc = it->second.desc;
+    bindings::check_layout(out.desc, out.where, access);
+    out.access = access;
+    out.owner = it->second.owner;
 }
 
-int check_devices(const std::vector<DeviceArray>& arrays) {
+int check_devices(const std::vector<Checked>& arrays) {
     int device = -1;
-    const DeviceArray* first = nullptr;
-    for (const DeviceArray& a : arrays) {
-        if (a.nbytes == 0) continue;
+    const Checked* first = nullptr;
+    for (const Checked& a : arrays) {
+        if (a.desc.nbytes == 0) continue;
         cudaPointerAttributes attributes{};
-        check(cudaPointerGetAttributes(&attributes, a.data),
-              ("finding the device of " + label(a)).c_str());
+        check(cudaPointerGetAttributes(&attributes, a.desc.data),
+              ("finding the device of " + a.where.str()).c_str());
         if (attributes.type != cudaMemoryTypeDevice && attributes.type != cudaMemoryTypeManaged)
-            throw py::value_error(label(a) + " is not device memory (CUDA reports it as host "
+            throw py::value_error(a.where.str() + " is not device memory (CUDA reports it as host "
                                   "memory); every array of a device step must be on the GPU");
         if (first == nullptr) {
             first = &a;
             device = attributes.device;
         } else if (attributes.device != device) {
-            throw py::value_error(label(a) + " is on CUDA device " +
-                                  std::to_string(attributes.device) + " but " + label(*first) +
+            throw py::value_error(a.where.str() + " is on CUDA device " +
+                                  std::to_string(attributes.device) + " but " + first->where.str() +
                                   " is on device " + std::to_string(device) +
                                   "; every array of a step must be on one device");
         }

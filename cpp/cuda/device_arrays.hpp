@@ -1,9 +1,12 @@
 #pragma once
-// Zero-copy validation of device arrays, the CUDA module's counterpart of bindings/arrays.hpp:
-// any object with `__cuda_array_interface__` (v2/v3: CuPy, Numba, PyTorch without grad) or, failing
-// that, `__dlpack__` on a CUDA device (PyTorch, JAX, ...). The same rules and messages as for host
-// arrays: float32/float64, C-contiguous, aligned, writeable when written, matching shapes. Only
-// check_devices calls CUDA (where the memory lives), so every other rule is checked, and
+// Device arrays for the CUDA module: any object with `__cuda_array_interface__` (v2/v3: CuPy,
+// Numba, PyTorch without grad) or, failing that, `__dlpack__` on a CUDA device (PyTorch, JAX, ...).
+//
+// An interface is Python code (a property, a method), so a device step reads every array's
+// interface in phase 1 (call.hpp), before any array is checked: DeviceReader::collect copies what
+// each one describes, and keeps the object (or its DLPack export) alive. Phase 2 then checks those
+// copies with the same rules and messages as NumPy arrays (array_desc.hpp), reading C++ fields
+// only. Only check_devices calls CUDA (where the memory lives), so every other rule is checked, and
 // testable, without a GPU.
 
 #include <pybind11/pybind11.h>
@@ -11,45 +14,61 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
-#include "../bindings/arrays.hpp"
+#include "../bindings/args.hpp"
+#include "../bindings/array_desc.hpp"
 
 namespace fastmomentum::cuda {
 
 namespace py = pybind11;
 using bindings::Access;
+using bindings::Checked;
 using bindings::Dtype;
+using bindings::List;
+using bindings::Where;
 
-struct DeviceArray {
-    py::object owner;  // the array, or its DLPack capsule: keeps the memory alive for the call
-    void* data;
-    std::int64_t size;
-    std::size_t nbytes;
-    Dtype dtype;
-    Access access;
-    std::vector<std::int64_t> shape;
-    // The producer's stream from __cuda_array_interface__ (1: legacy default, 2: per-thread
-    // default, else a cudaStream_t), or 0 when it names none or the array came through DLPack
-    // (which synchronises with the consumer's stream itself).
-    std::intptr_t stream;
-    const char* list;
-    std::size_t index;
+// A stream in the __cuda_array_interface__ convention: 1 is the legacy default stream, 2 the
+// per-thread default stream, any other value a cudaStream_t (0 is not allowed: it is ambiguous).
+using StreamId = std::intptr_t;
+
+class DeviceReader {
+public:
+    // `stream`: the stream the step will run on, passed to `__dlpack__` so that the producer
+    // orders its pending work before it.
+    explicit DeviceReader(StreamId stream) : stream_(stream) {}
+
+    // Phase 1: reads the interface of every array of `list` (None entries are left for phase 2),
+    // named `name` in messages and numbered from `first`. Freezes the list first, so that the
+    // interfaces' code cannot change which objects phase 2 sees.
+    void collect(List& list, const char* name, std::size_t first = 0);
+
+    // Phase 2: `obj`'s description as collected, after the rules of check_layout. C++ only.
+    void operator()(Checked& out, PyObject* obj, Access access) const;
+
+    // The producers' streams that the arrays' interfaces named (other than the step's own).
+    const std::vector<StreamId>& producer_streams() const { return producers_; }
+
+private:
+    struct Info {
+        bindings::ArrayDesc desc;
+        std::vector<std::int64_t> shape, strides;
+        bool readonly;
+        py::object owner;  // the array, or its DLPack export: keeps the memory alive
+    };
+    StreamId stream_;
+    std::unordered_map<PyObject*, Info> infos_;
+    std::vector<py::object> held_;  // every collected object, alive until the step ends
+    std::vector<StreamId> producers_;
 };
 
-std::string label(const DeviceArray& a);  // e.g. "grads[3]"
-
-// Checks `obj` as sgd_step checks a host array. `stream` is the stream the call will run on (the
-// __cuda_array_interface__ convention), passed to `__dlpack__` so that the producer orders its
-// pending work before it.
-DeviceArray check_device_array(py::handle obj, const char* list, std::size_t index, Access access,
-                               std::intptr_t stream);
-
-// `other` must have the dtype and shape of `ref`.
-void check_matches(const DeviceArray& other, const DeviceArray& ref);
+// A Python int (not a bool) as an int64, by name (`what`): a value out of range is an error,
+// not a wrap-around.
+std::int64_t int64_of(PyObject* obj, const std::string& what);
 
 // Every non-empty array must be memory of one CUDA device (device or managed memory, not host
 // memory); returns that device (0 when every array is empty).
-int check_devices(const std::vector<DeviceArray>& arrays);
+int check_devices(const std::vector<Checked>& arrays);
 
 }  // namespace fastmomentum::cuda

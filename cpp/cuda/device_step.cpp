@@ -2,7 +2,6 @@
 
 #include <cuda_runtime_api.h>
 
-#include <algorithm>
 
 #include "launch.hpp"
 
@@ -42,21 +41,15 @@ void wait_for(cudaStream_t waiter, cudaStream_t stream) {
 
 }  // namespace
 
-bindings::Outcome run_on_device(const std::vector<bindings::Call>& calls,
-                                const bindings::Guard& guard, const std::vector<DeviceArray>& arrays,
-                                int device, StreamId stream_id) {
-    std::vector<StreamId> producers;
-    for (const DeviceArray& a : arrays)
-        if (a.stream != 0 && a.stream != stream_id &&
-            std::find(producers.begin(), producers.end(), a.stream) == producers.end())
-            producers.push_back(a.stream);
+bindings::Outcome run_on_device(const bindings::Step& step, const bindings::Guard& guard,
+                                int device, StreamId stream_id,
+                                const std::vector<StreamId>& producers) {
     const cudaStream_t stream = to_stream(stream_id);
-
     py::gil_scoped_release release;
     const CurrentDevice current(device);
     for (StreamId p : producers) wait_for(stream, to_stream(p));
-    const bindings::Outcome outcome = bindings::run_calls(
-        calls.data(), calls.size(), guard,
+    const bindings::Outcome outcome = bindings::run_updates(
+        step.updates, guard,
         [&](const std::vector<TensorRef>& list, Dtype dtype, double* sum_squares) {
             std::vector<double> sums;
             std::vector<double>* want = sum_squares ? &sums : nullptr;
@@ -66,9 +59,9 @@ bindings::Outcome run_on_device(const std::vector<bindings::Call>& calls,
             for (double s : sums) *sum_squares += s;  // block after block, as on the CPU
             return finite;
         },
-        [&](const bindings::Call& c, const Hyper& h) {
-            if (!c.f32.empty()) sgd<float>(c.f32.data(), c.f32.size(), h, stream);
-            if (!c.f64.empty()) sgd<double>(c.f64.data(), c.f64.size(), h, stream);
+        [&](const bindings::Update& u, const Hyper& h) {
+            if (!u.f32.empty()) sgd<float>(u.f32.data(), u.f32.size(), h, stream);
+            if (!u.f64.empty()) sgd<double>(u.f64.data(), u.f64.size(), h, stream);
             return 0;  // no host threads
         });
     for (StreamId p : producers) wait_for(to_stream(p), stream);

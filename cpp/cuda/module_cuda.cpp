@@ -10,8 +10,9 @@
 #include <string>
 #include <vector>
 
+#include "../bindings/args.hpp"
 #include "../bindings/call.hpp"
-#include "../bindings/overlap.hpp"
+#include "../bindings/entry_points.hpp"
 #include "device_arrays.hpp"
 #include "device_step.hpp"
 
@@ -22,44 +23,53 @@ StreamId parse_stream(py::handle obj) {
     if (!PyLong_Check(obj.ptr()) || PyBool_Check(obj.ptr()))
         throw py::type_error("stream must be an int (1: the legacy default stream, 2: the "
                              "per-thread default stream, else a cudaStream_t), got " +
-                             bindings::type_name(obj));
-    const auto id = obj.cast<StreamId>();
+                             bindings::type_name(obj.ptr()));
+    const StreamId id = int64_of(obj.ptr(), "stream");
     if (id == 0)
         throw py::value_error("stream 0 is ambiguous (as in __cuda_array_interface__): pass 1 for "
                               "the legacy default stream or 2 for the per-thread default stream");
     return id;
 }
 
-// The arrays' check for one call's stream.
-auto checker(StreamId stream) {
-    return [stream](py::handle obj, const char* list, std::size_t index, Access access) {
-        return check_device_array(obj, list, index, access, stream);
-    };
-}
-
-// sgd_steps for device arrays: every array of every call checked (types, layout, shapes, that
-// none overlaps a written one, and that all are memory of one device) before anything runs.
-py::tuple sgd_steps(py::handle calls, py::handle check_finite, py::handle max_norm,
-                    py::handle loss_scale, py::handle stream_obj) {
-    const bindings::Guard guard = bindings::parse_guard(check_finite, max_norm, loss_scale);
+// sgd_steps for device arrays, in the phases of the host's (call.hpp): everything parsed and every
+// array's interface read (Python code), then every array checked (types, layout, shapes, that
+// none overlaps a written one, and that all are memory of one device), then the kernels.
+void sgd_steps(py::handle calls_obj, py::handle grads_obj, py::handle guard_obj,
+               py::handle outcome_obj, py::handle stream_obj) {
+    bindings::Outcome& outcome = bindings::outcome_of(outcome_obj);
+    outcome = bindings::Outcome{};
+    // Phase 1.
     const StreamId stream = parse_stream(stream_obj);
-    std::vector<DeviceArray> arrays;
-    const std::vector<bindings::Call> prepared =
-        bindings::prepare_calls(calls, guard, arrays, checker(stream));
-    bindings::check_disjoint(arrays);
-    const int device = check_devices(arrays);
-    return bindings::to_python(run_on_device(prepared, guard, arrays, device, stream), guard);
+    const bindings::Guard guard = bindings::parse_guard(guard_obj);
+    std::vector<bindings::CallArgs> calls = bindings::parse_calls(calls_obj);
+    bindings::List grads(grads_obj, "grads");
+    DeviceReader read(stream);
+    for (bindings::CallArgs& c : calls) {
+        read.collect(c.params, "params", c.first_index);
+        if (c.has_buffers) read.collect(c.buffers, bindings::buffers_name(c.hyper.style), c.first_index);
+    }
+    read.collect(grads, "grads");
+    // Phase 2.
+    bindings::Step step;
+    bindings::check_calls(calls.data(), calls.size(), grads, true, guard, read, step);
+    const int device = check_devices(step.arrays);
+    // Phase 3.
+    outcome = run_on_device(step, guard, device, stream, read.producer_streams());
 }
 
 // An optimizer's construction-time check: the arrays as params of a step, and on one device.
 // Returns that device.
-int check_params(py::handle params, std::size_t first_index) {
-    std::vector<DeviceArray> arrays;
-    const bindings::Items items(params, "params");
-    for (std::size_t i = 0; i < items.size(); ++i)
-        arrays.push_back(check_device_array(items[i], "params", first_index + i, Access::write, 1));
-    bindings::check_disjoint(arrays);
-    return check_devices(arrays);
+int check_params(py::handle params_obj, py::handle first_index_obj) {
+    const std::size_t first = bindings::count(first_index_obj.ptr(), "first_index");
+    bindings::List params(params_obj, "params");
+    DeviceReader read(1);
+    read.collect(params, "params", first);
+    bindings::Step step;
+    step.arrays.reserve(params.size());
+    for (std::size_t i = 0; i < params.size(); ++i)
+        step.add(read, params[i], Where{"params", first + i}, Access::write);
+    step.check_disjoint();
+    return check_devices(step.arrays);
 }
 
 // The usable devices, or why there are none.
@@ -106,11 +116,16 @@ PYBIND11_MODULE(_cuda, m) {
     namespace fc = fastmomentum::cuda;
     namespace py = pybind11;
     m.doc() = "fastmomentum's CUDA kernels (use the fastmomentum package, not this module)";
-    m.def("sgd_steps", &fc::sgd_steps, py::arg("calls"), py::arg("check_finite"),
-          py::arg("max_norm"), py::arg("loss_scale"), py::arg("stream"),
+    // The parser resolves NumPy's types (it refuses an array as a number, names a NumPy array as
+    // such); the outcome objects are the host module's class.
+    fastmomentum::bindings::init_args();
+    py::module_::import("fastmomentum._core");
+    m.def("sgd_steps", &fc::sgd_steps, py::arg("calls"), py::arg("grads"), py::arg("guard"),
+          py::arg("outcome"), py::arg("stream"),
           "_core.sgd_steps for CUDA arrays (__cuda_array_interface__ or DLPack), run on `stream` "
           "(1: legacy default, 2: per-thread default, else a cudaStream_t) after the pending work "
-          "of the streams the arrays name. Returns (applied, norm or None, 0).");
+          "of the streams the arrays name; outcome (a _core.StepOutcome) records what it did "
+          "(threads: 0, no host threads ran).");
     m.def("check_params", &fc::check_params, py::arg("params"), py::arg("first_index"),
           "Check device arrays as sgd_steps checks params (numbered from first_index), and that "
           "none shares memory with another and all are on one device; returns the device.");

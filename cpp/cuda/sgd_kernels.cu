@@ -131,8 +131,8 @@ void launch_batches(KernelPtr<T> kernel, const TensorRef* tensors, std::size_t c
 // summed by 16 threads, lane j adding elements j, j + 16, ... in order, and the lanes combine
 // pairwise (8, 4, 2, 1 apart): the summation order of the CPU kernels' BlockSum, so the block sums
 // are the same bits. Every thread also notes a non-finite element in *nonfinite.
-constexpr int kLanes = 16;
-static_assert(kNormBlock % kLanes == 0 && kThreads % 32 == 0, "lanes restart with each block");
+constexpr int kLanes = kNormLanes;
+static_assert(kThreads % 32 == 0 && 32 % kLanes == 0, "a warp holds whole blocks' lanes");
 
 template <class T>
 struct GradSpan {

@@ -15,10 +15,7 @@
 
 #include "fastmomentum/kernels.hpp"
 #include "fastmomentum/rules.hpp"
-
-#ifdef _OPENMP
-#include <omp.h>
-#endif
+#include "partition.hpp"
 
 namespace fastmomentum::FM_ISA {
 namespace {
@@ -64,59 +61,6 @@ SpanFn<T> pick(Form f, bool nesterov, Decay d, bool scale_grad) {
     });
 }
 
-// Start of part `part` of `parts` in [0, total): floor(total * part / parts), without overflow.
-int64_t split_point(int64_t total, int parts, int part) {
-    return total / parts * part + total % parts * part / parts;
-}
-
-// Runs body(lo, hi) over [0, total) units of `unit_bytes` bytes (elements, or blocks of them),
-// split evenly across at most launch.threads threads of ONE parallel region, and no more than one
-// thread per launch.grain_bytes (below that, opening a region costs more than it saves). Returns
-// the number of threads that ran, 0 when total is 0.
-template <class Body>
-int for_each_part(int64_t total, int64_t unit_bytes, const Launch& launch, const Body& body) {
-    if (total == 0) return 0;
-    const int64_t grain = std::max<int64_t>(1, launch.grain_bytes / unit_bytes);
-    const int64_t useful = std::max<int64_t>(1, total / grain);
-    const int threads = static_cast<int>(std::min<int64_t>(launch.threads, useful));
-#ifdef _OPENMP
-    if (threads > 1) {
-        int ran = 1;
-#pragma omp parallel num_threads(threads)
-        {
-            const int parts = omp_get_num_threads();
-            const int part = omp_get_thread_num();
-            if (part == 0) ran = parts;
-            body(split_point(total, parts, part), split_point(total, parts, part + 1));
-        }
-        return ran;
-    }
-#endif
-    body(int64_t{0}, total);
-    return 1;
-}
-
-int64_t total_size(const TensorRef* tensors, std::size_t count) {
-    int64_t total = 0;
-    for (std::size_t i = 0; i < count; ++i) total += tensors[i].size;
-    return total;
-}
-
-// Calls span(tensor, a, e) for the part [a, e) of each tensor that overlaps [lo, hi) of the
-// concatenated range.
-template <class Span>
-void for_each_span(const TensorRef* tensors, std::size_t count, int64_t lo, int64_t hi,
-                   const Span& span) {
-    int64_t offset = 0;  // of tensor i in the concatenated range
-    for (std::size_t i = 0; i < count && offset < hi; ++i) {
-        const TensorRef& t = tensors[i];
-        const int64_t a = std::max(lo, offset) - offset;
-        const int64_t e = std::min(hi, offset + t.size) - offset;
-        if (a < e) span(t, a, e);
-        offset += t.size;
-    }
-}
-
 template <class T>
 int sgd(const TensorRef* tensors, std::size_t count, const Hyper& h, const Launch& launch) {
     const Coeffs<T> k = rules::coeffs<T>(h);
@@ -130,34 +74,6 @@ int sgd(const TensorRef* tensors, std::size_t count, const Hyper& h, const Launc
         });
     });
 }
-
-// The bandwidth reference (rules::rmw_reference), split across threads like the update. Its time
-// is the floor the update is measured against (README, "Performance").
-template <class T>
-void rmw_span(const TensorRef& t, int64_t lo, int64_t hi, const T s) {
-    T* __restrict p = static_cast<T*>(t.param) + lo;
-    const T* __restrict g = static_cast<const T*>(t.grad) + lo;
-    T* __restrict b = static_cast<T*>(t.buf) + lo;
-    const int64_t n = hi - lo;
-#pragma omp simd
-    for (int64_t i = 0; i < n; ++i) {
-        T param = p[i], buffer = b[i];
-        rules::rmw_reference(param, buffer, g[i], s);
-        p[i] = param;
-        b[i] = buffer;
-    }
-}
-
-template <class T>
-int rmw_reference(const TensorRef* tensors, std::size_t count, double scale, const Launch& launch) {
-    const T s = static_cast<T>(scale);
-    return for_each_part(total_size(tensors, count), sizeof(T), launch, [&](int64_t lo, int64_t hi) {
-        for_each_span(tensors, count, lo, hi, [&](const TensorRef& t, int64_t a, int64_t e) {
-            rmw_span<T>(t, a, e, s);
-        });
-    });
-}
-
 
 // The guards' statistics (kernels.hpp, GradStatsFn).
 
@@ -176,7 +92,7 @@ bool all_finite(const T* __restrict g, int64_t n) {
 // vectorise as they are). kNormBlock is a multiple of kLanes, so lanes restart with each block.
 class BlockSum {
 public:
-    static constexpr int kLanes = 16;
+    static constexpr int kLanes = kNormLanes;
 
     // Adds g[0, n), whose first element is at position `pos` of the concatenated range.
     template <class T>
@@ -253,8 +169,7 @@ bool grad_stats(const TensorRef* tensors, std::size_t count, double* block_sums,
 #define FM_STR2(x) #x
 #define FM_STR(x) FM_STR2(x)
 KernelSet kernel_set() {
-    return KernelSet{FM_STR(FM_ISA),        &sgd<float>,          &sgd<double>,
-                     &rmw_reference<float>, &rmw_reference<double>, &grad_stats<float>,
+    return KernelSet{FM_STR(FM_ISA), &sgd<float>, &sgd<double>, &grad_stats<float>,
                      &grad_stats<double>};
 }
 

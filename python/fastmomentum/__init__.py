@@ -4,7 +4,8 @@
 - :class:`SGD`: a ``torch.optim.SGD``-compatible optimizer with parameter groups and state dicts;
 - :mod:`fastmomentum.lr_scheduler`: PyTorch-compatible schedulers; :mod:`fastmomentum.schedules`:
   pure step -> value schedules (Keras / optax formulas);
-- :mod:`fastmomentum.checkpoint`: ``.npz`` checkpoints without pickle;
+- :mod:`fastmomentum.checkpoint`: ``.npz`` checkpoints without pickle; :func:`convert_state_dict`
+  moves an optimizer's state between the torch and keras buffer layouts;
 - :mod:`fastmomentum.flat`: many arrays as views into one contiguous block (one kernel span);
 - :class:`StepResult`: what a step did under its guards (non-finite gradients, clipping).
 """
@@ -13,13 +14,14 @@ from . import checkpoint, flat, functional, guards, lr_scheduler, schedules
 from ._config import get_num_threads, set_num_threads, show_config
 from ._core import __version__
 from .guards import StepResult
-from .optim import SGD
+from .optim import SGD, convert_state_dict
 
 __all__ = [
     "SGD",
     "StepResult",
     "__version__",
     "checkpoint",
+    "convert_state_dict",
     "flat",
     "functional",
     "get_num_threads",

@@ -9,7 +9,7 @@ from typing import Any, Literal
 import numpy as np
 
 from . import _core
-from ._devices import cuda_status
+from ._backend import cuda_status
 
 
 def set_num_threads(n: int | None) -> None:

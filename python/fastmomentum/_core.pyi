@@ -1,99 +1,100 @@
 """Type stubs for fastmomentum's compiled module (cpp/bindings).
 
-Every list argument is a ``list`` or a ``tuple`` (the bindings' ``Items``: any other sequence is
-rejected, since it might be an array's rows), and every array a float32/float64 ``ndarray``.
+Every list argument is a ``list`` or a ``tuple`` (any other sequence is rejected, since it might be
+an array's rows; a subclass is read from its storage), and every array a float32/float64
+``ndarray`` (or, for the functional entry points, a CUDA array handed to the CUDA backend).
 """
 
-from typing import Any, Literal
+from collections.abc import Callable, Sequence
+from typing import Any
 
-import numpy as np
-from numpy.typing import NDArray
+from ._protocol import Call, Guard, Hyper
+from .functional import Arrays, FirstStep, WeightDecayMode
+from .guards import NonFinite, StepResult
 
-_Array = NDArray[np.floating[Any]]
-_Arrays = list[_Array] | tuple[_Array, ...]
-# One bool for every array, or one per array (step_call.cpp's FirstStep).
-_FirstStep = bool | list[bool] | tuple[bool, ...]
-_Style = Literal["torch", "keras", "ema"]
-_WeightDecayMode = Literal["coupled", "decoupled", "sgdw"]
-# (applied, the gradients' norm when clipping else None, threads that ran)
-_Outcome = tuple[bool, float | None, int]
+_Seq = Sequence[Any]  # a list or tuple at run time
 
 __version__: str
+HYPER_FIELDS: tuple[str, ...]
+CALL_FIELDS: tuple[str, ...]
+GUARD_FIELDS: tuple[str, ...]
 
 def config() -> dict[str, Any]: ...
 def set_num_threads(n: int) -> None: ...
 def get_num_threads() -> int: ...
 def select_isa(name: str) -> None: ...
 def set_grain_bytes(bytes: int) -> None: ...
-def sgd_step(
-    params: _Arrays,
-    grads: _Arrays,
-    buffers: _Arrays | None,
-    first_step: _FirstStep,
-    style: _Style,
-    lr: float,
-    momentum: float,
-    dampening: float,
-    nesterov: bool,
-    weight_decay: float,
-    weight_decay_mode: _WeightDecayMode,
-    schedule_multiplier: float,
-    maximize: bool,
-    /,
-) -> int: ...
-def sgd_step_guarded(
-    params: _Arrays,
-    grads: _Arrays,
-    buffers: _Arrays | None,
-    first_step: _FirstStep,
-    style: _Style,
-    lr: float,
-    momentum: float,
-    dampening: float,
-    nesterov: bool,
-    weight_decay: float,
-    weight_decay_mode: _WeightDecayMode,
-    schedule_multiplier: float,
-    maximize: bool,
-    check_finite: bool,
-    max_norm: float | None,
-    loss_scale: float,
-    /,
-) -> _Outcome: ...
-def sgd_steps(
-    calls: list[tuple[Any, ...]] | tuple[tuple[Any, ...], ...],
-    check_finite: bool = False,
-    max_norm: float | None = None,
-    loss_scale: float = 1.0,
-) -> _Outcome: ...
-def check_params(params: _Arrays, first_index: int) -> None: ...
-def check_hyper(
-    style: _Style,
-    lr: float,
-    momentum: float,
-    dampening: float,
-    nesterov: bool,
-    weight_decay: float,
-    weight_decay_mode: _WeightDecayMode,
-    schedule_multiplier: float,
-    maximize: bool,
-) -> None: ...
-def rmw_reference(params: _Arrays, grads: _Arrays, buffers: _Arrays, scale: float) -> int: ...
 
-class StepPlan:
-    def __init__(
-        self,
-        param_groups: list[dict[str, Any]] | tuple[dict[str, Any], ...],
-        states: list[list[dict[str, Any] | None]] | tuple[list[dict[str, Any] | None], ...],
-        style: _Style,
-        key: str,
-    ) -> None: ...
-    def step(
-        self,
-        param_groups: list[dict[str, Any]],
-        grads: list[_Array | None] | tuple[_Array | None, ...],
-        hypers: list[tuple[Any, ...]] | tuple[tuple[Any, ...], ...],
-        check_finite: bool,
-        max_norm: float | None,
-        loss_scale: float,
-    ) -> _Outcome | None: ...
+class StepOutcome:
+    def __init__(self) -> None: ...
+    @property
+    def ran(self) -> bool: ...
+    @property
+    def applied(self) -> bool: ...
+    @property
+    def norm(self) -> float | None: ...
+    @property
+    def threads(self) -> int: ...
+    def result(self, grads: Sequence[Any]) -> StepResult: ...
+
+def sgd_steps(calls: Sequence[Call], grads: Sequence[Any], guard: Guard,
+              outcome: StepOutcome) -> None: ...
+def real(value: object, name: str) -> float: ...
+def check_hyper(hyper: Hyper) -> None: ...
+def check_guard(guard: Guard) -> None: ...
+def check_params(params: _Seq, first_index: int) -> None: ...
+def grad_stats(grads: _Seq) -> tuple[bool, float]: ...
+def same_items(a: _Seq, b: _Seq) -> bool: ...
+def bandwidth_probe(params: _Seq, grads: _Seq, buffers: _Seq, scale: float) -> int: ...
+def _bind(step_result: type[StepResult], nonfinite_error: Callable[[Sequence[Any]], BaseException],
+          device_step: Callable[..., Any]) -> None: ...
+def _set_doc(name: str, doc: str) -> None: ...
+def sgd_(
+    params: Arrays,
+    grads: Arrays,
+    buffers: Arrays | None = None,
+    *,
+    lr: float,
+    momentum: float = 0.0,
+    dampening: float = 0.0,
+    nesterov: bool = False,
+    weight_decay: float = 0.0,
+    weight_decay_mode: WeightDecayMode = "coupled",
+    schedule_multiplier: float = 1.0,
+    maximize: bool = False,
+    first_step: FirstStep = False,
+    nonfinite: NonFinite = "ignore",
+    max_grad_norm: float | None = None,
+    loss_scale: float = 1.0,
+) -> StepResult: ...
+def keras_sgd_(
+    params: Arrays,
+    grads: Arrays,
+    velocities: Arrays | None = None,
+    *,
+    lr: float,
+    momentum: float = 0.0,
+    nesterov: bool = False,
+    weight_decay: float = 0.0,
+    weight_decay_mode: WeightDecayMode = "decoupled",
+    schedule_multiplier: float = 1.0,
+    maximize: bool = False,
+    nonfinite: NonFinite = "ignore",
+    max_grad_norm: float | None = None,
+    loss_scale: float = 1.0,
+) -> StepResult: ...
+def ema_sgd_(
+    params: Arrays,
+    grads: Arrays,
+    buffers: Arrays | None = None,
+    *,
+    lr: float,
+    beta: float,
+    weight_decay: float = 0.0,
+    weight_decay_mode: WeightDecayMode = "coupled",
+    schedule_multiplier: float = 1.0,
+    maximize: bool = False,
+    nonfinite: NonFinite = "ignore",
+    max_grad_norm: float | None = None,
+    loss_scale: float = 1.0,
+) -> StepResult: ...

@@ -4,10 +4,11 @@ Arrays are CUDA arrays: objects with ``__cuda_array_interface__`` or ``__dlpack_
 device (CuPy arrays, PyTorch CUDA tensors), typed ``Any`` since no library's type is required.
 """
 
+from collections.abc import Sequence
 from typing import Any, TypedDict
 
-# (applied, the gradients' norm when clipping else None, 0: no host threads)
-_Outcome = tuple[bool, float | None, int]
+from ._core import StepOutcome
+from ._protocol import Call, Guard
 
 class _Device(TypedDict):
     index: int
@@ -24,13 +25,8 @@ class _Build(TypedDict):
     driver_version: int
     architectures: str
 
-def sgd_steps(
-    calls: list[tuple[Any, ...]] | tuple[tuple[Any, ...], ...],
-    check_finite: bool,
-    max_norm: float | None,
-    loss_scale: float,
-    stream: int,
-) -> _Outcome: ...
-def check_params(params: list[Any] | tuple[Any, ...], first_index: int) -> int: ...
+def sgd_steps(calls: Sequence[Call], grads: Sequence[Any], guard: Guard, outcome: StepOutcome,
+              stream: int) -> None: ...
+def check_params(params: Sequence[Any], first_index: int) -> int: ...
 def devices() -> _Devices: ...
 def build() -> _Build: ...

@@ -10,8 +10,7 @@ becomes a flat ``{name: array}`` mapping that ``np.savez`` writes and
     ckpt = fm.checkpoint.load("ckpt.npz")
     opt.load_state_dict(ckpt["optimizer"])
 
-:func:`convert` moves optimizer state between the torch layout (``b``, no lr inside) and the keras
-layout (``v = -lr*b``). NumPy scalars come back as the Python scalars of equal value;
+NumPy scalars come back as the Python scalars of equal value;
 ``inf``/``nan`` are kept (in Python's JSON dialect).
 
 Integrity. A file that is truncated, has a damaged byte, or has an entry too many or too few is
@@ -44,7 +43,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import numbers
 import os
 import re
 from collections.abc import Mapping
@@ -52,9 +50,7 @@ from typing import Any, Union
 
 import numpy as np
 
-from .optim import BUFFER_KEY
-
-__all__ = ["FORMAT", "array_digest", "convert", "from_arrays", "load", "save", "to_arrays"]
+__all__ = ["FORMAT", "array_digest", "from_arrays", "load", "save", "to_arrays"]
 
 #: The format :func:`save` and :func:`to_arrays` write.
 FORMAT = "fastmomentum-checkpoint/2"
@@ -302,41 +298,15 @@ def load(path: PathLike) -> Any:
                 None if isinstance(e, _Refused) else e)
 
 
-def convert(state_dict: dict[str, Any], style: str) -> dict[str, Any]:
-    """An optimizer state dict moved between the torch and keras buffer layouts, at each group's
-    lr: torch -> keras ``v = -lr*b``; keras -> torch ``b = -v/lr`` (needs lr > 0).
+def __getattr__(name: str) -> Any:
+    # fastmomentum.checkpoint.convert moved to fastmomentum.convert_state_dict (the file format
+    # knows no optimizer conventions); the old name still works, with a warning.
+    if name == "convert":
+        import warnings
 
-    At a constant lr, and without dampening, the two conventions give the same trajectory, so
-    training continues as before (up to rounding) in the other style. The groups' other settings
-    are kept as they are, ``weight_decay_mode`` included (a torch state converted to keras keeps
-    its coupled decay). The ema style has no exact counterpart in the others (its buffer carries
-    the ``1 - beta`` factor), so it is not converted. Arrays are new; ``state_dict`` is not
-    modified.
-    """
-    source = state_dict.get("style", "torch")
-    for name, value in (("the state dict's style", source), ("style", style)):
-        if value not in ("torch", "keras"):
-            raise ValueError(f"{name} must be 'torch' or 'keras' to convert, got {value!r}")
-    lr_of = {}
-    for i, group in enumerate(state_dict["param_groups"]):
-        lr = group["lr"]
-        if isinstance(lr, bool) or not isinstance(lr, numbers.Real):
-            raise ValueError(f"param_groups[{i}] has the lr {lr!r}: convert needs a number")
-        if group.get("dampening", 0) != 0:
-            raise ValueError(f"param_groups[{i}] has dampening: the keras convention has none")
-        lr_of.update(dict.fromkeys(group["params"], float(lr)))
-    old_key, new_key = BUFFER_KEY[source], BUFFER_KEY[style]
-    state = {}
-    for index, entry in state_dict["state"].items():
-        entry = dict(entry)
-        buf = entry.pop(old_key, None)
-        if buf is not None and source != style:
-            lr = lr_of[index]
-            if source == "keras" and lr == 0:
-                raise ValueError(f"cannot recover state[{index}] from a velocity at lr == 0")
-            t = buf.dtype.type
-            buf = buf * t(-lr) if style == "keras" else buf / t(-lr)
-        entry[new_key] = None if buf is None else np.array(buf)
-        state[index] = entry
-    groups = [dict(group) for group in state_dict["param_groups"]]
-    return {**state_dict, "state": state, "param_groups": groups, "style": style}
+        from .optim import convert_state_dict
+
+        warnings.warn("fastmomentum.checkpoint.convert is now fastmomentum.convert_state_dict",
+                      DeprecationWarning, stacklevel=2)
+        return convert_state_dict
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,7 +1,9 @@
 """In-place momentum-SGD steps on lists of NumPy arrays: one fused pass per call.
 
 Every function updates ``params`` (and the buffers) in place and returns a
-:class:`~fastmomentum.guards.StepResult`. All arrays of
+:class:`~fastmomentum.guards.StepResult`. The functions are compiled entry points that take their
+keyword arguments directly (no Python wrapper runs per call); their signatures, types and
+docstrings are those below. All arrays of
 one index must share dtype (float32 or float64) and shape, be C-contiguous and aligned, and the
 written ones writeable; arrays are never copied. Any violation raises ``TypeError`` or
 ``ValueError`` naming the argument and index, and then NO array has been modified.
@@ -33,14 +35,15 @@ costs one read pass over the gradients before the update (one in all when both a
 
 from __future__ import annotations
 
-from typing import Any, Callable, Literal, Optional, Protocol, Union
+from typing import Any, Literal, Protocol, Union
 
 import numpy as np
 from numpy.typing import NDArray
 
 from . import _core
-from ._devices import on_device, steps
-from .guards import APPLIED, UNSCALED, NonFinite, StepResult, checks_finite, result
+from ._backend import device_step
+from ._core import ema_sgd_, keras_sgd_, sgd_
+from .guards import StepResult, nonfinite_error
 
 #: A NumPy array of a dtype the kernels update.
 HostArray = Union[NDArray[np.float32], NDArray[np.float64]]
@@ -62,180 +65,96 @@ Arrays = Union[list[Array], tuple[Array, ...]]
 #: One bool for every array, or one per array (a list or tuple, as for the arrays).
 FirstStep = Union[bool, list[bool], tuple[bool, ...]]
 WeightDecayMode = Literal["coupled", "decoupled", "sgdw"]
-# The 13 positional arguments of the kernel entries ``_core.sgd_step`` and ``sgd_step_guarded``:
-# params, grads, buffers, first_step, style, lr, momentum, dampening, nesterov, weight_decay,
-# weight_decay_mode, schedule_multiplier, maximize.
-_StepArgs = tuple[Arrays, Arrays, Optional[Arrays], FirstStep, Literal["torch", "keras", "ema"],
-                  float, float, float, bool, float, WeightDecayMode, float, bool]
 
-__all__ = ["CudaArray", "ema_sgd_", "keras_sgd_", "sgd_"]
+__all__ = ["Array", "Arrays", "CudaArray", "FirstStep", "HostArray", "WeightDecayMode",
+           "ema_sgd_", "keras_sgd_", "sgd_"]
 
-# The host kernels, typed here to take any arrays: the functions below hand them CUDA arrays too,
-# on purpose, since the host kernel's TypeError is what sends a call to the device path
-# (``_core.pyi`` types what the host kernels accept).
-_host_step: Callable[..., int] = _core.sgd_step
-_host_step_guarded: Callable[..., tuple[bool, float | None, int]] = _core.sgd_step_guarded
+# What the compiled entry points build results and errors from, and ask about device arrays.
+_core._bind(StepResult, nonfinite_error, device_step)
+# They are this module's functions (help(), documentation tools, pickling by name).
+for _entry in (sgd_, keras_sgd_, ema_sgd_):
+    _entry.__module__ = __name__
 
 
-def sgd_(
-    params: Arrays,
-    grads: Arrays,
-    buffers: Arrays | None = None,
-    *,
-    lr: float,
-    momentum: float = 0.0,
-    dampening: float = 0.0,
-    nesterov: bool = False,
-    weight_decay: float = 0.0,
-    weight_decay_mode: WeightDecayMode = "coupled",
-    schedule_multiplier: float = 1.0,
-    maximize: bool = False,
-    first_step: FirstStep = False,
-    nonfinite: NonFinite = "ignore",
-    max_grad_norm: float | None = None,
-    loss_scale: float = UNSCALED,
-) -> StepResult:
-    """One momentum-SGD step in PyTorch's convention (the buffer ``b`` holds no learning rate).
+def _doc(name: str, parameters: str, doc: str) -> None:
+    """Sets an entry point's docstring, after its signature for ``inspect``."""
+    _core._set_doc(name, f"{name}({parameters})\n--\n\n{doc}")
 
-    For each parameter ``p`` with gradient ``g`` and buffer ``b``::
 
-        g <- -g                          if maximize
-        g <- g + wd*p                    if weight_decay_mode == "coupled"    (L2, torch default)
-        p <- p * (1 - lr*wd)             if weight_decay_mode == "decoupled"  (torch AdamW form)
-        p <- p * (1 - s*wd)              if weight_decay_mode == "sgdw"  (s: schedule_multiplier)
-        if momentum != 0:
-            b <- g                       on this array's first step (first_step)
-            b <- momentum*b + (1-dampening)*g   otherwise
-            g <- g + momentum*b          if nesterov, else g <- b
+_doc("sgd_",
+     "params, grads, buffers=None, *, lr, momentum=0.0, dampening=0.0, "
+     "nesterov=False, weight_decay=0.0, weight_decay_mode='coupled', "
+     "schedule_multiplier=1.0, maximize=False, first_step=False, "
+     "nonfinite='ignore', max_grad_norm=None, loss_scale=1.0",
+     """One momentum-SGD step in PyTorch's convention (the buffer ``b`` holds no learning rate).
+
+For each parameter ``p`` with gradient ``g`` and buffer ``b``::
+
+    g <- -g                          if maximize
+    g <- g + wd*p                    if weight_decay_mode == "coupled"    (L2, torch default)
+    p <- p * (1 - lr*wd)             if weight_decay_mode == "decoupled"  (torch AdamW form)
+    p <- p * (1 - s*wd)              if weight_decay_mode == "sgdw"  (s: schedule_multiplier)
+    if momentum != 0:
+        b <- g                       on this array's first step (first_step)
+        b <- momentum*b + (1-dampening)*g   otherwise
+        g <- g + momentum*b          if nesterov, else g <- b
+    p <- p - lr*g
+
+Args:
+    params: parameters, updated in place.
+    grads: gradients, same shapes and dtypes as ``params``; only read.
+    buffers: momentum buffers, updated in place; required when ``momentum != 0`` (start them
+        with ``np.zeros_like(p)``), unused otherwise.
+    lr: learning rate, finite and >= 0.
+    momentum, dampening: in [0, 1]. Nesterov needs ``momentum > 0`` and ``dampening == 0``.
+    weight_decay: finite and >= 0, applied as ``weight_decay_mode`` says.
+    schedule_multiplier: the SGDW schedule multiplier ``s``; used by ``"sgdw"`` only.
+    maximize: ascend instead of descend.
+    first_step: ``True`` where an array takes its first step (PyTorch's ``b <- g`` rule: no
+        dampening on step 1), as one bool or one per array. With the default ``False`` and
+        a zero buffer, step 1 gives ``b = (1-dampening)*g`` (PyTorch's value when dampening
+        is 0).
+    nonfinite, max_grad_norm, loss_scale: the guards (module docstring). ``max_grad_norm``
+        is a number >= 0 (``inf`` measures the norm without clipping); ``loss_scale`` is
+        finite and > 0.
+
+Returns:
+    A :class:`~fastmomentum.guards.StepResult`: whether the step was skipped, and the
+    gradients' norm when ``max_grad_norm`` is given.
+""")
+_doc("keras_sgd_",
+     "params, grads, velocities=None, *, lr, momentum=0.0, nesterov=False, "
+     "weight_decay=0.0, weight_decay_mode='decoupled', "
+     "schedule_multiplier=1.0, maximize=False, nonfinite='ignore', "
+     "max_grad_norm=None, loss_scale=1.0",
+     """One SGD step in Keras' convention (Sutskever et al. 2013: the velocity holds the lr).
+
+For each parameter ``p`` with gradient ``g`` and velocity ``v`` (start with ``v = 0``)::
+
+    p <- p - (p*wd)*lr               if weight_decay_mode == "decoupled"  (Keras' weight_decay)
+    p <- p - (p*wd)*s                if weight_decay_mode == "sgdw"  (s: schedule_multiplier)
+    g <- g + wd*p                    if weight_decay_mode == "coupled"
+    if momentum != 0:
+        v <- momentum*v - lr*g
+        p <- p + momentum*v - lr*g   if nesterov, else p <- p + v
+    else:
         p <- p - lr*g
 
-    Args:
-        params: parameters, updated in place.
-        grads: gradients, same shapes and dtypes as ``params``; only read.
-        buffers: momentum buffers, updated in place; required when ``momentum != 0`` (start them
-            with ``np.zeros_like(p)``), unused otherwise.
-        lr: learning rate, finite and >= 0.
-        momentum, dampening: in [0, 1]. Nesterov needs ``momentum > 0`` and ``dampening == 0``.
-        weight_decay: finite and >= 0, applied as ``weight_decay_mode`` says.
-        schedule_multiplier: the SGDW schedule multiplier ``s``; used by ``"sgdw"`` only.
-        maximize: ascend instead of descend.
-        first_step: ``True`` where an array takes its first step (PyTorch's ``b <- g`` rule: no
-            dampening on step 1), as one bool or one per array. With the default ``False`` and
-            a zero buffer, step 1 gives ``b = (1-dampening)*g`` (PyTorch's value when dampening
-            is 0).
-        nonfinite, max_grad_norm, loss_scale: the guards (module docstring). ``max_grad_norm``
-            is a number >= 0 (``inf`` measures the norm without clipping); ``loss_scale`` is
-            finite and > 0.
+At a constant lr this is the same trajectory as :func:`sgd_` with ``v = -lr*b``; the two split
+when the lr changes. ``velocities`` is required when ``momentum != 0``. ``maximize`` negates g
+first. See :func:`sgd_` for the argument rules, the guards and the result.
+""")
+_doc("ema_sgd_",
+     "params, grads, buffers=None, *, lr, beta, weight_decay=0.0, "
+     "weight_decay_mode='coupled', schedule_multiplier=1.0, maximize=False, "
+     "nonfinite='ignore', max_grad_norm=None, loss_scale=1.0",
+     """One step of EMA momentum, the ``(1 - beta)`` form: start the buffers at zero, then::
 
-    Returns:
-        A :class:`~fastmomentum.guards.StepResult`: whether the step was skipped, and the
-        gradients' norm when ``max_grad_norm`` is given.
-    """
-    # Positional: matching keyword arguments by name would cost ~1 us a call.
-    if nonfinite == "ignore" and max_grad_norm is None and loss_scale is UNSCALED:  # no guard
-        try:
-            _host_step(params, grads, buffers, first_step, "torch", lr, momentum, dampening,
-                       nesterov, weight_decay, weight_decay_mode, schedule_multiplier, maximize)
-            return APPLIED
-        except TypeError:  # the host kernels take NumPy arrays only: maybe CUDA arrays
-            if not on_device(params):
-                raise
-    return _guarded((params, grads, buffers, first_step, "torch", lr, momentum, dampening, nesterov,
-                     weight_decay, weight_decay_mode, schedule_multiplier, maximize),
-                    nonfinite, max_grad_norm, loss_scale)
+    b <- beta*b + (1-beta)*g
+    p <- p - lr*b
 
-
-def keras_sgd_(
-    params: Arrays,
-    grads: Arrays,
-    velocities: Arrays | None = None,
-    *,
-    lr: float,
-    momentum: float = 0.0,
-    nesterov: bool = False,
-    weight_decay: float = 0.0,
-    weight_decay_mode: WeightDecayMode = "decoupled",
-    schedule_multiplier: float = 1.0,
-    maximize: bool = False,
-    nonfinite: NonFinite = "ignore",
-    max_grad_norm: float | None = None,
-    loss_scale: float = UNSCALED,
-) -> StepResult:
-    """One SGD step in Keras' convention (Sutskever et al. 2013: the velocity holds the lr).
-
-    For each parameter ``p`` with gradient ``g`` and velocity ``v`` (start with ``v = 0``)::
-
-        p <- p - (p*wd)*lr               if weight_decay_mode == "decoupled"  (Keras' weight_decay)
-        p <- p - (p*wd)*s                if weight_decay_mode == "sgdw"  (s: schedule_multiplier)
-        g <- g + wd*p                    if weight_decay_mode == "coupled"
-        if momentum != 0:
-            v <- momentum*v - lr*g
-            p <- p + momentum*v - lr*g   if nesterov, else p <- p + v
-        else:
-            p <- p - lr*g
-
-    At a constant lr this is the same trajectory as :func:`sgd_` with ``v = -lr*b``; the two split
-    when the lr changes. ``velocities`` is required when ``momentum != 0``. ``maximize`` negates g
-    first. See :func:`sgd_` for the argument rules, the guards and the result.
-    """
-    if nonfinite == "ignore" and max_grad_norm is None and loss_scale is UNSCALED:  # no guard
-        try:
-            _host_step(params, grads, velocities, False, "keras", lr, momentum, 0.0, nesterov,
-                       weight_decay, weight_decay_mode, schedule_multiplier, maximize)
-            return APPLIED
-        except TypeError:
-            if not on_device(params):
-                raise
-    return _guarded((params, grads, velocities, False, "keras", lr, momentum, 0.0, nesterov,
-                     weight_decay, weight_decay_mode, schedule_multiplier, maximize),
-                    nonfinite, max_grad_norm, loss_scale)
-
-
-def ema_sgd_(
-    params: Arrays,
-    grads: Arrays,
-    buffers: Arrays | None = None,
-    *,
-    lr: float,
-    beta: float,
-    weight_decay: float = 0.0,
-    weight_decay_mode: WeightDecayMode = "coupled",
-    schedule_multiplier: float = 1.0,
-    maximize: bool = False,
-    nonfinite: NonFinite = "ignore",
-    max_grad_norm: float | None = None,
-    loss_scale: float = UNSCALED,
-) -> StepResult:
-    """One step of EMA momentum, the ``(1 - beta)`` form: start the buffers at zero, then::
-
-        b <- beta*b + (1-beta)*g
-        p <- p - lr*b
-
-    It is :func:`sgd_`'s update with ``momentum = dampening = beta`` and no first-step copy (so
-    step 1 gives ``b = (1-beta)*g``, not PyTorch's ``b = g``). Weight decay and ``maximize`` act as
-    in :func:`sgd_`. With ``beta == 0`` it is plain SGD and the buffers are not used. See
-    :func:`sgd_` for the guards and the result.
-    """
-    if nonfinite == "ignore" and max_grad_norm is None and loss_scale is UNSCALED:  # no guard
-        try:
-            _host_step(params, grads, buffers, False, "ema", lr, beta, 0.0, False, weight_decay,
-                       weight_decay_mode, schedule_multiplier, maximize)
-            return APPLIED
-        except TypeError:
-            if not on_device(params):
-                raise
-    return _guarded((params, grads, buffers, False, "ema", lr, beta, 0.0, False, weight_decay,
-                     weight_decay_mode, schedule_multiplier, maximize),
-                    nonfinite, max_grad_norm, loss_scale)
-
-
-def _guarded(args: _StepArgs, nonfinite: NonFinite, max_grad_norm: float | None,
-             loss_scale: float) -> StepResult:
-    """The kernel call of a step with guards, or of any step on CUDA arrays (``args``: sgd_step's
-    13 arguments)."""
-    check = checks_finite(nonfinite)
-    if on_device(args[0]):
-        outcome = steps([(*args, None)], check, max_grad_norm, loss_scale)
-    else:
-        outcome = _host_step_guarded(*args, check, max_grad_norm, loss_scale)
-    return result(outcome, nonfinite, args[1])
+It is :func:`sgd_`'s update with ``momentum = dampening = beta`` and no first-step copy (so
+step 1 gives ``b = (1-beta)*g``, not PyTorch's ``b = g``). Weight decay and ``maximize`` act as
+in :func:`sgd_`. With ``beta == 0`` it is plain SGD and the buffers are not used. See
+:func:`sgd_` for the guards and the result.
+""")

@@ -1,34 +1,43 @@
-"""``SGD``: a ``torch.optim.SGD``-compatible optimizer for NumPy arrays.
+"""``SGD``: a ``torch.optim.SGD``-compatible optimizer for NumPy arrays (and CUDA arrays).
 
 A user who knows ``torch.optim`` knows this API: parameter groups, ``step``, ``state``,
 ``state_dict`` / ``load_state_dict``, and the schedulers of :mod:`fastmomentum.lr_scheduler`. The
 one difference NumPy imposes: arrays have no ``.grad``, so gradients are passed to
 ``step(grads)``.
+
+How a step travels: the optimizer evaluates each group's schedules into a
+:class:`~fastmomentum._protocol.Hyper`, pairs the group's parameters with their buffers (lists it
+keeps between steps, rebuilt when a group, its ``params`` or the state changes), and hands every
+group at once to its backend (:mod:`fastmomentum._backend`), which checks every array and runs
+ONE fused kernel call. The backend records what it did in a ``_core.StepOutcome``; the
+optimizer's bookkeeping follows from that record in a ``finally`` block, so that a step is all or
+nothing even when a ``KeyboardInterrupt`` arrives while the kernels run.
 """
 
 from __future__ import annotations
 
 import contextlib
 import numbers
+import os
 import threading
-from collections.abc import Iterable, Iterator, MutableMapping, Sequence
-from typing import Any, Callable, Literal, Union
+import weakref
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping, Sequence
+from typing import Any, Callable, Literal, NamedTuple, Union
 
 import numpy as np
 
 from . import _core
-from ._devices import check_params as check_device_params
-from ._devices import is_device_array, new_buffer, on_device, to_device_like, to_host
-from ._devices import steps as device_steps
+from ._backend import Backend, backend_for, is_device_array
+from ._protocol import Call, Guard, Hyper
 from .functional import Array, WeightDecayMode
-from .guards import NonFinite, StepResult, checks_finite, nonfinite_error, result
+from .guards import NonFinite, StepResult, nonfinite_error
 
-__all__ = ["SGD", "ArrayState"]
+__all__ = ["SGD", "ArrayState", "convert_state_dict", "group_arrays"]
 
 Style = Literal["torch", "keras", "ema"]
-#: A hyper-parameter: a number, or a schedule (a callable of the step count, e.g. from
-#: :mod:`fastmomentum.schedules`).
-Hyper = Union[float, Callable[[int], float]]
+#: A hyper-parameter that may follow a schedule: a number, or a callable of the step count (e.g.
+#: from :mod:`fastmomentum.schedules`).
+Schedulable = Union[float, Callable[[int], float]]
 
 #: The state key of each style's buffer (PyTorch's name for the torch and ema styles).
 BUFFER_KEY = {"torch": "momentum_buffer", "ema": "momentum_buffer", "keras": "velocity"}
@@ -36,31 +45,101 @@ BUFFER_KEY = {"torch": "momentum_buffer", "ema": "momentum_buffer", "keras": "ve
 _CALLABLE = "callable"
 
 
+class _Entry(dict):  # type: ignore[type-arg]
+    """A parameter's state dict that counts its own changes (into its :class:`ArrayState`'s
+    counter), so that the optimizer sees a buffer replaced or removed without looking."""
+
+    def __init__(self, changes: list[int], items: Mapping[str, Any]) -> None:
+        super().__init__(items)
+        self._changes = changes
+
+    def _changed(self) -> None:
+        self._changes[0] += 1
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        super().__setitem__(key, value)
+        self._changed()
+
+    def __delitem__(self, key: Any) -> None:
+        super().__delitem__(key)
+        self._changed()
+
+    def __ior__(self, other: Any) -> _Entry:  # type: ignore[misc]  # dict's |= returns its type
+        super().__ior__(other)
+        self._changed()
+        return self
+
+    def pop(self, *args: Any) -> Any:
+        self._changed()
+        return super().pop(*args)
+
+    def popitem(self) -> Any:
+        self._changed()
+        return super().popitem()
+
+    def setdefault(self, *args: Any) -> Any:
+        self._changed()
+        return super().setdefault(*args)
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        super().update(*args, **kwargs)
+        self._changed()
+
+    def clear(self) -> None:
+        super().clear()
+        self._changed()
+
+    def __reduce__(self) -> tuple[Any, ...]:  # copies and pickles are plain dicts
+        return (dict, (dict(self),))
+
+
 class ArrayState(MutableMapping[Array, dict[str, Any]]):
     """Per-parameter state keyed by the array itself (by identity: arrays are not hashable), as
-    ``torch.optim`` keys its state by tensor: ``opt.state[w]["momentum_buffer"]``."""
+    ``torch.optim`` keys its state by tensor: ``opt.state[w]["momentum_buffer"]``.
+
+    The entries the optimizer creates count their own changes; a dict you assign
+    (``state[w] = {...}``) is used as it is, and the optimizer then looks it up on every step."""
 
     def __init__(self) -> None:
         self._items: dict[int, tuple[Array, dict[str, Any]]] = {}
-        #: Bumped by every assignment or deletion (the optimizer's step plan depends on the
-        #: entries; edits inside an entry's dict are checked by the plan itself).
-        self.version = 0
+        self._changes = [0]  # bumped by every change of the mapping or of a counted entry
+
+    @property
+    def version(self) -> int:
+        """A number that changes whenever an entry is assigned, deleted, or (for the entries the
+        optimizer made) edited."""
+        return self._changes[0]
 
     def __getitem__(self, param: Array) -> dict[str, Any]:
-        return self._items[id(param)][1]
+        item = self._items.get(id(param))
+        if item is None:
+            raise KeyError(f"no state for this {type(param).__name__}: the state is keyed by the "
+                           "parameter object itself (not a view or a copy of it), and a parameter "
+                           "has none before its first step with momentum")
+        return item[1]
 
     def __setitem__(self, param: Array, value: dict[str, Any]) -> None:
         self._items[id(param)] = (param, value)
-        self.version += 1
+        self._changes[0] += 1
 
     def __delitem__(self, param: Array) -> None:
         del self._items[id(param)]
-        self.version += 1
+        self._changes[0] += 1
+
+    def counted(self, param: Array, items: Mapping[str, Any]) -> dict[str, Any]:
+        """Assign ``param`` a new entry with ``items`` that counts its own changes."""
+        entry = _Entry(self._changes, items)
+        self[param] = entry
+        return entry
 
     def entry(self, param: Array) -> dict[str, Any] | None:
         """``param``'s state dict, or ``None`` when it has none."""
         item = self._items.get(id(param))
         return None if item is None else item[1]
+
+    def is_counted(self, entry: Any) -> bool:
+        """Whether ``entry`` is one of this state's self-counting entries."""
+        return isinstance(entry, _Entry) and entry._changes is self._changes
 
     def __iter__(self) -> Iterator[Array]:
         return (param for param, _ in self._items.values())
@@ -70,6 +149,54 @@ class ArrayState(MutableMapping[Array, dict[str, Any]]):
 
     def __repr__(self) -> str:
         return f"ArrayState({len(self)} parameters)"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # By parameter, not by id: a copy (or an unpickled one) has new parameters, and pickle's
+        # memo makes them the same objects as in the copied optimizer's groups.
+        return (_rebuild_state, ([(p, dict(e)) for p, e in self._items.values()],))
+
+
+def _rebuild_state(items: list[tuple[Array, dict[str, Any]]]) -> ArrayState:
+    state = ArrayState()
+    for param, entry in items:
+        state.counted(param, entry)
+    return state
+
+
+class _GroupLists(NamedTuple):
+    """What a step hands the kernels for one group, kept between steps."""
+
+    group: dict[str, Any]  # the group dict
+    params: list[Any] | tuple[Any, ...]  # its "params" object
+    snapshot: tuple[Any, ...]  # that list's items when these lists were made
+    buffers: list[Any]  # each parameter's buffer, or None
+    missing: list[int]  # positions without a buffer
+    first_index: int
+
+
+class _Lists(NamedTuple):
+    """Every group's lists, valid while the state and the groups are as they were."""
+
+    state: ArrayState
+    version: int
+    groups: list[_GroupLists]
+    total: int
+    counted: bool  # every entry in use counts its changes (else rebuilt at every step)
+
+
+# Live optimizers, for the fork handler below (a set of weak references: it keeps none alive).
+_OPTIMIZERS: weakref.WeakSet[SGD] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # A child forked while a thread of the parent was inside a step inherits that step's lock
+    # held, and no thread to release it; the child has one thread, so every lock is free now.
+    for opt in list(_OPTIMIZERS):
+        opt._busy = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class SGD:
@@ -101,9 +228,12 @@ class SGD:
             defaults.
         lr, momentum, dampening, weight_decay, nesterov, maximize: PyTorch's meaning and defaults.
             Validation is PyTorch's, stricter where PyTorch accepts nonsense (momentum and
-            dampening in [0, 1], finite values). ``lr``, ``momentum`` and ``schedule_multiplier``
-            may be schedules: callables of the step count (:attr:`iterations`, 0 on the first
-            step), e.g. from :mod:`fastmomentum.schedules`.
+            dampening in [0, 1], finite values, real bools): the same parser as the functional
+            steps, at construction, in :meth:`add_param_group` and :meth:`load_state_dict`, and at
+            every step (so a group edited between steps is checked too). ``lr``, ``momentum`` and
+            ``schedule_multiplier`` may be schedules: callables of the step count
+            (:attr:`iterations`, 0 on the first step), e.g. from :mod:`fastmomentum.schedules`,
+            whose values must be real numbers.
         style: ``"torch"``, ``"keras"`` or ``"ema"``, for the whole optimizer.
         weight_decay_mode: ``"coupled"``, ``"decoupled"`` or ``"sgdw"``; default ``"coupled"``
             (``"decoupled"`` for the keras style).
@@ -144,14 +274,17 @@ class SGD:
 
     One thread at a time: a call of :meth:`step`, :meth:`load_state_dict` or
     :meth:`add_param_group` while another thread is inside one of them raises ``RuntimeError``
-    and changes nothing. Different optimizers step in parallel (the kernels release the GIL).
+    and changes nothing. Different optimizers step in parallel (the kernels release the GIL). A
+    child process made by ``fork()`` can step its copy whatever the parent's threads were doing.
+    ``copy.deepcopy`` and ``pickle`` copy an optimizer with its parameters and state (its
+    schedules must be picklable for ``pickle``).
     """
 
     def __init__(
         self,
         params: Iterable[Array | dict[str, Any]],
-        lr: Hyper = 1e-3,
-        momentum: Hyper = 0.0,
+        lr: Schedulable = 1e-3,
+        momentum: Schedulable = 0.0,
         dampening: float = 0.0,
         weight_decay: float = 0.0,
         nesterov: bool = False,
@@ -159,14 +292,11 @@ class SGD:
         maximize: bool = False,
         style: Style = "torch",
         weight_decay_mode: WeightDecayMode | None = None,
-        schedule_multiplier: Hyper | None = None,
+        schedule_multiplier: Schedulable | None = None,
         nonfinite: NonFinite = "ignore",
         max_grad_norm: float | None = None,
         max_consecutive_skips: int | None = 10,
     ) -> None:
-        if isinstance(params, np.ndarray) or is_device_array(params):
-            raise TypeError("params argument given to the optimizer should be an iterable of "
-                            f"arrays or dicts, but got {type(params).__name__} (wrap it: [w])")
         if style not in BUFFER_KEY:
             raise ValueError(f"style must be 'torch', 'keras' or 'ema', got {style!r}")
         self.style: Style = style
@@ -179,8 +309,7 @@ class SGD:
         self.param_groups: list[dict[str, Any]] = []
         self.state = ArrayState()
         self.iterations: int = 0
-        # The kernel's own parser checks the guard (a step of no calls).
-        _core.sgd_steps([], checks_finite(nonfinite), max_grad_norm, 1.0)
+        _core.check_guard(Guard(nonfinite, max_grad_norm, 1.0, None))
         if max_consecutive_skips is not None and (
                 not isinstance(max_consecutive_skips, numbers.Integral)
                 or isinstance(max_consecutive_skips, bool) or max_consecutive_skips < 0):
@@ -192,33 +321,23 @@ class SGD:
         self.skipped_steps = 0
         self.consecutive_skips = 0
         self._busy = threading.Lock()  # held by the method that is running; never waited for
-        # The fast path of step(): a _core.StepPlan and the state (object, version) it was made
-        # from; see _step_with_plan.
-        self._plan: Any = None
-        self._plan_made_from: tuple[ArrayState, int] | None = None
-        #: Whether the parameters are CUDA arrays (the first one decides; the kernels' checks
-        #: reject the others unless they are on the same GPU).
-        self.on_device = False
+        self._lists: _Lists | None = None
 
-        items = list(params)
-        if not items:
-            raise ValueError("optimizer got an empty parameter list")
-        # Each run of bare arrays forms a group with the defaults, each dict a group of its own.
-        groups: list[dict[str, Any]] = []
-        run: list[Any] | None = None  # the params of the group of bare arrays being collected
-        for item in items:
-            if isinstance(item, dict):
-                groups.append(item)
-                run = None
-            elif run is None:
-                run = [item]
-                groups.append({"params": run})
-            else:
-                run.append(item)
+        groups = group_arrays(params)
+        first = next((g["params"][0] for g in groups if g["params"]), None)
+        #: Where the arrays live: the host, or a CUDA device (the first array decides; the
+        #: kernels' checks reject any other array not on the same device).
+        self._backend: Backend = backend_for(first)
         seen: set[int] = set()
         for group in groups:
             self._add(group, seen)
-        self._check_params(self._params(), 0)  # once for all: no two share memory
+        self._backend.check_params(self._params(), 0)  # once for all: no two share memory
+        _OPTIMIZERS.add(self)
+
+    @property
+    def on_device(self) -> bool:
+        """Whether the parameters are CUDA arrays."""
+        return self._backend.on_device
 
     # -- parameter groups -------------------------------------------------------------------
 
@@ -227,7 +346,7 @@ class SGD:
         with self._exclusive("add_param_group"):
             self._add(param_group, {id(p) for p in self._params()})
             try:
-                self._check_params(self._params(), 0)
+                self._backend.check_params(self._params(), 0)
             except ValueError:
                 self.param_groups.pop()
                 raise
@@ -237,8 +356,7 @@ class SGD:
         """Runs the body unless another thread is inside step(), load_state_dict() or
         add_param_group(): two steps at once would race on the same buffers."""
         if not self._busy.acquire(blocking=False):
-            raise RuntimeError(f"{method}() called while this optimizer is already running in "
-                               "another thread; step one optimizer from one thread at a time")
+            raise _busy_error(method)
         try:
             yield
         finally:
@@ -246,61 +364,53 @@ class SGD:
 
     def _add(self, param_group: dict[str, Any], seen: set[int]) -> None:
         """Append a group after checking it; ``seen`` holds the ids of the parameters so far."""
-        if not isinstance(param_group, dict):
-            raise TypeError(f"param_group must be a dict, got {type(param_group).__name__}")
-        params = param_group["params"]
-        if isinstance(params, np.ndarray) or is_device_array(params):
-            params = [params]
-        elif isinstance(params, set):
-            raise TypeError("optimizer parameters need to be organized in ordered collections, "
-                            "but the ordering of sets is not deterministic; use a list")
-        group = {**self.defaults, **param_group, "params": list(params)}
-        if not self.param_groups:
-            self.on_device = on_device(group["params"])
-        self._check_params(group["params"], len(seen))
+        group = {**self.defaults, **param_group, "params": _params_list(param_group)}
+        self._backend.check_params(group["params"], len(seen))
         ids = {id(p) for p in group["params"]}
         if len(ids) != len(group["params"]) or not ids.isdisjoint(seen):
             raise ValueError("some parameters appear in more than one parameter group")
-        # PyTorch's constructor rule for Nesterov, for a constant momentum (a schedule may pass
-        # through 0: while it is 0 a step is plain SGD, as in PyTorch).
-        values = self._values(group, self.iterations)
-        if group["nesterov"] and not callable(group["momentum"]):
-            values = (*values[:4], True, *values[5:])
-        _core.check_hyper(*values)
+        # PyTorch's constructor rule: Nesterov needs a momentum (a schedule may pass through 0,
+        # and while it is 0 a step is plain SGD, as in PyTorch).
+        _core.check_hyper(self._hyper(group, self.iterations, constructing=True)[0])
         self.param_groups.append(group)
         seen |= ids
 
-    def _params(self) -> list[np.ndarray]:
+    def _params(self) -> list[Any]:
         return [p for g in self.param_groups for p in g["params"]]
-
-    def _check_params(self, params: list[Any], first_index: int) -> None:
-        """The kernels' checks of parameters (types, layout, no shared memory; one GPU)."""
-        (check_device_params if self.on_device else _core.check_params)(params, first_index)
 
     # -- stepping ---------------------------------------------------------------------------
 
-    def _values(self, group: dict[str, Any], step: int) -> tuple[Any, ...]:
-        """The group's hyper-parameters at ``step``, schedules evaluated, in sgd_step's order."""
-        lr = _evaluate(group["lr"], step)
-        momentum = _evaluate(group["momentum"], step)
-        s = self._schedule_multiplier(group, lr, step) if group["weight_decay_mode"] == "sgdw" \
-            else 1.0
-        return (self.style, lr, momentum, group["dampening"],
-                group["nesterov"] and momentum != 0, group["weight_decay"],
-                group["weight_decay_mode"], s, group["maximize"])
+    def _hyper(self, group: dict[str, Any], step: int, constructing: bool = False
+               ) -> tuple[Hyper, bool]:
+        """The group's hyper-parameters at ``step``, schedules evaluated, and whether it has
+        momentum. Values are passed as they are, for the kernels' parser to check, except what
+        the step must compute with here (lr and momentum, and the SGDW multiplier)."""
+        lr = _real(_evaluate(group["lr"], step, "lr"), "lr")
+        momentum = _real(_evaluate(group["momentum"], step, "momentum"), "momentum")
+        nesterov = group["nesterov"]
+        # While the momentum is 0 a step is plain SGD (PyTorch's step ignores nesterov then);
+        # a constant momentum of 0 with nesterov is still refused where PyTorch refuses it.
+        if momentum == 0.0 and (nesterov is True or nesterov is np.True_) and not (
+                constructing and not callable(group["momentum"])):
+            nesterov = False
+        s = self._schedule_multiplier(group, lr, step) \
+            if group["weight_decay_mode"] == "sgdw" else 1.0
+        hyper = _new_hyper((self.style, lr, momentum, group["dampening"], nesterov,
+                            group["weight_decay"], group["weight_decay_mode"], s,
+                            group["maximize"]))
+        return hyper, momentum != 0.0
 
     @staticmethod
-    def _schedule_multiplier(group: dict[str, Any], lr: Any, step: int) -> Any:
+    def _schedule_multiplier(group: dict[str, Any], lr: float, step: int) -> Any:
         s = group["schedule_multiplier"]
         if s is not None:
-            return _evaluate(s, step)
+            return _evaluate(s, step, "schedule_multiplier")
         scheduled = callable(group["lr"]) or "initial_lr" in group
-        base = _evaluate(group["lr"], 0) if callable(group["lr"]) else group.get("initial_lr", lr)
-        if not isinstance(lr, numbers.Real) or not isinstance(base, numbers.Real):
-            return lr  # not numbers: let the kernel's check report the lr
+        base = _real(_evaluate(group["lr"], 0, "lr") if callable(group["lr"])
+                     else group.get("initial_lr", lr), "initial_lr")
         if base:
             return lr / base
-        if scheduled and group["weight_decay"]:
+        if scheduled and _real(group["weight_decay"], "weight_decay"):
             # lr / 0: a schedule that starts at 0 (a warm-up) has no multiplier to scale by.
             raise ValueError("weight_decay_mode='sgdw' scales the decay by lr / initial_lr, but "
                              "the lr schedule starts at 0; pass schedule_multiplier (a number or "
@@ -326,117 +436,129 @@ class SGD:
         Returns a :class:`~fastmomentum.guards.StepResult`: whether the step was skipped
         (``nonfinite="skip"``), and the gradients' global norm when ``max_grad_norm`` is set.
 
-        After the first step, the parameters and buffers are not checked again in full: a plan
-        made by the previous step holds them, and a step re-checks only what can have changed
-        (the arrays' fields, the groups' lists, the state's entries) before the gradients.
+        A step is all or nothing: once the kernels have run, the optimizer's record of it (new
+        buffers, :attr:`iterations`, the skip counters) is complete before any exception,
+        a ``KeyboardInterrupt`` included, leaves this method.
         """
-        with self._exclusive("step"):
-            return self._step(grads, loss_scale)
+        # The lock by hand, not through _exclusive: a context manager costs a step ~1 us.
+        if not self._busy.acquire(blocking=False):
+            raise _busy_error("step")
+        try:
+            return self._apply(grads, _new_guard((self.nonfinite, self.max_grad_norm, loss_scale,
+                                                  None)))
+        finally:
+            self._busy.release()
 
-    def _step(self, grads: Sequence[Array | None], loss_scale: float) -> StepResult:
-        """:meth:`step`'s body, for a caller that holds the lock (the distributed optimizers
-        reduce the gradients first, under the same lock)."""
-        if not isinstance(grads, (list, tuple)):  # as fm.functional: an array's rows are not grads
-            raise TypeError(f"grads must be a list or tuple, got {type(grads).__module__}."
-                            f"{type(grads).__name__} (one gradient per parameter; wrap a single "
-                            "gradient as [g])")
-        total = sum(len(g["params"]) for g in self.param_groups)
-        if len(grads) != total:
-            raise ValueError(f"step() got {len(grads)} gradients for {total} parameters")
-        hypers = [self._values(group, self.iterations) for group in self.param_groups]
-        guard = (checks_finite(self.nonfinite), self.max_grad_norm, loss_scale)
-        outcome = self._step_with_plan(grads, hypers, guard)
-        if outcome is None:
-            outcome = self._step_in_full(grads, hypers, guard)
-            self._make_plan()
-        if not outcome[0]:
-            return self._skipped(outcome, grads)
-        self.iterations += 1
-        self.consecutive_skips = 0
-        return result(outcome, self.nonfinite, grads)
-
-    def _skipped(self, outcome: tuple[bool, float | None, int], grads: Sequence[Any]
-                 ) -> StepResult:
-        """A step that a non-finite gradient stopped (nothing was modified): counted, or an
-        error when ``nonfinite="raise"`` or after too many in a row."""
-        limit = self.max_consecutive_skips
-        if self.nonfinite == "skip" and limit is not None and self.consecutive_skips >= limit:
+    def _apply(self, grads: Sequence[Array | None], guard: Guard,
+               reported: Sequence[Any] | None = None) -> StepResult:
+        """:meth:`step`'s body under ``guard``, for a caller that holds the lock (the
+        distributed optimizers reduce the gradients first, and may bring their statistics).
+        ``reported``: the gradients that an error about a non-finite one names (default
+        ``grads``; the distributed optimizers name their caller's)."""
+        lists = self._current_lists()
+        _check_grads(grads, lists.total)
+        step = self.iterations
+        calls: list[Call] = []
+        created: list[tuple[_GroupLists, list[int], list[Any]]] = []
+        for gl in lists.groups:
+            hyper, has_momentum = self._hyper(gl.group, step)
+            if not has_momentum:
+                calls.append(_new_call((gl.snapshot, None, False, hyper, gl.first_index)))
+                continue
+            buffers: list[Any] = gl.buffers
+            first: bool | list[bool] = False
+            need = [i for i in gl.missing if grads[gl.first_index + i] is not None] \
+                if gl.missing else None
+            if need:  # first steps: new buffers, kept only if the step is applied
+                new = self._backend.new_buffers([gl.snapshot[i] for i in need],
+                                                zero=self.style != "torch")
+                buffers = list(buffers)
+                for i, buf in zip(need, new):
+                    buffers[i] = buf
+                created.append((gl, need, new))
+                if self.style == "torch":  # PyTorch's first step: b <- g
+                    first = [False] * len(buffers)
+                    for i in need:
+                        first[i] = True
+            calls.append(_new_call((gl.snapshot, buffers, first, hyper, gl.first_index)))
+        over_limit = self._skip_limit_reached()
+        outcome = _core.StepOutcome()
+        try:
+            self._backend.steps(calls, grads, guard, outcome)
+        finally:
+            if outcome.ran:  # the kernels decided: record it, whatever is being raised
+                self._record(outcome.applied, guard.nonfinite, over_limit, lists, created)
+        named = grads if reported is None else reported
+        if not outcome.applied and over_limit:
+            limit = int(self.max_consecutive_skips or 0)  # set: over_limit
             raise FloatingPointError(
                 f"{limit + 1} consecutive steps have non-finite gradients (max_consecutive_skips="
-                f"{limit}); this one was not applied either") from nonfinite_error(grads)
-        skipped = result(outcome, self.nonfinite, grads)  # raises for nonfinite="raise"
-        self.skipped_steps += 1
-        self.consecutive_skips += 1
-        return skipped
+                f"{limit}); this one was not applied either") from nonfinite_error(named)
+        result: StepResult = outcome.result(named)  # raises for nonfinite="raise"
+        return result
 
-    def _make_plan(self) -> None:
-        """A plan for the next steps, or none when the optimizer's state cannot be planned (e.g.
-        a group's ``params`` is not a list, or a buffer no step uses now is invalid): the steps
-        then take the full path, which reports such problems when they matter."""
-        self._plan, self._plan_made_from = None, None
-        if self.on_device:  # plans hold NumPy arrays; a device step checks everything anyway
-            return
-        try:
-            self._plan = _core.StepPlan(
-                self.param_groups,
-                [[self.state.entry(p) for p in g["params"]] for g in self.param_groups],
-                self.style, BUFFER_KEY[self.style])
-        except (TypeError, ValueError):
-            return
-        self._plan_made_from = (self.state, self.state.version)
+    def _skip_limit_reached(self) -> bool:
+        limit = self.max_consecutive_skips
+        return self.nonfinite == "skip" and limit is not None and self.consecutive_skips >= limit
 
-    def _step_with_plan(self, grads: Sequence[Array | None], hypers: list[tuple[Any, ...]],
-                        guard: tuple[bool, float | None, float]) -> Any:
-        """The fast path: the kernel's outcome, or None (nothing done) when there is no plan, or
-        it is out of date."""
-        made_from = self._plan_made_from
-        if made_from is None or made_from[0] is not self.state \
-                or made_from[1] != self.state.version:
-            return None
-        return self._plan.step(self.param_groups, grads, hypers, *guard)
+    def _record(self, applied: bool, nonfinite: str, over_limit: bool, lists: _Lists,
+                created: list[tuple[_GroupLists, list[int], list[Any]]]) -> None:
+        """The optimizer's record of a decided step: a few assignments, no call that could
+        fail."""
+        if applied:
+            key = BUFFER_KEY[self.style]
+            for gl, need, new in created:
+                for i, buf in zip(need, new):
+                    entry = self.state.entry(gl.snapshot[i])
+                    if entry is None:
+                        self.state.counted(gl.snapshot[i], {key: buf})
+                    else:
+                        entry[key] = buf
+                    gl.buffers[i] = buf
+                gl.missing[:] = [i for i in gl.missing if gl.buffers[i] is None]
+            if created and self._lists is lists:  # still the state's, with the buffers just made
+                self._lists = lists._replace(version=self.state.version)
+            self.iterations += 1
+            self.consecutive_skips = 0
+        elif nonfinite == "skip" and not over_limit:
+            self.skipped_steps += 1
+            self.consecutive_skips += 1
 
-    def _step_in_full(self, grads: Sequence[Array | None], hypers: list[tuple[Any, ...]],
-                      guard: tuple[bool, float | None, float]) -> Any:
-        """The general path: checks everything and creates the buffers that are missing (kept
-        only when the step was applied); returns the kernel's outcome."""
+    def _current_lists(self) -> _Lists:
+        """The kept lists if the state and the groups are as when they were made, else new."""
+        lists = self._lists
+        if lists is not None and lists.counted and lists.state is self.state \
+                and lists.version == self.state.version \
+                and len(lists.groups) == len(self.param_groups):
+            for gl, group in zip(lists.groups, self.param_groups):
+                if group is not gl.group or group.get("params") is not gl.params \
+                        or not _core.same_items(gl.params, gl.snapshot):
+                    break
+            else:
+                return lists
+        self._lists = lists = self._make_lists()
+        return lists
+
+    def _make_lists(self) -> _Lists:
         key = BUFFER_KEY[self.style]
-        calls, created = [], []
-        index = 0
-        for group, values in zip(self.param_groups, hypers):
-            has_momentum = values[2] != 0
-            params: list[Any] = []  # NumPy or CUDA arrays, as ``self.on_device`` says
-            group_grads: list[Array] = []
-            buffers: list[np.ndarray | None] = []
-            first: list[bool] = []
-            indices: list[int] = []
-            new: list[int] = []  # positions in params that need a new buffer
-            for p in group["params"]:
-                g = grads[index]
-                if g is not None:
-                    buf = None
-                    if has_momentum:
-                        entry = self.state.entry(p)
-                        buf = None if entry is None else entry.get(key)
-                        if buf is None:
-                            new.append(len(params))
-                    params.append(p)
-                    group_grads.append(g)
-                    buffers.append(buf)
-                    first.append(buf is None and has_momentum and self.style == "torch")
-                    indices.append(index)
-                index += 1
-            new_buffers = _new_device_buffers if self.on_device else _new_buffers
-            for i, buf in zip(new, new_buffers([params[i] for i in new], self.style)):
-                buffers[i] = buf
-                created.append((params[i], buf))
-            if params:
-                calls.append((params, group_grads, buffers if has_momentum else None, first,
-                              *values, indices))
-        outcome = (device_steps if self.on_device and calls else _core.sgd_steps)(calls, *guard)
-        if outcome[0]:  # only after a successful update
-            for p, buf in created:
-                self.state.setdefault(p, {})[key] = buf
-        return outcome
+        groups: list[_GroupLists] = []
+        counted, index = True, 0
+        for group in self.param_groups:
+            params = group["params"]
+            if not isinstance(params, (list, tuple)):
+                raise TypeError(f"param_groups[{len(groups)}]['params'] must be a list, got "
+                                f"{type(params).__name__}")
+            snapshot = tuple(params)
+            buffers = []
+            for p in snapshot:
+                entry = self.state.entry(p)
+                if entry is not None and not self.state.is_counted(entry):
+                    counted = False
+                buffers.append(None if entry is None else entry.get(key))
+            missing = [i for i, b in enumerate(buffers) if b is None]
+            groups.append(_GroupLists(group, params, snapshot, buffers, missing, index))
+            index += len(snapshot)
+        return _Lists(self.state, self.state.version, groups, index, counted)
 
     # -- checkpoints ------------------------------------------------------------------------
 
@@ -459,9 +581,10 @@ class SGD:
             saved = {k: _describe(v) for k, v in group.items() if k != "params"}
             saved["params"] = []
             for p in group["params"]:
-                if p in self.state:
-                    state[index] = {k: to_host(v) if self.on_device and is_device_array(v) else v
-                                    for k, v in self.state[p].items()}
+                entry = self.state.entry(p)
+                if entry is not None:
+                    state[index] = {k: self._backend.to_host(v) if is_device_array(v) else v
+                                    for k, v in entry.items()}
                 saved["params"].append(index)
                 index += 1
             groups.append(saved)
@@ -472,60 +595,109 @@ class SGD:
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore ``state_dict()``'s content, or a ``torch.optim.SGD`` one (with NumPy arrays
         for its tensors; missing group keys take this optimizer's defaults). Buffers are copied
-        into new arrays of the parameters' dtype. Everything is checked first: on an error,
-        nothing changes."""
+        into new arrays of the parameters' dtype. Everything is checked first, with the rules of
+        the constructor and a step: on an error, nothing changes."""
         with self._exclusive("load_state_dict"):
             self._load(state_dict)
 
     def _load(self, state_dict: dict[str, Any]) -> None:
+        loaded = self._read_state_dict(state_dict, [g["params"] for g in self.param_groups])
+        new_state = ArrayState()
+        for param, buffer in loaded.buffers:
+            new_state.counted(param, {} if buffer is _NO_BUFFER else
+                              {BUFFER_KEY[self.style]: self._backend.from_host(buffer, param)})
+        self._install(loaded, new_state)
+
+    def _read_state_dict(self, state_dict: Any, params: list[list[Any]]) -> _LoadedState:
+        """Everything ``state_dict`` holds, checked against this optimizer's rules as
+        ``params`` (per group) would be stepped: the restored groups, each parameter's buffer as
+        a host array of its shape (or :data:`_NO_BUFFER` for an entry without one), the
+        counters. Changes nothing."""
+        if not isinstance(state_dict, dict):
+            raise TypeError(f"state_dict must be a dict, got {type(state_dict).__name__}")
         style = state_dict.get("style", "torch")
         if style != self.style:
             raise ValueError(f"the state dict is of style {style!r} but this optimizer's is "
-                             f"{self.style!r}; convert it with fastmomentum.checkpoint.convert")
+                             f"{self.style!r}; convert it with fastmomentum.convert_state_dict")
         counters = {name: state_dict.get(name, 0)
                     for name in ("iterations", "skipped_steps", "consecutive_skips")}
         for name, value in counters.items():
-            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 0:
+            if not _is_index(value):
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
-        iterations = counters["iterations"]
+        iterations = int(counters["iterations"])
         saved_groups = state_dict["param_groups"]
-        if len(saved_groups) != len(self.param_groups):
+        if not isinstance(saved_groups, (list, tuple)) or len(saved_groups) != len(params):
             raise ValueError("loaded state dict has a different number of parameter groups")
         new_groups, saved_order = [], []
-        for i, (group, saved) in enumerate(zip(self.param_groups, saved_groups)):
-            if len(saved["params"]) != len(group["params"]):
+        for i, (group, group_params, saved) in enumerate(zip(self.param_groups, params,
+                                                             saved_groups)):
+            if not isinstance(saved, dict) or not isinstance(saved.get("params"), (list, tuple)):
+                raise ValueError(f"param_groups[{i}] must be a dict with a list 'params'")
+            if len(saved["params"]) != len(group_params):
                 raise ValueError("loaded state dict contains a parameter group that doesn't match "
                                  "the size of optimizer's group")
+            for index in saved["params"]:
+                if not _is_index(index):
+                    raise ValueError(f"param_groups[{i}]['params'] holds {index!r}: parameter "
+                                     "indices must be integers >= 0")
             restored = {k: _restore(v, group.get(k), f"param_groups[{i}][{k!r}]")
                         for k, v in saved.items() if k != "params"}
             new_group = {**self.defaults, **restored, "params": group["params"]}
-            _core.check_hyper(*self._values(new_group, int(iterations)))
+            _core.check_hyper(self._hyper(new_group, iterations)[0])
             new_groups.append(new_group)
             saved_order += [int(s) for s in saved["params"]]
         if sorted(saved_order) != list(range(len(saved_order))):
             raise ValueError("the state dict's parameter indices are not 0..n-1, each once")
-        param_at = dict(zip(saved_order, self._params()))
+        param_at = dict(zip(saved_order, (p for group_params in params for p in group_params)))
         key = BUFFER_KEY[self.style]
-        new_state = ArrayState()
-        for saved_index, entry in state_dict["state"].items():
-            p = param_at.get(int(saved_index))
-            if p is None or not isinstance(entry, dict):
-                raise ValueError(f"state entry {saved_index!r} is not a dict for a parameter "
-                                 "of the groups")
+        saved_state = state_dict["state"]
+        if not isinstance(saved_state, dict):
+            raise ValueError(f"the state dict's 'state' must be a dict, got "
+                             f"{type(saved_state).__name__}")
+        buffers: list[tuple[Any, Any]] = []
+        for saved_index, entry in saved_state.items():
+            p = param_at.get(saved_index) if _is_index(saved_index) else None
+            if p is None:
+                raise ValueError(f"state[{saved_index!r}]: the key must be the index of a "
+                                 f"parameter of the groups (an int from 0 to {len(param_at) - 1})")
+            if not isinstance(entry, dict):
+                raise ValueError(f"state[{saved_index}] must be a dict, got "
+                                 f"{type(entry).__name__}")
+            unknown = sorted(set(entry) - {key}, key=repr)
+            if unknown:
+                raise ValueError(f"state[{saved_index}] holds {unknown}, which a {self.style!r}-"
+                                 f"style SGD does not use (its buffer is {key!r}); convert a "
+                                 "state dict of another style with "
+                                 "fastmomentum.convert_state_dict")
             buf = entry.get(key)
-            if buf is not None:
-                buf = np.asarray(to_host(buf) if is_device_array(buf) else buf)
-                if buf.shape != tuple(p.shape):
-                    raise ValueError(f"state[{saved_index}][{key!r}] has shape {buf.shape} but "
-                                     f"its parameter has shape {tuple(p.shape)}")
-                buf = to_device_like(buf, p) if self.on_device else \
-                    np.array(buf, dtype=p.dtype, order="C", copy=True)
-            new_state[p] = {**entry, key: buf}
-        self.param_groups[:] = new_groups
-        self.state = new_state
-        self.iterations = int(iterations)
-        self.skipped_steps = int(counters["skipped_steps"])
-        self.consecutive_skips = int(counters["consecutive_skips"])
+            buffers.append((p, _NO_BUFFER if buf is None else
+                            _host_buffer(buf, p, f"state[{saved_index}][{key!r}]")))
+        return _LoadedState(new_groups, buffers, iterations, int(counters["skipped_steps"]),
+                            int(counters["consecutive_skips"]))
+
+    def _install(self, loaded: _LoadedState, state: ArrayState) -> None:
+        """Make a checked state dict's content this optimizer's (assignments only)."""
+        self.param_groups[:] = loaded.groups
+        self.state = state
+        self.iterations = loaded.iterations
+        self.skipped_steps = loaded.skipped_steps
+        self.consecutive_skips = loaded.consecutive_skips
+
+    # -- copies -----------------------------------------------------------------------------
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        for name in ("_busy", "_lists", "_backend"):
+            state.pop(name, None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._busy = threading.Lock()
+        self._lists = None
+        params = self._params()
+        self._backend = backend_for(params[0] if params else None)
+        _OPTIMIZERS.add(self)
 
     def __repr__(self) -> str:
         lines = [f"SGD (style={self.style!r}, iterations={self.iterations})"]
@@ -536,32 +708,124 @@ class SGD:
         return "\n".join(lines)
 
 
-def _new_buffers(params: list[np.ndarray], style: Style) -> list[np.ndarray]:
-    """Buffers for ``params``: views into ONE block per dtype, in order, so that parameters that
-    are adjacent in memory (e.g. a :class:`fastmomentum.flat.FlatGroup`) get adjacent buffers and
-    the kernel updates them as one span. The torch style's first step writes them (``b <- g``);
-    the others start from zero."""
-    out: list[np.ndarray] = [np.empty(0)] * len(params)
-    for dtype in {p.dtype for p in params}:
-        chosen = [i for i, p in enumerate(params) if p.dtype == dtype]
-        total = sum(params[i].size for i in chosen)
-        block = np.empty(total, dtype) if style == "torch" else np.zeros(total, dtype)
-        offset = 0
-        for i in chosen:
-            size = params[i].size
-            out[i] = block[offset:offset + size].reshape(params[i].shape)
-            offset += size
-    return out
+def group_arrays(params: Iterable[Any]) -> list[dict[str, Any]]:
+    """An optimizer's ``params`` argument as parameter groups (PyTorch's rules, and: each run of
+    bare arrays forms a group with the defaults, each dict a group of its own), each group a new
+    dict whose ``"params"`` is a new list."""
+    if isinstance(params, np.ndarray) or is_device_array(params):
+        raise TypeError("params argument given to the optimizer should be an iterable of "
+                        f"arrays or dicts, but got {type(params).__name__} (wrap it: [w])")
+    items = list(params)
+    if not items:
+        raise ValueError("optimizer got an empty parameter list")
+    groups: list[dict[str, Any]] = []
+    run: list[Any] | None = None  # the params of the group of bare arrays being collected
+    for item in items:
+        if isinstance(item, dict):
+            groups.append({**item, "params": _params_list(item)})
+            run = None
+        elif run is None:
+            run = [item]
+            groups.append({"params": run})
+        else:
+            run.append(item)
+    return groups
 
 
-def _new_device_buffers(params: list[Any], style: Style) -> list[Any]:
-    """Buffers for CUDA ``params``, on their device, made by their library (the torch style's
-    first step writes them whole; the others start from zero)."""
-    return [new_buffer(p, zero=style != "torch") for p in params]
+def _params_list(param_group: Any) -> list[Any]:
+    """A group dict's ``"params"`` as a new list (one array alone is a list of one)."""
+    if not isinstance(param_group, dict):
+        raise TypeError(f"param_group must be a dict, got {type(param_group).__name__}")
+    params = param_group["params"]
+    if isinstance(params, np.ndarray) or is_device_array(params):
+        return [params]
+    if isinstance(params, set):
+        raise TypeError("optimizer parameters need to be organized in ordered collections, "
+                        "but the ordering of sets is not deterministic; use a list")
+    return list(params)
 
 
-def _evaluate(value: Hyper, step: int) -> Any:
-    return float(value(step)) if callable(value) else value
+def _busy_error(method: str) -> RuntimeError:
+    return RuntimeError(f"{method}() called while this optimizer is already running in another "
+                        "thread; step one optimizer from one thread at a time")
+
+
+# The protocol's tuples, made without their NamedTuple constructors' Python frames (a step makes
+# a few per group): tuple.__new__(Type, values), values in field order.
+def _new_hyper(values: tuple[Any, ...]) -> Hyper:
+    return tuple.__new__(Hyper, values)
+
+
+def _new_call(values: tuple[Any, ...]) -> Call:
+    return tuple.__new__(Call, values)
+
+
+def _new_guard(values: tuple[Any, ...]) -> Guard:
+    return tuple.__new__(Guard, values)
+
+
+# A state entry without a buffer (kept as an empty entry on load).
+_NO_BUFFER: Any = object()
+
+
+class _LoadedState(NamedTuple):
+    """A state dict's content, checked (SGD._read_state_dict)."""
+
+    groups: list[dict[str, Any]]
+    buffers: list[tuple[Any, Any]]  # (parameter, its buffer as a host array, or _NO_BUFFER)
+    iterations: int
+    skipped_steps: int
+    consecutive_skips: int
+
+
+def _host_buffer(buf: Any, param: Any, where: str) -> np.ndarray:
+    """A saved buffer as a host array: it must be an array of real floating-point numbers (NumPy,
+    or a device array) of its parameter's shape."""
+    if is_device_array(buf):
+        buf = backend_for(buf).to_host(buf)
+    if not isinstance(buf, np.ndarray):
+        raise TypeError(f"{where} must be a NumPy array, got {type(buf).__name__}")
+    if buf.dtype.kind != "f":
+        raise TypeError(f"{where} has dtype {buf.dtype}; a buffer must hold real floating-point "
+                        "numbers")
+    if buf.shape != tuple(param.shape):
+        raise ValueError(f"{where} has shape {buf.shape} but its parameter has shape "
+                         f"{tuple(param.shape)}")
+    return buf
+
+
+def _check_grads(grads: Any, total: int) -> None:
+    """A step's gradients: a list or tuple with one entry per parameter."""
+    if not isinstance(grads, (list, tuple)):  # as fm.functional: an array's rows are not grads
+        raise TypeError(f"grads must be a list or tuple, got {type(grads).__module__}."
+                        f"{type(grads).__name__} (one gradient per parameter; wrap a single "
+                        "gradient as [g])")
+    if len(grads) != total:
+        raise ValueError(f"step() got {len(grads)} gradients for {total} parameters")
+
+
+def _is_index(value: Any) -> bool:
+    """An int >= 0 (a NumPy integer too), never a bool or a float."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)) \
+        and int(value) >= 0
+
+
+def _real(value: Any, name: str) -> float:
+    """``value`` as a float by the kernels' own rules (``_core``'s parser: a real number, never a
+    bool, a complex, a str or an array)."""
+    return value if type(value) is float else float(_core.real(value, name))
+
+
+def _evaluate(value: Any, step: int, name: str) -> Any:
+    """A hyper-parameter at ``step``: a schedule's value there (which must be a real number), or
+    the value itself."""
+    if not callable(value):
+        return value
+    out = value(step)
+    try:
+        return _real(out, name)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"the {name} schedule returned {out!r} at step {step}: {e}") from None
 
 
 def _describe(value: Any) -> Any:
@@ -587,3 +851,43 @@ def _restore(saved: Any, current: Any, where: str) -> Any:
         raise ValueError(f"{where} was the callable {saved[_CALLABLE]!r}, which cannot be saved; "
                          "pass it to the optimizer's constructor again before loading")
     return saved
+
+
+def convert_state_dict(state_dict: dict[str, Any], style: str) -> dict[str, Any]:
+    """An optimizer state dict moved between the torch and keras buffer layouts, at each group's
+    lr: torch -> keras ``v = -lr*b``; keras -> torch ``b = -v/lr`` (needs lr > 0).
+
+    At a constant lr, and without dampening, the two conventions give the same trajectory, so
+    training continues as before (up to rounding) in the other style. The groups' other settings
+    are kept as they are, ``weight_decay_mode`` included (a torch state converted to keras keeps
+    its coupled decay). The ema style has no exact counterpart in the others (its buffer carries
+    the ``1 - beta`` factor), so it is not converted. Arrays are new; ``state_dict`` is not
+    modified.
+    """
+    source = state_dict.get("style", "torch")
+    for name, value in (("the state dict's style", source), ("style", style)):
+        if value not in ("torch", "keras"):
+            raise ValueError(f"{name} must be 'torch' or 'keras' to convert, got {value!r}")
+    lr_of = {}
+    for i, group in enumerate(state_dict["param_groups"]):
+        lr = group["lr"]
+        if isinstance(lr, bool) or not isinstance(lr, numbers.Real):
+            raise ValueError(f"param_groups[{i}] has the lr {lr!r}: convert needs a number")
+        if group.get("dampening", 0) != 0:
+            raise ValueError(f"param_groups[{i}] has dampening: the keras convention has none")
+        lr_of.update(dict.fromkeys(group["params"], float(lr)))
+    old_key, new_key = BUFFER_KEY[source], BUFFER_KEY[style]
+    state = {}
+    for index, entry in state_dict["state"].items():
+        entry = dict(entry)
+        buf = entry.pop(old_key, None)
+        if buf is not None and source != style:
+            lr = lr_of[index]
+            if source == "keras" and lr == 0:
+                raise ValueError(f"cannot recover state[{index}] from a velocity at lr == 0")
+            t = buf.dtype.type
+            buf = buf * t(-lr) if style == "keras" else buf / t(-lr)
+        entry[new_key] = None if buf is None else np.array(buf)
+        state[index] = entry
+    groups = [dict(group) for group in state_dict["param_groups"]]
+    return {**state_dict, "state": state, "param_groups": groups, "style": style}

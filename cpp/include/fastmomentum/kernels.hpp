@@ -31,11 +31,6 @@ struct Launch {
 using KernelFn = int (*)(const TensorRef* tensors, std::size_t count, const Hyper& hyper,
                          const Launch& launch);
 
-// The bandwidth reference `p += scale*g; b += scale*g` (every tensor has a buffer); returns the
-// number of threads that ran.
-using ReferenceFn = int (*)(const TensorRef* tensors, std::size_t count, double scale,
-                            const Launch& launch);
-
 // The gradient statistics of a step's guards, in one read pass over the gradients. The sum of
 // squares is taken over fixed blocks of kNormBlock elements of the tensors' concatenated range,
 // each block in a fixed summation order, so it is the same on every ISA and thread count, and
@@ -43,6 +38,10 @@ using ReferenceFn = int (*)(const TensorRef* tensors, std::size_t count, double 
 // block's sum of g*g (in double), ceil(total / kNormBlock) of them. Returns whether every element
 // is finite.
 inline constexpr std::int64_t kNormBlock = 4096;
+// Each block is summed in kNormLanes running sums, element i in lane i % kNormLanes, combined
+// pairwise: the order every device (CPU and CUDA) writes out, so the sums are the same bits.
+inline constexpr int kNormLanes = 16;
+static_assert(kNormBlock % kNormLanes == 0, "lanes restart with each block");
 using GradStatsFn = bool (*)(const TensorRef* tensors, std::size_t count, double* block_sums,
                              const Launch& launch);
 
@@ -50,8 +49,6 @@ struct KernelSet {
     const char* isa;  // set by the ISA object itself, so a mis-wired table is visible
     KernelFn f32;
     KernelFn f64;
-    ReferenceFn rmw_f32;
-    ReferenceFn rmw_f64;
     GradStatsFn stats_f32;
     GradStatsFn stats_f64;
 };

@@ -70,6 +70,13 @@ FM_HOST_DEVICE inline bool scales_grad(const Coeffs<T>& k) {
     return k.grad_scale != T(1) || k.one_minus_dampening != T(1);
 }
 
+// Keras 3's decoupled decay, p - (p*wd)*scale, each operation rounded in the array's dtype. The
+// bindings check with this same function that a call's coefficients cannot flip a sign.
+template <class T>
+FM_HOST_DEVICE inline T keras_decayed(const T p, const Coeffs<T>& k) {
+    return p - p * k.weight_decay * k.decay_scale;
+}
+
 // Which buffer form a tensor uses this step. `first_step` matters only to the torch convention.
 FM_HOST_DEVICE inline Form form_of(const Hyper& h, bool first_step) {
     if (h.momentum == 0.0) return Form::plain;
@@ -84,7 +91,7 @@ FM_HOST_DEVICE inline void update(T& p, T& b, const T g, const Coeffs<T>& k) {
     T d = ScaleGrad ? k.grad_scale * g : g;         // unscaled, clipped, sign flipped: first
     if constexpr (D == Decay::coupled) d = d + k.weight_decay * p;         // g + wd*p
     if constexpr (D == Decay::keep) p = p * k.decay_keep;                  // before the step
-    if constexpr (D == Decay::keras) p = p - p * k.weight_decay * k.decay_scale;
+    if constexpr (D == Decay::keras) p = keras_decayed(p, k);
 
     if constexpr (F == Form::plain) {
         p = p - k.lr * d;
@@ -167,15 +174,6 @@ inline constexpr double kClipEpsilon = 1e-6;
 FM_HOST_DEVICE inline double clip_coefficient(const double max_norm, const double norm) {
     const double c = max_norm / (norm + kClipEpsilon);
     return (c < 1.0 || c != c) ? c : 1.0;
-}
-
-// Not an update: the benchmarks' bandwidth reference, the update's memory traffic (read p, g, b;
-// write p, b) with the least arithmetic. Its time is the floor the update is measured against.
-template <class T>
-FM_HOST_DEVICE inline void rmw_reference(T& p, T& b, const T g, const T s) {
-    const T sg = s * g;
-    p = p + sg;
-    b = b + sg;
 }
 
 }  // namespace FM_ISA

@@ -17,8 +17,10 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .. import _core
-from .._devices import is_device_array
+from .._backend import is_device_array
+from .._protocol import Guard
 from ..functional import Array
+from ..optim import _check_grads
 
 
 class Place(NamedTuple):
@@ -75,11 +77,10 @@ class FlatGrads:
     def load(self, grads: Sequence[Array | None], loss_scale: float) -> None:
         """Copy ``grads`` (one per parameter, in order) into the views, after checking each (a
         gradient that IS its view stays): every parameter needs a gradient on every rank (the
-        reduction has a fixed layout). ``loss_scale`` is checked here too (the kernel's own
-        check of a step of no calls), so that a bad step raises before any communication."""
-        _core.sgd_steps([], False, None, loss_scale)
-        if len(grads) != len(self.views):
-            raise ValueError(f"step() got {len(grads)} gradients for {len(self.views)} parameters")
+        reduction has a fixed layout). ``loss_scale`` is checked here too (by the kernels' own
+        parser), so that a bad step raises before any communication."""
+        _core.check_guard(Guard(loss_scale=loss_scale))
+        _check_grads(grads, len(self.views))
         for i, (g, view) in enumerate(zip(grads, self.views)):
             if g is None:
                 raise ValueError(

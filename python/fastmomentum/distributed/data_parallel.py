@@ -9,9 +9,10 @@ from typing import Any
 from mpi4py import MPI
 from numpy.typing import NDArray
 
+from .._protocol import Guard
 from ..functional import Array, HostArray
 from ..guards import StepResult
-from ..optim import BUFFER_KEY, SGD, Hyper
+from ..optim import BUFFER_KEY, SGD, Schedulable
 from ._collectives import SumReducer, check_comm, check_same_everywhere
 from ._layout import FlatGrads
 
@@ -71,8 +72,8 @@ class DistributedSGD(SGD):
         self,
         comm: MPI.Intracomm,
         params: Iterable[HostArray | dict[str, Any]],
-        lr: Hyper = 1e-3,
-        momentum: Hyper = 0.0,
+        lr: Schedulable = 1e-3,
+        momentum: Schedulable = 0.0,
         dampening: float = 0.0,
         weight_decay: float = 0.0,
         nesterov: bool = False,
@@ -138,4 +139,5 @@ class DistributedSGD(SGD):
             self._grads.load(grads, loss_scale)
             for bucket in self._buckets:
                 self._reducer.allreduce(bucket)
-            return self._step(self._grads.views, loss_scale * self.comm.size)
+            guard = Guard(self.nonfinite, self.max_grad_norm, loss_scale * self.comm.size, None)
+            return self._apply(self._grads.views, guard, reported=grads)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import bisect
-import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -11,9 +10,11 @@ import numpy as np
 from mpi4py import MPI
 from numpy.typing import NDArray
 
+from .. import _core
+from .._protocol import Guard
 from ..functional import Array, HostArray
-from ..guards import StepResult, checks_finite, result
-from ..optim import BUFFER_KEY, SGD, ArrayState, Hyper, _new_buffers
+from ..guards import StepResult
+from ..optim import BUFFER_KEY, SGD, ArrayState, Schedulable, group_arrays
 from ._collectives import SumReducer, allgather, check_comm, check_same_everywhere
 from ._layout import FlatGrads, Place, shard_bounds
 
@@ -24,32 +25,36 @@ class ShardedSGD(SGD):
     """:class:`fastmomentum.SGD` over MPI ranks with the optimizer state sharded (ZeRO stage 1):
     the parameters of each dtype, flattened in order into one vector, are cut into ``n =
     comm.size`` contiguous shards (sizes differ by at most one element; a shard may be empty), and
-    rank ``r`` keeps the momentum buffers of its shard only: state memory per rank is the total
-    divided by ``n``. One step, with ``g_r`` rank ``r``'s gradients::
+    rank ``r`` is an ``fm.SGD`` over its shard: views of the parameters' own memory (no copy), with
+    the momentum buffers of those views only, so state memory per rank is the total divided by
+    ``n``. One step, with ``g_r`` rank ``r``'s gradients::
 
         s <- the shard r of (g_0 + g_1 + ... + g_{n-1})       MPI_Reduce_scatter
         p <- the fm.SGD update of the shard r of p with g = s * (1 / (n * loss_scale))
         p <- the updated shards of every rank                  MPI_Allgatherv
 
-    The update is ``fm.SGD``'s, on views of the parameters' own memory (no copy of the shard), in
-    ONE kernel call; the element-wise update does not depend on how the elements are split, so
-    with ``deterministic=True`` (rank-order sums, as :class:`DistributedSGD`'s) the parameters are
-    bit for bit those of ``fm.SGD`` and of ``DistributedSGD``. Communication per rank and step:
-    ``(n-1)/n`` of the gradients' bytes in the reduce-scatter and of the parameters' in the
-    all-gather, as much as one ring all-reduce. Memory per rank: the parameters, one flat gradient
-    buffer as large as the parameters (it receives the all-gather too), and ``1/n`` of the state.
+    The update is ``fm.SGD``'s, in ONE kernel call; the element-wise update does not depend on
+    how the elements are split, so with ``deterministic=True`` (rank-order sums, as
+    :class:`DistributedSGD`'s) the parameters are bit for bit those of ``fm.SGD`` and of
+    ``DistributedSGD``. Communication per rank and step: ``(n-1)/n`` of the gradients' bytes in
+    the reduce-scatter and of the parameters' in the all-gather, as much as one ring all-reduce.
+    Memory per rank: the parameters, one flat gradient buffer as large as the parameters (it
+    receives the all-gather too), and ``1/n`` of the state.
 
     Args:
         comm, params, lr, momentum, dampening, weight_decay, nesterov, deterministic, **options:
             as :class:`DistributedSGD` (every option of ``fm.SGD``; the constructor checks the
-            replicas are identical). ``max_grad_norm`` and ``nonfinite`` use the global norm of
-            the averaged gradients: ``‖g‖₂ = sqrt(Σ_shards Σ s²) / (n * loss_scale)``, the float64
-            sums of squares of the shards added with ``MPI_Allreduce`` (one extra read of the
-            shard and one 8-byte message; equal to ``fm.SGD``'s norm up to rounding). A gradient
-            sum whose square overflows float64 (beyond ~1e154) reads as non-finite.
+            replicas are identical). ``max_grad_norm`` and ``nonfinite`` act on the averaged
+            gradients of every shard: each rank measures its shard with the kernels' statistics
+            pass (``_core.grad_stats``), one ``MPI_Allreduce`` adds the sums of squares and ANDs
+            the finiteness, and the kernel applies fm.SGD's clipping (and non-finite rule) to that
+            global norm, ``‖g‖₂ = sqrt(Σ_shards Σ s²) / (n * loss_scale)``: every rank decides
+            the same, and the norm equals ``fm.SGD``'s up to the rounding of the sum's order.
 
-    ``state`` is empty: a rank's buffers are views of its shard. ``state_dict()`` (collective)
-    gathers them into ``fm.SGD``'s layout, the same full dict on every rank (save it from one);
+    As an ``fm.SGD``, its ``param_groups`` hold this rank's shard of each group (1-D views of the
+    parameters; a group may hold none), and ``state`` their buffers; :attr:`params` are the
+    model's parameters. ``state_dict()`` (collective) gathers the buffers into ``fm.SGD``'s
+    layout over :attr:`params`, the same full dict on every rank (save it from one);
     ``load_state_dict`` takes such a dict, from any world size or from ``fm.SGD`` /
     ``DistributedSGD``, and keeps this rank's shard of it. Parameter groups are fixed at
     construction (``add_param_group`` raises: the shards would move).
@@ -59,8 +64,8 @@ class ShardedSGD(SGD):
         self,
         comm: MPI.Intracomm,
         params: Iterable[HostArray | dict[str, Any]],
-        lr: Hyper = 1e-3,
-        momentum: Hyper = 0.0,
+        lr: Schedulable = 1e-3,
+        momentum: Schedulable = 0.0,
         dampening: float = 0.0,
         weight_decay: float = 0.0,
         nesterov: bool = False,
@@ -70,19 +75,20 @@ class ShardedSGD(SGD):
     ) -> None:
         self.comm: MPI.Intracomm = check_comm(comm)
         self._reducer: SumReducer = SumReducer(self.comm, deterministic)
-        super().__init__(params, lr, momentum, dampening, weight_decay, nesterov, **options)
-        check_same_everywhere(self.comm, self.param_groups)
-        params_list = self._params()
-        self._grads = FlatGrads(params_list)
+        groups = group_arrays(params)
+        #: The model's parameters, in order over the groups (the optimizer steps their shards).
+        self.params: list[NDArray[Any]] = [p for g in groups for p in g["params"]]
+        self._grads = FlatGrads(self.params)
         world, rank = self.comm.size, self.comm.rank
         self._bounds = {dtype: shard_bounds(flat.size, world)
                         for dtype, flat in self._grads.flats.items()}
         # This rank's piece of each parameter that meets its shard: (place, piece of the
         # parameter, piece of its gradient), as views of the parameter's and the flat memory.
         self._pieces: list[tuple[Place, NDArray[Any], NDArray[Any]]] = []
-        inner_groups: list[dict[str, Any]] = []
+        shard_groups: list[dict[str, Any]] = []
+        self._group_sizes: list[int] = []  # parameters per group (over all ranks)
         index = 0
-        for group in self.param_groups:
+        for group in groups:
             views = []
             for p in group["params"]:
                 place = self._grads.places[index]
@@ -100,10 +106,19 @@ class ShardedSGD(SGD):
                     self._pieces.append((place._replace(start=start, stop=stop), piece, grad))
                     views.append(piece)
                 index += 1
-            inner_groups.append({**group, "params": views})
-        # The optimizer of this rank's shard: fm.SGD itself, on views, its guards off (step()
-        # applies them from the global norm).
-        self._shard = SGD(inner_groups, style=self.style)
+            shard_groups.append({**group, "params": views})
+            self._group_sizes.append(len(group["params"]))
+        super().__init__(shard_groups, lr, momentum, dampening, weight_decay, nesterov, **options)
+        self._piece_grads = [grad for _, _, grad in self._pieces]
+        check_same_everywhere(self.comm, self._full_groups())
+
+    def _full_groups(self) -> list[dict[str, Any]]:
+        """The groups with their hyper-parameters and the model's parameters (not the shards)."""
+        out, start = [], 0
+        for group, size in zip(self.param_groups, self._group_sizes):
+            out.append({**group, "params": self.params[start:start + size]})
+            start += size
+        return out
 
     @property
     def deterministic(self) -> bool:
@@ -126,7 +141,7 @@ class ShardedSGD(SGD):
     def state_nbytes(self) -> int:
         """Bytes of this rank's momentum buffers (its shard's)."""
         key = BUFFER_KEY[self.style]
-        return sum(entry[key].nbytes for entry in self._shard.state.values()
+        return sum(entry[key].nbytes for entry in self.state.values()
                    if entry.get(key) is not None)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -136,45 +151,30 @@ class ShardedSGD(SGD):
                                   "would move the shards; create it with all its groups")
 
     def step(self, grads: Sequence[Array | None], *, loss_scale: float = 1.0) -> StepResult:
-        """Reduce-scatter ``grads`` (this rank's, one per parameter in order, all present), update
-        this rank's shard, all-gather the parameters (collective). Returns the result of
-        :meth:`fastmomentum.SGD.step`, the same on every rank."""
+        """Reduce-scatter ``grads`` (this rank's, one per parameter of :attr:`params` in order,
+        all present), update this rank's shard, all-gather the parameters (collective). Returns
+        the result of :meth:`fastmomentum.SGD.step`, the same on every rank."""
         with self._exclusive("step"):
             self._grads.load(grads, loss_scale)
             for dtype, flat in self._grads.flats.items():
                 self._reducer.reduce_scatter(flat, self._bounds[dtype])
-            scale = loss_scale * self.comm.size
-            norm = None
-            if self.max_grad_norm is not None or checks_finite(self.nonfinite):
-                norm = self._global_norm() / scale
-                if not math.isfinite(norm) and checks_finite(self.nonfinite):
-                    outcome = (False, norm if self.max_grad_norm is not None else None, 0)
-                    return self._skipped(outcome, grads)
-                if self.max_grad_norm is not None:
-                    # fm.SGD's clip coefficient, min(1, max_norm / (norm + 1e-6)), folded into
-                    # the gradients' scale factor.
-                    scale /= min(1.0, self.max_grad_norm / (norm + 1e-6))
-            for inner, group in zip(self._shard.param_groups, self.param_groups):
-                inner.update((k, v) for k, v in group.items() if k != "params")
-            self._shard.iterations = self.iterations
-            self._shard._step([grad for _, _, grad in self._pieces], scale)
-            self._gather_params()
-            self.iterations += 1
-            self.consecutive_skips = 0
-            return result((True, norm if self.max_grad_norm is not None else None, 0),
-                          self.nonfinite, grads)
-
-    def _global_norm(self) -> float:
-        """``sqrt(Σ s²)`` over every rank's reduced shard, summed in float64."""
-        local = sum(float(np.einsum("i,i->", grad, grad, dtype=np.float64))
-                    for _, _, grad in self._pieces)
-        return math.sqrt(self.comm.allreduce(local, op=MPI.SUM))
+            stats = None
+            if self.max_grad_norm is not None or self.nonfinite != "ignore":
+                finite, sum_squares = _core.grad_stats(self._piece_grads)
+                # One message: the sums of squares, and the number of non-finite shards.
+                both = np.array([sum_squares, 0.0 if finite else 1.0])
+                self.comm.Allreduce(MPI.IN_PLACE, both, op=MPI.SUM)
+                stats = (bool(both[1] == 0.0), float(both[0]))
+            guard = Guard(self.nonfinite, self.max_grad_norm, loss_scale * self.comm.size, stats)
+            result = self._apply(self._piece_grads, guard, reported=grads)
+            if not result.skipped:
+                self._gather_params()
+            return result
 
     def _gather_params(self) -> None:
         """Every rank's updated shard into every rank's parameters, through the flat buffers."""
         if self.comm.size == 1:
             return  # the one shard is all the parameters, updated in place
-        params = self._params()
         for _, piece, grad in self._pieces:
             np.copyto(grad, piece)  # this rank's shard, in place of its gradient sums
         rank = self.comm.rank
@@ -182,7 +182,7 @@ class ShardedSGD(SGD):
             allgather(self.comm, flat, self._bounds[dtype])
         for place in self._grads.places:
             lo, hi = self._bounds[place.dtype][rank:rank + 2]
-            flat, p = self._grads.flats[place.dtype], params[place.param].reshape(-1)
+            flat, p = self._grads.flats[place.dtype], self.params[place.param].reshape(-1)
             # The parts outside this rank's shard (its own part is already in place).
             for start, stop in ((place.start, min(place.stop, lo)),
                                 (max(place.start, hi), place.stop)):
@@ -190,15 +190,14 @@ class ShardedSGD(SGD):
                     p[start - place.start:stop - place.start] = flat[start:stop]
 
     def state_dict(self) -> dict[str, Any]:
-        """``fm.SGD.state_dict()``'s layout with the full buffers, gathered from the shards
-        (collective; the same on every rank; fresh arrays)."""
+        """``fm.SGD.state_dict()``'s layout over :attr:`params`, with the full buffers gathered
+        from the shards (collective; the same on every rank; fresh arrays)."""
         key = BUFFER_KEY[self.style]
         mine = {place.param for place, piece, _ in self._pieces
-                if (self._shard.state.entry(piece) or {}).get(key) is not None}
+                if (self.state.entry(piece) or {}).get(key) is not None}
         present = set().union(*self.comm.allgather(mine))
         for _, piece, grad in self._pieces:
-            entry = self._shard.state.entry(piece)
-            buf = None if entry is None else entry.get(key)
+            buf = (self.state.entry(piece) or {}).get(key)
             if buf is None:
                 grad.fill(0)
             else:
@@ -206,28 +205,37 @@ class ShardedSGD(SGD):
         for dtype, flat in self._grads.flats.items():
             allgather(self.comm, flat, self._bounds[dtype])
         saved = SGD.state_dict(self)
-        params = self._params()
+        start = 0
+        for group, size in zip(saved["param_groups"], self._group_sizes):
+            group["params"] = list(range(start, start + size))
+            start += size
+        saved["state"] = {}
         for place in self._grads.places:
             if place.param in present:
                 buf = self._grads.flats[place.dtype][place.start:place.stop]
-                saved["state"][place.param] = {key: buf.reshape(params[place.param].shape).copy()}
+                saved["state"][place.param] = {
+                    key: buf.reshape(self.params[place.param].shape).copy()}
         return saved
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a full state dict (``state_dict()``'s, ``fm.SGD``'s or ``DistributedSGD``'s, from
-        any world size), keeping this rank's shard of the buffers. Checked as ``fm.SGD`` checks."""
+        any world size), keeping this rank's shard of the buffers. Checked as ``fm.SGD`` checks
+        (against :attr:`params`): on an error, nothing changes."""
         with self._exclusive("load_state_dict"):
-            self._load(state_dict)  # the full buffers, checked, in self.state
+            full = [group["params"] for group in self._full_groups()]
+            loaded = self._read_state_dict(state_dict, full)
+            buffer_of = {id(p): buf for p, buf in loaded.buffers}
             key = BUFFER_KEY[self.style]
-            params = self._params()
-            loaded = [(place, piece) for place, piece, _ in self._pieces
-                      if (self.state.entry(params[place.param]) or {}).get(key) is not None]
             shard_state = ArrayState()
-            for (place, piece), buf in zip(loaded, _new_buffers([p for _, p in loaded],
-                                                                self.style)):
-                full = self.state[params[place.param]][key].reshape(-1)
-                offset = self._grads.places[place.param].start
-                np.copyto(buf, full[place.start - offset:place.stop - offset])
-                shard_state[piece] = {key: buf}
-            self._shard.state = shard_state
-            self.state = ArrayState()
+            for place, piece, _ in self._pieces:
+                full_buffer = buffer_of.get(id(self.params[place.param]))
+                if full_buffer is None:
+                    continue
+                entry: dict[str, Any] = {}
+                if isinstance(full_buffer, np.ndarray):  # not the marker of an empty entry
+                    offset = self._grads.places[place.param].start
+                    entry[key] = np.array(full_buffer.reshape(-1)[place.start - offset:
+                                                                  place.stop - offset],
+                                          dtype=piece.dtype, order="C", copy=True)
+                shard_state.counted(piece, entry)
+            self._install(loaded, shard_state)  # its groups hold the shards' views, as now

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._config import show_config
+from ..._config import show_config
 from .._outputs import check_plot_path
 from .._progress import Progress
 from . import report

@@ -3,8 +3,8 @@
 An implementation takes :data:`STEPS` steps on a fresh copy of a problem of the same structure
 (dtype, layout, update) as the timed one, capped at ``max_elements`` elements in all, under the
 thread count of the timing; then its params and buffers must match the reference, the same steps
-of :func:`fastmomentum.numpy_baseline.sgd_inplace_` (plain NumPy in the arrays' dtype, checked bit
-for bit against the transcribed PyTorch formula by the tests), with
+of :func:`fastmomentum.commands.bench.numpy_baseline.sgd_inplace_` (plain NumPy in the arrays'
+dtype, checked bit for bit against the transcribed PyTorch formula by the tests), with
 ``np.testing.assert_allclose(rtol=RTOL[dtype], atol=RTOL[dtype] * max|reference|)``. The ``atol``
 covers elements whose value cancels to near zero (``b = m*b + d``), where a correctly rounded
 alternative order of operations or an FMA (torch's kernel) differs by an ulp of the operands,
@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..numpy_baseline import sgd_inplace_
+from .numpy_baseline import sgd_inplace_
 from .peers import Builder
 from .problems import RTOL, Hyper, Layout, Problem, make_layout_problem
 
@@ -30,8 +30,8 @@ REFERENCE_CACHE_BYTES = 256 * 2**20
 
 
 def reference_steps(problem: Problem, hyper: Hyper) -> Problem:
-    """:data:`STEPS` steps of :func:`~fastmomentum.numpy_baseline.sgd_inplace_` on a copy of
-    ``problem``: what every implementation must match."""
+    """:data:`STEPS` steps of :func:`~fastmomentum.commands.bench.numpy_baseline.sgd_inplace_` on a
+    copy of ``problem``: what every implementation must match."""
     result = problem.copy()
     for p, g, b in zip(result.params, result.grads, result.buffers):
         scratch = [np.empty_like(p) for _ in range(2 if hyper.nesterov else 1)]

@@ -1,24 +1,19 @@
-#include "step_call.hpp"
+#include "host_step.hpp"
 
 #include <algorithm>
-#include <cstdint>
 #include <optional>
+#include <vector>
 
 #include "fastmomentum/cpu_features.hpp"
 #include "fastmomentum/threads.hpp"
-#include "hyper_args.hpp"
+#include "host_arrays.hpp"
 
 namespace fastmomentum::bindings {
-
-Call prepare(py::handle params, py::handle grads, py::handle buffers, py::handle first_step,
-             const Hyper& h, py::handle indices, std::vector<CheckedArray>& arrays) {
-    return prepare_call(params, grads, buffers, first_step, h, indices, arrays, &check_array);
-}
-
 namespace {
 
 // Each block's sum of squares, for the norm. One per Python thread that steps, grown as needed
-// and kept: a step in steady state allocates nothing.
+// and kept: a step in steady state allocates nothing. (Filled and summed with no Python code in
+// between, so a step on the same thread cannot interleave.)
 std::vector<double>& block_sums(std::int64_t blocks) {
     thread_local std::vector<double> sums;
     if (sums.size() < static_cast<std::size_t>(blocks)) sums.resize(static_cast<std::size_t>(blocks));
@@ -31,7 +26,7 @@ std::int64_t blocks_of(const std::vector<TensorRef>& tensors) {
     return (total + kNormBlock - 1) / kNormBlock;
 }
 
-// One dtype's statistics pass (run_calls' `stats`), on the active ISA's kernels.
+// One dtype's statistics pass (run_updates' `stats`), on the active ISA's kernels.
 bool measure_gradients(const KernelSet& kernels, const Launch& launch,
                        const std::vector<TensorRef>& list, Dtype dtype, double* sum_squares) {
     const GradStatsFn stats = dtype == Dtype::f32 ? kernels.stats_f32 : kernels.stats_f64;
@@ -43,30 +38,50 @@ bool measure_gradients(const KernelSet& kernels, const Launch& launch,
     return finite;
 }
 
+std::int64_t elements_of(const Step& step) {
+    std::int64_t elements = 0;
+    for (const Update& u : step.updates)
+        for (const auto* list : {&u.f32, &u.f64})
+            for (const TensorRef& t : *list) elements += t.size;
+    return elements;
+}
+
 }  // namespace
 
-Outcome run(const Call* calls, std::size_t count, const Guard& guard) {
+Outcome run_on_host(const Step& step, const Guard& guard) {
     const KernelSet& kernels = active_kernels();
     const Launch launch = current_launch();
-    std::int64_t elements = 0;
-    for (std::size_t i = 0; i < count; ++i)
-        for (const auto* list : {&calls[i].f32, &calls[i].f64})
-            for (const TensorRef& t : *list) elements += t.size;
     // Like NumPy, keep the GIL for a kernel shorter than releasing and re-taking it.
     std::optional<py::gil_scoped_release> release;
-    if (elements >= kReleaseGilElements) release.emplace();
-    return run_calls(
-        calls, count, guard,
+    if (elements_of(step) >= kReleaseGilElements) release.emplace();
+    return run_updates(
+        step.updates, guard,
         [&](const std::vector<TensorRef>& list, Dtype dtype, double* sum_squares) {
             return measure_gradients(kernels, launch, list, dtype, sum_squares);
         },
-        [&](const Call& c, const Hyper& h) {
+        [&](const Update& u, const Hyper& h) {
             int threads = 0;
-            if (!c.f32.empty()) threads = kernels.f32(c.f32.data(), c.f32.size(), h, launch);
-            if (!c.f64.empty())
-                threads = std::max(threads, kernels.f64(c.f64.data(), c.f64.size(), h, launch));
+            if (!u.f32.empty()) threads = kernels.f32(u.f32.data(), u.f32.size(), h, launch);
+            if (!u.f64.empty())
+                threads = std::max(threads, kernels.f64(u.f64.data(), u.f64.size(), h, launch));
             return threads;
         });
+}
+
+GradStats measure_on_host(const Step& step) {
+    const KernelSet& kernels = active_kernels();
+    const Launch launch = current_launch();
+    std::optional<py::gil_scoped_release> release;
+    if (elements_of(step) >= kReleaseGilElements) release.emplace();
+    GradStats out{true, 0.0};
+    for (const Update& u : step.updates)
+        for (const Dtype dtype : {Dtype::f32, Dtype::f64}) {
+            const std::vector<TensorRef>& list = dtype == Dtype::f32 ? u.f32 : u.f64;
+            if (!list.empty())
+                out.finite = measure_gradients(kernels, launch, list, dtype, &out.sum_squares) &&
+                             out.finite;
+        }
+    return out;
 }
 
 }  // namespace fastmomentum::bindings

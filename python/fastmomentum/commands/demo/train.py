@@ -11,8 +11,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .. import schedules
-from ..optim import SGD
+from ... import schedules
+from ...optim import SGD
 from . import mlp
 from .data import CLASSES, spirals
 

@@ -11,7 +11,7 @@ each result. The README's "Performance" section describes the method and the res
 - :mod:`.threads`: one thread count for every library;
 - :mod:`.contention`: how much CPU other processes took meanwhile (a shared machine);
 - :mod:`.runner`: :func:`run`; :mod:`.results`: what it returns;
-- :mod:`.report` (table, JSON), :mod:`.plot` (PNG), ``fastmomentum._progress`` (the bar);
+- :mod:`.report` (table, JSON), :mod:`.plot` (PNG), ``fastmomentum.commands._progress`` (the bar);
 - :mod:`.cli`: :func:`main`, the command line.
 """
 

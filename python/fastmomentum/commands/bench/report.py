@@ -127,8 +127,8 @@ def header_lines(results: Results) -> list[str]:
         "in turn, in one process",
         f"# verified before timing: {3} steps on fresh copies of a problem of the same "
         f"structure with min(size, {size_label(opts['verify_max_elements'])}) elements, vs the "
-        "reference, fastmomentum.numpy_baseline (plain NumPy in the dtype); assert_allclose rtol "
-        f"{rtols}, atol rtol*max|reference|; FAILED = wrong result, not timed",
+        "reference, fastmomentum.commands.bench.numpy_baseline (plain NumPy in the dtype); "
+        f"assert_allclose rtol {rtols}, atol rtol*max|reference|; FAILED = wrong result, not timed",
         "# list layout: `size` = total elements over all arrays, each array allocated on its "
         "own; fm-flat steps a copy of them in one FlatGroup",
         "# columns: ns per element; * = serial: one thread at every thread count",
@@ -177,7 +177,7 @@ def to_json(results: Results) -> dict[str, Any]:
         "method": {
             "time": "median over samples of (loop time / calls); loops of back-to-back calls "
                     "lasting >= min_sample_s, after a warm-up",
-            "verification": "3 steps on fresh copies vs fastmomentum.numpy_baseline",
+            "verification": "3 steps on fresh copies vs fastmomentum.commands.bench.numpy_baseline",
             "rtol": {k.name: v for k, v in RTOL.items()},
             "atol": "rtol * max|reference|",
             "bytes_per_element": "5 x itemsize (read p, g, b; write p, b)",

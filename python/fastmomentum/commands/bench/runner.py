@@ -154,7 +154,7 @@ def run(
     verify_max_elements: int = MAX_ELEMENTS,
     out: TextIO | str | None = "stdout",
     progress: bool | None = None,
-    command: str = "fastmomentum.benchmark.run()",
+    command: str = "fastmomentum.commands.bench.run()",
     registry: Mapping[str, Implementation] | None = None,
 ) -> Results:
     """Verify, then time, each implementation on each (dtype, layout, variant, size, threads);
@@ -163,7 +163,7 @@ def run(
     ``sizes``: elements per problem, one list for every layout or a mapping layout -> list
     (default: :data:`QUICK`'s). ``threads`` defaults to :func:`default_threads`, ``variants``
     to heavy-ball, ``impls`` to every implementation of ``registry`` (default
-    :data:`~fastmomentum.benchmark.peers.IMPLEMENTATIONS`). ``samples``, ``min_sample_s`` and
+    :data:`~fastmomentum.commands.bench.peers.IMPLEMENTATIONS`). ``samples``, ``min_sample_s`` and
     ``verify_max_elements`` are test knobs: below 7 and 20 ms the header says the timings are
     not to be quoted. ``out``: where the header and the tables go (``"stdout"``: the
     ``sys.stdout`` of the moment; ``None``: nowhere). ``progress``: show the bar on stderr

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ..numpy_baseline import sgd_inplace_
+from .numpy_baseline import sgd_inplace_
 from .problems import Array, Hyper, Problem
 from .timing import Step
 
@@ -251,7 +251,7 @@ def _load_torch_kernel() -> Builder:
 def _user_call(params: list[Any], grads: list[Any], buffers: list[Any], hyper: Hyper) -> Step:
     """``functional.sgd_`` called as a user writes it, with keywords. (``functools.partial``
     would merge its stored keywords into a new dict on every call: ~0.15 us that no user pays.)"""
-    from ..functional import sgd_
+    from ...functional import sgd_
 
     lr, momentum, weight_decay, nesterov = hyper.lr, hyper.momentum, hyper.weight_decay, \
         hyper.nesterov
@@ -289,11 +289,11 @@ def _load_fastmomentum_flat() -> Builder:
 
 
 def _load_rmw_bound() -> Builder:
-    from .. import _core
+    from ... import _core
 
-    reference = getattr(_core, "rmw_reference", None)
+    reference = getattr(_core, "bandwidth_probe", None)
     if reference is None:
-        raise Unavailable("this fastmomentum has no _core.rmw_reference")
+        raise Unavailable("this fastmomentum has no _core.bandwidth_probe")
     for dtype in (np.float32, np.float64):  # does it do what it says?
         rng = np.random.default_rng(1)
         arrays: list[Any] = [rng.random(1000).astype(dtype) for _ in range(3)]
@@ -305,7 +305,7 @@ def _load_rmw_bound() -> Builder:
             np.testing.assert_allclose(p, p0 + step, rtol=1e-6)
             np.testing.assert_allclose(b, b0 + step, rtol=1e-6)
         except AssertionError as exc:
-            raise Unavailable(f"_core.rmw_reference does not do p += s*g; b += s*g: {exc}"
+            raise Unavailable(f"_core.bandwidth_probe does not do p += s*g; b += s*g: {exc}"
                               ) from None
 
     def build(problem: Problem, hyper: Hyper) -> Built:
@@ -319,8 +319,8 @@ IMPLEMENTATIONS: dict[str, Implementation] = {
     impl.name: impl
     for impl in (
         Implementation("numpy", "numpy*", "peer", "numpy", True,
-                       "fastmomentum.numpy_baseline.sgd_inplace_: 6 in-place ufuncs (8 with "
-                       "Nesterov) into preallocated scratch, a Python loop over the arrays",
+                       "fastmomentum.commands.bench.numpy_baseline.sgd_inplace_: 6 in-place ufuncs "
+                       "(8 with Nesterov) into preallocated scratch, a Python loop over the arrays",
                        _load_numpy),
         Implementation("numexpr", "numexpr", "peer", "numexpr", False,
                        "two numexpr.evaluate(..., out=) calls per array (buffer, then params)",
@@ -347,7 +347,7 @@ IMPLEMENTATIONS: dict[str, Implementation] = {
                        "memory), one sgd_ call on its three flat 1-D arrays",
                        _load_fastmomentum_flat, layouts=("list",)),
         Implementation("rmw-bound", "bound", "bound", "fastmomentum", False,
-                       "_core.rmw_reference: p += s*g; b += s*g in one pass (reads p, g, b; "
+                       "_core.bandwidth_probe: p += s*g; b += s*g in one pass (reads p, g, b; "
                        "writes p, b): the floor, not a peer",
                        _load_rmw_bound),
     )

@@ -20,8 +20,8 @@ from typing import Any, Optional, TextIO
 
 import numpy as np
 
-from .. import functional
-from .._devices import cuda_status, no_device_reason, to_host
+from ... import functional
+from ..._backend import ADAPTERS, cuda_status, no_device_reason
 from .timing import Step, sample_seconds_per_call
 
 #: The sizes without --sizes; the issue's target is at 1e8 float32 elements.
@@ -36,7 +36,8 @@ class GpuUnavailable(RuntimeError):
 
 
 class Library:
-    """The GPU array library that allocates the arrays and waits for the device."""
+    """The GPU array library that allocates the arrays and waits for the device: its adapter in
+    fastmomentum's CUDA backend, plus the copy and the wait that the timings need."""
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -46,17 +47,16 @@ class Library:
             raise GpuUnavailable(f"{name} is not installed") from exc
         if name == "torch" and not self.module.cuda.is_available():
             raise GpuUnavailable("torch has no usable CUDA device")
+        self._adapter = ADAPTERS[name]
 
     def to_device(self, a: np.ndarray) -> Any:
-        if self.name == "cupy":
-            return self.module.asarray(a)
-        return self.module.from_numpy(a).cuda()
+        return self._adapter.to_device(a)
 
     def to_host(self, x: Any) -> np.ndarray:
-        return to_host(x)
+        return self._adapter.to_host(x)
 
     def empty_like(self, x: Any) -> Any:
-        return self.module.empty_like(x)
+        return self._adapter.new_array(x, zero=False)
 
     def copy(self, dst: Any, src: Any) -> None:
         if self.name == "cupy":

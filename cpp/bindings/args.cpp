@@ -1,0 +1,369 @@
+#include "args.hpp"
+
+#include <pybind11/numpy.h>
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <string>
+
+#include "protocol.hpp"
+
+// The coefficients are checked, and the clipping coefficient computed, with the functions the
+// kernels use; this object's copy of the rules lives in its own namespace, rules::host.
+#define FM_ISA host
+#include "fastmomentum/rules.hpp"
+
+namespace fastmomentum::bindings {
+namespace {
+
+// Resolved once at import and kept for the interpreter's lifetime.
+PyTypeObject* g_numpy_bool = nullptr;
+PyTypeObject* g_numpy_complex = nullptr;  // numpy.complexfloating
+
+std::string repr(double x) { return py::repr(py::float_(x)).cast<std::string>(); }
+
+bool is_numpy_bool(PyObject* obj) { return Py_TYPE(obj) == g_numpy_bool; }
+
+// Types that convert to a float but are not real numbers (or are arrays): refused by name rather
+// than converted (a bool would pass as 0 or 1, a complex lose its imaginary part with a warning).
+bool never_real(PyObject* obj) {
+    return PyBool_Check(obj) || is_numpy_bool(obj) || PyComplex_Check(obj) ||
+           PyType_IsSubtype(Py_TYPE(obj), g_numpy_complex) ||
+           is_ndarray(obj) || PyUnicode_Check(obj) || PyBytes_Check(obj);
+}
+
+[[noreturn]] void not_real(PyObject* obj, const char* name) {
+    throw py::type_error(std::string(name) + " must be a real number, got " + type_name(obj));
+}
+
+// The error set by a failed conversion: a TypeError means "not a number", an OverflowError "too
+// large"; anything else (a KeyboardInterrupt in __float__, a MemoryError) is the caller's own and
+// propagates unchanged.
+[[noreturn]] void conversion_failed(PyObject* obj, const char* name) {
+    if (PyErr_ExceptionMatches(PyExc_TypeError)) {
+        PyErr_Clear();
+        not_real(obj, name);
+    }
+    if (PyErr_ExceptionMatches(PyExc_OverflowError)) {
+        PyErr_Clear();
+        throw py::value_error(std::string(name) + " must be a real number within a float64's "
+                              "range, got " + type_name(obj) + " too large for one");
+    }
+    throw py::error_already_set();
+}
+
+bool is_str(PyObject* obj, const char* value) {
+    return PyUnicode_CompareWithASCIIString(obj, value) == 0;
+}
+
+void require_str(PyObject* obj, const char* name) {
+    if (!PyUnicode_Check(obj))
+        throw py::type_error(std::string(name) + " must be a str, got " + type_name(obj));
+}
+
+std::string str_of(PyObject* obj) { return py::reinterpret_borrow<py::str>(obj).cast<std::string>(); }
+
+DecayMode parse_decay_mode(PyObject* s) {
+    require_str(s, "weight_decay_mode");
+    if (is_str(s, "coupled")) return DecayMode::coupled;
+    if (is_str(s, "decoupled")) return DecayMode::decoupled;
+    if (is_str(s, "sgdw")) return DecayMode::sgdw;
+    throw py::value_error("weight_decay_mode must be 'coupled', 'decoupled' or 'sgdw', got '" +
+                          str_of(s) + "'");
+}
+
+// PyTorch's wording ("Invalid learning rate: -0.1"), then what is expected. Called only on a
+// failure, so that a valid call builds no message.
+[[noreturn]] void invalid(const std::string& what, double value, const std::string& expected) {
+    throw py::value_error("Invalid " + what + ": " + repr(value) + " (expected " + expected + ")");
+}
+
+// PyTorch's rules, plus finiteness (a NaN learning rate would silently poison every parameter),
+// momentum and dampening in [0, 1], and a decoupled decay of at most 1 (a larger one flips the
+// parameters' sign; check_coefficients checks the rounded coefficients of each dtype too).
+void check_hyper(const Hyper& h) {
+    const char* mu = momentum_name(h.style);
+    if (!(std::isfinite(h.lr) && h.lr >= 0.0)) invalid("learning rate", h.lr, "a finite lr >= 0");
+    if (!(h.momentum >= 0.0 && h.momentum <= 1.0))
+        invalid(std::string(mu) + " value", h.momentum, std::string("0 <= ") + mu + " <= 1");
+    if (!(h.dampening >= 0.0 && h.dampening <= 1.0))
+        invalid("dampening value", h.dampening, "0 <= dampening <= 1");
+    if (!(std::isfinite(h.weight_decay) && h.weight_decay >= 0.0))
+        invalid("weight_decay value", h.weight_decay, "a finite weight_decay >= 0");
+    if (!(std::isfinite(h.schedule_multiplier) && h.schedule_multiplier >= 0.0))
+        invalid("schedule_multiplier value", h.schedule_multiplier,
+                "a finite schedule_multiplier >= 0");
+    if (h.decay_mode != DecayMode::coupled) {
+        const double product = rules::decay_scale(h) * h.weight_decay;
+        if (!(product <= 1.0))
+            invalid(std::string(h.decay_mode == DecayMode::sgdw ? "schedule_multiplier" : "lr") +
+                        " * weight_decay",
+                    product, "<= 1: a larger decoupled decay would flip the parameters' sign");
+    }
+    const char* style = h.style == Style::keras ? "keras" : "ema";
+    if (h.style != Style::torch && h.dampening != 0.0)
+        throw py::value_error(std::string("dampening is not part of the ") + style + " convention");
+    if (h.style == Style::ema && h.nesterov)
+        throw py::value_error("Nesterov momentum is not part of the ema convention");
+    if (h.nesterov && (h.momentum <= 0.0 || h.dampening != 0.0))
+        throw py::value_error("Nesterov momentum requires a momentum and zero dampening");
+}
+
+// Whether a * c <= 1 - u exactly, for a, c >= 0 of type T with unit roundoff u (= epsilon / 2).
+// float: the product of two floats is exact in double. double: hi + lo is the exact product
+// (fma rounds once), and 1 - u is the double just below 1.
+template <class T>
+bool product_below_one(T a, T c) {
+    if constexpr (sizeof(T) == sizeof(float)) {
+        return static_cast<double>(a) * static_cast<double>(c) <= 1.0 - 0x1p-24;
+    } else {
+        const double hi = a * c;
+        const double lo = std::fma(a, c, -hi);
+        const double bound = 1.0 - 0x1p-53;
+        return hi < bound || (hi == bound && lo <= 0.0);
+    }
+}
+
+// Whether Keras' decay p - (p*wd)*scale, as rules::keras_decayed computes it in T, keeps the sign
+// of every p (for p >= 0; rounding to nearest is symmetric). With a = wd, c = scale, q = fl(p*a):
+//  - q normal: q <= p*a*(1 + u), so q*c <= p*(1 - u)*(1 + u) < p when a*c <= 1 - u;
+//  - q subnormal: q = s*J with s the smallest subnormal, p = s*K, J <= K*a + 1/2, and fl(q*c) <= p
+//    whenever J*c < K + 1/2, which holds for every K when c <= 1, and for K > k1 = (c - 1) /
+//    (2 (1 - a*c)) otherwise: the few p = s*K with K <= k1 are tried one by one.
+// Returns false when a sign can flip (or, for c > 1 with a*c so near 1 that more than kTries
+// values would need trying, when it cannot be ruled out cheaply).
+template <class T>
+bool keras_decay_keeps_sign(const Coeffs<T>& k) {
+    const T a = k.weight_decay, c = k.decay_scale;
+    if (a == T(0) || c == T(0)) return true;  // no decay: rules::decay_of skips it
+    if (!product_below_one(a, c)) return false;
+    if (c <= T(1)) return true;
+    constexpr double kTries = 4096;
+    const double k1 = (static_cast<double>(c) - 1.0) /
+                      (2.0 * (1.0 - static_cast<double>(a) * static_cast<double>(c)));
+    if (!(k1 <= kTries)) return false;
+    const T smallest = std::numeric_limits<T>::denorm_min();
+    for (int K = 1; K <= static_cast<int>(k1); ++K)
+        if (rules::keras_decayed(static_cast<T>(K) * smallest, k) < T(0)) return false;
+    return true;
+}
+
+template <class T>
+void check_coefficients_as(const Hyper& h, const char* dtype) {
+    const Coeffs<T> k = rules::coeffs<T>(h);
+    // The message is built only on failure: this runs on every call.
+    const auto finite = [&](T value, const char* name, double given) {
+        if (!std::isfinite(value))
+            throw py::value_error(std::string(name) + "=" + repr(given) + " overflows " + dtype +
+                                  ", the arrays' dtype");
+    };
+    finite(k.lr, "lr", h.lr);
+    finite(k.weight_decay, "weight_decay", h.weight_decay);
+    if (!std::isfinite(k.grad_scale))
+        throw py::value_error("loss_scale is too small: 1/loss_scale = " + repr(h.grad_scale) +
+                              " overflows " + dtype + ", the arrays' dtype");
+    if (h.decay_mode == DecayMode::coupled) return;
+    const char* scale = h.decay_mode == DecayMode::sgdw ? "schedule_multiplier" : "lr";
+    finite(k.decay_scale, scale, rules::decay_scale(h));
+    // The torch and ema forms multiply by 1 - scale*wd, in [0, 1] (check_hyper bounds the
+    // product): no sign can flip. Keras' form rounds wd and scale separately.
+    if (h.style == Style::keras && !keras_decay_keeps_sign(k))
+        invalid(std::string(scale) + " * weight_decay", rules::decay_scale(h) * h.weight_decay,
+                std::string("a decay that cannot flip a parameter's sign in ") + dtype +
+                    ": Keras' p - (p*weight_decay)*" + scale + " rounds both factors to " +
+                    dtype + ", so their product must stay below 1 - 2^-" +
+                    (sizeof(T) == sizeof(float) ? "24" : "53") + ", and further from 1 when " +
+                    scale + " > 1");
+}
+
+}  // namespace
+
+void init_args() {
+    detail::g_ndarray = py::detail::npy_api::get().PyArray_Type_;
+    const py::module_ numpy = py::module_::import("numpy");
+    g_numpy_bool = reinterpret_cast<PyTypeObject*>(py::object(numpy.attr("bool_")).release().ptr());
+    g_numpy_complex =
+        reinterpret_cast<PyTypeObject*>(py::object(numpy.attr("complexfloating")).release().ptr());
+}
+
+std::string type_name(PyObject* obj) {
+    PyTypeObject* type = Py_TYPE(obj);
+    if (!PyType_HasFeature(type, Py_TPFLAGS_HEAPTYPE)) return type->tp_name;  // "numpy.ndarray"
+    // A class defined in Python: module.qualname, read from the type's own fields (no lookup
+    // that could run code). Builtin heap types keep their plain name.
+    const auto* heap = reinterpret_cast<PyHeapTypeObject*>(type);
+    std::string name = heap->ht_qualname ? str_of(heap->ht_qualname) : std::string(type->tp_name);
+    PyObject* module = type->tp_dict ? PyDict_GetItemString(type->tp_dict, "__module__") : nullptr;
+    if (module && PyUnicode_Check(module) && !is_str(module, "builtins"))
+        name = str_of(module) + "." + name;
+    return name;
+}
+
+double real(PyObject* obj, const char* name) {
+    if (PyFloat_CheckExact(obj)) return PyFloat_AS_DOUBLE(obj);  // the usual case
+    if (never_real(obj)) not_real(obj, name);
+    const double value = PyFloat_AsDouble(obj);
+    if (value == -1.0 && PyErr_Occurred()) conversion_failed(obj, name);
+    return value;
+}
+
+bool flag(PyObject* obj, const char* name) {
+    if (PyBool_Check(obj)) return obj == Py_True;
+    if (is_numpy_bool(obj)) return PyObject_IsTrue(obj) == 1;  // numpy.bool_ is final
+    throw py::type_error(std::string(name) + " must be a bool, got " + type_name(obj));
+}
+
+std::size_t count(PyObject* obj, const char* name) {
+    if (PyBool_Check(obj) || !PyIndex_Check(obj))
+        throw py::type_error(std::string(name) + " must be an int, got " + type_name(obj));
+    const Py_ssize_t n = PyNumber_AsSsize_t(obj, PyExc_OverflowError);
+    if (n == -1 && PyErr_Occurred()) throw py::error_already_set();
+    if (n < 0) throw py::value_error(std::string(name) + " must be >= 0, got " + std::to_string(n));
+    return static_cast<std::size_t>(n);
+}
+
+Style parse_style(PyObject* s) {
+    require_str(s, "style");
+    if (is_str(s, "torch")) return Style::torch;
+    if (is_str(s, "keras")) return Style::keras;
+    if (is_str(s, "ema")) return Style::ema;
+    throw py::value_error("style must be 'torch', 'keras' or 'ema', got '" + str_of(s) + "'");
+}
+
+NonFinite parse_nonfinite(PyObject* s) {
+    if (PyUnicode_Check(s)) {
+        if (is_str(s, "ignore")) return NonFinite::ignore;
+        if (is_str(s, "skip")) return NonFinite::skip;
+        if (is_str(s, "raise")) return NonFinite::raise;
+    }
+    throw py::value_error("nonfinite must be 'raise', 'skip' or 'ignore', got " +
+                          py::repr(s).cast<std::string>());
+}
+
+const char* buffers_name(Style s) { return s == Style::keras ? "velocities" : "buffers"; }
+const char* momentum_name(Style s) { return s == Style::ema ? "beta" : "momentum"; }
+
+List::List(py::handle obj, const char* name) {
+    if (!PyList_Check(obj.ptr()) && !PyTuple_Check(obj.ptr())) {
+        std::string msg = std::string(name) + " must be a list or tuple, got " + type_name(obj.ptr());
+        if (is_ndarray(obj.ptr())) msg += " (wrap a single array as [a])";
+        throw py::type_error(msg);
+    }
+    items_ = py::reinterpret_borrow<py::object>(obj);
+}
+
+std::size_t List::size() const {
+    if (!items_) return 0;
+    PyObject* o = items_.ptr();
+    return static_cast<std::size_t>(PyList_Check(o) ? PyList_GET_SIZE(o) : PyTuple_GET_SIZE(o));
+}
+
+PyObject* List::operator[](std::size_t i) const {
+    PyObject* o = items_.ptr();
+    const auto at = static_cast<Py_ssize_t>(i);
+    return PyList_Check(o) ? PyList_GET_ITEM(o, at) : PyTuple_GET_ITEM(o, at);
+}
+
+void List::freeze() {
+    if (items_ && PyList_Check(items_.ptr())) {
+        items_ = py::reinterpret_steal<py::object>(PyList_AsTuple(items_.ptr()));
+        if (!items_) throw py::error_already_set();
+    }
+}
+
+FirstStep::FirstStep(PyObject* obj) {
+    if (!PyList_Check(obj) && !PyTuple_Check(obj)) {
+        all_ = flag(obj, "first_step");
+        return;
+    }
+    const List flags(obj, "first_step");
+    is_list_ = true;
+    each_.resize(flags.size());
+    for (std::size_t i = 0; i < each_.size(); ++i)
+        each_[i] = flag(flags[i], ("first_step[" + std::to_string(i) + "]").c_str());
+}
+
+void FirstStep::check(std::size_t n) const {
+    if (is_list_ && each_.size() != n)
+        throw py::value_error("first_step has " + std::to_string(each_.size()) +
+                              " entries but params has " + std::to_string(n));
+}
+
+HyperArgs hyper_args(py::handle tuple) {
+    if (!PyTuple_Check(tuple.ptr()) || PyTuple_GET_SIZE(tuple.ptr()) != field::kHyperCount)
+        throw py::type_error("a call's hyper must be a fastmomentum._protocol.Hyper (a tuple of " +
+                             std::to_string(field::kHyperCount) + " fields), got " +
+                             type_name(tuple.ptr()));
+    const auto at = [&](int f) { return PyTuple_GET_ITEM(tuple.ptr(), f); };
+    using namespace field;
+    return HyperArgs{at(style),        at(lr),
+                     at(momentum),     at(dampening),
+                     at(nesterov),     at(weight_decay),
+                     at(weight_decay_mode), at(schedule_multiplier),
+                     at(maximize)};
+}
+
+Hyper parse_hyper(const HyperArgs& a) {
+    Hyper h;
+    h.style = parse_style(a.style);
+    h.lr = real(a.lr, "lr");
+    h.momentum = real(a.momentum, momentum_name(h.style));
+    h.dampening = real(a.dampening, "dampening");
+    h.nesterov = flag(a.nesterov, "nesterov");
+    h.weight_decay = real(a.weight_decay, "weight_decay");
+    h.decay_mode = parse_decay_mode(a.weight_decay_mode);
+    h.schedule_multiplier = real(a.schedule_multiplier, "schedule_multiplier");
+    h.maximize = flag(a.maximize, "maximize");
+    check_hyper(h);
+    return h;
+}
+
+Guard parse_guard(PyObject* nonfinite, PyObject* max_norm, PyObject* loss_scale, PyObject* stats) {
+    Guard guard;
+    guard.nonfinite = parse_nonfinite(nonfinite);
+    if (max_norm != Py_None) {
+        guard.clip = true;
+        guard.max_norm = real(max_norm, "max_grad_norm");
+        if (!(guard.max_norm >= 0.0))
+            throw py::value_error("max_grad_norm must be None or a number >= 0, got " +
+                                  repr(guard.max_norm));
+    }
+    guard.loss_scale = real(loss_scale, "loss_scale");
+    if (!(guard.loss_scale > 0.0) || !std::isfinite(guard.loss_scale))
+        throw py::value_error("loss_scale must be a finite number > 0, got " +
+                              repr(guard.loss_scale));
+    if (stats != Py_None) {
+        if (!PyTuple_Check(stats) || PyTuple_GET_SIZE(stats) != 2)
+            throw py::type_error("stats must be None or a tuple (all_finite, sum_squares), got " +
+                                 type_name(stats));
+        guard.stats_given = true;
+        guard.all_finite = flag(PyTuple_GET_ITEM(stats, 0), "stats[0] (all_finite)");
+        guard.sum_squares = real(PyTuple_GET_ITEM(stats, 1), "stats[1] (sum_squares)");
+        if (guard.sum_squares < 0.0)  // inf (overflow, an infinite gradient) and NaN are sums too
+            throw py::value_error("stats[1] (sum_squares) must be >= 0, got " +
+                                  repr(guard.sum_squares));
+    }
+    return guard;
+}
+
+Guard parse_guard(py::handle tuple) {
+    if (!PyTuple_Check(tuple.ptr()) || PyTuple_GET_SIZE(tuple.ptr()) != field::kGuardCount)
+        throw py::type_error("guard must be a fastmomentum._protocol.Guard (a tuple of " +
+                             std::to_string(field::kGuardCount) + " fields), got " +
+                             type_name(tuple.ptr()));
+    const auto at = [&](int f) { return PyTuple_GET_ITEM(tuple.ptr(), f); };
+    return parse_guard(at(field::nonfinite), at(field::max_norm), at(field::loss_scale),
+                       at(field::stats));
+}
+
+double Guard::norm(double sum) const { return std::sqrt(sum) / loss_scale; }
+
+double Guard::clip_coefficient(double norm) const { return rules::clip_coefficient(max_norm, norm); }
+
+void check_coefficients(const Hyper& h, Dtype dtype) {
+    if (dtype == Dtype::f32) check_coefficients_as<float>(h, "float32");
+    else check_coefficients_as<double>(h, "float64");
+}
+
+}  // namespace fastmomentum::bindings

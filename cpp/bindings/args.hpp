@@ -1,0 +1,143 @@
+#pragma once
+// Python arguments -> C++ values: the ONE parser of a step's hyper-parameters, guards, lists and
+// first_step flags, for every entry point (the functional keywords, the optimizer's tuples, the
+// construction-time checks) and both modules.
+//
+// This is the only part of a step that may run Python code (a scalar's __float__ or __index__, an
+// exception's construction). A step parses everything here first; the array checks and the
+// kernels that follow read struct fields only (check-then-write with no Python in between).
+
+#include <pybind11/pybind11.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "array_desc.hpp"
+#include "fastmomentum/hyper.hpp"
+
+namespace fastmomentum::bindings {
+
+namespace py = pybind11;
+
+// Resolves the NumPy types the parser recognises (numpy.bool_, numpy.complexfloating); once, at
+// import, with the GIL held.
+void init_args();
+
+namespace detail {
+inline PyTypeObject* g_ndarray = nullptr;  // numpy.ndarray, set by init_args
+}
+
+// Whether `obj` is a NumPy array (or of a subclass), from its type alone: C type checks.
+inline bool is_exact_ndarray(PyObject* obj) { return Py_TYPE(obj) == detail::g_ndarray; }
+inline bool is_ndarray(PyObject* obj) {
+    return is_exact_ndarray(obj) || PyType_IsSubtype(Py_TYPE(obj), detail::g_ndarray);
+}
+
+// The type's name for messages: "numpy.ndarray", "int", "torch.Tensor".
+std::string type_name(PyObject* obj);
+
+// A real number: float, int or any object with __float__ / __index__ (NumPy and PyTorch scalars),
+// never a bool, a complex, a str or a NumPy array. An int too large for a float64 is refused by
+// name; an exception raised by the object's own conversion (a KeyboardInterrupt, say) propagates.
+double real(PyObject* obj, const char* name);
+
+// True or False, Python's or NumPy's; no truthiness of other objects.
+bool flag(PyObject* obj, const char* name);
+
+// A non-negative int (not a bool), e.g. an index.
+std::size_t count(PyObject* obj, const char* name);
+
+Style parse_style(PyObject* obj);
+enum class NonFinite : std::uint8_t { ignore, skip, raise };
+NonFinite parse_nonfinite(PyObject* obj);
+
+// What each style calls its buffers and its momentum, for messages.
+const char* buffers_name(Style s);
+const char* momentum_name(Style s);
+
+// A list or tuple argument (never an array: that would iterate its rows), held by a strong
+// reference. Its items are read from its storage when used, so no __len__, __iter__ or
+// __getitem__ of a subclass ever runs: what it holds is what it is.
+class List {
+public:
+    List() = default;  // no items
+    List(py::handle obj, const char* name);
+    std::size_t size() const;
+    PyObject* operator[](std::size_t i) const;  // borrowed
+    bool empty() const { return size() == 0; }
+    // A tuple of the items as they are now (used where Python runs between parsing and use).
+    void freeze();
+
+private:
+    py::object items_;
+};
+
+// first_step: one bool for every array, or a list or tuple of bools, one per array.
+class FirstStep {
+public:
+    FirstStep() = default;
+    explicit FirstStep(PyObject* obj);
+    // One entry per array when it is a list: raises unless it has n.
+    void check(std::size_t n) const;
+    bool operator[](std::size_t i) const { return is_list_ ? each_[i] != 0 : all_; }
+
+private:
+    bool all_ = false;
+    bool is_list_ = false;
+    std::vector<unsigned char> each_;
+};
+
+// A step's hyper-parameters as Python objects, borrowed: from an _protocol.Hyper tuple or from a
+// functional call's keywords.
+struct HyperArgs {
+    PyObject* style;
+    PyObject* lr;
+    PyObject* momentum;
+    PyObject* dampening;
+    PyObject* nesterov;
+    PyObject* weight_decay;
+    PyObject* weight_decay_mode;
+    PyObject* schedule_multiplier;
+    PyObject* maximize;
+};
+HyperArgs hyper_args(py::handle tuple);  // the fields of an _protocol.Hyper
+
+// Converts and checks hyper-parameters: PyTorch's rules and wording ("Invalid learning rate:
+// -0.1"), plus finiteness, momentum and dampening in [0, 1], and a decoupled decay of at most 1.
+Hyper parse_hyper(const HyperArgs& args);
+
+// A step's guards, over all the calls of the step (README, "Guards").
+struct Guard {
+    NonFinite nonfinite = NonFinite::ignore;  // what a NaN or an infinity in a gradient does
+    bool clip = false;        // scale the gradients by rules::clip_coefficient(max_norm, norm)
+    double max_norm = 0.0;
+    double loss_scale = 1.0;  // the gradients are divided by it (the norm is theirs after it)
+    // The gradients' statistics when the caller measured them (e.g. over every rank's shard):
+    // then the step runs no statistics pass and uses these.
+    bool stats_given = false;
+    bool all_finite = true;
+    double sum_squares = 0.0;  // of the gradients before the division by loss_scale
+
+    // Whether a non-finite gradient stops the step.
+    bool check_finite() const { return nonfinite != NonFinite::ignore; }
+    // The Hyper::grad_scale of the step's calls, before clipping.
+    double grad_scale() const { return 1.0 / loss_scale; }
+    // The norm of the gradients after unscaling, from the sum of their squares before it.
+    double norm(double sum) const;
+    // The gradients' factor for that norm (rules::clip_coefficient).
+    double clip_coefficient(double norm) const;
+};
+
+// The guard of a step: nonfinite ("ignore", "skip" or "raise"), max_norm (None, or a number
+// >= 0; inf measures the norm without clipping), loss_scale (finite, > 0) and stats (None, or a
+// tuple (all_finite: bool, sum_squares: a number >= 0, inf or NaN)).
+Guard parse_guard(PyObject* nonfinite, PyObject* max_norm, PyObject* loss_scale, PyObject* stats);
+Guard parse_guard(py::handle tuple);  // the fields of an _protocol.Guard
+
+// The coefficients in `dtype` stay finite, and a decoupled decay, as the kernel computes it in
+// that dtype, cannot flip a parameter's sign.
+void check_coefficients(const Hyper& h, Dtype dtype);
+
+}  // namespace fastmomentum::bindings

@@ -1,0 +1,95 @@
+#pragma once
+// One description of an array, whoever made it (a NumPy array, a CUDA array interface, a DLPack
+// tensor), and the ONE set of rules a step's arrays obey, with their messages: a supported dtype,
+// C-contiguous, aligned, writeable when written, matching shapes, no written memory shared. Both
+// modules check every array through these functions, so host and device steps accept and refuse
+// exactly the same arrays with the same words. Nothing here runs Python code or converts.
+
+#include <pybind11/pybind11.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace fastmomentum::bindings {
+
+namespace py = pybind11;
+
+enum class Dtype : std::uint8_t { f32, f64 };
+enum class Access : std::uint8_t { read, write };
+
+inline std::size_t itemsize(Dtype d) { return d == Dtype::f32 ? 4 : 8; }
+inline const char* dtype_name(Dtype d) { return d == Dtype::f32 ? "float32" : "float64"; }
+
+// Where an array is in a call, for messages: "grads[3]".
+struct Where {
+    const char* list;   // "params", "grads", "buffers", "velocities"
+    std::size_t index;  // as the caller numbers it
+    std::string str() const { return std::string(list) + "[" + std::to_string(index) + "]"; }
+};
+
+// An array as the rules see it. `shape` and `strides` point into memory the reader keeps alive
+// for the step (the NumPy array's own fields, or the reader's copy of an interface's). A reader
+// sets every field (none has a default: a step fills hundreds, and zeroing each first showed).
+struct ArrayDesc {
+    void* data;
+    int ndim;
+    const std::int64_t* shape;
+    const std::int64_t* strides;  // in bytes; null: C-contiguous by declaration
+    std::int64_t size;            // elements
+    std::size_t nbytes;
+    // Not beside ndim: the readers store the two separately, and a comparison of both loaded as
+    // one word would wait for both stores (a store-forwarding stall on every check_matches).
+    Dtype dtype;
+    bool contiguous;  // C-contiguous (NumPy's rules)
+    bool writeable;
+};
+
+// A checked array of a step: its description, where it is, and a strong reference to what owns
+// its memory (the array, or its DLPack export), so that nothing can free it before the kernels
+// have run.
+struct Checked {
+    Checked(const Where& at, Access how) : access(how), where(at) {}  // desc: the reader's to fill
+    ArrayDesc desc;
+    Access access;
+    Where where;
+    py::object owner;
+};
+
+// A checked array's memory, for check_disjoint.
+struct Range {
+    std::uintptr_t begin, end;
+    const Checked* array;
+};
+
+// Formats like a Python tuple: "()", "(3,)", "(3, 4)".
+std::string tuple_str(const std::int64_t* items, int n);
+
+// The elements and bytes of `shape` (each extent >= 0), with every product checked: an extent
+// that is negative, or a count that overflows, raises ValueError naming `where`.
+void count_elements(ArrayDesc& desc, const Where& where);
+
+// The rules of one array: layout (C-contiguous), alignment to its dtype, and writeable when
+// `access` is write. The dtype is the reader's to check (only it can name a foreign dtype).
+void check_layout(const ArrayDesc& a, const Where& where, Access access);
+
+// The error of check_matches.
+[[noreturn]] void mismatch(const Checked& other, const Checked& ref);
+
+// `other` must have the dtype and shape of `ref` (it runs for every gradient and buffer of every
+// step: inline, with the message built elsewhere).
+inline void check_matches(const Checked& other, const Checked& ref) {
+    const ArrayDesc& a = other.desc;
+    const ArrayDesc& b = ref.desc;
+    bool same = a.dtype == b.dtype && a.ndim == b.ndim;
+    for (int d = 0; same && d < a.ndim; ++d) same = a.shape[d] == b.shape[d];
+    if (!same) mismatch(other, ref);
+}
+
+// No array that is written may share memory with any other array (two reads may). Sorts the
+// ranges of `arrays` by address in `scratch`, with `spare` as the sort's buffer.
+void check_disjoint(const std::vector<Checked>& arrays, std::vector<Range>& scratch,
+                    std::vector<Range>& spare);
+
+}  // namespace fastmomentum::bindings

@@ -1,0 +1,69 @@
+#include "host_arrays.hpp"
+
+#include <pybind11/numpy.h>
+
+#include <cstdint>
+#include <string>
+
+#include "args.hpp"
+
+namespace fastmomentum::bindings {
+namespace {
+
+// Resolved once at import and kept for the interpreter's lifetime.
+PyTypeObject* g_masked_array = nullptr;
+
+constexpr int kFloat32 = py::detail::npy_api::NPY_FLOAT_;
+constexpr int kFloat64 = py::detail::npy_api::NPY_DOUBLE_;
+constexpr int kCContiguous = py::detail::npy_api::NPY_ARRAY_C_CONTIGUOUS_;
+constexpr int kWriteable = py::detail::npy_api::NPY_ARRAY_WRITEABLE_;
+
+// The error for an object that is not a NumPy array (an error path: it may look the type up).
+[[noreturn]] void not_an_array(PyObject* obj, const Where& where) {
+    std::string msg = where.str() + " must be a numpy.ndarray, got " + type_name(obj);
+    if (PyObject_HasAttrString(reinterpret_cast<PyObject*>(Py_TYPE(obj)), "__cuda_array_interface__"))
+        msg += " (a CUDA array: a step's arrays must all be NumPy arrays or all be on one GPU)";
+    throw py::type_error(msg);
+}
+
+}  // namespace
+
+void init_host_arrays() {
+    py::object masked = py::module_::import("numpy.ma").attr("MaskedArray");
+    g_masked_array = reinterpret_cast<PyTypeObject*>(masked.release().ptr());
+}
+
+void read_host_array(Checked& out, PyObject* obj, Access access) {
+    const Where& where = out.where;
+    if (!is_exact_ndarray(obj)) {
+        if (!is_ndarray(obj)) not_an_array(obj, where);
+        // The type itself, never its instance's __class__ (which a property can fake).
+        if (PyType_IsSubtype(Py_TYPE(obj), g_masked_array))
+            throw py::type_error(where.str() + " is a numpy.ma.MaskedArray; its mask would be "
+                                 "ignored: pass its .data and handle the masked elements yourself");
+    }
+    const auto* fields = py::detail::array_proxy(obj);
+    const auto* descr = py::detail::array_descriptor_proxy(fields->descr);
+    ArrayDesc& a = out.desc;
+    if (descr->type_num == kFloat32 && native_byte_order(descr->byteorder)) {
+        a.dtype = Dtype::f32;
+    } else if (descr->type_num == kFloat64 && native_byte_order(descr->byteorder)) {
+        a.dtype = Dtype::f64;
+    } else {
+        const std::string dtype = py::str(reinterpret_cast<PyObject*>(fields->descr)).cast<std::string>();
+        throw py::type_error(where.str() + " has dtype " + dtype +
+                             "; expected float32 or float64 in native byte order");
+    }
+    a.data = fields->data;
+    a.ndim = fields->nd;
+    a.shape = reinterpret_cast<const std::int64_t*>(fields->dimensions);
+    a.strides = reinterpret_cast<const std::int64_t*>(fields->strides);
+    a.contiguous = (fields->flags & kCContiguous) != 0;
+    a.writeable = (fields->flags & kWriteable) != 0;
+    count_elements(a, where);
+    check_layout(a, where, access);
+    out.access = access;
+    out.owner = py::reinterpret_borrow<py::object>(obj);
+}
+
+}  // namespace fastmomentum::bindings
