@@ -166,8 +166,7 @@ def _rebuild_state(items: list[tuple[Array, dict[str, Any]]]) -> ArrayState:
 class _GroupLists(NamedTuple):
     """What a step hands the kernels for one group, kept between steps."""
 
-    group: dict[str, Any]  # the group dict
-    params: list[Any] | tuple[Any, ...]  # its "params" object
+    params: list[Any] | tuple[Any, ...]  # the group's "params" object
     snapshot: tuple[Any, ...]  # that list's items when these lists were made
     buffers: list[Any]  # each parameter's buffer, or None
     missing: list[int]  # positions without a buffer
@@ -460,8 +459,8 @@ class SGD:
         step = self.iterations
         calls: list[Call] = []
         created: list[tuple[_GroupLists, list[int], list[Any]]] = []
-        for gl in lists.groups:
-            hyper, has_momentum = self._hyper(gl.group, step)
+        for gl, group in zip(lists.groups, self.param_groups):
+            hyper, has_momentum = self._hyper(group, step)
             if not has_momentum:
                 calls.append(_new_call((gl.snapshot, None, False, hyper, gl.first_index)))
                 continue
@@ -531,7 +530,9 @@ class SGD:
                 and lists.version == self.state.version \
                 and len(lists.groups) == len(self.param_groups):
             for gl, group in zip(lists.groups, self.param_groups):
-                if group is not gl.group or group.get("params") is not gl.params \
+                # The same params object holding the same arrays (a new group dict may hold it:
+                # its hyper-parameters are read at every step).
+                if group.get("params") is not gl.params \
                         or not _core.same_items(gl.params, gl.snapshot):
                     break
             else:
@@ -556,7 +557,7 @@ class SGD:
                     counted = False
                 buffers.append(None if entry is None else entry.get(key))
             missing = [i for i, b in enumerate(buffers) if b is None]
-            groups.append(_GroupLists(group, params, snapshot, buffers, missing, index))
+            groups.append(_GroupLists(params, snapshot, buffers, missing, index))
             index += len(snapshot)
         return _Lists(self.state, self.state.version, groups, index, counted)
 
