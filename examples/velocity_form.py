@@ -5,7 +5,7 @@
 
 At a constant learning rate the two are the same trajectory with v = -η·b (multiply the torch
 recursion by -η). Part 1 checks that on a random least-squares problem: parameters agree to
-rounding, and fm.checkpoint.convert turns the torch state (b) into the keras one (v = -η·b).
+rounding, and fm.convert_state_dict turns the torch state (b) into the keras one (v = -η·b).
 
 They split as soon as η changes, because b stores gradients while v stores lr-scaled steps.
 Part 2, with g = 1, μ = 0.9 and η = 0.1 then 0.01 (p₀ = 0):
@@ -33,7 +33,7 @@ def constant_lr(seed: int = 0) -> tuple[float, float]:
     for _ in range(STEPS):
         opt_torch.step([A.T @ (A @ p_torch - y) / len(y)])
         opt_keras.step([A.T @ (A @ p_keras - y) / len(y)])
-    as_keras = fm.checkpoint.convert(opt_torch.state_dict(), "keras")  # v = -η·b
+    as_keras = fm.convert_state_dict(opt_torch.state_dict(), "keras")  # v = -η·b
     velocity = opt_keras.state_dict()["state"][0]["velocity"]
     return (float(np.max(np.abs(p_torch - p_keras))),
             float(np.max(np.abs(as_keras["state"][0]["velocity"] - velocity))))

@@ -89,8 +89,8 @@ def test_torch_and_keras_layouts_convert_and_continue_the_same_trajectory():
         torch_opt.step([g])
     p_keras[:] = p_torch
     keras_opt = fm.SGD([p_keras], lr=0.05, momentum=0.9, style="keras")
-    keras_opt.load_state_dict(fm.checkpoint.convert(torch_opt.state_dict(), "keras"))
-    back = fm.checkpoint.convert(keras_opt.state_dict(), "torch")
+    keras_opt.load_state_dict(fm.convert_state_dict(torch_opt.state_dict(), "keras"))
+    back = fm.convert_state_dict(keras_opt.state_dict(), "torch")
     np.testing.assert_allclose(back["state"][0]["momentum_buffer"],
                                torch_opt.state[p_torch]["momentum_buffer"], rtol=1e-14)
     for g in grads[20:]:
@@ -103,10 +103,10 @@ def test_convert_refuses_what_it_cannot_make_exact():
     (p,) = [np.zeros(3)]
     ema = fm.SGD([p], lr=0.1, momentum=0.9, style="ema")
     with pytest.raises(ValueError, match="style must be 'torch' or 'keras' to convert, got 'ema'"):
-        fm.checkpoint.convert(ema.state_dict(), "keras")
+        fm.convert_state_dict(ema.state_dict(), "keras")
     damped = fm.SGD([p], lr=0.1, momentum=0.9, dampening=0.5)
     with pytest.raises(ValueError, match="has dampening"):
-        fm.checkpoint.convert(damped.state_dict(), "keras")
+        fm.convert_state_dict(damped.state_dict(), "keras")
 
 
 def test_convert_needs_a_numeric_positive_lr_from_keras():
@@ -114,7 +114,7 @@ def test_convert_needs_a_numeric_positive_lr_from_keras():
     opt = fm.SGD([p], lr=0.0, momentum=0.9, style="keras")
     opt.step([np.ones(3)])
     with pytest.raises(ValueError, match="at lr == 0"):
-        fm.checkpoint.convert(opt.state_dict(), "torch")
+        fm.convert_state_dict(opt.state_dict(), "torch")
 
 
 RESUME = """
@@ -157,3 +157,13 @@ def test_resuming_in_a_new_process_is_bit_for_bit(style, tmp_path):
     for a, b in zip(straight["params"], resumed["params"]):
         assert a.tobytes() == b.tobytes()
     assert straight["scheduler"] == resumed["scheduler"]
+
+
+def test_the_old_name_of_convert_still_works_with_a_warning():
+    opt = fm.SGD([np.zeros(3)], lr=0.1, momentum=0.9)
+    opt.step([np.ones(3)])
+    with pytest.warns(DeprecationWarning, match="fastmomentum.convert_state_dict"):
+        convert = fm.checkpoint.convert
+    assert convert is fm.convert_state_dict
+    with pytest.raises(AttributeError, match="no attribute 'conv'"):
+        fm.checkpoint.conv  # noqa: B018

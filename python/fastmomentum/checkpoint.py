@@ -41,12 +41,17 @@ key is ``"format"``. The arrays are the entries ``a0``, ``a1``, ... that the tre
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import math
 import os
 import re
+import secrets
+import stat
+import zipfile
 from collections.abc import Mapping
-from typing import Any, Union
+from typing import Any, BinaryIO, Union
 
 import numpy as np
 
@@ -142,8 +147,6 @@ def from_arrays(arrays: Mapping[str, Any]) -> Any:
         return _read(arrays, fresh=False)
     except _Refused as e:
         raise ValueError(str(e)) from None
-    except MemoryError:
-        raise
     except Exception as e:  # whatever a damaged zip member makes NumPy or zipfile raise
         raise ValueError(f"corrupt fastmomentum checkpoint: {type(e).__name__}: {e}") from e
 
@@ -258,27 +261,83 @@ def _verified_arrays(arrays: Mapping[str, Any], description: dict[str, Any]
 
 
 def save(path: PathLike, tree: Any) -> None:
-    """Write ``tree`` to exactly ``path`` (no suffix is added) in format ``/2``, atomically: the
-    file is written beside it, flushed to disk and then renamed, so a crash never leaves a
-    half-written checkpoint there (and :func:`load` would refuse one)."""
+    """Write ``tree`` to exactly ``path`` (no suffix is added) in format ``/2``, atomically and
+    race-free:
+
+    - the data go to a new file beside ``path``, created exclusively under a random name (never
+      an existing file, never through a link planted there), then flushed to disk;
+    - an existing checkpoint's permissions are kept (a new file gets the umask's, as ``open``);
+    - ``os.replace`` puts it at ``path`` in one step, and the directory is flushed too.
+
+    So ``path`` always holds a whole checkpoint, the old or the new one, whatever crashes or
+    interrupts the save, and of several processes saving to one path at once the last one wins
+    (every rank of a job, a background saver overlapping the next save). A link AT ``path`` is
+    replaced, not followed. If the save fails, its temporary file is removed and the error
+    raised."""
     arrays: dict[str, Any] = to_arrays(tree)
-    temporary = f"{os.fspath(path)}.tmp"
+    target = os.fspath(path)
+    directory = os.path.dirname(target) or "."
     try:
-        with open(temporary, "wb") as f:
+        existing = os.stat(target, follow_symlinks=False)
+        mode = stat.S_IMODE(existing.st_mode) if stat.S_ISREG(existing.st_mode) else None
+    except FileNotFoundError:
+        mode = None
+    descriptor, temporary = _create_beside(directory, os.path.basename(target))
+    try:
+        with os.fdopen(descriptor, "wb") as f:
             np.savez(f, **arrays)
             f.flush()
+            if mode is not None:
+                _set_mode(f.fileno(), temporary, mode)
             os.fsync(f.fileno())
-        os.replace(temporary, path)
+        os.replace(temporary, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+    _fsync_directory(directory)
+
+
+def _create_beside(directory: str, name: str) -> tuple[int, str]:
+    """A new, empty file in ``directory``, named after ``name`` with a random part: created with
+    O_EXCL (a name that exists, a planted link included, is never opened) and O_NOFOLLOW, with the
+    permissions ``open`` would give a new file (0o666 less the umask)."""
+    flags = (os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+             | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
+    while True:
+        temporary = os.path.join(directory, f".{name}.{secrets.token_hex(8)}.tmp")
+        try:
+            return os.open(temporary, flags, 0o666), temporary
+        except FileExistsError:  # 2**64 names: only an adversary collides, and only once
+            continue
+
+
+def _set_mode(descriptor: int, path: str, mode: int) -> None:
+    if hasattr(os, "fchmod"):
+        os.fchmod(descriptor, mode)
+    else:  # Windows: only the read-only bit exists
+        os.chmod(path, mode)
+
+
+def _fsync_directory(directory: str) -> None:
+    """Flush the directory entry of a rename to disk (POSIX; Windows has no such handle)."""
+    if os.name != "posix":
+        return
+    descriptor = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(descriptor)
     finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+        os.close(descriptor)
 
 
 def load(path: PathLike) -> Any:
     """Read a tree written by :func:`save` (format ``/2``, or an older ``/1`` file), without
     pickle. Everything is checked before anything is returned: a damaged file raises
-    ``ValueError`` naming it and what is wrong. A missing or unreadable file raises ``OSError``
-    as ``open`` does."""
+    ``ValueError`` naming it and what is wrong. Before any array is read, every entry's size is
+    checked against the file (stored, not compressed, as :func:`save` writes them; within the
+    file; holding exactly the bytes its header declares), so a file never makes ``load``
+    allocate more memory than its own size. A missing or unreadable file raises ``OSError`` as
+    ``open`` does."""
     name = os.fspath(path)
     with open(path, "rb") as file:
         try:
@@ -286,16 +345,50 @@ def load(path: PathLike) -> Any:
             if start not in (b"PK\x03\x04", b"PK\x05\x06"):  # a zip's local or end record
                 raise _Refused("not a fastmomentum checkpoint: " + (
                     "the file is empty" if not start else "not an .npz (zip) archive"))
+            _check_entry_sizes(file)
             file.seek(0)
             with np.load(file, allow_pickle=False) as arrays:
                 return _read(arrays, fresh=True)
-        except MemoryError:
-            raise
         except Exception as e:  # whatever a damaged file makes zipfile or NumPy raise
             what = str(e) if isinstance(e, _Refused) else \
                 f"corrupt fastmomentum checkpoint: {type(e).__name__}: {e}"
             raise ValueError(f"cannot load {name!r}: {what}") from (
                 None if isinstance(e, _Refused) else e)
+
+
+def _check_entry_sizes(file: BinaryIO) -> None:
+    """Every entry of the archive stored as it is, within the file, and holding exactly the
+    bytes its ``.npy`` header declares (read from the header alone, before any data)."""
+    file_size = file.seek(0, os.SEEK_END)
+    file.seek(0)
+    with zipfile.ZipFile(file) as archive:
+        for info in archive.infolist():
+            entry = repr(info.filename)
+            if info.compress_type != zipfile.ZIP_STORED:
+                raise _corrupt(f"the entry {entry} is compressed, which save() never does (to "
+                               "read a compressed file you trust: from_arrays(np.load(path)))")
+            if info.file_size != info.compress_size or \
+                    info.header_offset + info.file_size > file_size:
+                raise _corrupt(f"the entry {entry} declares {info.file_size} bytes, more than "
+                               f"the file's {file_size}")
+            if not info.filename.endswith(".npy"):
+                continue  # not an array: never read (_read refuses entries it does not know)
+            with archive.open(info) as member:
+                version = np.lib.format.read_magic(member)
+                if version == (1, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_1_0(member)
+                elif version == (2, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_2_0(member)
+                else:
+                    raise _corrupt(f"the entry {entry} is a .npy of version {version}, which "
+                                   "save() never writes")
+                if dtype.hasobject:
+                    raise _corrupt(f"the entry {entry} holds Python objects (it would need pickle)")
+                data = info.file_size - member.tell()
+                declared = math.prod(shape) * dtype.itemsize
+                if declared != data:
+                    raise _corrupt(f"the entry {entry} declares an array of shape {shape} and "
+                                   f"dtype {dtype} ({declared} bytes) but holds {data} bytes")
 
 
 def __getattr__(name: str) -> Any:
