@@ -181,7 +181,23 @@ def test_a_producer_that_refuses_is_named(arrays):
     ({"data": None}, ValueError, r"params\[0\]\.__cuda_array_interface__ has no 'data'"),
     ({"shape": [6]}, TypeError, r"\['shape'\] must be a tuple of ints"),
     ({"strides": (4, 4)}, ValueError, r"has 2 strides for 1 dimensions"),
-])
+    # Sizes with checked arithmetic: no negative extent, no product that wraps around.
+    ({"shape": (-6,)}, ValueError, r"params\[0\] has shape \(-6,\), with a negative extent"),
+    ({"shape": (2, -3)}, ValueError, r"params\[0\] has shape \(2, -3\), with a negative extent"),
+    ({"shape": (2**32, 2**32)}, ValueError, r"params\[0\] has shape \(4294967296, "
+                                            r"4294967296\), whose number of elements overflows"),
+    ({"shape": (2**62,)}, ValueError, r"params\[0\] has shape \(4611686018427387904,\), whose "
+                                      r"size in bytes overflows"),
+    ({"shape": (2**64,)}, ValueError, r"params\[0\]\.__cuda_array_interface__\['shape'\]\[0\] = "
+                                      r"18446744073709551616 does not fit a 64-bit integer"),
+    ({"shape": (6.0,)}, TypeError, r"\['shape'\]\[0\] must be an int, got float"),
+    ({"shape": (True,)}, TypeError, r"\['shape'\]\[0\] must be an int, got bool"),
+    ({"data": (2**70, False)}, ValueError, r"\['data'\]\[0\] = 1180591620717411303424 does not "
+                                          r"fit a 64-bit integer"),
+    ({"strides": (2**64,)}, ValueError, r"\['strides'\]\[0\] = 18446744073709551616 does not "
+                                        r"fit"),
+    ({"typestr": 4}, TypeError, r"\['typestr'\] must be a str, got int"),
+], ids=lambda v: v if isinstance(v, str) else None)
 def test_interface_fields_are_checked(arrays, fields, error, message):
     p, g, b = arrays[:3]
     before = snapshot(arrays)
@@ -297,3 +313,27 @@ def test_the_cuda_status_without_the_module(monkeypatch):
 def test_module_functions_are_registered_without_touching_the_host_module():
     assert {"sgd_steps", "check_params", "devices", "build"} <= set(dir(_cuda))
     assert _core.sgd_steps is not _cuda.sgd_steps
+
+
+def test_every_interface_is_read_once_before_any_array_is_checked(arrays):
+    """An interface is Python code: a device step reads each array's once, all of them before the
+    first check (the phase in which Python may run), so that no interface's code can change an
+    array between its check and the kernels. The same array given twice is read once."""
+    reads = []
+
+    class Counting(FakeCudaArray):
+        @property
+        def __cuda_array_interface__(self):
+            reads.append(self.name)
+            return self.interface
+
+    def counting(host, name, **fields):
+        a = Counting(host, **fields)
+        a.name = name
+        return a
+
+    p, g, b = (counting(a, n) for a, n in zip(arrays[:3], "pgb"))
+    bad = counting(arrays[3], "bad", typestr="<i4")  # refused by its check, after every read
+    with pytest.raises(TypeError, match=r"grads\[1\] has dtype '<i4'"):
+        device_step([p, p], [g, bad], [b, b])
+    assert sorted(reads) == ["b", "bad", "g", "p"]

@@ -102,7 +102,11 @@ def reference(case_name: str, worlds: list[int]) -> tuple[list[np.ndarray], fm.S
         for r in range(1, n):
             for a, b in zip(total, make_grads(case, SEED, t, r, n)):
                 a += b  # rank order, each addition rounded to the dtype
-        result = opt.step([total[i] for i in order], loss_scale=n * case.loss_scale)
+        try:
+            result = opt.step([total[i] for i in order], loss_scale=n * case.loss_scale)
+        except FloatingPointError:  # nonfinite="raise" (the workers record -1)
+            norms.append(-1.0)
+            continue
         norms.append(np.nan if result.grad_norm is None else result.grad_norm)
         if scheduler is not None:
             scheduler.step()
@@ -174,6 +178,21 @@ def test_the_guards_case_skips_and_clips():
     _, opt, norms = reference("guards", [2] * STEPS)
     assert opt.skipped_steps == 1 and np.isnan(norms[CASES["guards"].nan_step])
     assert max(norm for norm in norms if np.isfinite(norm)) > 1.0  # > max_grad_norm: clipped
+
+
+def test_the_non_finite_cases_do_what_they_say():
+    # Guards the comparison above for the cases in which the three optimizers must agree on a
+    # non-finite step: applied with an inf norm (NaN only where the infinity was), all-NaN,
+    # skipped, raised.
+    params, opt, norms = reference("clip-inf-applied", [2] * STEPS)
+    assert norms[2] == np.inf and opt.iterations == STEPS
+    assert 0 < sum(np.isnan(p).sum() for p in params) < sum(p.size for p in params)
+    params, opt, norms = reference("clip-nan-applied", [2] * STEPS)
+    assert np.isnan(norms[2]) and all(np.isnan(p).all() for p in params)
+    _, opt, norms = reference("clip-inf-skipped", [2] * STEPS)
+    assert opt.skipped_steps == 1 and norms[3] == np.inf and opt.iterations == STEPS - 1
+    _, opt, norms = reference("inf-raised", [2] * STEPS)
+    assert norms[1] == -1.0 and opt.iterations == STEPS - 1 and opt.skipped_steps == 0
 
 
 @pytest.mark.parametrize("case_name", list(CASES))

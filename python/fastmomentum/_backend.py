@@ -75,9 +75,10 @@ class HostBackend:
         """Views into ONE block per dtype, in order, so that parameters adjacent in memory (e.g.
         a :class:`fastmomentum.flat.FlatGroup`) get adjacent buffers, which the kernel updates as
         one span."""
-        out: list[Any] = [None] * len(params)
-        for dtype in {p.dtype for p in params}:
-            chosen = [i for i, p in enumerate(params) if p.dtype == dtype]
+        out: list[Any] = [None] * len(params)  # None where a param is no array: the step's
+        arrays = [(i, p) for i, p in enumerate(params) if isinstance(p, np.ndarray)]  # check
+        for dtype in {p.dtype for _, p in arrays}:  # names it before reaching its buffer
+            chosen = [i for i, p in arrays if p.dtype == dtype]
             total = sum(params[i].size for i in chosen)
             block = (np.zeros if zero else np.empty)(total, dtype)
             offset = 0
@@ -204,7 +205,7 @@ class CudaBackend:
         self._cuda.check_params(params, first_index)
 
     def new_buffers(self, params: Sequence[Any], zero: bool) -> list[Any]:
-        return [self._adapter.new_array(p, zero) for p in params]
+        return [self._adapter.new_array(p, zero) if is_device_array(p) else None for p in params]
 
     def to_host(self, x: Any) -> np.ndarray:
         return x if isinstance(x, np.ndarray) else self._adapter.to_host(x)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import operator
+import numbers
 import platform
 from typing import Any, Literal
 
@@ -24,10 +24,12 @@ def set_num_threads(n: int | None) -> None:
     if n is None:
         _core.set_num_threads(0)
         return
-    n = operator.index(n)
+    if isinstance(n, (bool, np.bool_)) or not isinstance(n, numbers.Integral):
+        raise TypeError(f"set_num_threads: n must be an int >= 1 (or None to remove the cap), "
+                        f"got {type(n).__name__}")
     if n < 1:
         raise ValueError(f"set_num_threads: n must be >= 1 (or None to remove the cap), got {n}")
-    _core.set_num_threads(n)
+    _core.set_num_threads(int(n))
 
 
 def get_num_threads() -> int:

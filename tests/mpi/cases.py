@@ -25,7 +25,7 @@ MANY = [(1 + i % 7,) for i in range(61)]
 class Case:
     """One problem. ``groups``: per param group, the parameter positions and the group's
     overrides (``None``: one group of all). ``nan_step``: the step at which the last rank's
-    gradients hold a NaN."""
+    gradients hold ``bad_value`` (a NaN, or an infinity)."""
 
     options: dict[str, Any]
     shapes: list[tuple[int, ...]] = field(default_factory=lambda: list(UNEVEN))
@@ -34,6 +34,7 @@ class Case:
     scheduler: str | None = None
     loss_scale: float = 1.0
     nan_step: int | None = None
+    bad_value: float = float("nan")
 
     @property
     def exact_when_sharded(self) -> bool:
@@ -64,6 +65,16 @@ CASES: dict[str, Case] = {
                                           momentum=0.9)),
     "guards": Case(dict(lr=0.05, momentum=0.9, max_grad_norm=1.0, nonfinite="skip"),
                    loss_scale=4.0, nan_step=2),
+    # Non-finite gradients under clipping, as torch's clip_grad_norm_ + step: an infinity makes
+    # the norm inf and the factor 0 (the step is applied; inf*0 is NaN where the infinity was), a
+    # NaN makes every parameter NaN; skipped, or raised, on every rank alike.
+    "clip-inf-applied": Case(dict(lr=0.05, momentum=0.9, max_grad_norm=1.0), nan_step=2,
+                             bad_value=float("inf")),
+    "clip-nan-applied": Case(dict(lr=0.05, momentum=0.9, max_grad_norm=1.0), nan_step=2),
+    "clip-inf-skipped": Case(dict(lr=0.05, momentum=0.9, max_grad_norm=1.0, nonfinite="skip"),
+                             nan_step=3, bad_value=float("-inf")),
+    "inf-raised": Case(dict(lr=0.05, momentum=0.9, nonfinite="raise"), nan_step=1,
+                       bad_value=float("inf")),
 }
 
 
@@ -80,7 +91,7 @@ def make_grads(case: Case, seed: int, step: int, rank: int, world: int) -> list[
     grads = [np.asarray(3 * rng.standard_normal(shape), case.dtypes[i % len(case.dtypes)])
              for i, shape in enumerate(case.shapes)]
     if step == case.nan_step and rank == world - 1:
-        next(g for g in grads if g.size).reshape(-1)[0] = np.nan
+        next(g for g in grads if g.size).reshape(-1)[0] = case.bad_value
     return grads
 
 

@@ -54,7 +54,11 @@ def run(opt: Any, case_name: str, steps: range, scheduler: Any, in_place: bool =
             for buffer, g in zip(opt.grad_buffers, grads):
                 buffer[...] = g
             grads = opt.grad_buffers
-        result = opt.step(grads, loss_scale=case.loss_scale)
+        try:
+            result = opt.step(grads, loss_scale=case.loss_scale)
+        except FloatingPointError:  # nonfinite="raise": on every rank, nothing changed
+            norms.append(-1.0)
+            continue
         norms.append(np.nan if result.grad_norm is None else result.grad_norm)
         if scheduler is not None:
             scheduler.step()

@@ -1,0 +1,228 @@
+"""One parser for every entry point: what the functional steps refuse, fm.SGD refuses too, in its
+constructor, add_param_group, load_state_dict, a group edited between steps, and the values of its
+schedules, with messages that name the argument; and copies, pickles and forks of an optimizer."""
+
+from __future__ import annotations
+
+import copy
+import os
+import pickle
+import threading
+
+import numpy as np
+import pytest
+
+import fastmomentum as fm
+
+
+def _params():
+    return [np.zeros(3), np.zeros(2)]
+
+
+def _grads():
+    return [np.ones(3), np.ones(2)]
+
+
+@pytest.mark.parametrize("value", ["False", "no", 1, 0, [0], None, 0.0])
+def test_nesterov_must_be_a_bool_everywhere(value):
+    with pytest.raises(TypeError, match=r"nesterov must be a bool, got "):
+        fm.SGD(_params(), lr=0.1, momentum=0.9, nesterov=value)
+    with pytest.raises(TypeError, match=r"nesterov must be a bool, got "):
+        fm.functional.sgd_(_params(), _grads(), _params(), lr=0.1, momentum=0.9, nesterov=value)
+    opt = fm.SGD(_params(), lr=0.1, momentum=0.9)
+    with pytest.raises(TypeError, match=r"nesterov must be a bool, got "):
+        opt.add_param_group({"params": [np.zeros(4)], "nesterov": value})
+    opt.step(_grads())
+    opt.param_groups[0]["nesterov"] = value  # an edit between steps
+    params = opt.param_groups[0]["params"]
+    before = [p.copy() for p in params]
+    with pytest.raises(TypeError, match=r"nesterov must be a bool, got "):
+        opt.step(_grads())
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(params, before))
+    saved = fm.SGD(_params(), lr=0.1, momentum=0.9).state_dict()
+    saved["param_groups"][0]["nesterov"] = value
+    with pytest.raises(TypeError, match=r"nesterov must be a bool, got "):
+        fm.SGD(_params(), lr=0.1, momentum=0.9).load_state_dict(saved)
+
+
+def _loaded(mutate):
+    opt = fm.SGD(_params(), lr=0.1, momentum=0.9)
+    opt.step(_grads())
+    saved = opt.state_dict()
+    mutate(saved)
+    fresh = fm.SGD(_params(), lr=0.1, momentum=0.9)
+    before = fresh.state_dict()
+    return fresh, saved, before
+
+
+@pytest.mark.parametrize(("mutate", "error", "message"), [
+    (lambda d: d["state"][0].update(velocity=d["state"][0].pop("momentum_buffer")), ValueError,
+     r"state\[0\] holds \['velocity'\], which a 'torch'-style SGD does not use"),
+    (lambda d: d["state"][0].update(momentum_buffer=np.ones(3, np.complex128)), TypeError,
+     r"state\[0\]\['momentum_buffer'\] has dtype complex128; a buffer must hold real"),
+    (lambda d: d["state"][0].update(momentum_buffer="1 2 3"), TypeError,
+     r"state\[0\]\['momentum_buffer'\] must be a NumPy array, got str"),
+    (lambda d: d["state"][0].update(momentum_buffer=[1.0, 2.0, 3.0]), TypeError,
+     r"state\[0\]\['momentum_buffer'\] must be a NumPy array, got list"),
+    (lambda d: d["state"][0].update(momentum_buffer=np.ones(3, np.int64)), TypeError,
+     r"has dtype int64; a buffer must hold real floating-point numbers"),
+    (lambda d: d["state"].update({1.0: d["state"].pop(1)}), ValueError,
+     r"state\[1\.0\]: the key must be the index of a parameter"),
+    (lambda d: d["param_groups"][0].update(params=[0.0, 1.0]), ValueError,
+     r"param_groups\[0\]\['params'\] holds 0\.0: parameter indices must be integers"),
+    (lambda d: d["param_groups"][0].update(params=[True, 0]), ValueError,
+     r"holds True: parameter indices must be integers"),
+    (lambda d: d.update(iterations=2.0), ValueError, r"iterations must be an integer >= 0"),
+    (lambda d: d["param_groups"][0].update(lr="0.1"), TypeError, r"lr must be a real number"),
+    (lambda d: d["param_groups"][0].update(lr=0.1j), TypeError,
+     r"lr must be a real number, got complex"),
+], ids=["unknown-key", "complex-buffer", "str-buffer", "list-buffer", "int-buffer",
+        "float-state-key", "float-param-index", "bool-param-index", "float-iterations",
+        "str-lr", "complex-lr"])
+def test_load_state_dict_refuses_what_a_step_would_and_changes_nothing(mutate, error, message):
+    opt, saved, before = _loaded(mutate)
+    with pytest.raises(error, match=message):
+        opt.load_state_dict(saved)
+    after = opt.state_dict()
+    assert after["param_groups"] == before["param_groups"] and after["state"] == before["state"]
+
+
+def test_a_float_buffer_of_another_width_is_converted():
+    opt, saved, _ = _loaded(lambda d: d["state"][0].update(
+        momentum_buffer=d["state"][0]["momentum_buffer"].astype(np.float32)))
+    opt.load_state_dict(saved)
+    assert opt.state[opt.param_groups[0]["params"][0]]["momentum_buffer"].dtype == np.float64
+
+
+@pytest.mark.parametrize(("lr", "error", "message"), [
+    (lambda t: "0.1", TypeError, r"the lr schedule returned '0\.1' at step 0: lr must be a real "
+                                 r"number, got str"),
+    (lambda t: 0.1j, TypeError, r"the lr schedule returned 0\.1j at step 0: lr must be a real "
+                                r"number, got complex"),
+    (lambda t: np.complex128(0.1), TypeError, r"got numpy\.complex128"),
+    (lambda t: np.array([0.1]), TypeError, r"got numpy\.ndarray"),
+    (lambda t: True, TypeError, r"got bool"),
+    (lambda t: 10**400, ValueError, r"lr must be a real number within a float64's range, got int "
+                                    r"too large for one"),
+    (lambda t: float("nan"), ValueError, r"Invalid learning rate: nan"),
+], ids=["str", "complex", "numpy-complex", "array", "bool", "huge-int", "nan"])
+def test_a_schedules_values_are_checked_by_the_parser(lr, error, message):
+    params = _params()
+    with pytest.raises(error, match=message):
+        fm.SGD(params, lr=lr, momentum=0.9)
+
+
+@pytest.mark.parametrize(("value", "error", "message"), [
+    (0.1j, TypeError, r"lr must be a real number, got complex"),
+    (np.complex64(0.1), TypeError, r"lr must be a real number, got numpy\.complex64"),
+    (10**400, ValueError, r"lr must be a real number within a float64's range"),
+    (b"0.1", TypeError, r"lr must be a real number, got bytes"),
+], ids=["complex", "numpy-complex", "huge-int", "bytes"])
+def test_numbers_that_are_not_real_are_refused_everywhere(value, error, message, recwarn):
+    with pytest.raises(error, match=message):
+        fm.SGD(_params(), lr=value)
+    with pytest.raises(error, match=message):
+        fm.functional.sgd_(_params(), _grads(), lr=value)
+    assert not recwarn.list  # no ComplexWarning: refused, not converted
+
+
+def test_a_torch_scalar_is_a_real_number_everywhere():
+    """A 0-d tensor converts (__float__) as any real number: in the constructor and at every
+    step, and the trajectory is the plain floats'."""
+    torch = pytest.importorskip("torch")
+    a, b = _params(), _params()
+    f64 = torch.float64  # (a float32 tensor's value is float32's 0.1, not 0.1)
+    opt_t = fm.SGD(a, lr=torch.tensor(0.1, dtype=f64), momentum=torch.tensor(0.9, dtype=f64),
+                   weight_decay=torch.tensor(0.01, dtype=f64))
+    opt_f = fm.SGD(b, lr=0.1, momentum=0.9, weight_decay=0.01)
+    for _ in range(3):
+        opt_t.step(_grads())
+        opt_f.step(_grads())
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_a_keyboard_interrupt_in_a_conversion_propagates():
+    class Interrupting:
+        def __float__(self):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fm.SGD(_params(), lr=Interrupting())
+
+
+def test_a_parameter_replaced_by_a_non_array_gets_the_documented_error():
+    params = _params()
+    opt = fm.SGD(params, lr=0.1, momentum=0.9)
+    opt.step(_grads())
+    opt.param_groups[0]["params"][1] = [0.0, 0.0]
+    with pytest.raises(TypeError, match=r"params\[1\] must be a numpy\.ndarray, got list"):
+        opt.step(_grads())
+
+
+@pytest.mark.parametrize("value", [True, False, 1.0, "2", np.bool_(True)])
+def test_set_num_threads_takes_an_int(value, restore_threads):
+    with pytest.raises(TypeError, match="must be an int"):
+        fm.set_num_threads(value)
+
+
+# -- copies, pickles and forks -----------------------------------------------------------------
+
+def _trained():
+    params = [np.arange(4.0), np.ones((2, 3))]
+    opt = fm.SGD(params, lr=fm.schedules.exponential_decay(0.1, 10, 0.5), momentum=0.9,
+                 nesterov=True)
+    for _ in range(3):
+        opt.step([np.ones(4), np.ones((2, 3))])
+    return params, opt
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_a_copy_owns_copies_of_its_parameters_and_state(how):
+    params, opt = _trained()
+    twin = copy.deepcopy(opt) if how == "deepcopy" else pickle.loads(pickle.dumps(opt))
+    twin_params = [p for g in twin.param_groups for p in g["params"]]
+    assert all(a is not b and np.array_equal(a, b) for a, b in zip(twin_params, params))
+    for a, b in zip(twin_params, params):  # the copy's state is keyed by the copy's arrays
+        assert twin.state[a]["momentum_buffer"] is not opt.state[b]["momentum_buffer"]
+        np.testing.assert_array_equal(twin.state[a]["momentum_buffer"],
+                                      opt.state[b]["momentum_buffer"])
+    before = [p.copy() for p in params]
+    grads = [np.full(4, 0.5), np.full((2, 3), 0.5)]
+    twin.step(grads)
+    assert all(np.array_equal(a, b) for a, b in zip(params, before))  # the original: untouched
+    opt.step(grads)
+    for a, b in zip(twin_params, params):
+        np.testing.assert_array_equal(a, b)  # the same trajectory
+    assert twin.iterations == opt.iterations == 4
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_a_child_forked_during_a_step_can_step():
+    """fork() while another thread is inside step(): the child inherits the lock held by a thread
+    that does not exist there; it must be free in the child."""
+    params = _params()
+    inside, release = threading.Event(), threading.Event()
+
+    def lr(step):
+        inside.set()
+        release.wait(10)
+        return 0.1
+
+    opt = fm.SGD(params, lr=lr)
+    thread = threading.Thread(target=opt.step, args=(_grads(),))
+    thread.start()
+    assert inside.wait(10)
+    pid = os.fork()
+    if pid == 0:  # the child: one thread, whose step must not find the optimizer busy
+        try:
+            opt.param_groups[0]["lr"] = 0.1
+            opt.step(_grads())
+            os._exit(0 if opt.iterations == 1 else 2)
+        except BaseException:
+            os._exit(1)
+    release.set()
+    thread.join()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert opt.iterations == 1  # the parent's own step
