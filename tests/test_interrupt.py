@@ -101,7 +101,7 @@ def test_an_interrupted_skip_is_counted():
 
 def test_the_optimizer_steps_on_after_an_interrupt():
     """Not left holding its lock, or with lists that no longer match its state."""
-    params, grads, opt = _problem()
+    _, grads, opt = _problem()
     for t in range(3):
         interrupt_at("c_return" if t % 2 else "c_call")
         with pytest.raises(KeyboardInterrupt):

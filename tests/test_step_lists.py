@@ -871,7 +871,10 @@ def test_the_torch_first_step_writes_every_new_buffer_exactly(monkeypatch, neste
 HYPER = Hyper("torch", 0.1, 0.9, 0.0, False, 0.0, "coupled", 1.0, False)
 
 
-def protocol_step(calls, grads, guard=Guard()):
+NO_GUARD = Guard()
+
+
+def protocol_step(calls, grads, guard=NO_GUARD):
     outcome = _core.StepOutcome()
     _core.sgd_steps(calls, grads, guard, outcome)
     return outcome
@@ -904,7 +907,7 @@ def test_protocol_errors_name_what_is_wrong():
         with pytest.raises(error, match=message):
             protocol_step(calls, g, guard)
         assert not any(p.any() for p in params + buffers)
-    with pytest.raises(TypeError, match="outcome must be a fastmomentum._core.StepOutcome"):
+    with pytest.raises(TypeError, match=r"outcome must be a fastmomentum\._core\.StepOutcome"):
         _core.sgd_steps([call], grads, Guard(), object())
     assert not any(p.any() for p in params + buffers)
 
