@@ -18,9 +18,9 @@ from fastmomentum.commands.bench.problems import (
     HEAVY_BALL,
     LAYOUTS,
     NESTEROV,
-    Hyper,
     Layout,
     Problem,
+    Variant,
     make_layout_problem,
     size_label,
 )
@@ -40,7 +40,7 @@ class Case(NamedTuple):
     dtype: str
     layout: Layout
     size: int
-    hyper: Hyper
+    hyper: Variant
     impl: str
 
     @property

@@ -48,6 +48,8 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ClassVar, Literal, Protocol, SupportsFloat, Union
 
+from .schedules import cosine_interpolate, linear_interpolate, plain_data
+
 __all__ = [
     "ChainedScheduler",
     "ConstantLR",
@@ -128,26 +130,6 @@ def _require_momentum(optimizer: OptimizerLike) -> None:
             "optimizer must support momentum (a 'momentum' entry in every param group) with "
             "`cycle_momentum` option enabled"
         )
-
-
-def _plain(value: Any) -> Any:
-    """A copy of ``value`` made only of builtin scalars, lists and str-keyed dicts (JSON-able)."""
-    if value is None or isinstance(value, (bool, str)):
-        return value
-    if isinstance(value, int):
-        return int(value)
-    if isinstance(value, float):
-        return float(value)
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        if not all(isinstance(k, str) for k in value):
-            raise TypeError("state_dict: only dicts with str keys can be stored")
-        return {k: _plain(v) for k, v in value.items()}
-    item = getattr(value, "item", None)
-    if callable(item):  # NumPy / torch scalars
-        return _plain(item())
-    raise TypeError(f"state_dict: cannot store a {type(value).__name__} as plain data")
 
 
 # --------------------------------------------------------------------------------------------
@@ -278,7 +260,7 @@ class LRScheduler:
         The optimizer's own state (``lr``, ``initial_lr``, ... in its param groups) must be saved
         and restored separately, as with torch.
         """
-        return {key: _plain(self._state_value(key)) for key in self._state_keys}
+        return {key: plain_data(self._state_value(key)) for key in self._state_keys}
 
     def _state_value(self, key: str) -> Any:
         """The value saved under ``key`` (an attribute, unless a subclass converts it)."""
@@ -309,7 +291,7 @@ class LRScheduler:
         if missing:
             raise KeyError(f"{type(self).__name__}.load_state_dict: missing keys {missing}")
         for key in self._state_keys:
-            setattr(self, key, _plain(state_dict[key]))
+            setattr(self, key, plain_data(state_dict[key]))
 
 
 class _ChainableLRScheduler(LRScheduler):
@@ -1183,8 +1165,8 @@ class OneCycleLR(LRScheduler):
         """Cosine ``end + (start - end) / 2.0 * (cos(pi * pct) + 1)`` or linear
         ``(end - start) * pct + start`` interpolation, ``pct`` from 0 (start) to 1 (end)."""
         if self._anneal_func_type == "cos":
-            return end + (start - end) / 2.0 * (math.cos(math.pi * pct) + 1)
-        return (end - start) * pct + start
+            return cosine_interpolate(start, end, pct)
+        return linear_interpolate(start, end, pct)
 
     def get_lr(self) -> list[float]:
         """The annealed lr of step ``last_epoch`` in its phase (see the class docstring); with

@@ -153,10 +153,25 @@ def _set(obj: Any, name: str, value: Any) -> None:
     object.__setattr__(obj, name, value)  # normalizing a frozen dataclass in __post_init__
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, (tuple, list)):
-        return [_plain(v) for v in value]
-    return value
+def plain_data(value: Any) -> Any:
+    """A copy of ``value`` made only of builtin scalars, lists and str-keyed dicts (JSON-able):
+    what a schedule's ``to_dict`` and a scheduler's ``state_dict`` hold."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, (list, tuple)):
+        return [plain_data(v) for v in value]
+    if isinstance(value, dict):
+        if not all(isinstance(k, str) for k in value):
+            raise TypeError("state_dict: only dicts with str keys can be stored")
+        return {k: plain_data(v) for k, v in value.items()}
+    item = getattr(value, "item", None)
+    if callable(item):  # NumPy / torch scalars
+        return plain_data(item())
+    raise TypeError(f"state_dict: cannot store a {type(value).__name__} as plain data")
 
 
 # --------------------------------------------------------------------------------------------
@@ -186,7 +201,7 @@ class _ScheduleBase(abc.ABC):
         """``{"kind": <lowercase name>, **parameters}`` as plain data (lists, numbers, bools)."""
         out: dict[str, Any] = {"kind": self.kind}
         for f in fields(self):
-            out[f.name] = _plain(getattr(self, f.name))
+            out[f.name] = plain_data(getattr(self, f.name))
         return out
 
 
@@ -705,11 +720,13 @@ cosine_decay_restarts = CosineDecayRestarts
 sgdr = cosine_decay_restarts
 
 
-def _linear_interpolate(start: float, end: float, pct: float) -> float:
+def linear_interpolate(start: float, end: float, pct: float) -> float:
+    """``(end - start) * pct + start``: from ``start`` (pct 0) to ``end`` (pct 1)."""
     return (end - start) * pct + start
 
 
-def _cosine_interpolate(start: float, end: float, pct: float) -> float:
+def cosine_interpolate(start: float, end: float, pct: float) -> float:
+    """``end + (start - end) / 2 * (cos(pi * pct) + 1)``: from ``start`` (pct 0) to ``end``."""
     return end + (start - end) / 2.0 * (math.cos(math.pi * pct) + 1.0)
 
 
@@ -790,7 +807,7 @@ class LinearOnecycle(_ScheduleBase):
         n = self.transition_steps
         boundaries = (int(self.pct_start * n), int(self.pct_final * n), n)
         scales = (self.div_factor, 1.0 / self.div_factor, 1.0 / self.final_div_factor)
-        return _piecewise_interpolate(_linear_interpolate, self.peak_value / self.div_factor,
+        return _piecewise_interpolate(linear_interpolate, self.peak_value / self.div_factor,
                                       boundaries, scales, _step(step))
 
 
@@ -840,7 +857,7 @@ class CosineOnecycle(_ScheduleBase):
         n = self.transition_steps
         boundaries = (int(self.pct_start * n), n)
         scales = (self.div_factor, 1.0 / (self.div_factor * self.final_div_factor))
-        return _piecewise_interpolate(_cosine_interpolate, self.peak_value / self.div_factor,
+        return _piecewise_interpolate(cosine_interpolate, self.peak_value / self.div_factor,
                                       boundaries, scales, _step(step))
 
 

@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .numpy_baseline import sgd_inplace_
-from .problems import Array, Hyper, Problem
+from .problems import Array, Problem, Variant
 from .timing import Step
 
 
@@ -29,7 +29,7 @@ class Built(NamedTuple):
     arrays: Problem
 
 
-Builder = Callable[[Problem, Hyper], Built]
+Builder = Callable[[Problem, Variant], Built]
 
 #: ``rmw-bound``'s scale: ``p += s*g`` moves ``p`` by <= 1e-10 a call (``|g| <= 1e-3``).
 RMW_SCALE = 1e-7
@@ -66,7 +66,7 @@ def import_or_unavailable(name: str) -> Any:
         raise Unavailable(f"{name} is not installed ({exc})") from None
 
 
-def _typed_scalars(problem: Problem, hyper: Hyper) -> tuple[Any, Any, Any]:
+def _typed_scalars(problem: Problem, hyper: Variant) -> tuple[Any, Any, Any]:
     """``lr, momentum, weight_decay`` as scalars of the arrays' dtype (no float64 upcast)."""
     t = problem.dtype.type
     return t(hyper.lr), t(hyper.momentum), t(hyper.weight_decay)
@@ -76,7 +76,7 @@ def _typed_scalars(problem: Problem, hyper: Hyper) -> tuple[Any, Any, Any]:
 
 
 def _load_numpy() -> Builder:
-    def build(problem: Problem, hyper: Hyper) -> Built:
+    def build(problem: Problem, hyper: Variant) -> Built:
         # np.zeros then a write: the first timed call pays no page faults.
         longest = max(p.size for p in problem.params)
         scratch = [np.zeros(longest, problem.dtype) for _ in range(2 if hyper.nesterov else 1)]
@@ -102,7 +102,7 @@ def _load_numexpr() -> Builder:
     numexpr = import_or_unavailable("numexpr")
     evaluate = numexpr.evaluate
 
-    def build(problem: Problem, hyper: Hyper) -> Built:
+    def build(problem: Problem, hyper: Variant) -> Built:
         lr, m, wd = _typed_scalars(problem, hyper)
         buffer_expr = "m*b + (g + wd*p)"
         param_expr = "p - lr*((g + wd*p) + m*b)" if hyper.nesterov else "p - lr*b"
@@ -180,7 +180,7 @@ def _load_numba(parallel: bool) -> Builder:
         probe = np.zeros(4)
         kernels["one_prange"](probe, probe.copy(), probe.copy(), 0.1, 0.9, 0.0, False)
 
-    def build(problem: Problem, hyper: Hyper) -> Built:
+    def build(problem: Problem, hyper: Variant) -> Built:
         scalars = (*_typed_scalars(problem, hyper), hyper.nesterov)
         if len(problem.params) == 1:
             arrays: tuple[Any, ...] = (problem.params[0], problem.grads[0], problem.buffers[0])
@@ -217,7 +217,7 @@ def _load_torch_optim() -> Builder:
         raise Unavailable(f"torch {torch.__version__}: SGD(fused=True) fails on CPU "
                           f"({exc})") from None
 
-    def build(problem: Problem, hyper: Hyper) -> Built:
+    def build(problem: Problem, hyper: Variant) -> Built:
         params, grads, buffers = _tensors(torch, problem)
         for p, g in zip(params, grads):
             p.grad = g
@@ -235,7 +235,7 @@ def _load_torch_kernel() -> Builder:
     if kernel is None:
         raise Unavailable(f"torch {torch.__version__} has no torch._fused_sgd_")
 
-    def build(problem: Problem, hyper: Hyper) -> Built:
+    def build(problem: Problem, hyper: Variant) -> Built:
         params, grads, buffers = _tensors(torch, problem)
         return Built(functools.partial(
             kernel, params, grads, buffers, weight_decay=hyper.weight_decay,
@@ -248,7 +248,7 @@ def _load_torch_kernel() -> Builder:
 # --- fastmomentum -----------------------------------------------------------------------------
 
 
-def _user_call(params: list[Any], grads: list[Any], buffers: list[Any], hyper: Hyper) -> Step:
+def _user_call(params: list[Any], grads: list[Any], buffers: list[Any], hyper: Variant) -> Step:
     """``functional.sgd_`` called as a user writes it, with keywords. (``functools.partial``
     would merge its stored keywords into a new dict on every call: ~0.15 us that no user pays.)"""
     from ...functional import sgd_
@@ -264,7 +264,7 @@ def _user_call(params: list[Any], grads: list[Any], buffers: list[Any], hyper: H
 
 
 def _load_fastmomentum() -> Builder:
-    def build(problem: Problem, hyper: Hyper) -> Built:
+    def build(problem: Problem, hyper: Variant) -> Built:
         return Built(_user_call(problem.params, problem.grads, problem.buffers, hyper), problem)
 
     return build
@@ -276,7 +276,7 @@ def _load_fastmomentum_flat() -> Builder:
     except (ImportError, AttributeError):
         raise Unavailable("this fastmomentum has no fastmomentum.flat.FlatGroup") from None
 
-    def build(problem: Problem, hyper: Hyper) -> Built:
+    def build(problem: Problem, hyper: Variant) -> Built:
         # The same values in one group: its own memory, three contiguous 1-D arrays.
         group = flat_group.from_arrays(problem.params)
         for views, arrays in ((group.grads, problem.grads), (group.buffers, problem.buffers)):
@@ -308,7 +308,7 @@ def _load_rmw_bound() -> Builder:
             raise Unavailable(f"_core.bandwidth_probe does not do p += s*g; b += s*g: {exc}"
                               ) from None
 
-    def build(problem: Problem, hyper: Hyper) -> Built:
+    def build(problem: Problem, hyper: Variant) -> Built:
         return Built(functools.partial(reference, problem.params, problem.grads,
                                        problem.buffers, RMW_SCALE), problem)
 

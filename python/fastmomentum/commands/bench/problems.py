@@ -20,8 +20,9 @@ Array = NDArray[np.floating[Any]]
 
 
 @dataclass(frozen=True)
-class Hyper:
-    """Hyper-parameters of one torch-convention step with coupled weight decay, dampening 0."""
+class Variant:
+    """The hyper-parameters of a timed step (one variant of the update): torch's convention,
+    coupled weight decay, dampening 0."""
 
     lr: float = 0.01
     momentum: float = 0.9
@@ -39,10 +40,10 @@ class Hyper:
                     nesterov=self.nesterov)
 
 
-HEAVY_BALL = Hyper()
-NESTEROV = Hyper(nesterov=True)
+HEAVY_BALL = Variant()
+NESTEROV = Variant(nesterov=True)
 #: ``--variant`` names; ``"momentum"`` is an alias of ``"heavy-ball"``.
-VARIANTS: dict[str, Hyper] = {"heavy-ball": HEAVY_BALL, "momentum": HEAVY_BALL,
+VARIANTS: dict[str, Variant] = {"heavy-ball": HEAVY_BALL, "momentum": HEAVY_BALL,
                               "nesterov": NESTEROV}
 
 #: Relative tolerance of the verification, per dtype (see :mod:`.verify`).

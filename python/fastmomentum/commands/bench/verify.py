@@ -20,7 +20,7 @@ import numpy as np
 
 from .numpy_baseline import sgd_inplace_
 from .peers import Builder
-from .problems import RTOL, Hyper, Layout, Problem, make_layout_problem
+from .problems import RTOL, Layout, Problem, Variant, make_layout_problem
 
 STEPS = 3
 #: Verification problems hold at most this many elements (2**21: 64 threads could split it).
@@ -29,7 +29,7 @@ MAX_ELEMENTS = 2**21
 REFERENCE_CACHE_BYTES = 256 * 2**20
 
 
-def reference_steps(problem: Problem, hyper: Hyper) -> Problem:
+def reference_steps(problem: Problem, hyper: Variant) -> Problem:
     """:data:`STEPS` steps of :func:`~fastmomentum.commands.bench.numpy_baseline.sgd_inplace_` on a
     copy of ``problem``: what every implementation must match."""
     result = problem.copy()
@@ -40,7 +40,7 @@ def reference_steps(problem: Problem, hyper: Hyper) -> Problem:
     return result
 
 
-def run_steps(build: Builder, problem: Problem, hyper: Hyper) -> Problem:
+def run_steps(build: Builder, problem: Problem, hyper: Variant) -> Problem:
     """``STEPS`` steps of ``build``'s implementation on a fresh copy of ``problem``; returns
     the arrays it updated."""
     step, arrays = build(problem.copy(), hyper)
@@ -84,7 +84,7 @@ class Verifier:
         return min(size, self.max_elements)
 
     def _reference(self, dtype: np.dtype[Any], layout: Layout, n: int,
-                   hyper: Hyper) -> tuple[Problem, Problem]:
+                   hyper: Variant) -> tuple[Problem, Problem]:
         key = (dtype, layout, n, hyper)
         if key not in self._references:
             while self._references and self._reference_bytes() > REFERENCE_CACHE_BYTES:
@@ -98,7 +98,7 @@ class Verifier:
                    for problem, _ in self._references.values())
 
     def verify(self, name: str, build: Builder, dtype: np.dtype[Any], layout: Layout,
-               size: int, hyper: Hyper, threads: int) -> str | None:
+               size: int, hyper: Variant, threads: int) -> str | None:
         """``None`` if ``name``'s implementation passes, else why it fails (one line)."""
         n = self.checked_size(size)
         key = (name, dtype, layout, n, hyper, threads)
