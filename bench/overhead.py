@@ -6,7 +6,7 @@ targets in brackets):
 - ``sgd_`` on one float32 array of 1,000 elements, called as a user writes it (<= 0.6 us);
 - ``sgd_`` on a list of 200 one-element arrays, per array (<= 0.2 us of overhead per array);
 - ``SGD.step`` with one group of one array, and of 200 arrays (<= 3 us per group + 0.2 us per
-  array), on its fast path (the plan made by the first step).
+  array), on its kept lists (made by the first step).
 
 Example: ``python bench/overhead.py``
 """
@@ -47,7 +47,7 @@ def optimizer_us(n_arrays: int) -> float:
     """Microseconds per ``SGD.step`` of one group of ``n_arrays`` one-element arrays."""
     params, grads, _ = _arrays(n_arrays, 1)
     opt = fm.SGD(params, lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
-    opt.step(grads)  # the full path, which makes the plan
+    opt.step(grads)  # the first step makes the lists and buffers
 
     def step() -> None:
         opt.step(grads)

@@ -100,8 +100,8 @@ def _in_two_threads(run, jobs):
 
 # Guards against: state shared between calls of different threads that should be independent: a
 # global/static scratch buffer, hyper-parameters or a "current call" kept in a global, a thread
-# pool whose work items get mixed up between two concurrent callers, an optimizer's plan cached
-# per module instead of per optimizer. Any of these changes the bits of one run or the other.
+# pool whose work items get mixed up between two concurrent callers, an optimizer's kept lists
+# shared per module instead of per optimizer. Any of these changes the bits of one run or the other.
 @pytest.mark.parametrize("run", [_optimizer_run, _functional_run], ids=["SGD", "functional"])
 @pytest.mark.parametrize("styles", [("torch", "keras"), ("ema", "torch")], ids="-".join)
 def test_two_threads_on_their_own_arrays_give_the_sequential_bits(run, styles):
@@ -196,17 +196,17 @@ def test_the_gil_probe_tells_holding_from_releasing():
 
 
 # Guards against: a kernel that runs holding the GIL (every other Python thread of the program
-# would stall for the whole update), in the functional API and in both paths of fm.SGD.step (the
-# first step checks everything, later ones take the step plan).
+# would stall for the whole update), in the functional API and in fm.SGD.step (the first step,
+# which makes its lists and buffers, and a later one on the kept lists).
 def test_big_calls_release_the_gil(one_thread):
     n = 20_000_000
     p, g, b = np.zeros(n, np.float32), np.ones(n, np.float32), np.zeros(n, np.float32)
     assert _released(lambda: fm.functional.sgd_([p], [g], [b], lr=0.1, momentum=0.9))
     assert _released(lambda: fm.functional.keras_sgd_([p], [g], [b], lr=0.1, momentum=0.9))
     assert _released(lambda: fm.functional.ema_sgd_([p], [g], [b], lr=0.1, beta=0.9))
-    # A new optimizer's first step checks everything (no plan yet) ...
+    # A new optimizer's first step (its lists and buffers made) ...
     assert _released(lambda: fm.SGD([p], lr=0.1, momentum=0.9).step([g]))
-    # ... and later steps take the plan.
+    # ... and a later step, on the kept lists.
     opt = fm.SGD([p], lr=0.1, momentum=0.9)
     opt.step([g])
     assert _released(lambda: opt.step([g]))

@@ -211,7 +211,7 @@ def _same_snapshot(a, b):
             same_bits(entry_a[k], entry_b[k])
 
 
-@pytest.mark.parametrize("skip_at", [0, 3])  # the first step (full path) and a planned one
+@pytest.mark.parametrize("skip_at", [0, 3])  # the first step (new buffers) and a later one
 @pytest.mark.parametrize("style", ["torch", "keras", "ema"])
 def test_sgd_skip_changes_nothing_and_the_run_continues_as_if_it_never_happened(skip_at, style):
     rng = np.random.default_rng(6)

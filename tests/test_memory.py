@@ -134,7 +134,7 @@ class Workload:
 
 class OptimizerTorch(Workload):
     """fm.SGD with momentum (Nesterov), two groups, a schedule for the lr: from the second step on,
-    the optimizer's fast path (the step plan)."""
+    the optimizer's kept lists."""
 
     style = "torch"
 
@@ -205,7 +205,7 @@ class RejectedCalls(Workload):
             pass
         grads[4] = grads[4].astype(np.float16)
         try:
-            self.opt.step(grads)  # rejected on the optimizer's fast path
+            self.opt.step(grads)  # rejected, on the kept lists
         except TypeError:
             pass
         try:
@@ -250,9 +250,9 @@ WORKLOADS = [OptimizerTorch, OptimizerKeras, OptimizerEma, FunctionalTorch, Func
 IDS = [w.__name__ for w in WORKLOADS]
 
 
-# Guards against: a leaked reference or allocation per call in the bindings, the step plan or the
-# optimizer (e.g. a grad array or an exception kept alive, a state dict entry or a cached plan
-# created at every step instead of once).
+# Guards against: a leaked reference or allocation per call in the bindings or the optimizer (e.g.
+# a grad array or an exception kept alive, a state dict entry or the kept lists made at every
+# step instead of once).
 @pytest.mark.parametrize("workload", WORKLOADS, ids=IDS)
 def test_traced_memory_and_reference_counts_stay_flat(workload):
     w = workload()

@@ -307,8 +307,8 @@ def _sgd_reference(style, groups, steps, default_mode):
 # Guards against: the optimizer's bookkeeping changing the arithmetic: a group's
 # hyper-parameters applied to another group's arrays (one fused call for all groups), a wrong
 # first-step flag (after a None gradient, or for a late joiner), a buffer created with junk, the
-# step plan (the fast path from the second step on) diverging from the full path, a buffer kept
-# at momentum 0, or the mode default of the style mixed up.
+# kept lists (from the second step on) diverging from lists made afresh, a buffer kept at
+# momentum 0, or the mode default of the style mixed up.
 @given(case=_optimizers(), isa=st.sampled_from(ISAS), threads=st.sampled_from([1, 2]))
 @_settings(300)
 def test_the_optimizer_matches_the_reference_over_several_steps(case, isa, threads):
@@ -616,9 +616,9 @@ STEP_KINDS = ["dtype", "shape", "strided", "alias-param", "alias-buffer", "not-a
 
 @st.composite
 def _bad_steps(draw, kind):
-    """An optimizer of two groups that has taken 0 to 2 good steps (from the second, the step
-    plan's fast path is in place), and a bad step of ``kind``; returns (optimizer, params, the bad
-    step's grads, error type, regex)."""
+    """An optimizer of two groups that has taken 0 to 2 good steps (from the second, its kept
+    lists serve the step), and a bad step of ``kind``; returns (optimizer, params, the bad step's
+    grads, error type, regex)."""
     style = draw(st.sampled_from(STYLES))
     params, _, _ = draw(_arrays(min_size=2, max_size=5))
     params = [p if p.size else np.zeros(3, p.dtype) for p in params]
@@ -687,8 +687,8 @@ def _optimizer_snapshot(opt, params, grads):
             [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups])
 
 
-# Guards against: the optimizer's fast path (the plan of the previous step) skipping a check that
-# the full path makes (a gradient's dtype/shape/layout, a gradient overlapping a buffer the
+# Guards against: a step on the optimizer's kept lists skipping a check that a first step makes
+# (a gradient's dtype/shape/layout, a gradient overlapping a buffer the
 # optimizer allocated, a parameter made read-only since), a half-done step (one group updated,
 # the next one rejected), or the iteration count / state advancing on a rejected step.
 @pytest.mark.parametrize("kind", STEP_KINDS)
@@ -921,10 +921,10 @@ def _sgd_of(groups, options):
 
 
 # Guards against: a skipped step that leaves a trace (a parameter, a buffer written or created, a
-# torch first step consumed, the iteration count or an lr schedule advanced, the step plan made
+# torch first step consumed, the iteration count or an lr schedule advanced, the kept lists made
 # stale or wrong), counters that do not count (skipped_steps, consecutive_skips reset by an
 # applied step only), the limit of max_consecutive_skips off by one or changing something, and
-# the steps after a skip diverging from a run that never saw the bad steps (full path and plan).
+# the steps after a skip diverging from a run that never saw the bad steps.
 @given(run=_skip_runs(), isa=st.sampled_from(ISAS), threads=st.sampled_from([1, 2]))
 @_settings(100)
 def test_skipped_steps_leave_no_trace_in_the_optimizer(run, isa, threads):
@@ -1038,7 +1038,7 @@ def test_bad_guard_arguments_raise_and_modify_nothing(kind, data):
 
 # Guards against: fm.SGD accepting a bad nonfinite or max_grad_norm (in the constructor, or set
 # as an attribute later) or a bad step(loss_scale=...), or a rejected step that changed the
-# parameters, buffers, counters or state, on the full path (first step) or the plan's.
+# parameters, buffers, counters or state, on a first step or on the kept lists.
 @pytest.mark.parametrize("kind", list(GUARD_KINDS))
 @given(data=st.data())
 @_settings(20)
