@@ -117,6 +117,34 @@ def test_a_later_calls_conversion_cannot_change_an_earlier_calls_arrays():
     assert _unchanged(params + buffers, before)
 
 
+@pytest.mark.parametrize("effect", ["freeze", "free"])
+def test_a_later_groups_hyper_parameter_cannot_change_an_earlier_groups_arrays(effect):
+    """fm.SGD with two groups, the second's weight_decay a number whose conversion freezes (or
+    frees) the first group's parameter: converted before any array is checked, so the step
+    refuses the frozen array (or sees the freed one's new memory), and nothing is written."""
+    params, grads, _ = _arrays(4)
+    armed = []
+
+    def hostile():
+        if armed:
+            if effect == "freeze":
+                params[0].flags.writeable = False
+            else:
+                params[0].resize(2 * N, refcheck=False)
+            gc.collect()
+
+    opt = fm.SGD([{"params": params[:2]}, {"params": params[2:], "weight_decay":
+                  Scalar(1e-3, hostile)}], lr=0.1, momentum=0.9)
+    opt.step(grads)
+    before = [a.copy() for a in params[1:]]
+    armed.append(True)
+    message = r"params\[0\] is read-only" if effect == "freeze" else \
+        r"grads\[0\] has shape \(64,\) but params\[0\] has shape \(128,\)"
+    with pytest.raises(ValueError, match=message):
+        opt.step(grads)
+    assert _unchanged(params[1:], before) and opt.iterations == 1
+
+
 def test_the_optimizers_schedule_runs_before_any_check():
     params, grads, _ = _arrays()
     opt = fm.SGD(params, lr=0.1, momentum=0.9)
