@@ -100,13 +100,14 @@ void check_calls(const CallArgs* calls, std::size_t count, const List& grads, bo
             const std::size_t at = call.first_index + i;
             PyObject* grad = grads[at];
             if (grad == Py_None && none_skips) continue;
+            // Indices, not references: adding an array may move the others.
             const std::size_t p = step.add(read, call.params[i], Where{"params", at}, Access::write);
-            check_matches(step.arrays[step.add(read, grad, Where{"grads", at}, Access::read)],
-                          step.arrays[p]);
-            if (call.has_buffers)
-                check_matches(
-                    step.arrays[step.add(read, call.buffers[i], Where{b_name, at}, Access::write)],
-                    step.arrays[p]);
+            const std::size_t g = step.add(read, grad, Where{"grads", at}, Access::read);
+            check_matches(step.arrays[g], step.arrays[p]);
+            if (call.has_buffers) {
+                const std::size_t b = step.add(read, call.buffers[i], Where{b_name, at}, Access::write);
+                check_matches(step.arrays[b], step.arrays[p]);
+            }
             update.append(step.arrays[p], step.arrays[p + 1],
                           use_buffers ? &step.arrays[p + 2] : nullptr, call.first_step[i]);
         }

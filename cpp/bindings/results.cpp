@@ -19,8 +19,11 @@ py::object make_result(bool skipped, const Outcome& outcome) {
 }  // namespace
 
 void bind_python(py::handle result_type, py::handle nonfinite_error, py::handle device_step) {
-    if (g_step_result != nullptr) throw py::value_error("_core._bind was called already");
-    g_applied = result_type(false, py::none()).release().ptr();
+    // Bound again when the package's module is reloaded: the new objects replace the old ones.
+    PyObject* applied = result_type(false, py::none()).release().ptr();
+    for (PyObject** slot : {&g_applied, &g_step_result, &g_nonfinite_error, &g_device_step})
+        Py_XDECREF(*slot);
+    g_applied = applied;
     g_step_result = result_type.inc_ref().ptr();
     g_nonfinite_error = nonfinite_error.inc_ref().ptr();
     g_device_step = device_step.inc_ref().ptr();
