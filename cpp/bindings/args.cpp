@@ -290,12 +290,17 @@ void FirstStep::check(std::size_t n) const {
                               " entries but params has " + std::to_string(n));
 }
 
+PyObject* protocol_tuple(py::handle obj, int count, const char* what, const char* name) {
+    if (!PyTuple_Check(obj.ptr()) || PyTuple_GET_SIZE(obj.ptr()) != count)
+        throw py::type_error(std::string(name) + " must be a fastmomentum._protocol." + what +
+                             " (a tuple of " + std::to_string(count) + " fields), got " +
+                             type_name(obj.ptr()));
+    return obj.ptr();
+}
+
 HyperArgs hyper_args(py::handle tuple) {
-    if (!PyTuple_Check(tuple.ptr()) || PyTuple_GET_SIZE(tuple.ptr()) != field::kHyperCount)
-        throw py::type_error("a call's hyper must be a fastmomentum._protocol.Hyper (a tuple of " +
-                             std::to_string(field::kHyperCount) + " fields), got " +
-                             type_name(tuple.ptr()));
-    const auto at = [&](int f) { return PyTuple_GET_ITEM(tuple.ptr(), f); };
+    PyObject* t = protocol_tuple(tuple, field::kHyperCount, "Hyper", "a call's hyper");
+    const auto at = [&](int f) { return PyTuple_GET_ITEM(t, f); };
     using namespace field;
     return HyperArgs{at(style),        at(lr),
                      at(momentum),     at(dampening),
@@ -348,11 +353,8 @@ Guard parse_guard(PyObject* nonfinite, PyObject* max_norm, PyObject* loss_scale,
 }
 
 Guard parse_guard(py::handle tuple) {
-    if (!PyTuple_Check(tuple.ptr()) || PyTuple_GET_SIZE(tuple.ptr()) != field::kGuardCount)
-        throw py::type_error("guard must be a fastmomentum._protocol.Guard (a tuple of " +
-                             std::to_string(field::kGuardCount) + " fields), got " +
-                             type_name(tuple.ptr()));
-    const auto at = [&](int f) { return PyTuple_GET_ITEM(tuple.ptr(), f); };
+    PyObject* t = protocol_tuple(tuple, field::kGuardCount, "Guard", "guard");
+    const auto at = [&](int f) { return PyTuple_GET_ITEM(t, f); };
     return parse_guard(at(field::nonfinite), at(field::max_norm), at(field::loss_scale),
                        at(field::stats));
 }

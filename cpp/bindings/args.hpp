@@ -104,6 +104,10 @@ struct HyperArgs {
 };
 HyperArgs hyper_args(py::handle tuple);  // the fields of an _protocol.Hyper
 
+// `obj` as one of the protocol's tuples, `what` (e.g. "_protocol.Call") of `count` fields: a
+// tuple of that length (its fields are then read by position, field::...), else TypeError.
+PyObject* protocol_tuple(py::handle obj, int count, const char* what, const char* name);
+
 // Converts and checks hyper-parameters: PyTorch's rules and wording ("Invalid learning rate:
 // -0.1"), plus finiteness, momentum and dampening in [0, 1], and a decoupled decay of at most 1.
 Hyper parse_hyper(const HyperArgs& args);

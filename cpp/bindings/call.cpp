@@ -29,11 +29,8 @@ CallArgs parse_call(PyObject* params, PyObject* buffers, PyObject* first_step, c
 }
 
 CallArgs parse_call(py::handle call) {
-    if (!PyTuple_Check(call.ptr()) || PyTuple_GET_SIZE(call.ptr()) != field::kCallCount)
-        throw py::type_error("each call must be a fastmomentum._protocol.Call (a tuple of " +
-                             std::to_string(field::kCallCount) + " fields), got " +
-                             type_name(call.ptr()));
-    const auto at = [&](int f) { return PyTuple_GET_ITEM(call.ptr(), f); };
+    PyObject* t = protocol_tuple(call, field::kCallCount, "Call", "each call");
+    const auto at = [&](int f) { return PyTuple_GET_ITEM(t, f); };
     const Hyper hyper = parse_hyper(hyper_args(at(field::hyper)));
     return parse_call(at(field::params), at(field::buffers), at(field::first_step), hyper,
                       count(at(field::first_index), "first_index"));
