@@ -29,37 +29,25 @@ FM_DECLARE_PROBE_SET(fastmomentum::avx512)
 namespace fastmomentum {
 namespace {
 
-// Indexed by Isa; an ISA that was not compiled keeps a null set.
-const std::array<KernelSet, 3>& table() {
-    static const std::array<KernelSet, 3> sets = {
-        baseline::kernel_set(),
-#ifdef FM_HAVE_AVX2
-        avx2::kernel_set(),
-#else
-        KernelSet{},
-#endif
-#ifdef FM_HAVE_AVX512
-        avx512::kernel_set(),
-#else
-        KernelSet{},
-#endif
-    };
-    return sets;
-}
+// What one ISA object provides: the update's kernels, and (apart) the benchmarks' probe.
+struct Compiled {
+    KernelSet kernels;
+    ProbeSet probes;
+};
 
-// The bandwidth probes, indexed like table().
-const std::array<ProbeSet, 3>& probe_table() {
-    static const std::array<ProbeSet, 3> sets = {
-        baseline::probe_set(),
+// Indexed by Isa; an ISA that was not compiled keeps null sets.
+const std::array<Compiled, 3>& table() {
+    static const std::array<Compiled, 3> sets = {
+        Compiled{baseline::kernel_set(), baseline::probe_set()},
 #ifdef FM_HAVE_AVX2
-        avx2::probe_set(),
+        Compiled{avx2::kernel_set(), avx2::probe_set()},
 #else
-        ProbeSet{},
+        Compiled{},
 #endif
 #ifdef FM_HAVE_AVX512
-        avx512::probe_set(),
+        Compiled{avx512::kernel_set(), avx512::probe_set()},
 #else
-        ProbeSet{},
+        Compiled{},
 #endif
     };
     return sets;
@@ -110,7 +98,7 @@ std::optional<Isa> isa_from_name(std::string_view name) {
     return std::nullopt;
 }
 
-bool isa_compiled(Isa isa) { return table()[static_cast<int>(isa)].f32 != nullptr; }
+bool isa_compiled(Isa isa) { return table()[static_cast<int>(isa)].kernels.f32 != nullptr; }
 
 bool isa_supported(Isa isa) {
     if (isa == Isa::baseline) return true;
@@ -154,8 +142,8 @@ Isa active_isa() {
     return static_cast<Isa>(active);
 }
 
-const KernelSet& active_kernels() { return table()[static_cast<int>(active_isa())]; }
+const KernelSet& active_kernels() { return table()[static_cast<int>(active_isa())].kernels; }
 
-const ProbeSet& active_probes() { return probe_table()[static_cast<int>(active_isa())]; }
+const ProbeSet& active_probes() { return table()[static_cast<int>(active_isa())].probes; }
 
 }  // namespace fastmomentum
