@@ -778,8 +778,9 @@ def _guarded_calls(draw):
 
 def _expected_norm(grads, loss_scale):
     """The documented norm of one call: sqrt of test_guards' ordered sum of squares, over the
-    float32 gradients first and then the float64 ones (cpp/bindings/call.hpp, run_updates: the statistics
-    pass adds a call's float32 blocks, then its float64 blocks), divided by loss_scale."""
+    float32 gradients first and then the float64 ones (cpp/bindings/call.hpp, run_updates: the
+    statistics pass adds a call's float32 blocks, then its float64 blocks), divided by
+    loss_scale."""
     in_call_order = [g for g in grads if g.dtype == np.float32] + \
                     [g for g in grads if g.dtype == np.float64]
     with np.errstate(all="ignore"):
