@@ -88,3 +88,17 @@ def test_the_optimizer_refuses_it_where_the_functional_step_does():
     with pytest.raises(ValueError, match="cannot flip a parameter's sign in float32"):
         fm.SGD([w], lr=1 / 0.3, weight_decay=0.3, style="keras").step([np.zeros(3, np.float32)])
     np.testing.assert_array_equal(w, 1.0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_weight_decay_above_1_is_refused_in_keras_form(dtype):
+    """p*wd would overflow to infinity for the largest parameters, and p - inf*lr is -inf."""
+    big = np.finfo(dtype).max / 1.5
+    p = np.array([big, -big], dtype)
+    overflow = r"weight_decay <= 1 \(p\*weight_decay must not overflow\)"
+    with pytest.raises(ValueError, match=overflow):
+        fm.functional.keras_sgd_([p], [np.zeros_like(p)], lr=0.25, weight_decay=2.0)
+    assert p[0] == big and p[1] == -big
+    fm.functional.sgd_([p], [np.zeros_like(p)], lr=0.25, weight_decay=2.0,
+                       weight_decay_mode="decoupled")  # torch's form: p*(1 - 0.5)
+    assert p[0] == dtype(big) * dtype(0.5)

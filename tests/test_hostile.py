@@ -187,6 +187,34 @@ def test_an_ndarray_subclass_is_checked_by_its_type_never_its___class__():
     assert SneakyClass.calls == 0
 
 
+class LyingShape(np.ndarray):
+    """Claims another shape, size and dtype than its memory's."""
+
+    @property
+    def shape(self):
+        return (1,)
+
+    @property
+    def size(self):
+        return 1
+
+    @property
+    def dtype(self):
+        return np.dtype(np.float64)
+
+
+def test_the_optimizers_new_buffers_follow_the_arrays_memory_not_their_properties():
+    params, grads, _ = _arrays()
+    params[1] = params[1].view(LyingShape)
+    reference = [np.asarray(p).copy() for p in params]
+    opt = fm.SGD(params, lr=0.1, momentum=0.9)
+    opt.step(grads)
+    buf = opt.state[params[1]]["momentum_buffer"]
+    assert type(buf) is np.ndarray and buf.shape == (N,) and buf.dtype == np.float32
+    for p, r, g in zip(params, reference, grads):
+        assert np.asarray(p).tobytes() == (r - np.float32(0.1) * g).tobytes()
+
+
 class Lying(list):
     def __iter__(self):
         raise AssertionError("__iter__ ran")

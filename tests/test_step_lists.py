@@ -639,9 +639,10 @@ def test_a_grad_overlapping_many_params_is_found_by_position():
                 with pytest.raises(ValueError, match="share memory") as info:
                     opt.step(grads)
                 names.append(set(re.findall(r"\w+\[\d+\]", str(info.value))))
-                if not force_full:  # named in address order
-                    pair = (f"params[{k}]", f"grads[{target}]")
-                    first, second = pair[::-1] if start < 4 * k else pair
+                if not force_full:  # named in address order; at one address, in list order
+                    pair = (f"params[{k}]", f"grads[{target}]")  # (the list: p, g, b per param)
+                    grad_first = start < 4 * k or (start == 4 * k and target < k)
+                    first, second = pair[::-1] if grad_first else pair
                     assert str(info.value).startswith(f"{first} and {second} share")
             assert names[0] == names[1] == {f"params[{k}]", f"grads[{target}]"}
         same_bits(blocks[0], before)
@@ -898,7 +899,10 @@ def test_protocol_errors_name_what_is_wrong():
         ([call, call._replace(first_index=2)], grads * 2, Guard(), ValueError,
          r"(params|buffers)\[[0-3]\] and \1\[[0-3]\] share memory"),  # the same arrays twice
         ([call._replace(first_index=1)], grads, Guard(), ValueError,
-         r"a call's params go past the end of grads"),
+         r"calls\[0\]\.first_index is 1 but the calls before it have 0 params"),
+        ([call, call._replace(params=[np.zeros(4), np.zeros(4)], buffers=[np.zeros(4)] * 2)],
+         grads * 2, Guard(), ValueError,  # the second call's gradients would be the first's
+         r"calls\[1\]\.first_index is 0 but the calls before it have 2 params"),
         ([call], grads, Guard(stats=(True,)), TypeError, r"stats must be None or a tuple"),
         ([call], grads, Guard(stats=(True, -1.0)), ValueError, r"sum_squares\) must be >= 0"),
         ({0: call}, grads, Guard(), TypeError, r"calls must be a list or tuple, got dict"),
@@ -926,6 +930,12 @@ def test_protocol_steps_and_none_gradients():
                             Guard("skip", 1.0, 1.0, (False, 4.0)))
     assert (outcome.ran, outcome.applied, outcome.norm) == (True, False, 2.0)
     assert outcome.result([np.ones(4), None]) == (True, 2.0)
+    # Only a NaN gradient makes a NaN sum of squares: not finite, whatever all_finite says.
+    before = [a.copy() for a in params + buffers]
+    outcome = protocol_step([Call(params, buffers, False, HYPER, 0)], [np.ones(4), None],
+                            Guard("skip", None, 1.0, (True, float("nan"))))
+    assert (outcome.ran, outcome.applied) == (True, False)
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(params + buffers, before))
 
 
 def test_protocol_fields_are_the_compiled_modules():

@@ -126,6 +126,34 @@ def test_numbers_that_are_not_real_are_refused_everywhere(value, error, message,
     assert not recwarn.list  # no ComplexWarning: refused, not converted
 
 
+def test_arrays_and_bool_or_complex_tensors_of_other_libraries_are_not_real_numbers():
+    """A torch tensor converts to a float when it holds one element, whatever its dtype or
+    shape; the parser refuses what NumPy's own arrays and bools would be refused as."""
+    torch = pytest.importorskip("torch")
+    for value in (torch.tensor([0.1]), torch.tensor([[0.1]]), torch.tensor(True),
+                  torch.tensor(0.1 + 0j)):
+        with pytest.raises(TypeError, match=r"lr must be a real number, got torch\.Tensor"):
+            fm.functional.sgd_(_params(), _grads(), lr=value)
+        with pytest.raises(TypeError, match=r"lr must be a real number, got torch\.Tensor"):
+            fm.SGD(_params(), lr=value)
+
+
+def test_a_value_error_of_a_conversion_is_named_and_chained():
+    class NotOne:
+        def __float__(self):
+            raise ValueError("only one element tensors can be converted")
+
+    with pytest.raises(ValueError, match=r"lr must be a real number, got \S*NotOne, whose "
+                       r"conversion to a float failed") as info:
+        fm.functional.sgd_(_params(), _grads(), lr=NotOne())
+    assert "only one element" in str(info.value.__cause__)
+
+
+def test_an_index_beyond_an_ssize_t_is_a_named_value_error(restore_threads):
+    with pytest.raises(ValueError, match=r"n must be an int >= 0 and < 2\*\*63"):
+        fm.set_num_threads(2**70)
+
+
 def test_a_torch_scalar_is_a_real_number_everywhere():
     """A 0-d tensor converts (__float__) as any real number: in the constructor and at every
     step, and the trajectory is the plain floats'."""

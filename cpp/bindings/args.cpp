@@ -37,9 +37,34 @@ bool never_real(PyObject* obj) {
     throw py::type_error(std::string(name) + " must be a real number, got " + type_name(obj));
 }
 
+// `obj`'s attribute `attr`, or null when it has none (any other error propagates).
+py::object optional_attr(PyObject* obj, const char* attr) {
+    PyObject* value = PyObject_GetAttrString(obj, attr);
+    if (value == nullptr) {
+        if (!PyErr_ExceptionMatches(PyExc_AttributeError)) throw py::error_already_set();
+        PyErr_Clear();
+        return py::object();
+    }
+    return py::reinterpret_steal<py::object>(value);
+}
+
+// Another library's array or scalar (a torch tensor, a CuPy or JAX array) that converts to a
+// float but is not one real number: more than zero dimensions, or a bool or complex dtype. Such
+// objects are refused as NumPy's are (never_real), not converted.
+bool array_like_not_real(PyObject* obj) {
+    if (PyFloat_Check(obj) || PyLong_Check(obj)) return false;  // numpy.float64 is a float
+    const py::object shape = optional_attr(obj, "shape");
+    if (shape && PyTuple_Check(shape.ptr()) && PyTuple_GET_SIZE(shape.ptr()) > 0) return true;
+    const py::object dtype = optional_attr(obj, "dtype");
+    if (!dtype) return false;
+    const std::string kind = py::str(dtype).cast<std::string>();
+    return kind.find("bool") != std::string::npos || kind.find("complex") != std::string::npos;
+}
+
 // The error set by a failed conversion: a TypeError means "not a number", an OverflowError "too
-// large"; anything else (a KeyboardInterrupt in __float__, a MemoryError) is the caller's own and
-// propagates unchanged.
+// large", a ValueError "not one number" (a tensor of many elements), named and chained to the
+// conversion's own; anything else (a KeyboardInterrupt in __float__, a MemoryError) is the
+// caller's own and propagates unchanged.
 [[noreturn]] void conversion_failed(PyObject* obj, const char* name) {
     if (PyErr_ExceptionMatches(PyExc_TypeError)) {
         PyErr_Clear();
@@ -49,6 +74,12 @@ bool never_real(PyObject* obj) {
         PyErr_Clear();
         throw py::value_error(std::string(name) + " must be a real number within a float64's "
                               "range, got " + type_name(obj) + " too large for one");
+    }
+    if (PyErr_ExceptionMatches(PyExc_ValueError)) {
+        py::raise_from(PyExc_ValueError, (std::string(name) + " must be a real number, got " +
+                                          type_name(obj) + ", whose conversion to a float failed")
+                                             .c_str());
+        throw py::error_already_set();
     }
     throw py::error_already_set();
 }
@@ -126,7 +157,9 @@ bool product_below_one(T a, T c) {
 }
 
 // Whether Keras' decay p - (p*wd)*scale, as rules::keras_decayed computes it in T, keeps the sign
-// of every p (for p >= 0; rounding to nearest is symmetric). With a = wd, c = scale, q = fl(p*a):
+// of every finite p (for p >= 0; rounding to nearest is symmetric). With a = wd, c = scale,
+// q = fl(p*a):
+//  - a > 1: p*a overflows to infinity for the largest p, and p - inf flips them: refused;
 //  - q normal: q <= p*a*(1 + u), so q*c <= p*(1 - u)*(1 + u) < p when a*c <= 1 - u;
 //  - q subnormal: q = s*J with s the smallest subnormal, p = s*K, J <= K*a + 1/2, and fl(q*c) <= p
 //    whenever J*c < K + 1/2, which holds for every K when c <= 1, and for K > k1 = (c - 1) /
@@ -137,7 +170,7 @@ template <class T>
 bool keras_decay_keeps_sign(const Coeffs<T>& k) {
     const T a = k.weight_decay, c = k.decay_scale;
     if (a == T(0) || c == T(0)) return true;  // no decay: rules::decay_of skips it
-    if (!product_below_one(a, c)) return false;
+    if (a > T(1) || !product_below_one(a, c)) return false;
     if (c <= T(1)) return true;
     constexpr double kTries = 4096;
     const double k1 = (static_cast<double>(c) - 1.0) /
@@ -173,8 +206,8 @@ void check_coefficients_as(const Hyper& h, const char* dtype) {
                 std::string("a decay that cannot flip a parameter's sign in ") + dtype +
                     ": Keras' p - (p*weight_decay)*" + scale + " rounds both factors to " +
                     dtype + ", so their product must stay below 1 - 2^-" +
-                    (sizeof(T) == sizeof(float) ? "24" : "53") + ", and further from 1 when " +
-                    scale + " > 1");
+                    (sizeof(T) == sizeof(float) ? "24" : "53") + ", further from 1 when " +
+                    scale + " > 1, and weight_decay <= 1 (p*weight_decay must not overflow)");
 }
 
 }  // namespace
@@ -202,7 +235,7 @@ std::string type_name(PyObject* obj) {
 
 double real(PyObject* obj, const char* name) {
     if (PyFloat_CheckExact(obj)) return PyFloat_AS_DOUBLE(obj);  // the usual case
-    if (never_real(obj)) not_real(obj, name);
+    if (never_real(obj) || array_like_not_real(obj)) not_real(obj, name);
     const double value = PyFloat_AsDouble(obj);
     if (value == -1.0 && PyErr_Occurred()) conversion_failed(obj, name);
     return value;
@@ -218,7 +251,12 @@ std::size_t count(PyObject* obj, const char* name) {
     if (PyBool_Check(obj) || !PyIndex_Check(obj))
         throw py::type_error(std::string(name) + " must be an int, got " + type_name(obj));
     const Py_ssize_t n = PyNumber_AsSsize_t(obj, PyExc_OverflowError);
-    if (n == -1 && PyErr_Occurred()) throw py::error_already_set();
+    if (n == -1 && PyErr_Occurred()) {
+        if (!PyErr_ExceptionMatches(PyExc_OverflowError)) throw py::error_already_set();
+        PyErr_Clear();
+        throw py::value_error(std::string(name) + " must be an int >= 0 and < 2**63, got one "
+                              "beyond an index's range");
+    }
     if (n < 0) throw py::value_error(std::string(name) + " must be >= 0, got " + std::to_string(n));
     return static_cast<std::size_t>(n);
 }
@@ -348,6 +386,9 @@ Guard parse_guard(PyObject* nonfinite, PyObject* max_norm, PyObject* loss_scale,
         if (guard.sum_squares < 0.0)  // inf (overflow, an infinite gradient) and NaN are sums too
             throw py::value_error("stats[1] (sum_squares) must be >= 0, got " +
                                   repr(guard.sum_squares));
+        // Only a NaN gradient makes a NaN sum: such statistics are of gradients not all finite,
+        // whatever all_finite says (so that "skip" and "raise" cannot apply a NaN step).
+        if (std::isnan(guard.sum_squares)) guard.all_finite = false;
     }
     return guard;
 }

@@ -25,9 +25,11 @@ bool multiply(std::int64_t a, std::int64_t b, std::int64_t& product) {
 // where a comparison sort costs O(n log n) unpredictable branches. `spare` is its buffer.
 void sort_by_address(std::vector<Range>& ranges, std::vector<Range>& spare) {
     const std::size_t n = ranges.size();
-    const auto by_address = [](const Range& x, const Range& y) { return x.begin < y.begin; };
     if (n < 64) {  // a few passes over 256 counters would cost more than sorting
-        std::sort(ranges.begin(), ranges.end(), by_address);
+        // Stable, as the radix passes are: ranges at one address stay in list order, so that an
+        // error names a pair in the same order every time.
+        std::stable_sort(ranges.begin(), ranges.end(),
+                         [](const Range& x, const Range& y) { return x.begin < y.begin; });
         return;
     }
     std::uintptr_t differ = 0;  // the bits in which some address differs from the first

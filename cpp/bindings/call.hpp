@@ -69,9 +69,9 @@ struct Step {
 };
 
 // Phase 2 of `count` parsed calls over one list of gradients (one per parameter of all the calls
-// in order, None to leave a parameter alone when `none_skips` is set) under `guard`, into `step`. Every array is
-// checked before any is used, and no written memory may be shared; a failure raises with nothing
-// written.
+// in order, None to leave a parameter alone when `none_skips` is set) under `guard`, into `step`.
+// Every array is checked before any is used, and no written memory may be shared; a failure
+// raises with nothing written.
 template <class Reader>
 void check_calls(const CallArgs* calls, std::size_t count, const List& grads, bool none_skips,
                  const Guard& guard, Reader& read, Step& step) {
@@ -82,6 +82,7 @@ void check_calls(const CallArgs* calls, std::size_t count, const List& grads, bo
                               " arrays but params has " + std::to_string(total));
     step.arrays.reserve(3 * total);
     step.updates.reserve(count);
+    std::size_t next_index = 0;  // where the call's gradients start in grads
     for (std::size_t c = 0; c < count; ++c) {
         const CallArgs& call = calls[c];
         const std::size_t n = call.params.size();
@@ -90,8 +91,13 @@ void check_calls(const CallArgs* calls, std::size_t count, const List& grads, bo
             throw py::value_error(std::string(b_name) + " has " +
                                   std::to_string(call.buffers.size()) + " arrays but params has " +
                                   std::to_string(n));
-        if (call.first_index + n > grads.size())
-            throw py::value_error("a call's params go past the end of grads");
+        // The calls' params tile grads in order: every gradient is read by exactly one parameter.
+        if (call.first_index != next_index)
+            throw py::value_error("calls[" + std::to_string(c) + "].first_index is " +
+                                  std::to_string(call.first_index) + " but the calls before it "
+                                  "have " + std::to_string(next_index) + " params; each call's "
+                                  "gradients follow the previous call's in grads");
+        next_index += n;
         call.first_step.check(n);
         const bool use_buffers = call.hyper.momentum != 0.0;  // else given buffers are left alone
         Update update{call.hyper, {}, {}};
@@ -104,12 +110,13 @@ void check_calls(const CallArgs* calls, std::size_t count, const List& grads, bo
             const std::size_t p = step.add(read, call.params[i], Where{"params", at}, Access::write);
             const std::size_t g = step.add(read, grad, Where{"grads", at}, Access::read);
             check_matches(step.arrays[g], step.arrays[p]);
-            if (call.has_buffers) {
-                const std::size_t b = step.add(read, call.buffers[i], Where{b_name, at}, Access::write);
+            std::size_t b = 0;
+            if (call.has_buffers) {  // always when use_buffers (parse_call)
+                b = step.add(read, call.buffers[i], Where{b_name, at}, Access::write);
                 check_matches(step.arrays[b], step.arrays[p]);
             }
-            update.append(step.arrays[p], step.arrays[p + 1],
-                          use_buffers ? &step.arrays[p + 2] : nullptr, call.first_step[i]);
+            update.append(step.arrays[p], step.arrays[g], use_buffers ? &step.arrays[b] : nullptr,
+                          call.first_step[i]);
         }
         if (!update.f32.empty()) check_coefficients(update.hyper, Dtype::f32);
         if (!update.f64.empty()) check_coefficients(update.hyper, Dtype::f64);

@@ -10,8 +10,9 @@ more adapter in this file.
 
 from __future__ import annotations
 
+import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any, Protocol
 
@@ -59,6 +60,11 @@ class Backend(Protocol):
         """A new C-contiguous array with ``host``'s values, ``like``'s dtype, device and library."""
 
 
+# ndarray's own shape and dtype getters, which a subclass's properties cannot replace.
+_SHAPE: Callable[[np.ndarray], tuple[int, ...]] = np.ndarray.shape.__get__
+_DTYPE: Callable[[np.ndarray], np.dtype[Any]] = np.ndarray.dtype.__get__
+
+
 class HostBackend:
     """NumPy arrays, updated by the CPU kernels of ``_core``."""
 
@@ -76,15 +82,18 @@ class HostBackend:
         a :class:`fastmomentum.flat.FlatGroup`) get adjacent buffers, which the kernel updates as
         one span."""
         out: list[Any] = [None] * len(params)  # None where a param is no array: the step's
-        arrays = [(i, p) for i, p in enumerate(params) if isinstance(p, np.ndarray)]  # check
-        for dtype in {p.dtype for _, p in arrays}:  # names it before reaching its buffer
-            chosen = [i for i, p in arrays if p.dtype == dtype]
-            total = sum(params[i].size for i in chosen)
+        # check names it before reaching its buffer. Shapes and dtypes are read from the arrays'
+        # C structs, as the step's check reads them (a subclass's properties never run).
+        arrays = [(i, _SHAPE(p), _DTYPE(p)) for i, p in enumerate(params)
+                  if isinstance(p, np.ndarray)]
+        for dtype in {dtype for _, _, dtype in arrays}:
+            chosen = [(i, shape) for i, shape, d in arrays if d == dtype]
+            total = sum(math.prod(shape) for _, shape in chosen)
             block = (np.zeros if zero else np.empty)(total, dtype)
             offset = 0
-            for i in chosen:
-                size = params[i].size
-                out[i] = block[offset:offset + size].reshape(params[i].shape)
+            for i, shape in chosen:
+                size = math.prod(shape)
+                out[i] = block[offset:offset + size].reshape(shape)
                 offset += size
         return out
 

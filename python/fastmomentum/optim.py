@@ -47,47 +47,56 @@ _CALLABLE = "callable"
 
 class _Entry(dict):  # type: ignore[type-arg]
     """A parameter's state dict that counts its own changes (into its :class:`ArrayState`'s
-    counter), so that the optimizer sees a buffer replaced or removed without looking."""
+    counter), so that the optimizer sees a buffer replaced or removed without looking.
+
+    Each change counts before and after the dict operation: the operation may run Python (a
+    key's ``__eq__``), and a step taken there must not keep lists made from the half-changed
+    entry."""
 
     def __init__(self, changes: list[int], items: Mapping[str, Any]) -> None:
         super().__init__(items)
         self._changes = changes
 
-    def _changed(self) -> None:
+    @contextlib.contextmanager
+    def _changing(self) -> Iterator[None]:
         self._changes[0] += 1
+        try:
+            yield
+        finally:
+            self._changes[0] += 1
 
     def __setitem__(self, key: Any, value: Any) -> None:
-        super().__setitem__(key, value)
-        self._changed()
+        with self._changing():
+            super().__setitem__(key, value)
 
     def __delitem__(self, key: Any) -> None:
-        super().__delitem__(key)
-        self._changed()
+        with self._changing():
+            super().__delitem__(key)
 
     def __ior__(self, other: Any) -> _Entry:  # type: ignore[misc]  # dict's |= returns its type
-        super().__ior__(other)
-        self._changed()
+        with self._changing():
+            super().__ior__(other)
         return self
 
     def pop(self, *args: Any) -> Any:
-        self._changed()
-        return super().pop(*args)
+        with self._changing():
+            return super().pop(*args)
 
     def popitem(self) -> Any:
-        self._changed()
-        return super().popitem()
+        with self._changing():
+            return super().popitem()
 
     def setdefault(self, *args: Any) -> Any:
-        self._changed()
-        return super().setdefault(*args)
+        with self._changing():
+            return super().setdefault(*args)
 
     def update(self, *args: Any, **kwargs: Any) -> None:
-        super().update(*args, **kwargs)
-        self._changed()
+        with self._changing():
+            super().update(*args, **kwargs)
 
     def clear(self) -> None:
-        super().clear()
-        self._changed()
+        with self._changing():
+            super().clear()
 
     def __reduce__(self) -> tuple[Any, ...]:  # copies and pickles are plain dicts
         return (dict, (dict(self),))
@@ -181,6 +190,20 @@ class _Lists(NamedTuple):
     groups: list[_GroupLists]
     total: int
     counted: bool  # every entry in use counts its changes (else rebuilt at every step)
+
+
+class _Pending(NamedTuple):
+    """A step's record until it is complete: what the counters become and the buffers the state
+    takes if its kernels ran (SGD._settle)."""
+
+    outcome: Any  # the step's _core.StepOutcome
+    nonfinite: str
+    over_limit: bool  # the step would exceed max_consecutive_skips if skipped
+    lists: _Lists
+    created: list[tuple[_GroupLists, list[int], list[Any]]]  # new buffers, by group and position
+    iterations: int  # the counters before the step
+    skipped_steps: int
+    consecutive_skips: int
 
 
 # Live optimizers, for the fork handler below (a set of weak references: it keeps none alive).
@@ -306,19 +329,14 @@ class SGD:
             nesterov=nesterov, maximize=maximize, weight_decay_mode=weight_decay_mode,
             schedule_multiplier=schedule_multiplier)
         self.param_groups: list[dict[str, Any]] = []
-        self.state = ArrayState()
-        self.iterations: int = 0
+        # The record of the last step, until it is complete (see _settle).
+        self._pending: _Pending | None = None
+        self._state = ArrayState()
+        self._iterations = self._skipped_steps = self._consecutive_skips = 0
         _core.check_guard(Guard(nonfinite, max_grad_norm, 1.0, None))
-        if max_consecutive_skips is not None and (
-                not isinstance(max_consecutive_skips, numbers.Integral)
-                or isinstance(max_consecutive_skips, bool) or max_consecutive_skips < 0):
-            raise ValueError("max_consecutive_skips must be None or an integer >= 0, got "
-                             f"{max_consecutive_skips!r}")
+        self.max_consecutive_skips = max_consecutive_skips
         self.nonfinite: NonFinite = nonfinite
         self.max_grad_norm = max_grad_norm
-        self.max_consecutive_skips = max_consecutive_skips
-        self.skipped_steps = 0
-        self.consecutive_skips = 0
         self._busy = threading.Lock()  # held by the method that is running; never waited for
         self._lists: _Lists | None = None
 
@@ -329,7 +347,8 @@ class SGD:
         self._backend: Backend = backend_for(first)
         seen: set[int] = set()
         for group in groups:
-            self._add(group, seen)
+            self.param_groups.append(self._checked_group(group, seen))
+            seen |= {id(p) for p in self.param_groups[-1]["params"]}
         self._backend.check_params(self._params(), 0)  # once for all: no two share memory
         _OPTIMIZERS.add(self)
 
@@ -338,31 +357,73 @@ class SGD:
         """Whether the parameters are CUDA arrays."""
         return self._backend.on_device
 
+    # The record of the steps: read through these, which first complete the record of a step
+    # that an interrupt cut short (_settle).
+
+    @property
+    def state(self) -> ArrayState:
+        """Per-parameter state, keyed by the array (:class:`ArrayState`)."""
+        self._settle()
+        return self._state
+
+    @state.setter
+    def state(self, value: ArrayState) -> None:
+        if not isinstance(value, ArrayState):
+            raise TypeError(f"state must be a fastmomentum.optim.ArrayState, got "
+                            f"{type(value).__name__}")
+        self._settle()
+        self._state = value
+
+    @property
+    def iterations(self) -> int:
+        """Steps taken (the argument of schedule callables; saved in the state dict)."""
+        self._settle()
+        return self._iterations
+
+    @iterations.setter
+    def iterations(self, value: int) -> None:
+        self._settle()
+        self._iterations = _count(value, "iterations")
+
+    @property
+    def skipped_steps(self) -> int:
+        """Steps skipped for a non-finite gradient, in all."""
+        self._settle()
+        return self._skipped_steps
+
+    @property
+    def consecutive_skips(self) -> int:
+        """Steps skipped since the last applied one."""
+        self._settle()
+        return self._consecutive_skips
+
+    @property
+    def max_consecutive_skips(self) -> int | None:
+        """With ``nonfinite="skip"``, the most steps skipped in a row (None: no limit)."""
+        return self._max_consecutive_skips
+
+    @max_consecutive_skips.setter
+    def max_consecutive_skips(self, value: int | None) -> None:
+        self._max_consecutive_skips = None if value is None else _count(value,
+                                                                        "max_consecutive_skips")
+
     # -- parameter groups -------------------------------------------------------------------
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group: ``{"params": [...], **hyper-parameter overrides}`` (PyTorch's rules)."""
-        with self._exclusive("add_param_group"):
-            self._add(param_group, {id(p) for p in self._params()})
-            try:
-                self._backend.check_params(self._params(), 0)
-            except ValueError:
-                self.param_groups.pop()
-                raise
-
-    @contextlib.contextmanager
-    def _exclusive(self, method: str) -> Iterator[None]:
-        """Runs the body unless another thread is inside step(), load_state_dict() or
-        add_param_group(): two steps at once would race on the same buffers."""
-        if not self._busy.acquire(blocking=False):
-            raise _busy_error(method)
+        if not self._busy.acquire(blocking=False):  # see _busy_error
+            raise _busy_error("add_param_group")
         try:
-            yield
+            self._settle()
+            group = self._checked_group(param_group, {id(p) for p in self._params()})
+            self._backend.check_params([*self._params(), *group["params"]], 0)
+            self.param_groups.append(group)  # only once every check passed
         finally:
             self._busy.release()
 
-    def _add(self, param_group: dict[str, Any], seen: set[int]) -> None:
-        """Append a group after checking it; ``seen`` holds the ids of the parameters so far."""
+    def _checked_group(self, param_group: dict[str, Any], seen: set[int]) -> dict[str, Any]:
+        """A group with the defaults filled in, checked; ``seen`` holds the ids of the
+        parameters of the groups so far."""
         group = {**self.defaults, **param_group, "params": _params_list(param_group)}
         self._backend.check_params(group["params"], len(seen))
         ids = {id(p) for p in group["params"]}
@@ -370,9 +431,9 @@ class SGD:
             raise ValueError("some parameters appear in more than one parameter group")
         # PyTorch's constructor rule: Nesterov needs a momentum (a schedule may pass through 0,
         # and while it is 0 a step is plain SGD, as in PyTorch).
-        _core.check_hyper(self._hyper(group, self.iterations, constructing=True)[0])
-        self.param_groups.append(group)
-        seen |= ids
+        _check_group(group)
+        _core.check_hyper(self._hyper(group, self._iterations, constructing=True)[0])
+        return group
 
     def _params(self) -> list[Any]:
         return [p for g in self.param_groups for p in g["params"]]
@@ -392,8 +453,12 @@ class SGD:
         if momentum == 0.0 and (nesterov is True or nesterov is np.True_) and not (
                 constructing and not callable(group["momentum"])):
             nesterov = False
-        s = self._schedule_multiplier(group, lr, step) \
-            if group["weight_decay_mode"] == "sgdw" else 1.0
+        if group["weight_decay_mode"] == "sgdw":
+            s = self._schedule_multiplier(group, lr, step)
+        else:  # unused; a number is still checked, as the functional steps check it
+            s = group["schedule_multiplier"]
+            if s is None or callable(s):
+                s = 1.0
         hyper = _new_hyper((self.style, lr, momentum, group["dampening"], nesterov,
                             group["weight_decay"], group["weight_decay_mode"], s,
                             group["maximize"]))
@@ -439,8 +504,7 @@ class SGD:
         buffers, :attr:`iterations`, the skip counters) is complete before any exception,
         a ``KeyboardInterrupt`` included, leaves this method.
         """
-        # The lock by hand, not through _exclusive: a context manager costs a step ~1 us.
-        if not self._busy.acquire(blocking=False):
+        if not self._busy.acquire(blocking=False):  # see _busy_error
             raise _busy_error("step")
         try:
             return self._apply(grads, _new_guard((self.nonfinite, self.max_grad_norm, loss_scale,
@@ -454,9 +518,12 @@ class SGD:
         distributed optimizers reduce the gradients first, and may bring their statistics).
         ``reported``: the gradients that an error about a non-finite one names (default
         ``grads``; the distributed optimizers name their caller's)."""
+        self._settle()
+        if isinstance(grads, list):  # a snapshot: code run by the step (a schedule) may edit
+            grads = tuple(grads)     # the caller's list, but not the gradients of this step
         lists = self._current_lists()
         _check_grads(grads, lists.total)
-        step = self.iterations
+        step = self._iterations
         calls: list[Call] = []
         created: list[tuple[_GroupLists, list[int], list[Any]]] = []
         for gl, group in zip(lists.groups, self.param_groups):
@@ -480,54 +547,71 @@ class SGD:
                     for i in need:
                         first[i] = True
             calls.append(_new_call((gl.snapshot, buffers, first, hyper, gl.first_index)))
-        over_limit = self._skip_limit_reached()
+        limit = self._max_consecutive_skips
+        over_limit = guard.nonfinite == "skip" and limit is not None \
+            and self._consecutive_skips >= limit
         outcome = _core.StepOutcome()
+        self._pending = _Pending(outcome, guard.nonfinite, over_limit, lists, created, step,
+                                 self._skipped_steps, self._consecutive_skips)
         try:
             self._backend.steps(calls, grads, guard, outcome)
         finally:
-            if outcome.ran:  # the kernels decided: record it, whatever is being raised
-                self._record(outcome.applied, guard.nonfinite, over_limit, lists, created)
+            self._settle()  # the kernels' decision recorded, whatever is being raised
         named = grads if reported is None else reported
-        if not outcome.applied and over_limit:
-            limit = int(self.max_consecutive_skips or 0)  # set: over_limit
+        if not outcome.applied and over_limit and limit is not None:  # (limit: set if over)
             raise FloatingPointError(
                 f"{limit + 1} consecutive steps have non-finite gradients (max_consecutive_skips="
                 f"{limit}); this one was not applied either") from nonfinite_error(named)
         result: StepResult = outcome.result(named)  # raises for nonfinite="raise"
         return result
 
-    def _skip_limit_reached(self) -> bool:
-        limit = self.max_consecutive_skips
-        return self.nonfinite == "skip" and limit is not None and self.consecutive_skips >= limit
+    def _settle(self) -> None:
+        """Completes the record of the last step if its kernels ran, or drops it if they did not.
+        A step records itself in a ``finally`` block; should an interrupt cut that record short,
+        the next access to the optimizer (its record's properties, every method) completes it:
+        the record is idempotent, made of the values the counters take and the buffers the
+        state holds after the step."""
+        pending = self._pending
+        if pending is None:
+            return
+        if pending.outcome.ran:
+            self._record(pending)
+        self._pending = None
 
-    def _record(self, applied: bool, nonfinite: str, over_limit: bool, lists: _Lists,
-                created: list[tuple[_GroupLists, list[int], list[Any]]]) -> None:
-        """The optimizer's record of a decided step: a few assignments, no call that could
-        fail."""
-        if applied:
+    def _record(self, p: _Pending) -> None:
+        if p.outcome.applied:
+            state = self._state
+            # The kept lists take the new buffers only if nothing else changed the state during
+            # the step (code run by the step may have: a schedule, a conversion).
+            keep = bool(p.created) and self._lists is p.lists and p.lists.state is state \
+                and state.version == p.lists.version
             key = BUFFER_KEY[self.style]
-            for gl, need, new in created:
+            for gl, need, new in p.created:
                 for i, buf in zip(need, new):
-                    entry = self.state.entry(gl.snapshot[i])
+                    entry = state.entry(gl.snapshot[i])
                     if entry is None:
-                        self.state.counted(gl.snapshot[i], {key: buf})
-                    else:
+                        state.counted(gl.snapshot[i], {key: buf})
+                    elif entry.get(key) is not buf:
                         entry[key] = buf
-                    gl.buffers[i] = buf
-                gl.missing[:] = [i for i in gl.missing if gl.buffers[i] is None]
-            if created and self._lists is lists:  # still the state's, with the buffers just made
-                self._lists = lists._replace(version=self.state.version)
-            self.iterations += 1
-            self.consecutive_skips = 0
-        elif nonfinite == "skip" and not over_limit:
-            self.skipped_steps += 1
-            self.consecutive_skips += 1
+            if keep:
+                for gl, need, new in p.created:
+                    for i, buf in zip(need, new):
+                        gl.buffers[i] = buf
+                    gl.missing[:] = [i for i in gl.missing if gl.buffers[i] is None]
+                self._lists = p.lists._replace(version=state.version)
+            elif p.created:
+                self._lists = None  # made again at the next step
+            self._iterations = p.iterations + 1
+            self._consecutive_skips = 0
+        elif p.nonfinite == "skip" and not p.over_limit:
+            self._skipped_steps = p.skipped_steps + 1
+            self._consecutive_skips = p.consecutive_skips + 1
 
     def _current_lists(self) -> _Lists:
         """The kept lists if the state and the groups are as when they were made, else new."""
         lists = self._lists
-        if lists is not None and lists.counted and lists.state is self.state \
-                and lists.version == self.state.version \
+        if lists is not None and lists.counted and lists.state is self._state \
+                and lists.version == self._state.version \
                 and len(lists.groups) == len(self.param_groups):
             for gl, group in zip(lists.groups, self.param_groups):
                 # The same params object holding the same arrays (a new group dict may hold it:
@@ -552,14 +636,14 @@ class SGD:
             snapshot = tuple(params)
             buffers = []
             for p in snapshot:
-                entry = self.state.entry(p)
-                if entry is not None and not self.state.is_counted(entry):
+                entry = self._state.entry(p)
+                if entry is not None and not self._state.is_counted(entry):
                     counted = False
                 buffers.append(None if entry is None else entry.get(key))
             missing = [i for i, b in enumerate(buffers) if b is None]
             groups.append(_GroupLists(params, snapshot, buffers, missing, index))
             index += len(snapshot)
-        return _Lists(self.state, self.state.version, groups, index, counted)
+        return _Lists(self._state, self._state.version, groups, index, counted)
 
     # -- checkpoints ------------------------------------------------------------------------
 
@@ -577,12 +661,13 @@ class SGD:
         callable as ``{"callable": its name}``, to be passed to the constructor again before
         loading.
         """
+        self._settle()
         groups, state, index = [], {}, 0
         for group in self.param_groups:
             saved = {k: _describe(v) for k, v in group.items() if k != "params"}
             saved["params"] = []
             for p in group["params"]:
-                entry = self.state.entry(p)
+                entry = self._state.entry(p)
                 if entry is not None:
                     state[index] = {k: self._backend.to_host(v) if is_device_array(v) else v
                                     for k, v in entry.items()}
@@ -590,16 +675,20 @@ class SGD:
                 index += 1
             groups.append(saved)
         return {"state": state, "param_groups": groups, "style": self.style,
-                "iterations": self.iterations, "skipped_steps": self.skipped_steps,
-                "consecutive_skips": self.consecutive_skips}
+                "iterations": self._iterations, "skipped_steps": self._skipped_steps,
+                "consecutive_skips": self._consecutive_skips}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore ``state_dict()``'s content, or a ``torch.optim.SGD`` one (with NumPy arrays
         for its tensors; missing group keys take this optimizer's defaults). Buffers are copied
         into new arrays of the parameters' dtype. Everything is checked first, with the rules of
         the constructor and a step: on an error, nothing changes."""
-        with self._exclusive("load_state_dict"):
+        if not self._busy.acquire(blocking=False):  # see _busy_error
+            raise _busy_error("load_state_dict")
+        try:
             self._load(state_dict)
+        finally:
+            self._busy.release()
 
     def _load(self, state_dict: dict[str, Any]) -> None:
         loaded = self._read_state_dict(state_dict, [g["params"] for g in self.param_groups])
@@ -678,17 +767,19 @@ class SGD:
 
     def _install(self, loaded: _LoadedState, state: ArrayState) -> None:
         """Make a checked state dict's content this optimizer's (assignments only)."""
+        self._settle()  # a step's record left pending must not overwrite the loaded counters
         self.param_groups[:] = loaded.groups
-        self.state = state
-        self.iterations = loaded.iterations
-        self.skipped_steps = loaded.skipped_steps
-        self.consecutive_skips = loaded.consecutive_skips
+        self._state = state
+        self._iterations = loaded.iterations
+        self._skipped_steps = loaded.skipped_steps
+        self._consecutive_skips = loaded.consecutive_skips
 
     # -- copies -----------------------------------------------------------------------------
 
     def __getstate__(self) -> dict[str, Any]:
+        self._settle()
         state = dict(self.__dict__)
-        for name in ("_busy", "_lists", "_backend"):
+        for name in ("_busy", "_lists", "_backend", "_pending"):
             state.pop(name, None)
         return state
 
@@ -696,6 +787,7 @@ class SGD:
         self.__dict__.update(state)
         self._busy = threading.Lock()
         self._lists = None
+        self._pending = None
         params = self._params()
         self._backend = backend_for(params[0] if params else None)
         _OPTIMIZERS.add(self)
@@ -746,6 +838,11 @@ def _params_list(param_group: Any) -> list[Any]:
     return list(params)
 
 
+# The optimizer's lock: step(), load_state_dict() and add_param_group() run in one thread at a
+# time (two steps at once would race on the same buffers), and a call that finds it held raises
+# this error rather than wait. Each takes it by hand, `if not acquire(blocking=False): raise`
+# then try/finally, not through a context manager: a Ctrl-C is delivered at the start of any
+# Python function, a context manager's __exit__ too, which would leave the lock held for good.
 def _busy_error(method: str) -> RuntimeError:
     return RuntimeError(f"{method}() called while this optimizer is already running in another "
                         "thread; step one optimizer from one thread at a time")
@@ -809,6 +906,22 @@ def _is_index(value: Any) -> bool:
     """An int >= 0 (a NumPy integer too), never a bool or a float."""
     return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)) \
         and int(value) >= 0
+
+
+def _count(value: Any, name: str) -> int:
+    """A counter's new value: an integer >= 0 (a NumPy integer too), never a bool."""
+    if not _is_index(value):
+        raise ValueError(f"{name} must be None or an integer >= 0, got {value!r}"
+                         if name == "max_consecutive_skips" else
+                         f"{name} must be an integer >= 0, got {value!r}")
+    return int(value)
+
+
+def _check_group(group: dict[str, Any]) -> None:
+    """A group's entries that the step's parser does not see: ``initial_lr`` (set by the
+    schedulers, read by SGDW's default multiplier) must be a real number."""
+    if "initial_lr" in group:
+        _real(group["initial_lr"], "initial_lr")
 
 
 def _real(value: Any, name: str) -> float:

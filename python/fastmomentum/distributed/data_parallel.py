@@ -12,7 +12,7 @@ from numpy.typing import NDArray
 from .._protocol import Guard
 from ..functional import Array, HostArray
 from ..guards import StepResult
-from ..optim import BUFFER_KEY, SGD, Schedulable
+from ..optim import BUFFER_KEY, SGD, Schedulable, _busy_error
 from ._collectives import SumReducer, check_comm, check_same_everywhere
 from ._layout import FlatGrads
 
@@ -135,9 +135,13 @@ class DistributedSGD(SGD):
         """Average ``grads`` (this rank's, one per parameter in order, all present) over the ranks
         and apply one update (collective). See :meth:`fastmomentum.SGD.step` for the result, the
         guards and ``loss_scale``."""
-        with self._exclusive("step"):
+        if not self._busy.acquire(blocking=False):  # see optim._busy_error
+            raise _busy_error("step")
+        try:
             self._grads.load(grads, loss_scale)
             for bucket in self._buckets:
                 self._reducer.allreduce(bucket)
             guard = Guard(self.nonfinite, self.max_grad_norm, loss_scale * self.comm.size, None)
             return self._apply(self._grads.views, guard, reported=grads)
+        finally:
+            self._busy.release()

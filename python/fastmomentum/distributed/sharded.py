@@ -14,7 +14,7 @@ from .. import _core
 from .._protocol import Guard
 from ..functional import Array, HostArray
 from ..guards import StepResult
-from ..optim import BUFFER_KEY, SGD, ArrayState, Schedulable, group_arrays
+from ..optim import BUFFER_KEY, SGD, ArrayState, Schedulable, _busy_error, group_arrays
 from ._collectives import SumReducer, allgather, check_comm, check_same_everywhere
 from ._layout import FlatGrads, Place, shard_bounds
 
@@ -154,7 +154,9 @@ class ShardedSGD(SGD):
         """Reduce-scatter ``grads`` (this rank's, one per parameter of :attr:`params` in order,
         all present), update this rank's shard, all-gather the parameters (collective). Returns
         the result of :meth:`fastmomentum.SGD.step`, the same on every rank."""
-        with self._exclusive("step"):
+        if not self._busy.acquire(blocking=False):  # see optim._busy_error
+            raise _busy_error("step")
+        try:
             self._grads.load(grads, loss_scale)
             for dtype, flat in self._grads.flats.items():
                 self._reducer.reduce_scatter(flat, self._bounds[dtype])
@@ -170,6 +172,8 @@ class ShardedSGD(SGD):
             if not result.skipped:
                 self._gather_params()
             return result
+        finally:
+            self._busy.release()
 
     def _gather_params(self) -> None:
         """Every rank's updated shard into every rank's parameters, through the flat buffers."""
@@ -221,7 +225,9 @@ class ShardedSGD(SGD):
         """Load a full state dict (``state_dict()``'s, ``fm.SGD``'s or ``DistributedSGD``'s, from
         any world size), keeping this rank's shard of the buffers. Checked as ``fm.SGD`` checks
         (against :attr:`params`): on an error, nothing changes."""
-        with self._exclusive("load_state_dict"):
+        if not self._busy.acquire(blocking=False):  # see optim._busy_error
+            raise _busy_error("load_state_dict")
+        try:
             full = [group["params"] for group in self._full_groups()]
             loaded = self._read_state_dict(state_dict, full)
             buffer_of = {id(p): buf for p, buf in loaded.buffers}
@@ -239,3 +245,5 @@ class ShardedSGD(SGD):
                                           dtype=piece.dtype, order="C", copy=True)
                 shard_state.counted(piece, entry)
             self._install(loaded, shard_state)  # its groups hold the shards' views, as now
+        finally:
+            self._busy.release()
