@@ -231,3 +231,100 @@ def test_an_object_array_entry_is_refused(tmp_path):
     path.write_bytes(_npz(members))
     with pytest.raises(ValueError, match=r"the entry 'a0\.npy' holds Python objects"):
         fm.checkpoint.load(path)
+
+
+def _directory_copy(data, name, copy_name):
+    """The archive ``data`` with a second central-directory record for the entry ``name``, named
+    ``copy_name`` (of the same length) and pointing at the same bytes: the trick of zip files
+    that list their bytes many times."""
+    assert len(name) == len(copy_name)
+    at = data.index(b"PK\x01\x02")
+    end = data.index(b"PK\x05\x06")
+    directory = data[at:end]
+    start = 0
+    while True:  # the record of `name`
+        n, m, k = struct.unpack_from("<HHH", directory, start + 28)
+        if directory[start + 46:start + 46 + n] == name.encode():
+            record = directory[start:start + 46 + n + m + k]
+            break
+        start += 46 + n + m + k
+    copy = record[:46] + copy_name.encode() + record[46 + len(name):]
+    eocd = bytearray(data[end:])
+    entries = struct.unpack_from("<H", eocd, 10)[0] + 1
+    struct.pack_into("<HHI", eocd, 8, entries, entries, len(directory) + len(copy))
+    return data[:end] + copy + bytes(eocd)
+
+
+def test_entries_that_share_bytes_are_refused_before_any_is_read(tmp_path):
+    """A file listing its one big entry many times would make load allocate that many copies."""
+    data = _npz(_saved_members())
+    for k in range(5):
+        data = _directory_copy(data, "a0.npy", f"b{k}.npy")
+    path = tmp_path / "overlap.npz"
+    path.write_bytes(data)
+    with zipfile.ZipFile(path) as z:
+        assert len(z.infolist()) == len(_saved_members()) + 5
+    with pytest.raises(ValueError, match=r"the entries '(a0|b\d)\.npy' and '(a0|b\d)\.npy' "
+                                         r"overlap in the file"):
+        fm.checkpoint.load(path)
+
+
+def test_two_entries_of_one_name_are_refused(tmp_path):
+    members = _saved_members()
+    out = io.BytesIO()
+    with pytest.warns(UserWarning, match="Duplicate name"), zipfile.ZipFile(out, "w") as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+        z.writestr("a0.npy", members["a0.npy"])
+    path = tmp_path / "twice.npz"
+    path.write_bytes(out.getvalue())
+    with pytest.raises(ValueError, match=r"more than one entry named \['a0\.npy'\]"):
+        fm.checkpoint.load(path)
+
+
+def test_an_array_entry_is_checked_whatever_its_name(tmp_path):
+    """NumPy reads any entry that starts with the .npy magic as an array, ".npy" or not."""
+    members = _saved_members()
+    del members["a0.npy"]
+    members["a0"] = _npy_header((10**12,)) + b"\0" * 48
+    path = tmp_path / "unnamed.npz"
+    path.write_bytes(_npz(members))
+    with pytest.raises(ValueError, match=r"the entry 'a0' declares an array of shape "
+                                         r"\(1000000000000,\)"):
+        fm.checkpoint.load(path)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="lists open descriptors")
+def test_a_save_interrupted_before_its_file_object_exists_leaves_no_file_or_descriptor(
+        tmp_path, monkeypatch):
+    path = tmp_path / "ckpt.npz"
+    fm.checkpoint.save(path, _tree(3))
+    descriptors = set(os.listdir("/proc/self/fd"))
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "fdopen", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        fm.checkpoint.save(path, _tree(4))
+    monkeypatch.undo()
+    assert set(os.listdir("/proc/self/fd")) <= descriptors
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.npz"]
+    assert _check_tree(fm.checkpoint.load(path)) == 3
+
+
+@pytest.mark.parametrize("dtype", [
+    np.dtype({"names": ["a"], "formats": ["<f4"], "offsets": [0], "itemsize": 8}),
+    np.dtype([("a", "<f4"), ("b", "<f8")], align=True),
+    np.dtype({"names": ["a", "b"], "formats": ["<f4", "<f4"], "offsets": [0, 0]}),
+    np.dtype([("outer", np.dtype([("a", "<f4"), ("b", "<f8")], align=True))]),
+], ids=["trailing-padding", "aligned", "overlapping", "nested-padding"])
+def test_a_dtype_that_npy_cannot_keep_byte_for_byte_is_refused_at_save(tmp_path, dtype):
+    """Else the save succeeds and the load refuses the file (its digest no longer matches)."""
+    path = tmp_path / "padded.npz"
+    with pytest.raises(TypeError, match="its fields leave padding or overlap"):
+        fm.checkpoint.save(path, {"x": np.zeros(3, dtype)})
+    assert not path.exists()
+    packed = np.dtype([("a", "<f4"), ("b", "<f8")])
+    fm.checkpoint.save(path, {"x": np.ones(3, packed)})
+    assert fm.checkpoint.load(path)["x"].tobytes() == np.ones(3, packed).tobytes()

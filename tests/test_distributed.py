@@ -249,13 +249,15 @@ def test_constructor_and_step_refuse_bad_input(tmp_path):
     for r in range(2):
         lines = (tmp_path / f"mismatch.rank{r}.txt").read_text().splitlines()
         found = dict(line.split(": ", 1) for line in lines)
-        assert found.keys() == {"values", "shapes", "hyper", "comm", "none", "scale"}, lines
+        assert found.keys() == {"values", "shapes", "hyper", "comm", "none", "scale", "extras"}, \
+            lines
         assert "parameter values of rank(s) [1] differ from rank 0's" in found["values"]
         assert "parameter groups of rank(s) [1] differ" in found["shapes"]
         assert "parameter groups of rank(s) [1] differ" in found["hyper"]
         assert "comm must be an mpi4py intracommunicator" in found["comm"]
         assert "grads[0] is None" in found["none"]
         assert "loss_scale must be a finite number > 0, got 0.0" in found["scale"]
+        assert "holds ['ema']; ShardedSGD keeps only the buffer" in found["extras"]
 
 
 @pytest.mark.parametrize(("world", "flag"), [(4, "--distributed"), (4, "--sharded"),

@@ -57,7 +57,8 @@ def _loaded(mutate):
 
 @pytest.mark.parametrize(("mutate", "error", "message"), [
     (lambda d: d["state"][0].update(velocity=d["state"][0].pop("momentum_buffer")), ValueError,
-     r"state\[0\] holds \['velocity'\], which a 'torch'-style SGD does not use"),
+     r"state\[0\] holds \['velocity'\], the buffer of another style than this 'torch'-style "
+     r"SGD's \('momentum_buffer'\); convert it with fastmomentum\.convert_state_dict"),
     (lambda d: d["state"][0].update(momentum_buffer=np.ones(3, np.complex128)), TypeError,
      r"state\[0\]\['momentum_buffer'\] has dtype complex128; a buffer must hold real"),
     (lambda d: d["state"][0].update(momentum_buffer="1 2 3"), TypeError,
@@ -76,7 +77,7 @@ def _loaded(mutate):
     (lambda d: d["param_groups"][0].update(lr="0.1"), TypeError, r"lr must be a real number"),
     (lambda d: d["param_groups"][0].update(lr=0.1j), TypeError,
      r"lr must be a real number, got complex"),
-], ids=["unknown-key", "complex-buffer", "str-buffer", "list-buffer", "int-buffer",
+], ids=["other-styles-buffer", "complex-buffer", "str-buffer", "list-buffer", "int-buffer",
         "float-state-key", "float-param-index", "bool-param-index", "float-iterations",
         "str-lr", "complex-lr"])
 def test_load_state_dict_refuses_what_a_step_would_and_changes_nothing(mutate, error, message):
@@ -85,6 +86,29 @@ def test_load_state_dict_refuses_what_a_step_would_and_changes_nothing(mutate, e
         opt.load_state_dict(saved)
     after = opt.state_dict()
     assert after["param_groups"] == before["param_groups"] and after["state"] == before["state"]
+
+
+def test_a_state_entrys_other_items_survive_a_round_trip():
+    """What a user keeps beside the buffer (state_dict() saves the whole entry) loads back, as
+    deep copies; the buffer is still checked and copied."""
+    params = _params()
+    opt = fm.SGD(params, lr=0.1, momentum=0.9)
+    opt.step(_grads())
+    opt.state[params[0]]["ema"] = ema = np.full(3, 2.0)
+    opt.state[params[1]]["note"] = {"seen": [1, 2]}
+    saved = opt.state_dict()
+    fresh_params = [p.copy() for p in params]
+    fresh = fm.SGD(fresh_params, lr=0.1, momentum=0.9)
+    fresh.load_state_dict(saved)
+    entry = fresh.state[fresh_params[0]]
+    assert set(entry) == {"momentum_buffer", "ema"} and entry["ema"] is not ema
+    np.testing.assert_array_equal(entry["ema"], ema)
+    assert fresh.state[fresh_params[1]]["note"] == {"seen": [1, 2]}
+    assert entry["momentum_buffer"] is not saved["state"][0]["momentum_buffer"]
+    fresh.step(_grads())
+    opt.step(_grads())
+    for a, b in zip(params, fresh_params):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_a_float_buffer_of_another_width_is_converted():

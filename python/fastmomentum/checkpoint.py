@@ -85,6 +85,22 @@ def _dtype_name(dtype: np.dtype) -> str:
     return dtype.str if dtype.fields is None else str(dtype.descr)
 
 
+def _packed(dtype: np.dtype) -> bool:
+    """Whether ``dtype``'s fields (and their fields) follow one another with no padding and no
+    overlap: what a ``.npy`` file stores and reads back byte for byte."""
+    if dtype.subdtype is not None:
+        return _packed(dtype.subdtype[0])
+    if dtype.fields is None:
+        return True
+    offset = 0
+    for name in dtype.names or ():
+        field, at = dtype.fields[name][:2]
+        if at != offset or not _packed(field):
+            return False
+        offset += field.itemsize
+    return offset == dtype.itemsize
+
+
 def array_digest(array: np.ndarray) -> str:
     """The SHA-256 (hex) that format ``/2`` stores for ``array``: of its dtype descr and shape as
     JSON (``["<f8", [2, 3]]``), then of its bytes in C order."""
@@ -110,6 +126,11 @@ def to_arrays(tree: Any) -> dict[str, np.ndarray]:
             if node.dtype.hasobject:
                 raise TypeError("cannot store an object array in a checkpoint (it would need "
                                 "pickle)")
+            if not _packed(node.dtype):
+                raise TypeError(f"cannot store an array of dtype {node.dtype} in a checkpoint: "
+                                "its fields leave padding or overlap, which a .npy entry does "
+                                "not keep byte for byte; repack it first "
+                                "(numpy.lib.recfunctions.repack_fields)")
             name = f"a{len(arrays)}"
             arrays[name] = node
             return {_ARRAY: name}
@@ -282,9 +303,10 @@ def save(path: PathLike, tree: Any) -> None:
         mode = stat.S_IMODE(existing.st_mode) if stat.S_ISREG(existing.st_mode) else None
     except FileNotFoundError:
         mode = None
-    descriptor, temporary = _create_beside(directory, os.path.basename(target))
+    temporary = None  # the file made for this save, once made
     try:
-        with os.fdopen(descriptor, "wb") as f:
+        descriptor, temporary = _create_beside(directory, os.path.basename(target))
+        with _owned(descriptor) as f:
             np.savez(f, **arrays)
             f.flush()
             if mode is not None:
@@ -292,10 +314,20 @@ def save(path: PathLike, tree: Any) -> None:
             os.fsync(f.fileno())
         os.replace(temporary, target)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
+        if temporary is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary)
         raise
     _fsync_directory(directory)
+
+
+def _owned(descriptor: int) -> BinaryIO:
+    """A binary file object that owns ``descriptor`` (closed here if it cannot be made)."""
+    try:
+        return os.fdopen(descriptor, "wb")
+    except BaseException:
+        os.close(descriptor)
+        raise
 
 
 def _create_beside(directory: str, name: str) -> tuple[int, str]:
@@ -333,11 +365,12 @@ def _fsync_directory(directory: str) -> None:
 def load(path: PathLike) -> Any:
     """Read a tree written by :func:`save` (format ``/2``, or an older ``/1`` file), without
     pickle. Everything is checked before anything is returned: a damaged file raises
-    ``ValueError`` naming it and what is wrong. Before any array is read, every entry's size is
-    checked against the file (stored, not compressed, as :func:`save` writes them; within the
-    file; holding exactly the bytes its header declares), so a file never makes ``load``
-    allocate more memory than its own size. A missing or unreadable file raises ``OSError`` as
-    ``open`` does."""
+    ``ValueError`` naming it and what is wrong. Before any array is read, the archive's layout is
+    checked against the file: every entry stored, not compressed, as :func:`save` writes them;
+    within the file; no two entries sharing bytes or a name; every ``.npy`` entry holding exactly
+    the bytes its header declares. So the arrays a file makes ``load`` allocate never exceed the
+    file's own size; the description's JSON, parsed into Python objects, costs up to about ten
+    times its text. A missing or unreadable file raises ``OSError`` as ``open`` does."""
     name = os.fspath(path)
     with open(path, "rb") as file:
         try:
@@ -357,38 +390,72 @@ def load(path: PathLike) -> Any:
 
 
 def _check_entry_sizes(file: BinaryIO) -> None:
-    """Every entry of the archive stored as it is, within the file, and holding exactly the
-    bytes its ``.npy`` header declares (read from the header alone, before any data)."""
+    """Every entry of the archive stored as it is, within the file, apart from every other and
+    under a name of its own, and holding exactly the bytes its ``.npy`` header declares (read from
+    the header alone, before any data)."""
     file_size = file.seek(0, os.SEEK_END)
     file.seek(0)
     with zipfile.ZipFile(file) as archive:
-        for info in archive.infolist():
+        infos = archive.infolist()
+        names = [info.filename for info in infos]
+        if len(set(names)) != len(names):
+            twice = sorted({n for n in names if names.count(n) > 1})
+            raise _corrupt(f"the archive holds more than one entry named {twice}")
+        spans = []  # (start, end, name): each entry's local header and data, in the file
+        for info in infos:
             entry = repr(info.filename)
             if info.compress_type != zipfile.ZIP_STORED:
                 raise _corrupt(f"the entry {entry} is compressed, which save() never does (to "
                                "read a compressed file you trust: from_arrays(np.load(path)))")
-            if info.file_size != info.compress_size or \
-                    info.header_offset + info.file_size > file_size:
+            end = _data_start(file, info) + info.compress_size
+            if info.file_size != info.compress_size or end > file_size:
                 raise _corrupt(f"the entry {entry} declares {info.file_size} bytes, more than "
                                f"the file's {file_size}")
-            if not info.filename.endswith(".npy"):
-                continue  # not an array: never read (_read refuses entries it does not know)
-            with archive.open(info) as member:
-                version = np.lib.format.read_magic(member)
-                if version == (1, 0):
-                    shape, _, dtype = np.lib.format.read_array_header_1_0(member)
-                elif version == (2, 0):
-                    shape, _, dtype = np.lib.format.read_array_header_2_0(member)
-                else:
-                    raise _corrupt(f"the entry {entry} is a .npy of version {version}, which "
-                                   "save() never writes")
-                if dtype.hasobject:
-                    raise _corrupt(f"the entry {entry} holds Python objects (it would need pickle)")
-                data = info.file_size - member.tell()
-                declared = math.prod(shape) * dtype.itemsize
-                if declared != data:
-                    raise _corrupt(f"the entry {entry} declares an array of shape {shape} and "
-                                   f"dtype {dtype} ({declared} bytes) but holds {data} bytes")
+            spans.append((info.header_offset, end, entry))
+        spans.sort()
+        for (_, end, first), (start, _, second) in zip(spans, spans[1:]):
+            if start < end:  # entries sharing bytes: a file could list its bytes many times
+                raise _corrupt(f"the entries {first} and {second} overlap in the file")
+        for info in infos:
+            _check_npy_entry(archive, info)
+
+
+def _data_start(file: BinaryIO, info: zipfile.ZipInfo) -> int:
+    """Where ``info``'s data start in the file: after its local header, whose name and extra
+    field may differ in length from the central directory's."""
+    file.seek(info.header_offset)
+    header = file.read(30)
+    if len(header) != 30 or header[:4] != b"PK\x03\x04":
+        raise _corrupt(f"the entry {info.filename!r} has no local header where the archive's "
+                       "directory puts it")
+    name_length = int.from_bytes(header[26:28], "little")
+    extra_length = int.from_bytes(header[28:30], "little")
+    return info.header_offset + 30 + name_length + extra_length
+
+
+def _check_npy_entry(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> None:
+    """An entry that holds a ``.npy`` array (whatever its name: NumPy reads any entry that
+    starts with the magic as one) declares exactly the bytes it holds, and no Python objects."""
+    entry = repr(info.filename)
+    with archive.open(info) as member:
+        if member.read(len(np.lib.format.MAGIC_PREFIX)) != np.lib.format.MAGIC_PREFIX:
+            return  # not an array: read as bytes, at most the entry's (_read refuses it)
+        member.seek(0)
+        version = np.lib.format.read_magic(member)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(member)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(member)
+        else:
+            raise _corrupt(f"the entry {entry} is a .npy of version {version}, which save() "
+                           "never writes")
+        if dtype.hasobject:
+            raise _corrupt(f"the entry {entry} holds Python objects (it would need pickle)")
+        data = info.file_size - member.tell()
+        declared = math.prod(shape) * dtype.itemsize
+        if declared != data:
+            raise _corrupt(f"the entry {entry} declares an array of shape {shape} and dtype "
+                           f"{dtype} ({declared} bytes) but holds {data} bytes")
 
 
 def __getattr__(name: str) -> Any:

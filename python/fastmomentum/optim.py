@@ -17,6 +17,7 @@ nothing even when a ``KeyboardInterrupt`` arrives while the kernels run.
 from __future__ import annotations
 
 import contextlib
+import copy
 import numbers
 import os
 import threading
@@ -681,8 +682,9 @@ class SGD:
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore ``state_dict()``'s content, or a ``torch.optim.SGD`` one (with NumPy arrays
         for its tensors; missing group keys take this optimizer's defaults). Buffers are copied
-        into new arrays of the parameters' dtype. Everything is checked first, with the rules of
-        the constructor and a step: on an error, nothing changes."""
+        into new arrays of the parameters' dtype; a state entry's other items are kept (deep
+        copies), and another style's buffer is refused. Everything is checked first, with the
+        rules of the constructor and a step: on an error, nothing changes."""
         if not self._busy.acquire(blocking=False):  # see _busy_error
             raise _busy_error("load_state_dict")
         try:
@@ -693,9 +695,10 @@ class SGD:
     def _load(self, state_dict: dict[str, Any]) -> None:
         loaded = self._read_state_dict(state_dict, [g["params"] for g in self.param_groups])
         new_state = ArrayState()
-        for param, buffer in loaded.buffers:
-            new_state.counted(param, {} if buffer is _NO_BUFFER else
-                              {BUFFER_KEY[self.style]: self._backend.from_host(buffer, param)})
+        for param, buffer, extras in loaded.buffers:
+            new_state.counted(param, extras if buffer is _NO_BUFFER else
+                              {**extras, BUFFER_KEY[self.style]: self._backend.from_host(buffer,
+                                                                                        param)})
         self._install(loaded, new_state)
 
     def _read_state_dict(self, state_dict: Any, params: list[list[Any]]) -> _LoadedState:
@@ -744,7 +747,7 @@ class SGD:
         if not isinstance(saved_state, dict):
             raise ValueError(f"the state dict's 'state' must be a dict, got "
                              f"{type(saved_state).__name__}")
-        buffers: list[tuple[Any, Any]] = []
+        buffers: list[tuple[Any, Any, dict[Any, Any]]] = []
         for saved_index, entry in saved_state.items():
             p = param_at.get(saved_index) if _is_index(saved_index) else None
             if p is None:
@@ -753,15 +756,15 @@ class SGD:
             if not isinstance(entry, dict):
                 raise ValueError(f"state[{saved_index}] must be a dict, got "
                                  f"{type(entry).__name__}")
-            unknown = sorted(set(entry) - {key}, key=repr)
-            if unknown:
-                raise ValueError(f"state[{saved_index}] holds {unknown}, which a {self.style!r}-"
-                                 f"style SGD does not use (its buffer is {key!r}); convert a "
-                                 "state dict of another style with "
-                                 "fastmomentum.convert_state_dict")
+            foreign = sorted({k for k in entry if k in BUFFER_KEY.values()} - {key})
+            if foreign:
+                raise ValueError(f"state[{saved_index}] holds {foreign}, the buffer of another "
+                                 f"style than this {self.style!r}-style SGD's ({key!r}); convert "
+                                 "it with fastmomentum.convert_state_dict")
             buf = entry.get(key)
             buffers.append((p, _NO_BUFFER if buf is None else
-                            _host_buffer(buf, p, f"state[{saved_index}][{key!r}]")))
+                            _host_buffer(buf, p, f"state[{saved_index}][{key!r}]"),
+                            copy.deepcopy({k: v for k, v in entry.items() if k != key})))
         return _LoadedState(new_groups, buffers, iterations, int(counters["skipped_steps"]),
                             int(counters["consecutive_skips"]))
 
@@ -870,7 +873,8 @@ class _LoadedState(NamedTuple):
     """A state dict's content, checked (SGD._read_state_dict)."""
 
     groups: list[dict[str, Any]]
-    buffers: list[tuple[Any, Any]]  # (parameter, its buffer as a host array, or _NO_BUFFER)
+    # (parameter, its buffer as a host array or _NO_BUFFER, the entry's other items as they are)
+    buffers: list[tuple[Any, Any, dict[Any, Any]]]
     iterations: int
     skipped_steps: int
     consecutive_skips: int

@@ -10,7 +10,8 @@ compares the files with a single-process fm.SGD and with each other. Modes:
   then rank 0 saves the parameters, the optimizer's and the scheduler's state to ``OUT/ckpt.npz``.
 - ``resume OUT CKPT KIND``: loads that checkpoint into KIND (``DistributedSGD`` / ``ShardedSGD``)
   at this world size and takes STEPS more steps.
-- ``mismatch OUT``: the constructor's errors: replicas that differ, a communicator that is not one.
+- ``mismatch OUT``: the constructor's errors: replicas that differ, a communicator that is not one;
+  the step's and load_state_dict's.
 """
 
 from __future__ import annotations
@@ -146,6 +147,13 @@ def mismatch(out: Path) -> None:
         opt.step(make_grads(case, SEED, 0, RANK, WORLD), loss_scale=0.0)
     except ValueError as error:
         messages.append(f"scale: {error}")
+    sharded = ShardedSGD(COMM, make_params(case, SEED), lr=0.1, momentum=0.9)
+    saved = fm.SGD(make_params(case, SEED), lr=0.1, momentum=0.9).state_dict()
+    saved["state"] = {0: {"momentum_buffer": np.zeros(case.shapes[0], np.float32), "ema": 1.0}}
+    try:
+        sharded.load_state_dict(saved)
+    except ValueError as error:
+        messages.append(f"extras: {error}")
     (out / f"mismatch.rank{RANK}.txt").write_text("\n".join(messages))
 
 

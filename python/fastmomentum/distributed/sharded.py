@@ -230,7 +230,13 @@ class ShardedSGD(SGD):
         try:
             full = [group["params"] for group in self._full_groups()]
             loaded = self._read_state_dict(state_dict, full)
-            buffer_of = {id(p): buf for p, buf in loaded.buffers}
+            buffer_of = {}
+            for p, buf, extras in loaded.buffers:
+                if extras:  # state_dict() gathers the buffers alone: refused, not dropped
+                    raise ValueError(f"the state of a parameter holds {sorted(extras, key=repr)}"
+                                     f"; ShardedSGD keeps only the buffer, "
+                                     f"{BUFFER_KEY[self.style]!r}")
+                buffer_of[id(p)] = buf
             key = BUFFER_KEY[self.style]
             shard_state = ArrayState()
             for place, piece, _ in self._pieces:
