@@ -8,6 +8,7 @@ reading. Each case is compared with an optimizer stepped without interference.
 
 from __future__ import annotations
 
+import copy
 import functools
 import linecache
 import sys
@@ -113,7 +114,7 @@ def test_an_interrupt_anywhere_in_the_record_leaves_it_complete(nonfinite, at_st
             g[1][0] = np.inf
         ref.step(g)
         expected = _snapshot(ref, ref_params)
-        base = (opt.state_dict(), [p.copy() for p in params])
+        base = (copy.deepcopy(opt.state_dict()), [p.copy() for p in params])  # (live buffers)
         before = _snapshot(opt, params)
         for _ in _each_line(code, functools.partial(opt.step, g)):
             after = _snapshot(opt, params)

@@ -412,7 +412,7 @@ class SGD:
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group: ``{"params": [...], **hyper-parameter overrides}`` (PyTorch's rules)."""
-        if not self._busy.acquire(blocking=False):  # see _busy_error
+        if not self._busy.acquire(False):  # see _busy_error (not blocking)
             raise _busy_error("add_param_group")
         try:
             self._settle()
@@ -446,8 +446,11 @@ class SGD:
         """The group's hyper-parameters at ``step``, schedules evaluated, and whether it has
         momentum. Values are passed as they are, for the kernels' parser to check, except what
         the step must compute with here (lr and momentum, and the SGDW multiplier)."""
-        lr = _real(_evaluate(group["lr"], step, "lr"), "lr")
-        momentum = _real(_evaluate(group["momentum"], step, "momentum"), "momentum")
+        lr, momentum = group["lr"], group["momentum"]
+        if type(lr) is not float:  # (the usual value needs neither call)
+            lr = _real(_evaluate(lr, step, "lr"), "lr")
+        if type(momentum) is not float:
+            momentum = _real(_evaluate(momentum, step, "momentum"), "momentum")
         nesterov = group["nesterov"]
         # While the momentum is 0 a step is plain SGD (PyTorch's step ignores nesterov then);
         # a constant momentum of 0 with nesterov is still refused where PyTorch refuses it.
@@ -505,7 +508,7 @@ class SGD:
         buffers, :attr:`iterations`, the skip counters) is complete before any exception,
         a ``KeyboardInterrupt`` included, leaves this method.
         """
-        if not self._busy.acquire(blocking=False):  # see _busy_error
+        if not self._busy.acquire(False):  # see _busy_error (not blocking)
             raise _busy_error("step")
         try:
             return self._apply(grads, _new_guard((self.nonfinite, self.max_grad_norm, loss_scale,
@@ -519,11 +522,13 @@ class SGD:
         distributed optimizers reduce the gradients first, and may bring their statistics).
         ``reported``: the gradients that an error about a non-finite one names (default
         ``grads``; the distributed optimizers name their caller's)."""
-        self._settle()
+        if self._pending is not None:
+            self._settle()
         if isinstance(grads, list):  # a snapshot: code run by the step (a schedule) may edit
             grads = tuple(grads)     # the caller's list, but not the gradients of this step
         lists = self._current_lists()
-        _check_grads(grads, lists.total)
+        if type(grads) is not tuple or len(grads) != lists.total:
+            _check_grads(grads, lists.total)
         step = self._iterations
         calls: list[Call] = []
         created: list[tuple[_GroupLists, list[int], list[Any]]] = []
@@ -551,9 +556,10 @@ class SGD:
         limit = self._max_consecutive_skips
         over_limit = guard.nonfinite == "skip" and limit is not None \
             and self._consecutive_skips >= limit
-        outcome = _core.StepOutcome()
-        self._pending = _Pending(outcome, guard.nonfinite, over_limit, lists, created, step,
-                                 self._skipped_steps, self._consecutive_skips)
+        outcome = _core.StepOutcome()  # new: one left by an earlier step would read as "ran"
+        self._pending = tuple.__new__(_Pending, (
+            outcome, guard.nonfinite, over_limit, lists, created, step, self._skipped_steps,
+            self._consecutive_skips))
         try:
             self._backend.steps(calls, grads, guard, outcome)
         finally:
@@ -580,39 +586,45 @@ class SGD:
         self._pending = None
 
     def _record(self, p: _Pending) -> None:
-        if p.outcome.applied:
-            state = self._state
-            # The kept lists take the new buffers only if nothing else changed the state during
-            # the step (code run by the step may have: a schedule, a conversion).
-            keep = bool(p.created) and self._lists is p.lists and p.lists.state is state \
-                and state.version == p.lists.version
-            key = BUFFER_KEY[self.style]
+        if not p.outcome.applied:
+            if p.nonfinite == "skip" and not p.over_limit:
+                self._skipped_steps = p.skipped_steps + 1
+                self._consecutive_skips = p.consecutive_skips + 1
+            return
+        if p.created:
+            self._keep_buffers(p)
+        self._iterations = p.iterations + 1
+        self._consecutive_skips = 0
+
+    def _keep_buffers(self, p: _Pending) -> None:
+        """The buffers an applied step made, into the state (and the kept lists)."""
+        state = self._state
+        # The kept lists take the new buffers only if nothing else changed the state during the
+        # step (code run by the step may have: a schedule, a conversion).
+        keep = self._lists is p.lists and p.lists.state is state \
+            and state.version == p.lists.version
+        key = BUFFER_KEY[self.style]
+        for gl, need, new in p.created:
+            for i, buf in zip(need, new):
+                entry = state.entry(gl.snapshot[i])
+                if entry is None:
+                    state.counted(gl.snapshot[i], {key: buf})
+                elif entry.get(key) is not buf:
+                    entry[key] = buf
+        if keep:
             for gl, need, new in p.created:
                 for i, buf in zip(need, new):
-                    entry = state.entry(gl.snapshot[i])
-                    if entry is None:
-                        state.counted(gl.snapshot[i], {key: buf})
-                    elif entry.get(key) is not buf:
-                        entry[key] = buf
-            if keep:
-                for gl, need, new in p.created:
-                    for i, buf in zip(need, new):
-                        gl.buffers[i] = buf
-                    gl.missing[:] = [i for i in gl.missing if gl.buffers[i] is None]
-                self._lists = p.lists._replace(version=state.version)
-            elif p.created:
-                self._lists = None  # made again at the next step
-            self._iterations = p.iterations + 1
-            self._consecutive_skips = 0
-        elif p.nonfinite == "skip" and not p.over_limit:
-            self._skipped_steps = p.skipped_steps + 1
-            self._consecutive_skips = p.consecutive_skips + 1
+                    gl.buffers[i] = buf
+                gl.missing[:] = [i for i in gl.missing if gl.buffers[i] is None]
+            self._lists = p.lists._replace(version=state.version)
+        else:
+            self._lists = None  # made again at the next step
 
     def _current_lists(self) -> _Lists:
         """The kept lists if the state and the groups are as when they were made, else new."""
-        lists = self._lists
-        if lists is not None and lists.counted and lists.state is self._state \
-                and lists.version == self._state.version \
+        lists, state = self._lists, self._state
+        if lists is not None and lists.counted and lists.state is state \
+                and lists.version == state._changes[0] \
                 and len(lists.groups) == len(self.param_groups):
             for gl, group in zip(lists.groups, self.param_groups):
                 # The same params object holding the same arrays (a new group dict may hold it:
@@ -685,7 +697,7 @@ class SGD:
         into new arrays of the parameters' dtype; a state entry's other items are kept (deep
         copies), and another style's buffer is refused. Everything is checked first, with the
         rules of the constructor and a step: on an error, nothing changes."""
-        if not self._busy.acquire(blocking=False):  # see _busy_error
+        if not self._busy.acquire(False):  # see _busy_error (not blocking)
             raise _busy_error("load_state_dict")
         try:
             self._load(state_dict)
@@ -843,7 +855,7 @@ def _params_list(param_group: Any) -> list[Any]:
 
 # The optimizer's lock: step(), load_state_dict() and add_param_group() run in one thread at a
 # time (two steps at once would race on the same buffers), and a call that finds it held raises
-# this error rather than wait. Each takes it by hand, `if not acquire(blocking=False): raise`
+# this error rather than wait. Each takes it by hand, `if not acquire(False): raise`
 # then try/finally, not through a context manager: a Ctrl-C is delivered at the start of any
 # Python function, a context manager's __exit__ too, which would leave the lock held for good.
 def _busy_error(method: str) -> RuntimeError:

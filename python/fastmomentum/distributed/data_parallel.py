@@ -135,7 +135,7 @@ class DistributedSGD(SGD):
         """Average ``grads`` (this rank's, one per parameter in order, all present) over the ranks
         and apply one update (collective). See :meth:`fastmomentum.SGD.step` for the result, the
         guards and ``loss_scale``."""
-        if not self._busy.acquire(blocking=False):  # see optim._busy_error
+        if not self._busy.acquire(False):  # see optim._busy_error (not blocking)
             raise _busy_error("step")
         try:
             self._grads.load(grads, loss_scale)

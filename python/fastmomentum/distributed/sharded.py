@@ -154,7 +154,7 @@ class ShardedSGD(SGD):
         """Reduce-scatter ``grads`` (this rank's, one per parameter of :attr:`params` in order,
         all present), update this rank's shard, all-gather the parameters (collective). Returns
         the result of :meth:`fastmomentum.SGD.step`, the same on every rank."""
-        if not self._busy.acquire(blocking=False):  # see optim._busy_error
+        if not self._busy.acquire(False):  # see optim._busy_error (not blocking)
             raise _busy_error("step")
         try:
             self._grads.load(grads, loss_scale)
@@ -225,7 +225,7 @@ class ShardedSGD(SGD):
         """Load a full state dict (``state_dict()``'s, ``fm.SGD``'s or ``DistributedSGD``'s, from
         any world size), keeping this rank's shard of the buffers. Checked as ``fm.SGD`` checks
         (against :attr:`params`): on an error, nothing changes."""
-        if not self._busy.acquire(blocking=False):  # see optim._busy_error
+        if not self._busy.acquire(False):  # see optim._busy_error (not blocking)
             raise _busy_error("load_state_dict")
         try:
             full = [group["params"] for group in self._full_groups()]
