@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import itertools
 import json
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -410,6 +412,33 @@ def test_samples_last_at_least_the_minimum(monkeypatch):
     # calibration: 1 call (1 ms) is too short, so 30 calls (1.2 x 25 ms): each sample is a loop
     # of 30 calls = 30 ms >= 1.25 x 20 ms
     assert clock[0] == pytest.approx((1 + 30 + 7 * 30) * 1e-3)
+
+
+def test_implementations_are_sampled_in_turn_so_a_drifting_machine_shifts_them_alike(
+        monkeypatch):
+    """Two steps of equal cost on a machine that slows down 3x halfway through the row: sampled
+    one after the other, the second would read 3x slower; sampled in turn, their medians agree.
+    A step that raises keeps its exception and the others go on."""
+    from fastmomentum.commands.bench import timing
+
+    clock, calls = [0.0], []
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: clock[0])
+
+    def step(name):
+        def run():
+            calls.append(name)
+            clock[0] += 1e-3 * (3 if clock[0] > 0.3 else 1)  # the machine slows down
+        return run
+
+    def broken():
+        raise RuntimeError("no")
+
+    taken = timing.interleaved_samples({"a": step("a"), "b": step("b"), "c": broken},
+                                       samples=7, min_sample_s=0.020)
+    assert isinstance(taken["c"], RuntimeError)
+    assert statistics.median(taken["a"]) == pytest.approx(statistics.median(taken["b"]))
+    # Each calibrated, then a loop of each in turn, seven times.
+    assert [name for name, _ in itertools.groupby(calls)] == ["a", "b"] * (1 + 7)
 
 
 def test_size_labels():

@@ -123,8 +123,8 @@ def header_lines(results: Results) -> list[str]:
         "# update: torch-convention momentum with coupled weight decay, lr=0.01, momentum=0.9, "
         "weight_decay=1e-4, dampening 0 (heavy-ball or Nesterov)",
         f"# time: median of {opts['samples']} samples, each >= {opts['min_sample_s'] * 1e3:g} ms "
-        "of back-to-back calls, after a warm-up; every implementation steps the same arrays "
-        "in turn, in one process",
+        "of back-to-back calls, after a warm-up; every implementation steps the same arrays, "
+        "in one process, the row's implementations sampled in turn",
         f"# verified before timing: {3} steps on fresh copies of a problem of the same "
         f"structure with min(size, {size_label(opts['verify_max_elements'])}) elements, vs the "
         "reference, fastmomentum.commands.bench.numpy_baseline (plain NumPy in the dtype); "
@@ -176,7 +176,8 @@ def to_json(results: Results) -> dict[str, Any]:
         "metadata": results.metadata,
         "method": {
             "time": "median over samples of (loop time / calls); loops of back-to-back calls "
-                    "lasting >= min_sample_s, after a warm-up",
+                    "lasting >= min_sample_s, after a warm-up; a row's implementations sampled "
+                    "in turn (one loop of each, then again)",
             "verification": "3 steps on fresh copies vs fastmomentum.commands.bench.numpy_baseline",
             "rtol": {k.name: v for k, v in RTOL.items()},
             "atol": "rtol * max|reference|",

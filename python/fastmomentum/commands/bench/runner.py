@@ -19,7 +19,7 @@ from .problems import LAYOUTS, VARIANTS, Layout, Problem, make_layout_problem, s
 from .report import TablePrinter, failure_lines
 from .results import FAILED, NOT_APPLICABLE, OK, UNAVAILABLE, Record, Results, Row
 from .threads import ThreadReport, thread_limit
-from .timing import MIN_SAMPLE_S, MIN_SAMPLES, Step, sample_seconds_per_call
+from .timing import MIN_SAMPLE_S, MIN_SAMPLES, Step, interleaved_samples
 from .verify import MAX_ELEMENTS, Verifier
 
 #: ``--quick`` (the default): sizes per layout, updates.
@@ -69,19 +69,21 @@ class _Session:
         self.selected = list(results.implementations)
         self.libraries = {registry[n].library for n in builders}
 
-    def measure(self, impl: Implementation, problem: Problem, steps: dict[str, Step],
-                layout: Layout, hyper_name: str, size: int, report: ThreadReport) -> Record:
-        """Verify, then time, one implementation on ``problem`` (its step built once)."""
+    def prepare(self, impl: Implementation, problem: Problem, steps: dict[str, Step],
+                layout: Layout, hyper_name: str, size: int, report: ThreadReport
+                ) -> tuple[Record, Step | None]:
+        """Verify one implementation on ``problem`` and build its step (once per problem): its
+        record, and the step to time (None when it cannot run, the record saying why)."""
         hyper = VARIANTS[hyper_name]
         dtype = problem.dtype
         record = Record(dtype.name, layout.name, layout.n_arrays, hyper_name, size,
                         report.requested, impl.name, OK)
         if layout.name not in impl.layouts:
             record.status, record.note = NOT_APPLICABLE, f"{impl.name}: lists only"
-            return record
+            return record, None
         if impl.name not in self.builders:
             record.status, record.note = UNAVAILABLE, self.missing[impl.name]
-            return record
+            return record, None
         build = self.builders[impl.name]
         if impl.kind != "bound":  # the bound is no update: its load checked what it does
             record.verified_elements = self.verifier.checked_size(size)
@@ -90,23 +92,33 @@ class _Session:
                                            1 if impl.serial else report.requested)
             if verdict is not None:
                 record.status, record.note = FAILED, verdict
-                return record
+                return record, None
         record.threads_set = 1 if impl.serial else report.counts.get(impl.library)
         try:
             if impl.name not in steps:
                 steps[impl.name] = build(problem, hyper).step
-            step = steps[impl.name]
-            record.samples = sample_seconds_per_call(step, samples=self.samples,
-                                                     min_sample_s=self.min_sample_s)
-            ran = step()
         except Exception as exc:  # verified, yet broke on the timed problem: say so, go on
             record.status, record.note = FAILED, f"while timing: {type(exc).__name__}: {exc}"
-            record.samples = []
-            return record
-        record.seconds = float(np.median(record.samples))
-        if isinstance(ran, int):
-            record.threads_ran = ran
-        return record
+            return record, None
+        return record, steps[impl.name]
+
+    def time(self, records: dict[str, Record], steps: dict[str, Step]) -> None:
+        """Time the steps side by side (their samples interleaved) into their records."""
+        taken = interleaved_samples(steps, samples=self.samples,
+                                    min_sample_s=self.min_sample_s)
+        for name, samples in taken.items():
+            record = records[name]
+            try:
+                if isinstance(samples, Exception):
+                    raise samples
+                ran = steps[name]()
+            except Exception as exc:  # verified, yet broke on the timed problem: say so, go on
+                record.status, record.note = FAILED, f"while timing: {type(exc).__name__}: {exc}"
+                continue
+            record.samples = samples
+            record.seconds = float(np.median(samples))
+            if isinstance(ran, int):
+                record.threads_ran = ran
 
     def case(self, layout: Layout, dtype: str, variant: str, size: int,
              threads: Sequence[int]) -> None:
@@ -117,15 +129,19 @@ class _Session:
                                    self.min_sample_s)
         for n in threads:
             meter = CpuMeter()
+            where = f"{dtype} {layout.name} {variant} size {size_label(size)}, {n} thr"
             with thread_limit(n, self.libraries) as report:
-                cells = {}
+                cells, timed = {}, {}
                 for name in self.selected:
-                    self.progress.show(f"{dtype} {layout.name} {variant} size "
-                                       f"{size_label(size)}, {n} thr: {name}")
-                    cells[name] = self.measure(self.registry[name], problem, steps, layout,
-                                               variant, size, report)
-                    self.results.records.append(cells[name])
-                    self.progress.advance(weight)
+                    self.progress.show(f"{where}: verifying {name}")
+                    cells[name], step = self.prepare(self.registry[name], problem, steps,
+                                                     layout, variant, size, report)
+                    if step is not None:
+                        timed[name] = step
+                self.progress.show(f"{where}: timing {', '.join(timed)} in turn")
+                self.time(cells, timed)
+                self.results.records.extend(cells.values())
+                self.progress.advance(weight * len(cells))
             others = meter.others()
             for record in cells.values():
                 record.others_cpu = others
