@@ -12,6 +12,7 @@ import copy
 import functools
 import linecache
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -222,3 +223,53 @@ def test_an_initial_lr_that_is_not_a_number_is_refused_when_the_group_is_added()
     with pytest.raises(TypeError):
         opt.add_param_group({"params": [np.ones(2, np.float32)], "initial_lr": "0.1"})
     assert len(opt.param_groups) == 1
+
+
+def test_code_a_step_runs_may_read_the_record_without_losing_the_step():
+    """A hyper-parameter's conversion runs inside the step (the kernels' parser converts it)
+    after the step's record is pending: reading the record there sees it as before the step,
+    and the step is still recorded."""
+    params, grads, opt = _problem()
+    ref_params, _, ref = _problem()
+    seen = []
+
+    class Peeking:
+        def __float__(self):
+            seen.append((opt.iterations, len(opt.state), opt.state_dict()["iterations"]))
+            return 0.0
+
+    opt.param_groups[0]["weight_decay"] = Peeking()
+    for t in range(3):
+        opt.step(grads[t])
+        ref.step(grads[t])
+    assert [s[0] for s in seen] == [0, 1, 2] and seen[0][1] == 0 and seen[1][1] == 3
+    assert [s[2] for s in seen] == [0, 1, 2]
+    opt.param_groups[0]["weight_decay"] = 0.0
+    assert _snapshot(opt, params) == _snapshot(ref, ref_params)
+
+
+def test_another_thread_reading_the_record_during_a_step_loses_none_of_it():
+    """Another thread reads the record while a step is between its pending record and its
+    kernels (held there by a hyper-parameter's conversion, which the kernels' parser runs): it
+    reads the record as before the step, and the step is recorded whole."""
+    params, grads, opt = _problem()
+    ref_params, _, ref = _problem()
+    seen = []
+
+    def read():
+        seen.append((opt.iterations, len(opt.state), opt.state_dict()["iterations"]))
+
+    class HeldWhileAnotherThreadReads:
+        def __float__(self):
+            reader = threading.Thread(target=read)
+            reader.start()
+            reader.join()
+            return 0.0
+
+    opt.param_groups[0]["weight_decay"] = HeldWhileAnotherThreadReads()
+    for t in range(3):
+        opt.step(grads[t])
+        ref.step(grads[t])
+    assert seen == [(0, 0, 0), (1, 3, 1), (2, 3, 2)]
+    opt.param_groups[0]["weight_decay"] = 0.0
+    assert _snapshot(opt, params) == _snapshot(ref, ref_params)

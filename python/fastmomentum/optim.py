@@ -359,12 +359,12 @@ class SGD:
         return self._backend.on_device
 
     # The record of the steps: read through these, which first complete the record of a step
-    # that an interrupt cut short (_settle).
+    # that an interrupt cut short (_settle_if_idle).
 
     @property
     def state(self) -> ArrayState:
         """Per-parameter state, keyed by the array (:class:`ArrayState`)."""
-        self._settle()
+        self._settle_if_idle()
         return self._state
 
     @state.setter
@@ -372,30 +372,30 @@ class SGD:
         if not isinstance(value, ArrayState):
             raise TypeError(f"state must be a fastmomentum.optim.ArrayState, got "
                             f"{type(value).__name__}")
-        self._settle()
+        self._settle_if_idle()
         self._state = value
 
     @property
     def iterations(self) -> int:
         """Steps taken (the argument of schedule callables; saved in the state dict)."""
-        self._settle()
+        self._settle_if_idle()
         return self._iterations
 
     @iterations.setter
     def iterations(self, value: int) -> None:
-        self._settle()
+        self._settle_if_idle()
         self._iterations = _count(value, "iterations")
 
     @property
     def skipped_steps(self) -> int:
         """Steps skipped for a non-finite gradient, in all."""
-        self._settle()
+        self._settle_if_idle()
         return self._skipped_steps
 
     @property
     def consecutive_skips(self) -> int:
         """Steps skipped since the last applied one."""
-        self._settle()
+        self._settle_if_idle()
         return self._consecutive_skips
 
     @property
@@ -573,17 +573,28 @@ class SGD:
         return result
 
     def _settle(self) -> None:
-        """Completes the record of the last step if its kernels ran, or drops it if they did not.
-        A step records itself in a ``finally`` block; should an interrupt cut that record short,
-        the next access to the optimizer (its record's properties, every method) completes it:
-        the record is idempotent, made of the values the counters take and the buffers the
-        state holds after the step."""
+        """Completes the record of the last step if its kernels ran, or drops it if they did not;
+        for the holder of the lock (a running step's record is only ever its own). A step records
+        itself in a ``finally`` block; should an interrupt cut that record short, the next access
+        to the optimizer (its record's properties, every method) completes it: the record is
+        idempotent, made of the values the counters take and the buffers the state holds after
+        the step."""
         pending = self._pending
         if pending is None:
             return
         if pending.outcome.ran:
             self._record(pending)
         self._pending = None
+
+    def _settle_if_idle(self) -> None:
+        """:meth:`_settle` for the readers that do not hold the lock (the record's properties,
+        state_dict, copies), unless a step is running, in another thread or in this one (code a
+        step runs, reading the record): the record then reads as it was before that step."""
+        if self._pending is not None and self._busy.acquire(False):
+            try:
+                self._settle()
+            finally:
+                self._busy.release()
 
     def _record(self, p: _Pending) -> None:
         if not p.outcome.applied:
@@ -674,7 +685,7 @@ class SGD:
         callable as ``{"callable": its name}``, to be passed to the constructor again before
         loading.
         """
-        self._settle()
+        self._settle_if_idle()
         groups, state, index = [], {}, 0
         for group in self.param_groups:
             saved = {k: _describe(v) for k, v in group.items() if k != "params"}
@@ -792,7 +803,7 @@ class SGD:
     # -- copies -----------------------------------------------------------------------------
 
     def __getstate__(self) -> dict[str, Any]:
-        self._settle()
+        self._settle_if_idle()
         state = dict(self.__dict__)
         for name in ("_busy", "_lists", "_backend", "_pending"):
             state.pop(name, None)
