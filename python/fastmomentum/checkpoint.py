@@ -41,8 +41,10 @@ key is ``"format"``. The arrays are the entries ``a0``, ``a1``, ... that the tre
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
+import io
 import json
 import math
 import os
@@ -50,7 +52,7 @@ import re
 import secrets
 import stat
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, BinaryIO, Union
 
 import numpy as np
@@ -101,6 +103,29 @@ def _packed(dtype: np.dtype) -> bool:
     return offset == dtype.itemsize
 
 
+# The longest .npy header np.load reads by default (its max_header_size): a longer one, which
+# np.save writes for a structured dtype of several hundred fields, is refused at save.
+_MAX_HEADER_BYTES = 10_000
+
+
+def _check_npy_header(array: np.ndarray) -> None:
+    """``array``'s ``.npy`` header is one that :func:`load` reads: latin-1 (format 1.0 or 2.0;
+    NumPy writes 3.0 for other field names) and no longer than NumPy reads by default."""
+    out = io.BytesIO()
+    try:
+        np.lib.format.write_array_header_2_0(
+            out, np.lib.format.header_data_from_array_1_0(array))
+    except UnicodeEncodeError:
+        raise TypeError(f"cannot store an array of dtype {array.dtype} in a checkpoint: its "
+                        "field names are not latin-1, which needs a version 3.0 .npy file that "
+                        "np.load reads only from a trusted source; rename the fields") from None
+    length = len(out.getvalue()) - 12  # magic (6), version (2), header length (4)
+    if length > _MAX_HEADER_BYTES:
+        raise TypeError(f"cannot store an array of dtype {array.dtype} in a checkpoint: its .npy "
+                        f"header would be {length} bytes, more than the {_MAX_HEADER_BYTES} that "
+                        "np.load reads safely; split the fields into several arrays")
+
+
 def array_digest(array: np.ndarray) -> str:
     """The SHA-256 (hex) that format ``/2`` stores for ``array``: of its dtype descr and shape as
     JSON (``["<f8", [2, 3]]``), then of its bytes in C order."""
@@ -126,11 +151,16 @@ def to_arrays(tree: Any) -> dict[str, np.ndarray]:
             if node.dtype.hasobject:
                 raise TypeError("cannot store an object array in a checkpoint (it would need "
                                 "pickle)")
+            if isinstance(node, np.ma.MaskedArray):
+                raise TypeError("cannot store a numpy.ma.MaskedArray in a checkpoint: its mask "
+                                "would be lost; store its .data and np.ma.getmaskarray(x) as two "
+                                "arrays")
             if not _packed(node.dtype):
                 raise TypeError(f"cannot store an array of dtype {node.dtype} in a checkpoint: "
                                 "its fields leave padding or overlap, which a .npy entry does "
                                 "not keep byte for byte; repack it first "
                                 "(numpy.lib.recfunctions.repack_fields)")
+            _check_npy_header(node)
             name = f"a{len(arrays)}"
             arrays[name] = node
             return {_ARRAY: name}
@@ -216,7 +246,7 @@ def _read(arrays: Mapping[str, Any], fresh: bool) -> Any:
     if "tree" not in description:
         raise _corrupt("no tree in the description")
 
-    kept: set[str] = set()  # names whose array the tree holds as it is (not copied)
+    used: set[str] = set()  # names the tree has referred to
 
     def decode(node: Any) -> Any:
         if isinstance(node, list):
@@ -227,10 +257,11 @@ def _read(arrays: Mapping[str, Any], fresh: bool) -> Any:
                 if not isinstance(name, str) or name in (_META, _DIGEST) or name not in loaded:
                     raise _corrupt(f"the tree refers to the array {name!r}, which the file "
                                    "does not hold")
-                if fresh and name not in kept:
-                    kept.add(name)
-                    return loaded[name]
-                return np.array(loaded[name])
+                if name in used:  # each a copy: a small file could fill the memory
+                    raise _corrupt(f"the tree refers to the array {name!r} more than once, "
+                                   "which save() never writes")
+                used.add(name)
+                return loaded[name] if fresh else np.array(loaded[name])
             if set(node) == {_ITEMS}:
                 return {decode(k): decode(v) for k, v in node[_ITEMS]}
             if set(node) == {_TUPLE}:
@@ -303,9 +334,14 @@ def save(path: PathLike, tree: Any) -> None:
         mode = stat.S_IMODE(existing.st_mode) if stat.S_ISREG(existing.st_mode) else None
     except FileNotFoundError:
         mode = None
-    temporary = None  # the file made for this save, once made
+    temporary = ""  # the name of the file made for this save, set before it is made
     try:
-        descriptor, temporary = _create_beside(directory, os.path.basename(target))
+        for temporary in _temporary_names(directory, os.path.basename(target)):
+            try:
+                descriptor = os.open(temporary, _NEW_FILE, 0o666)
+                break
+            except FileExistsError:  # 2**64 names: only an adversary collides, and only once
+                temporary = ""  # not ours to remove
         with _owned(descriptor) as f:
             np.savez(f, **arrays)
             f.flush()
@@ -314,8 +350,8 @@ def save(path: PathLike, tree: Any) -> None:
             os.fsync(f.fileno())
         os.replace(temporary, target)
     except BaseException:
-        if temporary is not None:
-            with contextlib.suppress(FileNotFoundError):
+        if temporary:
+            with contextlib.suppress(OSError):  # the error that brought us here is the one to see
                 os.unlink(temporary)
         raise
     _fsync_directory(directory)
@@ -330,18 +366,19 @@ def _owned(descriptor: int) -> BinaryIO:
         raise
 
 
-def _create_beside(directory: str, name: str) -> tuple[int, str]:
-    """A new, empty file in ``directory``, named after ``name`` with a random part: created with
-    O_EXCL (a name that exists, a planted link included, is never opened) and O_NOFOLLOW, with the
-    permissions ``open`` would give a new file (0o666 less the umask)."""
-    flags = (os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+# A new file, created with O_EXCL (a name that exists, a planted link included, is never opened)
+# and O_NOFOLLOW, with the permissions open() gives a new file (0o666 less the umask).
+_NEW_FILE = (os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
              | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
+
+
+def _temporary_names(directory: str, name: str) -> Iterator[str]:
+    """Random names in ``directory`` for a file that will become ``name``: its start (a name
+    near the system's limit would not fit) and 64 random bits. ``save`` holds each name before
+    trying to create it, so that an interrupt after the creation still finds it to remove; the
+    name is random, so that no file of someone else's can be there under it."""
     while True:
-        temporary = os.path.join(directory, f".{name}.{secrets.token_hex(8)}.tmp")
-        try:
-            return os.open(temporary, flags, 0o666), temporary
-        except FileExistsError:  # 2**64 names: only an adversary collides, and only once
-            continue
+        yield os.path.join(directory, f".{name[:100]}.{secrets.token_hex(8)}.tmp")
 
 
 def _set_mode(descriptor: int, path: str, mode: int) -> None:
@@ -369,8 +406,9 @@ def load(path: PathLike) -> Any:
     checked against the file: every entry stored, not compressed, as :func:`save` writes them;
     within the file; no two entries sharing bytes or a name; every ``.npy`` entry holding exactly
     the bytes its header declares. So the arrays a file makes ``load`` allocate never exceed the
-    file's own size; the description's JSON, parsed into Python objects, costs up to about ten
-    times its text. A missing or unreadable file raises ``OSError`` as ``open`` does."""
+    file's own size; the description's JSON, parsed into Python objects, costs up to about 25
+    bytes per character of its text (a list of empty dicts; the file stores 4 bytes per
+    character). A missing or unreadable file raises ``OSError`` as ``open`` does."""
     name = os.fspath(path)
     with open(path, "rb") as file:
         try:
@@ -397,9 +435,9 @@ def _check_entry_sizes(file: BinaryIO) -> None:
     file.seek(0)
     with zipfile.ZipFile(file) as archive:
         infos = archive.infolist()
-        names = [info.filename for info in infos]
-        if len(set(names)) != len(names):
-            twice = sorted({n for n in names if names.count(n) > 1})
+        counts = collections.Counter(info.filename for info in infos)
+        twice = sorted(name for name, k in counts.items() if k > 1)
+        if twice:
             raise _corrupt(f"the archive holds more than one entry named {twice}")
         spans = []  # (start, end, name): each entry's local header and data, in the file
         for info in infos:
