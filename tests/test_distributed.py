@@ -249,8 +249,8 @@ def test_constructor_and_step_refuse_bad_input(tmp_path):
     for r in range(2):
         lines = (tmp_path / f"mismatch.rank{r}.txt").read_text().splitlines()
         found = dict(line.split(": ", 1) for line in lines)
-        assert found.keys() == {"values", "shapes", "hyper", "comm", "none", "scale", "extras"}, \
-            lines
+        assert found.keys() == {"values", "shapes", "hyper", "strided", "comm", "none", "scale",
+                                "extras", "peek"}, lines
         assert "parameter values of rank(s) [1] differ from rank 0's" in found["values"]
         assert "parameter groups of rank(s) [1] differ" in found["shapes"]
         assert "parameter groups of rank(s) [1] differ" in found["hyper"]
@@ -258,6 +258,9 @@ def test_constructor_and_step_refuse_bad_input(tmp_path):
         assert "grads[0] is None" in found["none"]
         assert "loss_scale must be a finite number > 0, got 0.0" in found["scale"]
         assert "holds ['ema']; ShardedSGD keeps only the buffer" in found["extras"]
+        assert found["strided"].startswith("params[4] is not C-contiguous"), found["strided"]
+        without, with_reads = found["peek"].split()
+        assert with_reads == without
 
 
 @pytest.mark.parametrize(("world", "flag"), [(4, "--distributed"), (4, "--sharded"),

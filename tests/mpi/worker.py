@@ -10,8 +10,9 @@ compares the files with a single-process fm.SGD and with each other. Modes:
   then rank 0 saves the parameters, the optimizer's and the scheduler's state to ``OUT/ckpt.npz``.
 - ``resume OUT CKPT KIND``: loads that checkpoint into KIND (``DistributedSGD`` / ``ShardedSGD``)
   at this world size and takes STEPS more steps.
-- ``mismatch OUT``: the constructor's errors: replicas that differ, a communicator that is not one;
-  the step's and load_state_dict's.
+- ``mismatch OUT``: the constructor's errors: replicas that differ, a communicator that is not one,
+  a parameter the kernels cannot update in place; the step's and load_state_dict's; and a
+  ShardedSGD whose schedule reads ``state_dict()`` mid-step, against one whose schedule does not.
 """
 
 from __future__ import annotations
@@ -134,6 +135,11 @@ def mismatch(out: Path) -> None:
         ShardedSGD(COMM, make_params(case, SEED), lr=0.1, momentum=0.9 if RANK else 0.8)
     except ValueError as error:
         messages.append(f"hyper: {error}")
+    strided = [np.ones(2, np.float32) for _ in range(4)] + [np.ones(8, np.float32)[::2]]
+    try:  # every rank checks every parameter, whichever rank's shard holds it
+        ShardedSGD(COMM, strided, lr=0.5)
+    except ValueError as error:
+        messages.append(f"strided: {error}")
     try:
         DistributedSGD(None, make_params(case, SEED))  # type: ignore[arg-type]
     except TypeError as error:
@@ -154,7 +160,24 @@ def mismatch(out: Path) -> None:
         sharded.load_state_dict(saved)
     except ValueError as error:
         messages.append(f"extras: {error}")
+    messages.append(f"peek: {peeking_schedule(False)} {peeking_schedule(True)}")
     (out / f"mismatch.rank{RANK}.txt").write_text("\n".join(messages))
+
+
+def peeking_schedule(peek: bool) -> str:
+    """A ShardedSGD's parameters after 3 steps whose schedule (``peek``) gathers the state
+    between the step's reduce-scatter and its kernels, as a schedule that logs it would."""
+    p, held = np.ones(8, np.float32), {}
+
+    def lr(t: int) -> float:
+        if peek and t >= 1:
+            held["opt"].state_dict()
+        return 0.1
+
+    held["opt"] = ShardedSGD(COMM, [p], lr=lr, momentum=0.9, deterministic=True)
+    for t in range(3):
+        held["opt"].step([np.full(8, 1.0 + t, np.float32)])
+    return p.tobytes().hex()
 
 
 if __name__ == "__main__":

@@ -79,6 +79,9 @@ class ShardedSGD(SGD):
         #: The model's parameters, in order over the groups (the optimizer steps their shards).
         self.params: list[NDArray[Any]] = [p for g in groups for p in g["params"]]
         self._grads = FlatGrads(self.params)
+        # The model's arrays, checked alike on every rank before any message: each rank's steps
+        # check only its shard, and a rank that raised alone would leave the others waiting.
+        _core.check_params(self.params, 0)
         world, rank = self.comm.size, self.comm.rank
         self._bounds = {dtype: shard_bounds(flat.size, world)
                         for dtype, flat in self._grads.flats.items()}
@@ -128,8 +131,8 @@ class ShardedSGD(SGD):
     @property
     def grad_buffers(self) -> list[NDArray[Any]]:
         """As :attr:`DistributedSGD.grad_buffers` (gradients computed there are not copied), but
-        they are also the all-gathers' receive buffers: after a step, or a :meth:`state_dict`,
-        they hold parameters or buffers, not gradients."""
+        they are also the parameters' all-gather's receive buffers: after a step they hold
+        parameters, not gradients."""
         return list(self._grads.views)
 
     @property
@@ -154,8 +157,9 @@ class ShardedSGD(SGD):
         """Reduce-scatter ``grads`` (this rank's, one per parameter of :attr:`params` in order,
         all present), update this rank's shard, all-gather the parameters (collective). Returns
         the result of :meth:`fastmomentum.SGD.step`, the same on every rank."""
-        if not self._busy.acquire(False):  # see optim._busy_error (not blocking)
-            raise _busy_error("step")
+        busy = self._busy  # the lock released is the one taken (see optim._after_fork_in_child)
+        if not busy.acquire(False):  # see optim._busy_error (not blocking)
+            raise _busy_error("step()")
         try:
             self._grads.load(grads, loss_scale)
             for dtype, flat in self._grads.flats.items():
@@ -173,7 +177,7 @@ class ShardedSGD(SGD):
                 self._gather_params()
             return result
         finally:
-            self._busy.release()
+            busy.release()
 
     def _gather_params(self) -> None:
         """Every rank's updated shard into every rank's parameters, through the flat buffers."""
@@ -200,13 +204,13 @@ class ShardedSGD(SGD):
         mine = {place.param for place, piece, _ in self._pieces
                 if (self.state.entry(piece) or {}).get(key) is not None}
         present = set().union(*self.comm.allgather(mine))
-        for _, piece, grad in self._pieces:
+        # Buffers of their own, not the gradients' (a step may be running: a schedule saving).
+        gathered = {dtype: np.zeros_like(flat) for dtype, flat in self._grads.flats.items()}
+        for place, piece, _ in self._pieces:
             buf = (self.state.entry(piece) or {}).get(key)
-            if buf is None:
-                grad.fill(0)
-            else:
-                np.copyto(grad, buf)
-        for dtype, flat in self._grads.flats.items():
+            if buf is not None:
+                gathered[place.dtype][place.start:place.stop] = buf.reshape(-1)
+        for dtype, flat in gathered.items():
             allgather(self.comm, flat, self._bounds[dtype])
         saved = SGD.state_dict(self)
         start = 0
@@ -216,7 +220,7 @@ class ShardedSGD(SGD):
         saved["state"] = {}
         for place in self._grads.places:
             if place.param in present:
-                buf = self._grads.flats[place.dtype][place.start:place.stop]
+                buf = gathered[place.dtype][place.start:place.stop]
                 saved["state"][place.param] = {
                     key: buf.reshape(self.params[place.param].shape).copy()}
         return saved
@@ -225,8 +229,9 @@ class ShardedSGD(SGD):
         """Load a full state dict (``state_dict()``'s, ``fm.SGD``'s or ``DistributedSGD``'s, from
         any world size), keeping this rank's shard of the buffers. Checked as ``fm.SGD`` checks
         (against :attr:`params`): on an error, nothing changes."""
-        if not self._busy.acquire(False):  # see optim._busy_error (not blocking)
-            raise _busy_error("load_state_dict")
+        busy = self._busy  # the lock released is the one taken (see optim._after_fork_in_child)
+        if not busy.acquire(False):  # see optim._busy_error (not blocking)
+            raise _busy_error("load_state_dict()")
         try:
             full = [group["params"] for group in self._full_groups()]
             loaded = self._read_state_dict(state_dict, full)
@@ -252,4 +257,4 @@ class ShardedSGD(SGD):
                 shard_state.counted(piece, entry)
             self._install(loaded, shard_state)  # its groups hold the shards' views, as now
         finally:
-            self._busy.release()
+            busy.release()
