@@ -74,7 +74,7 @@ def _around_the_lock(frame):
     after the acquire where CPython can deliver a signal, outside the promise: see
     docs/reliability.md)."""
     line = linecache.getline(frame.f_code.co_filename, frame.f_lineno).strip()
-    return line in ("self._busy.release()", "try:")
+    return line in ("busy.release()", "try:")
 
 
 def _each_line(code, run):
@@ -151,6 +151,60 @@ def test_an_interrupt_anywhere_in_add_param_group_adds_the_whole_group_or_nothin
     assert len(opt.param_groups) == 2
     opt.step([*grads[1], np.ones(7, np.float32)])
     np.testing.assert_allclose(new, 0.5, rtol=1e-6)  # 1 - 0.5*1 (first step: the buffer is g)
+
+
+def test_an_interrupt_anywhere_in_load_state_dict_loads_all_of_it_or_nothing():
+    params, grads, opt = _problem()
+    opt.step(grads[0])
+    _, _, source = _problem()
+    for t in range(3):
+        source.step(grads[t])
+    source.param_groups[0]["lr"] = 0.5
+    saved = source.state_dict()
+
+    def record():
+        return _snapshot(opt, params), [g["lr"] for g in opt.param_groups]
+
+    base = copy.deepcopy(opt.state_dict())
+    before = record()
+    _, _, expected_opt = _problem()
+    expected_opt.load_state_dict(saved)
+    expected = (_snapshot(expected_opt, params), [0.5])
+    cases = 0
+    for _ in _each_line(optim.SGD.load_state_dict.__code__, lambda: opt.load_state_dict(saved)):
+        after = record()
+        assert after in (before, expected)
+        cases += 1
+        opt.load_state_dict(base)  # the lock was released; back to before, for the next line
+        assert record() == before
+    assert cases > 20
+    assert record() == expected
+
+
+def test_setting_the_record_while_a_step_runs_is_refused_and_the_step_recorded():
+    """A setter called from code the step runs (here a schedule) would be overwritten by the
+    step's record: it raises, and the value and the step stay as they are."""
+    params, grads, opt = _problem(nonfinite="skip")
+    ref_params, _, ref = _problem(nonfinite="skip")
+    refused = []
+
+    def lr(t):
+        for name, value in (("iterations", 100), ("state", optim.ArrayState()),
+                            ("max_consecutive_skips", 3)):
+            with pytest.raises(RuntimeError, match=f"setting {name} called while this optimizer "
+                                                   "is already running"):
+                setattr(opt, name, value)
+            refused.append(name)
+        return 0.1
+
+    opt.param_groups[0]["lr"] = lr
+    opt.step(grads[0])
+    ref.step(grads[0])
+    assert len(refused) == 3 and opt.max_consecutive_skips == 10
+    opt.param_groups[0]["lr"] = 0.1
+    assert _snapshot(opt, params) == _snapshot(ref, ref_params)
+    opt.iterations = 100  # between steps: allowed
+    assert opt.iterations == 100
 
 
 def test_a_schedule_that_edits_the_gradient_list_does_not_change_the_step():

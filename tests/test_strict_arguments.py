@@ -111,6 +111,75 @@ def test_a_state_entrys_other_items_survive_a_round_trip():
         np.testing.assert_array_equal(a, b)
 
 
+def test_load_and_the_constructor_refuse_what_every_step_would_refuse_for_the_dtype():
+    """The checks that depend on the arrays' dtype (a coefficient that overflows float32, Keras'
+    decay that would flip a sign) run when the hyper-parameters arrive, not at the next step."""
+    params = [np.ones(3, np.float32)]
+    opt = fm.SGD(params, lr=0.1, momentum=0.9)
+    opt.step([np.ones(3, np.float32)])
+    before = opt.state_dict()
+    for key in ("lr", "weight_decay"):
+        saved = opt.state_dict()
+        saved["param_groups"][0][key] = 1e39
+        with pytest.raises(ValueError, match=f"{key}=1e\\+39 overflows float32"):
+            opt.load_state_dict(saved)
+        with pytest.raises(ValueError, match=f"{key}=1e\\+39 overflows float32"):
+            fm.SGD([np.ones(3, np.float32)], **{"lr": 0.1, key: 1e39})
+    after = opt.state_dict()
+    assert after["param_groups"] == before["param_groups"] and after["state"] == before["state"]
+    with pytest.raises(ValueError, match=r"Invalid lr \* weight_decay: 1\.0"):
+        fm.SGD([np.ones(3, np.float32)], style="keras", lr=1.0, weight_decay=1.0)
+    with pytest.raises(ValueError, match="overflows float32"):
+        opt.add_param_group({"params": [np.ones(2, np.float32)], "lr": 1e39})
+    assert len(opt.param_groups) == 1
+    fm.SGD([np.ones(3)], lr=1e39)  # float64 holds it
+
+
+class _LyingShape(np.ndarray):
+    @property
+    def shape(self):  # the array's own (C) shape is (5,)
+        return (3,)
+
+
+def test_a_buffer_is_checked_by_its_arrays_shape_not_by_what_its_type_says():
+    opt, saved, before = _loaded(lambda d: d["state"][0].update(
+        momentum_buffer=np.arange(5.0).view(_LyingShape)))
+    with pytest.raises(ValueError, match=r"state\[0\]\['momentum_buffer'\] has shape \(5,\) "
+                                         r"but its parameter has shape \(3,\)"):
+        opt.load_state_dict(saved)
+    assert opt.state_dict()["state"] == before["state"]
+
+
+def test_a_group_loaded_is_checked_as_a_group_added():
+    opt, saved, before = _loaded(lambda d: d["param_groups"][0].update(initial_lr="abc"))
+    with pytest.raises(TypeError, match="initial_lr must be a real number, got str"):
+        opt.load_state_dict(saved)
+    assert opt.state_dict()["param_groups"] == before["param_groups"]
+
+
+class _Shifty(int):
+    """An int whose conversions give 5 once, then -7: a value checked and stored from two
+    conversions would be stored as -7."""
+
+    def __index__(self):
+        self.calls = getattr(self, "calls", 0) + 1
+        return 5 if self.calls == 1 else -7
+
+    __int__ = __index__
+
+
+def test_a_counter_is_converted_once_and_stored_as_checked():
+    opt = fm.SGD(_params(), lr=0.1, momentum=0.9, nonfinite="skip")
+    opt.iterations = _Shifty(5)
+    opt.max_consecutive_skips = _Shifty(5)
+    assert (opt.iterations, opt.max_consecutive_skips) == (5, 5)
+    saved = opt.state_dict()
+    saved["skipped_steps"] = _Shifty(5)
+    opt.load_state_dict(saved)
+    assert opt.skipped_steps == 5 and type(opt.skipped_steps) is int
+    fm.SGD(_params(), lr=0.1, momentum=0.9).load_state_dict(opt.state_dict())
+
+
 def test_a_float_buffer_of_another_width_is_converted():
     opt, saved, _ = _loaded(lambda d: d["state"][0].update(
         momentum_buffer=d["state"][0]["momentum_buffer"].astype(np.float32)))
@@ -278,3 +347,30 @@ def test_a_child_forked_during_a_step_can_step():
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert opt.iterations == 1  # the parent's own step
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_a_step_whose_schedule_forks_finishes_in_both_processes():
+    """The child continues the step that forked inside its schedule: it releases the lock that
+    step took, not the fresh one the fork handler gave the child."""
+    params = [np.zeros(4, np.float32)]
+    forked = []
+
+    def lr(step):
+        if step == 1:
+            forked.append(os.fork())
+        return 0.1
+
+    opt = fm.SGD(params, lr=lr, momentum=0.9)
+    opt.step([np.ones(4, np.float32)])
+    try:
+        opt.step([np.ones(4, np.float32)])
+        opt.step([np.ones(4, np.float32)])
+        ok = opt.iterations == 3
+    except BaseException:
+        ok = False
+    if forked[0] == 0:
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(forked[0], 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert ok

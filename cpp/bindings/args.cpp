@@ -404,6 +404,14 @@ double Guard::norm(double sum) const { return std::sqrt(sum) / loss_scale; }
 
 double Guard::clip_coefficient(double norm) const { return rules::clip_coefficient(max_norm, norm); }
 
+Dtype parse_dtype_name(PyObject* obj, const char* name) {
+    require_str(obj, name);
+    if (is_str(obj, "float32")) return Dtype::f32;
+    if (is_str(obj, "float64")) return Dtype::f64;
+    throw py::value_error(std::string(name) + " must be 'float32' or 'float64', got '" +
+                          str_of(obj) + "'");
+}
+
 void check_coefficients(const Hyper& h, Dtype dtype) {
     if (dtype == Dtype::f32) check_coefficients_as<float>(h, "float32");
     else check_coefficients_as<double>(h, "float64");

@@ -144,4 +144,7 @@ Guard parse_guard(py::handle tuple);  // the fields of an _protocol.Guard
 // that dtype, cannot flip a parameter's sign.
 void check_coefficients(const Hyper& h, Dtype dtype);
 
+// A kernel dtype by its NumPy name, "float32" or "float64" (`name` names the argument).
+Dtype parse_dtype_name(PyObject* obj, const char* name);
+
 }  // namespace fastmomentum::bindings

@@ -11,6 +11,7 @@
 
 #include <pybind11/pybind11.h>
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -134,6 +135,16 @@ struct Outcome {
     double norm = 0.0;  // the global 2-norm of the (unscaled) gradients, when clipping
     int threads = 0;    // the most threads any kernel ran
 };
+
+// Writes `from` into `to`, `ran` last: a copy of memory taken between the stores (a fork() by
+// another thread while this one runs without the GIL) shows the outcome whole or not at all.
+inline void publish(Outcome& to, const Outcome& from) {
+    Outcome staged = from;
+    staged.ran = false;
+    to = staged;
+    std::atomic_thread_fence(std::memory_order_release);
+    to.ran = from.ran;
+}
 
 // Runs checked updates under their guard, wherever the kernels run: the statistics pass over
 // every gradient first when the guard needs one (and was not handed the caller's statistics),

@@ -134,7 +134,8 @@ PyObject* functional_step(PyObject* /*module*/, PyObject* const* args, Py_ssize_
         HostReader read;
         check_calls(&call, 1, grads, false, guard, read, step);
         // Phase 3.
-        const Outcome outcome = run_on_host(step, guard);
+        Outcome outcome;
+        run_on_host(step, guard, outcome);
         return step_result(outcome, arg[k_grads]).release().ptr();
     } catch (...) {
         return set_python_error();

@@ -48,13 +48,13 @@ std::int64_t elements_of(const Step& step) {
 
 }  // namespace
 
-Outcome run_on_host(const Step& step, const Guard& guard) {
+void run_on_host(const Step& step, const Guard& guard, Outcome& out) {
     const KernelSet& kernels = active_kernels();
     const Launch launch = current_launch();
     // Like NumPy, keep the GIL for a kernel shorter than releasing and re-taking it.
     std::optional<py::gil_scoped_release> release;
     if (elements_of(step) >= kReleaseGilElements) release.emplace();
-    return run_updates(
+    publish(out, run_updates(
         step.updates, guard,
         [&](const std::vector<TensorRef>& list, Dtype dtype, double* sum_squares) {
             return measure_gradients(kernels, launch, list, dtype, sum_squares);
@@ -65,7 +65,7 @@ Outcome run_on_host(const Step& step, const Guard& guard) {
             if (!u.f64.empty())
                 threads = std::max(threads, kernels.f64(u.f64.data(), u.f64.size(), h, launch));
             return threads;
-        });
+        }));
 }
 
 GradStats measure_on_host(const Step& step) {

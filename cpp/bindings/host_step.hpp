@@ -22,8 +22,10 @@ struct HostReader {
 // taking it back, so it runs holding the GIL (NumPy's ufuncs do the same below 500 elements).
 inline constexpr std::int64_t kReleaseGilElements = 8192;
 
-// Phase 3 on the active ISA's kernels, with the GIL released unless the step is tiny.
-Outcome run_on_host(const Step& step, const Guard& guard);
+// Phase 3 on the active ISA's kernels, with the GIL released unless the step is tiny; `out` is
+// written before the GIL is taken back (publish), so that a fork() by another thread, which needs
+// the GIL, finds either no outcome or the whole one.
+void run_on_host(const Step& step, const Guard& guard, Outcome& out);
 
 // The guard's statistics pass over arrays checked as gradients: whether every element is finite,
 // and the sum of their squares in the kernels' fixed order (float32 arrays in list order, then

@@ -41,7 +41,7 @@ void sgd_steps(py::handle calls_obj, py::handle grads_obj, py::handle guard_obj,
     check_calls(calls.data(), calls.size(), grads, true, guard, read, step);
     // Phase 3. The outcome is a C++ struct: writing it runs no Python code, so a KeyboardInterrupt
     // that arrives while the kernels run cannot come between them and the record of what they did.
-    outcome = run_on_host(step, guard);
+    run_on_host(step, guard, outcome);
 }
 
 // Construction-time checks of an optimizer: its arrays as a step's params, numbered from
@@ -72,6 +72,13 @@ py::tuple grad_stats(py::handle grads_obj) {
     }
     const GradStats stats = measure_on_host(step);
     return py::make_tuple(stats.finite, stats.sum_squares);
+}
+
+void check_hyper(py::handle hyper_obj, py::handle dtypes_obj) {
+    const Hyper hyper = parse_hyper(hyper_args(hyper_obj));
+    const List dtypes(dtypes_obj, "dtypes");
+    for (std::size_t i = 0; i < dtypes.size(); ++i)
+        check_coefficients(hyper, parse_dtype_name(dtypes[i], "each of dtypes"));
 }
 
 // Whether two lists or tuples hold the same objects, in the same order (identity, not equality).
@@ -119,8 +126,9 @@ void register_steps(py::module_& m) {
           py::arg("value"), py::arg("name"),
           "value as a float, by the rules of a step's hyper-parameters (a real number: never a "
           "bool, a complex, a str or an array); errors name it `name`.");
-    m.def("check_hyper", [](py::handle hyper) { parse_hyper(hyper_args(hyper)); },
-          py::arg("hyper"), "Check a _protocol.Hyper as a step does (the same parser).");
+    m.def("check_hyper", &check_hyper, py::arg("hyper"), py::arg("dtypes") = py::tuple(),
+          "Check a _protocol.Hyper as a step does (the same parser), and its coefficients as a "
+          "step on arrays of each of dtypes ('float32', 'float64') computes them.");
     m.def("check_guard", [](py::handle guard) { parse_guard(guard); }, py::arg("guard"),
           "Check a _protocol.Guard as a step does.");
     m.def("check_params", &check_params, py::arg("params"), py::arg("first_index"),

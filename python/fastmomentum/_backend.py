@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from types import ModuleType
 from typing import Any, Protocol
 
@@ -52,6 +52,10 @@ class Backend(Protocol):
     def new_buffers(self, params: Sequence[Any], zero: bool) -> list[Any]:
         """Momentum buffers shaped like ``params`` (zeros, or uninitialised where the first step
         writes them whole)."""
+
+    def dtypes(self, params: Sequence[Any]) -> tuple[str, ...]:
+        """The kernels' dtypes among ``params`` (``"float32"``, ``"float64"``), for the checks of
+        a hyper-parameter that depend on them (``_core.check_hyper``)."""
 
     def to_host(self, x: Any) -> np.ndarray:
         """A NumPy copy of ``x`` (the array itself on the host)."""
@@ -96,6 +100,9 @@ class HostBackend:
                 out[i] = block[offset:offset + size].reshape(shape)
                 offset += size
         return out
+
+    def dtypes(self, params: Sequence[Any]) -> tuple[str, ...]:
+        return _kernel_dtypes(_DTYPE(p) for p in params if isinstance(p, np.ndarray))
 
     def to_host(self, x: Any) -> np.ndarray:
         return np.asarray(x)
@@ -216,12 +223,26 @@ class CudaBackend:
     def new_buffers(self, params: Sequence[Any], zero: bool) -> list[Any]:
         return [self._adapter.new_array(p, zero) if is_device_array(p) else None for p in params]
 
+    def dtypes(self, params: Sequence[Any]) -> tuple[str, ...]:
+        return _kernel_dtypes(_numpy_dtype(p) for p in params if is_device_array(p))
+
     def to_host(self, x: Any) -> np.ndarray:
         return x if isinstance(x, np.ndarray) else self._adapter.to_host(x)
 
     def from_host(self, host: np.ndarray, like: Any) -> Any:
-        dtype = np.dtype(str(like.dtype).rsplit(".", 1)[-1])  # torch.float32 -> float32
-        return self._adapter.to_device(np.ascontiguousarray(host, dtype=dtype), like)
+        return self._adapter.to_device(np.ascontiguousarray(host, dtype=_numpy_dtype(like)), like)
+
+
+def _numpy_dtype(x: Any) -> np.dtype[Any]:
+    """A device array's dtype as NumPy's (``torch.float32`` -> ``float32``; anything else that is
+    no NumPy dtype name raises, as the step's check would refuse it)."""
+    return np.dtype(str(x.dtype).rsplit(".", 1)[-1])
+
+
+def _kernel_dtypes(dtypes: Iterable[np.dtype[Any]]) -> tuple[str, ...]:
+    """The names of the dtypes the kernels take among ``dtypes``, in a fixed order."""
+    names = {d.name for d in dtypes}
+    return tuple(name for name in ("float32", "float64") if name in names)
 
 
 HOST = HostBackend()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import numbers
+import operator
 import os
 import threading
 import weakref
@@ -28,7 +29,7 @@ from typing import Any, Callable, Literal, NamedTuple, Union
 import numpy as np
 
 from . import _core
-from ._backend import Backend, backend_for, is_device_array
+from ._backend import _DTYPE, _SHAPE, Backend, backend_for, is_device_array
 from ._protocol import Call, Guard, Hyper
 from .functional import Array, WeightDecayMode
 from .guards import NonFinite, StepResult, nonfinite_error
@@ -214,6 +215,8 @@ _OPTIMIZERS: weakref.WeakSet[SGD] = weakref.WeakSet()
 def _after_fork_in_child() -> None:
     # A child forked while a thread of the parent was inside a step inherits that step's lock
     # held, and no thread to release it; the child has one thread, so every lock is free now.
+    # A call that forked from inside itself (a schedule calling os.fork) releases the lock it
+    # took, the old one, which it holds in a local: the new one stays free.
     for opt in list(_OPTIMIZERS):
         opt._busy = threading.Lock()
 
@@ -335,7 +338,8 @@ class SGD:
         self._state = ArrayState()
         self._iterations = self._skipped_steps = self._consecutive_skips = 0
         _core.check_guard(Guard(nonfinite, max_grad_norm, 1.0, None))
-        self.max_consecutive_skips = max_consecutive_skips
+        self._max_consecutive_skips = None if max_consecutive_skips is None else _count(
+            max_consecutive_skips, "max_consecutive_skips")
         self.nonfinite: NonFinite = nonfinite
         self.max_grad_norm = max_grad_norm
         self._busy = threading.Lock()  # held by the method that is running; never waited for
@@ -372,8 +376,7 @@ class SGD:
         if not isinstance(value, ArrayState):
             raise TypeError(f"state must be a fastmomentum.optim.ArrayState, got "
                             f"{type(value).__name__}")
-        self._settle_if_idle()
-        self._state = value
+        self._set_record("_state", value, "state")
 
     @property
     def iterations(self) -> int:
@@ -383,8 +386,7 @@ class SGD:
 
     @iterations.setter
     def iterations(self, value: int) -> None:
-        self._settle_if_idle()
-        self._iterations = _count(value, "iterations")
+        self._set_record("_iterations", _count(value, "iterations"), "iterations")
 
     @property
     def skipped_steps(self) -> int:
@@ -405,22 +407,36 @@ class SGD:
 
     @max_consecutive_skips.setter
     def max_consecutive_skips(self, value: int | None) -> None:
-        self._max_consecutive_skips = None if value is None else _count(value,
-                                                                        "max_consecutive_skips")
+        self._set_record("_max_consecutive_skips",
+                         None if value is None else _count(value, "max_consecutive_skips"),
+                         "max_consecutive_skips")
+
+    def _set_record(self, attribute: str, value: Any, name: str) -> None:
+        """A setter's assignment, refused while a step runs (in another thread, or in code the
+        step runs: its record would overwrite the value), after a pending record is complete."""
+        busy = self._busy  # (taken by hand: see _busy_error)
+        if not busy.acquire(False):
+            raise _busy_error(f"setting {name}")
+        try:
+            self._settle()
+            setattr(self, attribute, value)
+        finally:
+            busy.release()
 
     # -- parameter groups -------------------------------------------------------------------
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group: ``{"params": [...], **hyper-parameter overrides}`` (PyTorch's rules)."""
-        if not self._busy.acquire(False):  # see _busy_error (not blocking)
-            raise _busy_error("add_param_group")
+        busy = self._busy  # the lock released is the one taken (see _after_fork_in_child)
+        if not busy.acquire(False):  # see _busy_error (not blocking)
+            raise _busy_error("add_param_group()")
         try:
             self._settle()
             group = self._checked_group(param_group, {id(p) for p in self._params()})
             self._backend.check_params([*self._params(), *group["params"]], 0)
             self.param_groups.append(group)  # only once every check passed
         finally:
-            self._busy.release()
+            busy.release()
 
     def _checked_group(self, param_group: dict[str, Any], seen: set[int]) -> dict[str, Any]:
         """A group with the defaults filled in, checked; ``seen`` holds the ids of the
@@ -433,7 +449,8 @@ class SGD:
         # PyTorch's constructor rule: Nesterov needs a momentum (a schedule may pass through 0,
         # and while it is 0 a step is plain SGD, as in PyTorch).
         _check_group(group)
-        _core.check_hyper(self._hyper(group, self._iterations, constructing=True)[0])
+        _core.check_hyper(self._hyper(group, self._iterations, constructing=True)[0],
+                          self._backend.dtypes(group["params"]))
         return group
 
     def _params(self) -> list[Any]:
@@ -508,13 +525,14 @@ class SGD:
         buffers, :attr:`iterations`, the skip counters) is complete before any exception,
         a ``KeyboardInterrupt`` included, leaves this method.
         """
-        if not self._busy.acquire(False):  # see _busy_error (not blocking)
-            raise _busy_error("step")
+        busy = self._busy  # the lock released is the one taken (see _after_fork_in_child)
+        if not busy.acquire(False):  # see _busy_error (not blocking)
+            raise _busy_error("step()")
         try:
             return self._apply(grads, _new_guard((self.nonfinite, self.max_grad_norm, loss_scale,
                                                   None)))
         finally:
-            self._busy.release()
+            busy.release()
 
     def _apply(self, grads: Sequence[Array | None], guard: Guard,
                reported: Sequence[Any] | None = None) -> StepResult:
@@ -590,11 +608,12 @@ class SGD:
         """:meth:`_settle` for the readers that do not hold the lock (the record's properties,
         state_dict, copies), unless a step is running, in another thread or in this one (code a
         step runs, reading the record): the record then reads as it was before that step."""
-        if self._pending is not None and self._busy.acquire(False):
+        busy = self._busy
+        if self._pending is not None and busy.acquire(False):
             try:
                 self._settle()
             finally:
-                self._busy.release()
+                busy.release()
 
     def _record(self, p: _Pending) -> None:
         if not p.outcome.applied:
@@ -708,12 +727,13 @@ class SGD:
         into new arrays of the parameters' dtype; a state entry's other items are kept (deep
         copies), and another style's buffer is refused. Everything is checked first, with the
         rules of the constructor and a step: on an error, nothing changes."""
-        if not self._busy.acquire(False):  # see _busy_error (not blocking)
-            raise _busy_error("load_state_dict")
+        busy = self._busy  # the lock released is the one taken (see _after_fork_in_child)
+        if not busy.acquire(False):  # see _busy_error (not blocking)
+            raise _busy_error("load_state_dict()")
         try:
             self._load(state_dict)
         finally:
-            self._busy.release()
+            busy.release()
 
     def _load(self, state_dict: dict[str, Any]) -> None:
         loaded = self._read_state_dict(state_dict, [g["params"] for g in self.param_groups])
@@ -735,12 +755,9 @@ class SGD:
         if style != self.style:
             raise ValueError(f"the state dict is of style {style!r} but this optimizer's is "
                              f"{self.style!r}; convert it with fastmomentum.convert_state_dict")
-        counters = {name: state_dict.get(name, 0)
+        counters = {name: _count(state_dict.get(name, 0), name)
                     for name in ("iterations", "skipped_steps", "consecutive_skips")}
-        for name, value in counters.items():
-            if not _is_index(value):
-                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
-        iterations = int(counters["iterations"])
+        iterations = counters["iterations"]
         saved_groups = state_dict["param_groups"]
         if not isinstance(saved_groups, (list, tuple)) or len(saved_groups) != len(params):
             raise ValueError("loaded state dict has a different number of parameter groups")
@@ -752,16 +769,21 @@ class SGD:
             if len(saved["params"]) != len(group_params):
                 raise ValueError("loaded state dict contains a parameter group that doesn't match "
                                  "the size of optimizer's group")
-            for index in saved["params"]:
-                if not _is_index(index):
-                    raise ValueError(f"param_groups[{i}]['params'] holds {index!r}: parameter "
+            indices: list[int] = []
+            for value in saved["params"]:
+                index = _index(value)
+                if index is None:
+                    raise ValueError(f"param_groups[{i}]['params'] holds {value!r}: parameter "
                                      "indices must be integers >= 0")
+                indices.append(index)
             restored = {k: _restore(v, group.get(k), f"param_groups[{i}][{k!r}]")
                         for k, v in saved.items() if k != "params"}
             new_group = {**self.defaults, **restored, "params": group["params"]}
-            _core.check_hyper(self._hyper(new_group, iterations)[0])
+            _check_group(new_group)
+            _core.check_hyper(self._hyper(new_group, iterations)[0],
+                              self._backend.dtypes(group_params))
             new_groups.append(new_group)
-            saved_order += [int(s) for s in saved["params"]]
+            saved_order += indices
         if sorted(saved_order) != list(range(len(saved_order))):
             raise ValueError("the state dict's parameter indices are not 0..n-1, each once")
         param_at = dict(zip(saved_order, (p for group_params in params for p in group_params)))
@@ -772,7 +794,8 @@ class SGD:
                              f"{type(saved_state).__name__}")
         buffers: list[tuple[Any, Any, dict[Any, Any]]] = []
         for saved_index, entry in saved_state.items():
-            p = param_at.get(saved_index) if _is_index(saved_index) else None
+            index = _index(saved_index)
+            p = None if index is None else param_at.get(index)
             if p is None:
                 raise ValueError(f"state[{saved_index!r}]: the key must be the index of a "
                                  f"parameter of the groups (an int from 0 to {len(param_at) - 1})")
@@ -788,17 +811,17 @@ class SGD:
             buffers.append((p, _NO_BUFFER if buf is None else
                             _host_buffer(buf, p, f"state[{saved_index}][{key!r}]"),
                             copy.deepcopy({k: v for k, v in entry.items() if k != key})))
-        return _LoadedState(new_groups, buffers, iterations, int(counters["skipped_steps"]),
-                            int(counters["consecutive_skips"]))
+        return _LoadedState(new_groups, buffers, iterations, counters["skipped_steps"],
+                            counters["consecutive_skips"])
 
     def _install(self, loaded: _LoadedState, state: ArrayState) -> None:
         """Make a checked state dict's content this optimizer's (assignments only)."""
         self._settle()  # a step's record left pending must not overwrite the loaded counters
-        self.param_groups[:] = loaded.groups
-        self._state = state
-        self._iterations = loaded.iterations
-        self._skipped_steps = loaded.skipped_steps
-        self._consecutive_skips = loaded.consecutive_skips
+        # One C call stores them all (no Python line between two stores: an interrupt cannot
+        # leave half of them); a new groups list, as torch.optim's load_state_dict makes.
+        self.__dict__.update(param_groups=loaded.groups, _state=state,
+                             _iterations=loaded.iterations, _skipped_steps=loaded.skipped_steps,
+                             _consecutive_skips=loaded.consecutive_skips)
 
     # -- copies -----------------------------------------------------------------------------
 
@@ -870,8 +893,10 @@ def _params_list(param_group: Any) -> list[Any]:
 # then try/finally, not through a context manager: a Ctrl-C is delivered at the start of any
 # Python function, a context manager's __exit__ too, which would leave the lock held for good.
 def _busy_error(method: str) -> RuntimeError:
-    return RuntimeError(f"{method}() called while this optimizer is already running in another "
-                        "thread; step one optimizer from one thread at a time")
+    return RuntimeError(f"{method} called while this optimizer is already running (inside "
+                        "step(), load_state_dict() or add_param_group(), in another thread or in "
+                        "code that call runs, such as a schedule); use one optimizer from one "
+                        "thread at a time")
 
 
 # The protocol's tuples, made without their NamedTuple constructors' Python frames (a step makes
@@ -910,13 +935,15 @@ def _host_buffer(buf: Any, param: Any, where: str) -> np.ndarray:
         buf = backend_for(buf).to_host(buf)
     if not isinstance(buf, np.ndarray):
         raise TypeError(f"{where} must be a NumPy array, got {type(buf).__name__}")
-    if buf.dtype.kind != "f":
-        raise TypeError(f"{where} has dtype {buf.dtype}; a buffer must hold real floating-point "
+    # As a step reads arrays: from their C structs (a subclass's properties never run).
+    dtype, shape = _DTYPE(buf), _SHAPE(buf)
+    if dtype.kind != "f":
+        raise TypeError(f"{where} has dtype {dtype}; a buffer must hold real floating-point "
                         "numbers")
-    if buf.shape != tuple(param.shape):
-        raise ValueError(f"{where} has shape {buf.shape} but its parameter has shape "
-                         f"{tuple(param.shape)}")
-    return buf
+    param_shape = _SHAPE(param) if isinstance(param, np.ndarray) else tuple(param.shape)
+    if shape != param_shape:
+        raise ValueError(f"{where} has shape {shape} but its parameter has shape {param_shape}")
+    return np.ndarray.view(buf, np.ndarray)
 
 
 def _check_grads(grads: Any, total: int) -> None:
@@ -929,19 +956,23 @@ def _check_grads(grads: Any, total: int) -> None:
         raise ValueError(f"step() got {len(grads)} gradients for {total} parameters")
 
 
-def _is_index(value: Any) -> bool:
-    """An int >= 0 (a NumPy integer too), never a bool or a float."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)) \
-        and int(value) >= 0
+def _index(value: Any) -> int | None:
+    """``value`` as an int >= 0 (a NumPy integer too), converted once; None for anything else,
+    a bool or a float included."""
+    if not isinstance(value, numbers.Integral) or isinstance(value, (bool, np.bool_)):
+        return None
+    n = operator.index(value)  # an int subclass's value, never its __int__
+    return n if n >= 0 else None
 
 
 def _count(value: Any, name: str) -> int:
     """A counter's new value: an integer >= 0 (a NumPy integer too), never a bool."""
-    if not _is_index(value):
+    n = _index(value)
+    if n is None:
         raise ValueError(f"{name} must be None or an integer >= 0, got {value!r}"
                          if name == "max_consecutive_skips" else
                          f"{name} must be an integer >= 0, got {value!r}")
-    return int(value)
+    return n
 
 
 def _check_group(group: dict[str, Any]) -> None:

@@ -135,8 +135,9 @@ class DistributedSGD(SGD):
         """Average ``grads`` (this rank's, one per parameter in order, all present) over the ranks
         and apply one update (collective). See :meth:`fastmomentum.SGD.step` for the result, the
         guards and ``loss_scale``."""
-        if not self._busy.acquire(False):  # see optim._busy_error (not blocking)
-            raise _busy_error("step")
+        busy = self._busy  # the lock released is the one taken (see optim._after_fork_in_child)
+        if not busy.acquire(False):  # see optim._busy_error (not blocking)
+            raise _busy_error("step()")
         try:
             self._grads.load(grads, loss_scale)
             for bucket in self._buckets:
@@ -144,4 +145,4 @@ class DistributedSGD(SGD):
             guard = Guard(self.nonfinite, self.max_grad_norm, loss_scale * self.comm.size, None)
             return self._apply(self._grads.views, guard, reported=grads)
         finally:
-            self._busy.release()
+            busy.release()
