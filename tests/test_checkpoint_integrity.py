@@ -368,6 +368,20 @@ def test_a_format_1_file_has_no_digests_to_check(tmp_path):
     assert fm.checkpoint.load(path)["params"][0].tolist() == [1.0, 1.0, 1.0]
 
 
+@pytest.mark.parametrize("alias", ["a0.npy", f"{META}.npy"])
+def test_a_format_1_tree_cannot_name_an_entry_twice_or_the_description(tmp_path, alias):
+    """np.load answers to "a0" and "a0.npy" alike: the second name is the same entry (a second
+    copy of it), and the description is not an array of the tree."""
+    path = tmp_path / "old.npz"
+    tree = [{"__array__": "a0"}, {"__array__": alias}] if alias == "a0.npy" else \
+        {"__array__": alias}
+    text = json.dumps({"format": "fastmomentum-checkpoint/1", "tree": tree})
+    np.savez(path, **{META: np.array(text), "a0": np.zeros(3)})
+    with pytest.raises(ValueError, match=r"refers to the array 'a0' more than once|which the "
+                                         r"file does not hold"):
+        fm.checkpoint.load(path)
+
+
 @pytest.mark.parametrize("version", [3, 10, 123456789])
 def test_a_newer_format_is_refused_with_a_clear_message(tmp_path, version):
     path = tmp_path / "new.npz"

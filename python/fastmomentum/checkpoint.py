@@ -109,21 +109,37 @@ _MAX_HEADER_BYTES = 10_000
 
 
 def _check_npy_header(array: np.ndarray) -> None:
-    """``array``'s ``.npy`` header is one that :func:`load` reads: latin-1 (format 1.0 or 2.0;
-    NumPy writes 3.0 for other field names) and no longer than NumPy reads by default."""
+    """``array``'s ``.npy`` header is one that :func:`load` reads: latin-1 (NumPy writes version
+    3.0 for other field names) and no longer than NumPy reads by default. Measured as np.save
+    writes it: version 1.0 (a 2-byte length) when the header fits, as any header :func:`load`
+    takes does."""
     out = io.BytesIO()
     try:
-        np.lib.format.write_array_header_2_0(
+        np.lib.format.write_array_header_1_0(
             out, np.lib.format.header_data_from_array_1_0(array))
+        length = len(out.getvalue()) - 10  # magic (6), version (2), header length (2)
     except UnicodeEncodeError:
-        raise TypeError(f"cannot store an array of dtype {array.dtype} in a checkpoint: its "
+        raise TypeError("cannot store an array of this structured dtype in a checkpoint: its "
                         "field names are not latin-1, which needs a version 3.0 .npy file that "
                         "np.load reads only from a trusted source; rename the fields") from None
-    length = len(out.getvalue()) - 12  # magic (6), version (2), header length (4)
-    if length > _MAX_HEADER_BYTES:
-        raise TypeError(f"cannot store an array of dtype {array.dtype} in a checkpoint: its .npy "
-                        f"header would be {length} bytes, more than the {_MAX_HEADER_BYTES} that "
-                        "np.load reads safely; split the fields into several arrays")
+    except ValueError:  # longer than version 1.0's 65535 bytes
+        length = -1
+    if not 0 <= length <= _MAX_HEADER_BYTES:
+        raise TypeError(f"cannot store an array of a structured dtype of {len(array.dtype.descr)}"
+                        f" fields in a checkpoint: its .npy header would be more than the "
+                        f"{_MAX_HEADER_BYTES} bytes that np.load reads safely; split the fields "
+                        "into several arrays")
+
+
+def _without_metadata(dtype: np.dtype) -> bool:
+    """Whether neither ``dtype`` nor its fields carry metadata (``np.dtype(..., metadata=)``),
+    which a ``.npy`` entry drops (the description would keep it, and no longer match)."""
+    if dtype.metadata:
+        return False
+    if dtype.subdtype is not None:
+        return _without_metadata(dtype.subdtype[0])
+    fields = dtype.fields
+    return fields is None or all(_without_metadata(field[0]) for field in fields.values())
 
 
 def array_digest(array: np.ndarray) -> str:
@@ -160,6 +176,10 @@ def to_arrays(tree: Any) -> dict[str, np.ndarray]:
                                 "its fields leave padding or overlap, which a .npy entry does "
                                 "not keep byte for byte; repack it first "
                                 "(numpy.lib.recfunctions.repack_fields)")
+            if not _without_metadata(node.dtype):
+                raise TypeError(f"cannot store an array of dtype {node.dtype!r} in a checkpoint: "
+                                "its dtype carries metadata, which a .npy entry drops; store it "
+                                "as a view of the same dtype without metadata")
             _check_npy_header(node)
             name = f"a{len(arrays)}"
             arrays[name] = node
@@ -254,13 +274,15 @@ def _read(arrays: Mapping[str, Any], fresh: bool) -> Any:
         if isinstance(node, dict):
             if set(node) == {_ARRAY}:
                 name = node[_ARRAY]
-                if not isinstance(name, str) or name in (_META, _DIGEST) or name not in loaded:
+                # np.load's files answer to "a0" and "a0.npy" alike: one entry, one name.
+                entry = name[:-4] if isinstance(name, str) and name.endswith(".npy") else name
+                if not isinstance(name, str) or entry in (_META, _DIGEST) or name not in loaded:
                     raise _corrupt(f"the tree refers to the array {name!r}, which the file "
                                    "does not hold")
-                if name in used:  # each a copy: a small file could fill the memory
-                    raise _corrupt(f"the tree refers to the array {name!r} more than once, "
+                if entry in used:  # each a copy: a small file could fill the memory
+                    raise _corrupt(f"the tree refers to the array {entry!r} more than once, "
                                    "which save() never writes")
-                used.add(name)
+                used.add(entry)
                 return loaded[name] if fresh else np.array(loaded[name])
             if set(node) == {_ITEMS}:
                 return {decode(k): decode(v) for k, v in node[_ITEMS]}
@@ -335,6 +357,7 @@ def save(path: PathLike, tree: Any) -> None:
     except FileNotFoundError:
         mode = None
     temporary = ""  # the name of the file made for this save, set before it is made
+    descriptor = -1  # its descriptor, held here (not by a file object) until closed below
     try:
         for temporary in _temporary_names(directory, os.path.basename(target)):
             try:
@@ -342,28 +365,42 @@ def save(path: PathLike, tree: Any) -> None:
                 break
             except FileExistsError:  # 2**64 names: only an adversary collides, and only once
                 temporary = ""  # not ours to remove
-        with _owned(descriptor) as f:
+        with os.fdopen(descriptor, "wb", closefd=False) as f:
             np.savez(f, **arrays)
             f.flush()
             if mode is not None:
-                _set_mode(f.fileno(), temporary, mode)
-            os.fsync(f.fileno())
+                _set_mode(descriptor, temporary, mode)
+            os.fsync(descriptor)
+        # Forgotten before it is closed (one step, no call between): an interrupt can then
+        # leak it, never close it twice (the number may be another file's by then).
+        closing, descriptor = descriptor, -1
+        os.close(closing)
         os.replace(temporary, target)
-    except BaseException:
+    except BaseException as error:
+        if descriptor >= 0:
+            with contextlib.suppress(OSError):
+                os.close(descriptor)
         if temporary:
             with contextlib.suppress(OSError):  # the error that brought us here is the one to see
                 os.unlink(temporary)
-        raise
+        interrupt = _interrupt_behind(error)
+        if interrupt is None:
+            raise
+        raise interrupt from None
     _fsync_directory(directory)
 
 
-def _owned(descriptor: int) -> BinaryIO:
-    """A binary file object that owns ``descriptor`` (closed here if it cannot be made)."""
-    try:
-        return os.fdopen(descriptor, "wb")
-    except BaseException:
-        os.close(descriptor)
-        raise
+def _interrupt_behind(error: BaseException) -> KeyboardInterrupt | None:
+    """The KeyboardInterrupt that ``error`` (not one itself) was raised while handling, if any:
+    zipfile, closing an archive whose entry an interrupt left open, raises ``ValueError`` ("Can't
+    close the ZIP file while there is an open writing handle"), which an ``except ValueError``
+    around a save would otherwise swallow."""
+    seen = None if isinstance(error, KeyboardInterrupt) else error.__context__
+    while seen is not None:
+        if isinstance(seen, KeyboardInterrupt):
+            return seen
+        seen = seen.__context__
+    return None
 
 
 # A new file, created with O_EXCL (a name that exists, a planted link included, is never opened)
@@ -377,8 +414,11 @@ def _temporary_names(directory: str, name: str) -> Iterator[str]:
     near the system's limit would not fit) and 64 random bits. ``save`` holds each name before
     trying to create it, so that an interrupt after the creation still finds it to remove; the
     name is random, so that no file of someone else's can be there under it."""
+    start = name[:100]
+    while len(os.fsencode(start)) > 100:  # bytes, not characters, meet the limit
+        start = start[:-1]
     while True:
-        yield os.path.join(directory, f".{name[:100]}.{secrets.token_hex(8)}.tmp")
+        yield os.path.join(directory, f".{start}.{secrets.token_hex(8)}.tmp")
 
 
 def _set_mode(descriptor: int, path: str, mode: int) -> None:
