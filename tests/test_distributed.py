@@ -250,7 +250,9 @@ def test_constructor_and_step_refuse_bad_input(tmp_path):
         lines = (tmp_path / f"mismatch.rank{r}.txt").read_text().splitlines()
         found = dict(line.split(": ", 1) for line in lines)
         assert found.keys() == {"values", "shapes", "hyper", "strided", "comm", "none", "scale",
-                                "extras", "peek"}, lines
+                                "extras", "dtype-init", "dtype-step", "dtype-scale",
+                                "local-DistributedSGD", "local-ShardedSGD", "not-array",
+                                "peek"}, lines
         assert "parameter values of rank(s) [1] differ from rank 0's" in found["values"]
         assert "parameter groups of rank(s) [1] differ" in found["shapes"]
         assert "parameter groups of rank(s) [1] differ" in found["hyper"]
@@ -259,6 +261,16 @@ def test_constructor_and_step_refuse_bad_input(tmp_path):
         assert "loss_scale must be a finite number > 0, got 0.0" in found["scale"]
         assert "holds ['ema']; ShardedSGD keeps only the buffer" in found["extras"]
         assert found["strided"].startswith("params[4] is not C-contiguous"), found["strided"]
+        assert "lr=1e+39 overflows float32" in found["dtype-init"]
+        unchanged, message = found["dtype-step"].split(" ", 1)
+        assert unchanged == "True" and "overflows float32" in message
+        assert "loss_scale is too small" in found["dtype-scale"]
+        for kind in ("DistributedSGD", "ShardedSGD"):
+            local = found[f"local-{kind}"]
+            assert local.startswith("params[1] is read-only") if r == 1 else \
+                local.startswith("rank(s) [1] refused the optimizer's arguments (rank 1: "
+                                 "ValueError: params[1] is read-only"), local
+        assert found["not-array"].startswith("params[1] must be a numpy.ndarray, got list")
         without, with_reads = found["peek"].split()
         assert with_reads == without
 

@@ -231,6 +231,16 @@ def test_arrays_and_bool_or_complex_tensors_of_other_libraries_are_not_real_numb
             fm.SGD(_params(), lr=value)
 
 
+def test_a_string_that_is_not_valid_utf_8_is_named_in_the_error():
+    """A lone surrogate is a valid str but not valid UTF-8: the message shows it escaped."""
+    with pytest.raises(ValueError, match=r"weight_decay_mode must be 'coupled', 'decoupled' or "
+                                         r"'sgdw', got '\\ud800'"):
+        fm.functional.sgd_(_params(), _grads(), lr=0.1, weight_decay_mode="\ud800")
+    with pytest.raises(ValueError, match=r"style must be 'torch', 'keras' or 'ema', got "
+                                         r"'x\\ud800'"):
+        fm.SGD(_params(), lr=0.1, style="x\ud800")
+
+
 def test_a_value_error_of_a_conversion_is_named_and_chained():
     class NotOne:
         def __float__(self):

@@ -93,7 +93,14 @@ void require_str(PyObject* obj, const char* name) {
         throw py::type_error(std::string(name) + " must be a str, got " + type_name(obj));
 }
 
-std::string str_of(PyObject* obj) { return py::reinterpret_borrow<py::str>(obj).cast<std::string>(); }
+std::string str_of(PyObject* obj) {
+    // backslashreplace: a lone surrogate (a valid str, not valid UTF-8) is shown escaped
+    PyObject* bytes = PyUnicode_AsEncodedString(obj, "utf-8", "backslashreplace");
+    if (!bytes) throw py::error_already_set();
+    std::string out(PyBytes_AS_STRING(bytes), static_cast<std::size_t>(PyBytes_GET_SIZE(bytes)));
+    Py_DECREF(bytes);
+    return out;
+}
 
 DecayMode parse_decay_mode(PyObject* s) {
     require_str(s, "weight_decay_mode");

@@ -74,8 +74,9 @@ py::tuple grad_stats(py::handle grads_obj) {
     return py::make_tuple(stats.finite, stats.sum_squares);
 }
 
-void check_hyper(py::handle hyper_obj, py::handle dtypes_obj) {
-    const Hyper hyper = parse_hyper(hyper_args(hyper_obj));
+void check_hyper(py::handle hyper_obj, py::handle dtypes_obj, py::handle guard_obj) {
+    Hyper hyper = parse_hyper(hyper_args(hyper_obj));
+    if (!guard_obj.is_none()) hyper.grad_scale = parse_guard(guard_obj).grad_scale();  // as a step
     const List dtypes(dtypes_obj, "dtypes");
     for (std::size_t i = 0; i < dtypes.size(); ++i)
         check_coefficients(hyper, parse_dtype_name(dtypes[i], "each of dtypes"));
@@ -127,8 +128,10 @@ void register_steps(py::module_& m) {
           "value as a float, by the rules of a step's hyper-parameters (a real number: never a "
           "bool, a complex, a str or an array); errors name it `name`.");
     m.def("check_hyper", &check_hyper, py::arg("hyper"), py::arg("dtypes") = py::tuple(),
+          py::arg("guard") = py::none(),
           "Check a _protocol.Hyper as a step does (the same parser), and its coefficients as a "
-          "step on arrays of each of dtypes ('float32', 'float64') computes them.");
+          "step on arrays of each of dtypes ('float32', 'float64') computes them, under guard "
+          "(a _protocol.Guard: its loss_scale) if given.");
     m.def("check_guard", [](py::handle guard) { parse_guard(guard); }, py::arg("guard"),
           "Check a _protocol.Guard as a step does.");
     m.def("check_params", &check_params, py::arg("params"), py::arg("first_index"),

@@ -535,11 +535,14 @@ class SGD:
             busy.release()
 
     def _apply(self, grads: Sequence[Array | None], guard: Guard,
-               reported: Sequence[Any] | None = None) -> StepResult:
+               reported: Sequence[Any] | None = None,
+               dtypes: Sequence[tuple[str, ...]] | None = None) -> StepResult:
         """:meth:`step`'s body under ``guard``, for a caller that holds the lock (the
         distributed optimizers reduce the gradients first, and may bring their statistics).
         ``reported``: the gradients that an error about a non-finite one names (default
-        ``grads``; the distributed optimizers name their caller's)."""
+        ``grads``; the distributed optimizers name their caller's). ``dtypes``: per group, the
+        dtypes its hyper-parameters must hold for beyond its arrays' (a shard's group stands for
+        the model's: every rank must refuse alike)."""
         if self._pending is not None:
             self._settle()
         if isinstance(grads, list):  # a snapshot: code run by the step (a schedule) may edit
@@ -550,8 +553,10 @@ class SGD:
         step = self._iterations
         calls: list[Call] = []
         created: list[tuple[_GroupLists, list[int], list[Any]]] = []
-        for gl, group in zip(lists.groups, self.param_groups):
+        for index, (gl, group) in enumerate(zip(lists.groups, self.param_groups)):
             hyper, has_momentum = self._hyper(group, step)
+            if dtypes is not None:
+                _core.check_hyper(hyper, dtypes[index], guard)
             if not has_momentum:
                 calls.append(_new_call((gl.snapshot, None, False, hyper, gl.first_index)))
                 continue

@@ -160,6 +160,37 @@ def mismatch(out: Path) -> None:
         sharded.load_state_dict(saved)
     except ValueError as error:
         messages.append(f"extras: {error}")
+    mixed = [np.ones(8), np.ones(1, np.float32)]  # one rank's shard holds no float32 element
+    try:  # checked for the model's dtypes on every rank, not for the shard's
+        ShardedSGD(COMM, [p.copy() for p in mixed], lr=1e39)
+    except ValueError as error:
+        messages.append(f"dtype-init: {error}")
+    late = [p.copy() for p in mixed]
+    opt_late = ShardedSGD(COMM, late, lr=lambda t: 0.1 if t == 0 else 1e39)
+    opt_late.step([np.ones(8), np.ones(1, np.float32)])
+    before = [p.copy() for p in late]
+    try:
+        opt_late.step([np.ones(8), np.ones(1, np.float32)])
+    except ValueError as error:
+        unchanged = all(np.array_equal(a, b) for a, b in zip(late, before))
+        messages.append(f"dtype-step: {unchanged} {error}")
+    try:
+        ShardedSGD(COMM, [p.copy() for p in mixed], lr=0.1).step(
+            [np.ones(8), np.ones(1, np.float32)], loss_scale=1e-39)
+    except ValueError as error:
+        messages.append(f"dtype-scale: {error}")
+    for kind in KINDS:
+        local = [np.ones(4, np.float32), np.ones(4, np.float32)]
+        if RANK == WORLD - 1:
+            local[1].flags.writeable = False
+        try:  # refused by one rank: raised on every rank, none left waiting
+            KINDS[kind](COMM, local, lr=0.1)
+        except ValueError as error:
+            messages.append(f"local-{kind}: {error}")
+    try:
+        ShardedSGD(COMM, [np.ones(4, np.float32), [1.0, 2.0]], lr=0.1)  # type: ignore[list-item]
+    except TypeError as error:
+        messages.append(f"not-array: {error}")
     messages.append(f"peek: {peeking_schedule(False)} {peeking_schedule(True)}")
     (out / f"mismatch.rank{RANK}.txt").write_text("\n".join(messages))
 

@@ -24,6 +24,20 @@ def check_comm(comm: Any) -> MPI.Intracomm:
     return comm
 
 
+def raise_everywhere(comm: MPI.Intracomm, error: Exception | None) -> None:
+    """Collective: raises ``error`` on the rank that had it, and on every other rank a
+    ``ValueError`` naming the first rank that had one and its message, so that no rank goes on
+    into a collective that a rank which raised will never join. Does nothing if no rank had one."""
+    found = comm.allgather(None if error is None else f"{type(error).__name__}: {error}")
+    if error is not None:
+        raise error
+    failed = [rank for rank, message in enumerate(found) if message is not None]
+    if failed:
+        raise ValueError(f"rank(s) {failed} refused the optimizer's arguments (rank "
+                         f"{failed[0]}: {found[failed[0]]}); every rank must build the optimizer "
+                         "from the same model with the same arguments")
+
+
 def _spec(buf: NDArray[Any], bounds: Sequence[int]) -> list[Any]:
     """mpi4py's ``[buffer, counts, displacements, datatype]`` for ``buf`` cut at ``bounds``."""
     counts = [b - a for a, b in zip(bounds, bounds[1:])]

@@ -13,7 +13,7 @@ from .._protocol import Guard
 from ..functional import Array, HostArray
 from ..guards import StepResult
 from ..optim import BUFFER_KEY, SGD, Schedulable, _busy_error
-from ._collectives import SumReducer, check_comm, check_same_everywhere
+from ._collectives import SumReducer, check_comm, check_same_everywhere, raise_everywhere
 from ._layout import FlatGrads
 
 __all__ = ["DistributedSGD"]
@@ -83,12 +83,17 @@ class DistributedSGD(SGD):
         **options: Any,
     ) -> None:
         self.comm: MPI.Intracomm = check_comm(comm)
-        if not isinstance(bucket_bytes, numbers.Integral) or isinstance(bucket_bytes, bool) \
-                or bucket_bytes <= 0:
-            raise ValueError(f"bucket_bytes must be an integer > 0, got {bucket_bytes!r}")
-        self.bucket_bytes: int = int(bucket_bytes)
-        self._reducer: SumReducer = SumReducer(self.comm, deterministic)
-        super().__init__(params, lr, momentum, dampening, weight_decay, nesterov, **options)
+        refused: Exception | None = None
+        try:  # a rank whose arrays or arguments are refused raises on every rank, not alone
+            if not isinstance(bucket_bytes, numbers.Integral) or isinstance(bucket_bytes, bool) \
+                    or bucket_bytes <= 0:
+                raise ValueError(f"bucket_bytes must be an integer > 0, got {bucket_bytes!r}")
+            self.bucket_bytes: int = int(bucket_bytes)
+            self._reducer: SumReducer = SumReducer(self.comm, deterministic)
+            super().__init__(params, lr, momentum, dampening, weight_decay, nesterov, **options)
+        except (TypeError, ValueError) as error:
+            refused = error
+        raise_everywhere(self.comm, refused)
         check_same_everywhere(self.comm, self.param_groups)
         self._layout()
 

@@ -15,7 +15,7 @@ from .._protocol import Guard
 from ..functional import Array, HostArray
 from ..guards import StepResult
 from ..optim import BUFFER_KEY, SGD, ArrayState, Schedulable, _busy_error, group_arrays
-from ._collectives import SumReducer, allgather, check_comm, check_same_everywhere
+from ._collectives import SumReducer, allgather, check_comm, check_same_everywhere, raise_everywhere
 from ._layout import FlatGrads, Place, shard_bounds
 
 __all__ = ["ShardedSGD"]
@@ -74,14 +74,34 @@ class ShardedSGD(SGD):
         **options: Any,
     ) -> None:
         self.comm: MPI.Intracomm = check_comm(comm)
+        refused: Exception | None = None
+        try:  # a rank whose arrays or arguments are refused raises on every rank, not alone
+            groups = group_arrays(params)
+            shard_groups = self._shard(groups, deterministic)
+            super().__init__(shard_groups, lr, momentum, dampening, weight_decay, nesterov,
+                             **options)
+            # The checks that depend on the dtypes, for the model's: a rank's shard of a group
+            # may lack a dtype that the group has, and every rank must refuse alike.
+            self._model_dtypes = [self._backend.dtypes(g["params"]) for g in groups]
+            for group, dtypes in zip(self.param_groups, self._model_dtypes):
+                _core.check_hyper(self._hyper(group, self._iterations, constructing=True)[0],
+                                  dtypes)
+        except (TypeError, ValueError) as error:
+            refused = error
+        raise_everywhere(self.comm, refused)
+        self._piece_grads = [grad for _, _, grad in self._pieces]
+        check_same_everywhere(self.comm, self._full_groups())
+
+    def _shard(self, groups: list[dict[str, Any]], deterministic: bool) -> list[dict[str, Any]]:
+        """This rank's shard of ``groups`` (:attr:`params`, the flat buffers, the pieces);
+        returns the groups of views that the optimizer steps."""
         self._reducer: SumReducer = SumReducer(self.comm, deterministic)
-        groups = group_arrays(params)
         #: The model's parameters, in order over the groups (the optimizer steps their shards).
         self.params: list[NDArray[Any]] = [p for g in groups for p in g["params"]]
-        self._grads = FlatGrads(self.params)
-        # The model's arrays, checked alike on every rank before any message: each rank's steps
-        # check only its shard, and a rank that raised alone would leave the others waiting.
+        # The model's arrays, checked as fm.SGD checks them: each rank's steps check only its
+        # shard, numbered within it.
         _core.check_params(self.params, 0)
+        self._grads = FlatGrads(self.params)
         world, rank = self.comm.size, self.comm.rank
         self._bounds = {dtype: shard_bounds(flat.size, world)
                         for dtype, flat in self._grads.flats.items()}
@@ -111,9 +131,7 @@ class ShardedSGD(SGD):
                 index += 1
             shard_groups.append({**group, "params": views})
             self._group_sizes.append(len(group["params"]))
-        super().__init__(shard_groups, lr, momentum, dampening, weight_decay, nesterov, **options)
-        self._piece_grads = [grad for _, _, grad in self._pieces]
-        check_same_everywhere(self.comm, self._full_groups())
+        return shard_groups
 
     def _full_groups(self) -> list[dict[str, Any]]:
         """The groups with their hyper-parameters and the model's parameters (not the shards)."""
@@ -172,7 +190,8 @@ class ShardedSGD(SGD):
                 self.comm.Allreduce(MPI.IN_PLACE, both, op=MPI.SUM)
                 stats = (bool(both[1] == 0.0), float(both[0]))
             guard = Guard(self.nonfinite, self.max_grad_norm, loss_scale * self.comm.size, stats)
-            result = self._apply(self._piece_grads, guard, reported=grads)
+            result = self._apply(self._piece_grads, guard, reported=grads,
+                                 dtypes=self._model_dtypes)
             if not result.skipped:
                 self._gather_params()
             return result
