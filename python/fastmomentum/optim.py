@@ -553,10 +553,8 @@ class SGD:
         step = self._iterations
         calls: list[Call] = []
         created: list[tuple[_GroupLists, list[int], list[Any]]] = []
-        for index, (gl, group) in enumerate(zip(lists.groups, self.param_groups)):
+        for gl, group in zip(lists.groups, self.param_groups):
             hyper, has_momentum = self._hyper(group, step)
-            if dtypes is not None:
-                _core.check_hyper(hyper, dtypes[index], guard)
             if not has_momentum:
                 calls.append(_new_call((gl.snapshot, None, False, hyper, gl.first_index)))
                 continue
@@ -576,6 +574,9 @@ class SGD:
                     for i in need:
                         first[i] = True
             calls.append(_new_call((gl.snapshot, buffers, first, hyper, gl.first_index)))
+        if dtypes is not None:
+            for call, group_dtypes in zip(calls, dtypes):
+                _core.check_hyper(call.hyper, group_dtypes, guard)
         limit = self._max_consecutive_skips
         over_limit = guard.nonfinite == "skip" and limit is not None \
             and self._consecutive_skips >= limit
