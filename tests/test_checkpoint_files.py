@@ -438,3 +438,13 @@ def test_a_long_name_of_multi_byte_characters_saves(tmp_path):
         pytest.skip("the file system does not take this name")
     fm.checkpoint.save(path, _tree(6))
     assert _check_tree(fm.checkpoint.load(path)) == 6
+
+
+def test_a_save_that_fails_while_a_ctrl_c_is_handled_raises_its_own_error(tmp_path):
+    """Saving from ``except KeyboardInterrupt:`` is common; the save's own error (here a missing
+    directory) is the one raised, not the interrupt being handled."""
+    try:
+        raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        with pytest.raises(FileNotFoundError):
+            fm.checkpoint.save(tmp_path / "missing" / "ckpt.npz", _tree(1))

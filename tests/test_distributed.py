@@ -251,8 +251,8 @@ def test_constructor_and_step_refuse_bad_input(tmp_path):
         found = dict(line.split(": ", 1) for line in lines)
         assert found.keys() == {"values", "shapes", "hyper", "strided", "comm", "none", "scale",
                                 "extras", "dtype-init", "dtype-step", "dtype-scale",
-                                "local-DistributedSGD", "local-ShardedSGD", "not-array",
-                                "peek"}, lines
+                                "local-DistributedSGD", "local-ShardedSGD", "other-DistributedSGD",
+                                "other-ShardedSGD", "not-array", "peek"}, lines
         assert "parameter values of rank(s) [1] differ from rank 0's" in found["values"]
         assert "parameter groups of rank(s) [1] differ" in found["shapes"]
         assert "parameter groups of rank(s) [1] differ" in found["hyper"]
@@ -268,8 +268,12 @@ def test_constructor_and_step_refuse_bad_input(tmp_path):
         for kind in ("DistributedSGD", "ShardedSGD"):
             local = found[f"local-{kind}"]
             assert local.startswith("params[1] is read-only") if r == 1 else \
-                local.startswith("rank(s) [1] refused the optimizer's arguments (rank 1: "
+                local.startswith("rank(s) [1] could not build the optimizer (rank 1: "
                                  "ValueError: params[1] is read-only"), local
+            other = found[f"other-{kind}"]
+            assert other.startswith("RuntimeError: out of luck") if r == 1 else other.startswith(
+                "ValueError: rank(s) [1] could not build the optimizer (rank 1: RuntimeError: "
+                "out of luck)"), other
         assert found["not-array"].startswith("params[1] must be a numpy.ndarray, got list")
         without, with_reads = found["peek"].split()
         assert with_reads == without

@@ -239,6 +239,8 @@ def test_a_string_that_is_not_valid_utf_8_is_named_in_the_error():
     with pytest.raises(ValueError, match=r"style must be 'torch', 'keras' or 'ema', got "
                                          r"'x\\ud800'"):
         fm.SGD(_params(), lr=0.1, style="x\ud800")
+    with pytest.raises(ValueError, match=r"got 'sgdw\\x00e'"):  # whole, not cut at the NUL
+        fm.SGD(_params(), lr=0.1, weight_decay_mode="sgdw\x00e")
 
 
 def test_a_value_error_of_a_conversion_is_named_and_chained():

@@ -102,13 +102,21 @@ std::string str_of(PyObject* obj) {
     return out;
 }
 
+// A str's repr, as Python writes it ('a\\x00b'): NULs and lone surrogates escaped, so that the
+// message shows the value whole (a NUL would end it). str's own repr: a subclass's is not run.
+std::string str_repr(PyObject* obj) {
+    const py::object text = py::reinterpret_steal<py::object>(PyUnicode_Type.tp_repr(obj));
+    if (!text) throw py::error_already_set();
+    return str_of(text.ptr());
+}
+
 DecayMode parse_decay_mode(PyObject* s) {
     require_str(s, "weight_decay_mode");
     if (is_str(s, "coupled")) return DecayMode::coupled;
     if (is_str(s, "decoupled")) return DecayMode::decoupled;
     if (is_str(s, "sgdw")) return DecayMode::sgdw;
-    throw py::value_error("weight_decay_mode must be 'coupled', 'decoupled' or 'sgdw', got '" +
-                          str_of(s) + "'");
+    throw py::value_error("weight_decay_mode must be 'coupled', 'decoupled' or 'sgdw', got " +
+                          str_repr(s));
 }
 
 // PyTorch's wording ("Invalid learning rate: -0.1"), then what is expected. Called only on a
@@ -273,7 +281,7 @@ Style parse_style(PyObject* s) {
     if (is_str(s, "torch")) return Style::torch;
     if (is_str(s, "keras")) return Style::keras;
     if (is_str(s, "ema")) return Style::ema;
-    throw py::value_error("style must be 'torch', 'keras' or 'ema', got '" + str_of(s) + "'");
+    throw py::value_error("style must be 'torch', 'keras' or 'ema', got " + str_repr(s));
 }
 
 NonFinite parse_nonfinite(PyObject* s) {
@@ -415,8 +423,8 @@ Dtype parse_dtype_name(PyObject* obj, const char* name) {
     require_str(obj, name);
     if (is_str(obj, "float32")) return Dtype::f32;
     if (is_str(obj, "float64")) return Dtype::f64;
-    throw py::value_error(std::string(name) + " must be 'float32' or 'float64', got '" +
-                          str_of(obj) + "'");
+    throw py::value_error(std::string(name) + " must be 'float32' or 'float64', got " +
+                          str_repr(obj));
 }
 
 void check_coefficients(const Hyper& h, Dtype dtype) {

@@ -51,6 +51,7 @@ import os
 import re
 import secrets
 import stat
+import sys
 import zipfile
 from collections.abc import Iterator, Mapping
 from typing import Any, BinaryIO, Union
@@ -349,6 +350,7 @@ def save(path: PathLike, tree: Any) -> None:
     replaced, not followed. If the save fails, its temporary file is removed and the error
     raised."""
     arrays: dict[str, Any] = to_arrays(tree)
+    handling = sys.exc_info()[1]  # the caller's (a save inside `except KeyboardInterrupt:`)
     target = os.fspath(path)
     directory = os.path.dirname(target) or "."
     try:
@@ -383,20 +385,23 @@ def save(path: PathLike, tree: Any) -> None:
         if temporary:
             with contextlib.suppress(OSError):  # the error that brought us here is the one to see
                 os.unlink(temporary)
-        interrupt = _interrupt_behind(error)
+        interrupt = _interrupt_behind(error, handling)
         if interrupt is None:
             raise
         raise interrupt from None
     _fsync_directory(directory)
 
 
-def _interrupt_behind(error: BaseException) -> KeyboardInterrupt | None:
-    """The KeyboardInterrupt that ``error`` (not one itself) was raised while handling, if any:
-    zipfile, closing an archive whose entry an interrupt left open, raises ``ValueError`` ("Can't
-    close the ZIP file while there is an open writing handle"), which an ``except ValueError``
-    around a save would otherwise swallow."""
+def _interrupt_behind(error: BaseException, handling: BaseException | None
+                      ) -> KeyboardInterrupt | None:
+    """The KeyboardInterrupt raised during the save that ``error`` (not one itself) was raised
+    while handling, if any: zipfile, closing an archive whose entry an interrupt left open,
+    raises ``ValueError`` ("Can't close the ZIP file while there is an open writing handle"),
+    which an ``except ValueError`` around a save would otherwise swallow. The search stops at
+    ``handling``, the exception the caller was handling when it called save: an interrupt from
+    before the save is not this save's."""
     seen = None if isinstance(error, KeyboardInterrupt) else error.__context__
-    while seen is not None:
+    while seen is not None and seen is not handling:
         if isinstance(seen, KeyboardInterrupt):
             return seen
         seen = seen.__context__

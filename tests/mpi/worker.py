@@ -187,6 +187,15 @@ def mismatch(out: Path) -> None:
             KINDS[kind](COMM, local, lr=0.1)
         except ValueError as error:
             messages.append(f"local-{kind}: {error}")
+    class Failing:
+        def __float__(self) -> float:
+            raise RuntimeError("out of luck")
+
+    for kind in KINDS:
+        try:  # an error of any kind, on one rank
+            KINDS[kind](COMM, [np.ones(4, np.float32)], lr=Failing() if RANK == WORLD - 1 else 0.1)
+        except (RuntimeError, ValueError) as error:
+            messages.append(f"other-{kind}: {type(error).__name__}: {error}")
     try:
         ShardedSGD(COMM, [np.ones(4, np.float32), [1.0, 2.0]], lr=0.1)  # type: ignore[list-item]
     except TypeError as error:

@@ -33,9 +33,9 @@ def raise_everywhere(comm: MPI.Intracomm, error: Exception | None) -> None:
         raise error
     failed = [rank for rank, message in enumerate(found) if message is not None]
     if failed:
-        raise ValueError(f"rank(s) {failed} refused the optimizer's arguments (rank "
-                         f"{failed[0]}: {found[failed[0]]}); every rank must build the optimizer "
-                         "from the same model with the same arguments")
+        raise ValueError(f"rank(s) {failed} could not build the optimizer (rank {failed[0]}: "
+                         f"{found[failed[0]]}); every rank must build it from the same model "
+                         "with the same arguments")
 
 
 def _spec(buf: NDArray[Any], bounds: Sequence[int]) -> list[Any]:

@@ -91,11 +91,11 @@ class DistributedSGD(SGD):
             self.bucket_bytes: int = int(bucket_bytes)
             self._reducer: SumReducer = SumReducer(self.comm, deterministic)
             super().__init__(params, lr, momentum, dampening, weight_decay, nesterov, **options)
-        except (TypeError, ValueError) as error:
+            self._layout()  # the flat buffers: a rank short of memory fails here
+        except Exception as error:  # (a KeyboardInterrupt stops this rank, as MPI programs do)
             refused = error
         raise_everywhere(self.comm, refused)
         check_same_everywhere(self.comm, self.param_groups)
-        self._layout()
 
     @property
     def deterministic(self) -> bool:

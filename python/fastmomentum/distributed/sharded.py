@@ -86,7 +86,7 @@ class ShardedSGD(SGD):
             for group, dtypes in zip(self.param_groups, self._model_dtypes):
                 _core.check_hyper(self._hyper(group, self._iterations, constructing=True)[0],
                                   dtypes)
-        except (TypeError, ValueError) as error:
+        except Exception as error:  # (a KeyboardInterrupt stops this rank, as MPI programs do)
             refused = error
         raise_everywhere(self.comm, refused)
         self._piece_grads = [grad for _, _, grad in self._pieces]
