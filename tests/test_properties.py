@@ -253,6 +253,7 @@ def _optimizers(draw):
     """An fm.SGD of 1 to 3 groups (group dicts with their own hyper-parameters, or runs of bare
     arrays with the defaults), the arrays of each, and 1 to 4 steps of gradients (None: none)."""
     style = draw(st.sampled_from(STYLES))
+    mode = draw(st.sampled_from([None, "coupled", "decoupled", "sgdw"]))  # optimizer default
     groups = []
     for _ in range(draw(st.integers(1, 3))):
         params, _, _ = draw(_arrays(min_size=1, max_size=3))
@@ -264,12 +265,15 @@ def _optimizers(draw):
             hyper["schedule_multiplier"] = None  # s = lr / initial_lr: 1 at a constant lr
         if draw(st.booleans()):
             hyper["weight_decay_mode"] = None  # not given: the optimizer's default
+        if style == "keras" and (hyper["weight_decay_mode"] or mode) != "coupled":
+            # _hyper's bound on Keras' decay, for the mode in effect (the default's, when the
+            # group gives none): a decay that could flip a sign is refused by the constructor
+            hyper["weight_decay"] = min(hyper["weight_decay"], 0.25)
         groups.append((params, hyper))
     steps = []
     all_params = [p for params, _ in groups for p in params]
     for _ in range(draw(st.integers(1, 4))):
         steps.append([draw(st.none() | _values(p.dtype, p.shape)) for p in all_params])
-    mode = draw(st.sampled_from([None, "coupled", "decoupled", "sgdw"]))  # optimizer default
     return style, groups, steps, mode
 
 
