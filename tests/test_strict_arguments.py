@@ -386,3 +386,17 @@ def test_a_step_whose_schedule_forks_finishes_in_both_processes():
     _, status = os.waitpid(forked[0], 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert ok
+
+
+def test_the_dtype_checks_take_the_kernels_dtypes_by_name():
+    from fastmomentum._protocol import Hyper
+
+    hyper = Hyper("torch", 1e39, 0.0, 0.0, False, 0.0, "coupled", 1.0, False)
+    fm._core.check_hyper(hyper, ("float64",))
+    with pytest.raises(ValueError, match=r"lr=1e\+39 overflows float32"):
+        fm._core.check_hyper(hyper, ("float64", "float32"))
+    with pytest.raises(ValueError, match=r"each of dtypes must be 'float32' or 'float64', got "
+                                         r"'float16'"):
+        fm._core.check_hyper(hyper, ["float16"])
+    with pytest.raises(TypeError, match="each of dtypes must be a str"):
+        fm._core.check_hyper(hyper, [np.float32])

@@ -421,15 +421,15 @@ double Guard::clip_coefficient(double norm) const { return rules::clip_coefficie
 
 Dtype parse_dtype_name(PyObject* obj, const char* name) {
     require_str(obj, name);
-    if (is_str(obj, "float32")) return Dtype::f32;
-    if (is_str(obj, "float64")) return Dtype::f64;
-    throw py::value_error(std::string(name) + " must be 'float32' or 'float64', got " +
-                          str_repr(obj));
+    for (const Dtype d : {Dtype::f32, Dtype::f64})
+        if (is_str(obj, dtype_name(d))) return d;
+    throw py::value_error(std::string(name) + " must be '" + dtype_name(Dtype::f32) + "' or '" +
+                          dtype_name(Dtype::f64) + "', got " + str_repr(obj));
 }
 
 void check_coefficients(const Hyper& h, Dtype dtype) {
-    if (dtype == Dtype::f32) check_coefficients_as<float>(h, "float32");
-    else check_coefficients_as<double>(h, "float64");
+    if (dtype == Dtype::f32) check_coefficients_as<float>(h, dtype_name(dtype));
+    else check_coefficients_as<double>(h, dtype_name(dtype));
 }
 
 }  // namespace fastmomentum::bindings
