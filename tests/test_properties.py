@@ -26,7 +26,6 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-from test_guards import clip_factor, ordered_norm_squares
 
 import fastmomentum as fm
 from fastmomentum import _core
@@ -40,6 +39,7 @@ from conftest import (
     same_bits,
 )
 from reference import ema_sgd, keras_sgd, torch_sgd
+from test_guards import clip_factor, ordered_norm_squares
 
 
 def _settings(max_examples):

@@ -152,7 +152,9 @@ void check_hyper(const Hyper& h) {
         throw py::value_error(std::string("dampening is not part of the ") + style + " convention");
     if (h.style == Style::ema && h.nesterov)
         throw py::value_error("Nesterov momentum is not part of the ema convention");
-    if (h.nesterov && (h.momentum <= 0.0 || h.dampening != 0.0))
+    // PyTorch's constructor rule. Keras (and scikit-learn) take nesterov with momentum 0 as
+    // plain SGD, so the keras style does too.
+    if (h.style == Style::torch && h.nesterov && (h.momentum <= 0.0 || h.dampening != 0.0))
         throw py::value_error("Nesterov momentum requires a momentum and zero dampening");
 }
 
@@ -377,15 +379,38 @@ Hyper parse_hyper(const HyperArgs& a) {
     return h;
 }
 
-Guard parse_guard(PyObject* nonfinite, PyObject* max_norm, PyObject* loss_scale, PyObject* stats) {
+Guard parse_guard(PyObject* nonfinite, PyObject* max_norm, PyObject* loss_scale, PyObject* stats,
+                  PyObject* clip_rule, PyObject* clip_value) {
     Guard guard;
     guard.nonfinite = parse_nonfinite(nonfinite);
+    require_str(clip_rule, "clip_rule");
+    if (is_str(clip_rule, "keras"))
+        guard.keras_rule = true;
+    else if (!is_str(clip_rule, "torch"))
+        throw py::value_error("clip_rule must be 'torch' or 'keras', got " + str_repr(clip_rule));
     if (max_norm != Py_None) {
         guard.clip = true;
-        guard.max_norm = real(max_norm, "max_grad_norm");
-        if (!(guard.max_norm >= 0.0))
-            throw py::value_error("max_grad_norm must be None or a number >= 0, got " +
-                                  repr(guard.max_norm));
+        if (guard.keras_rule) {  // Keras takes 0 (and less) to mean no clipping: None says it
+            guard.max_norm = real(max_norm, "global_clipnorm");
+            if (!(guard.max_norm > 0.0) || !std::isfinite(guard.max_norm))
+                throw py::value_error("global_clipnorm must be None or a finite number > 0, got " +
+                                      repr(guard.max_norm));
+        } else {
+            guard.max_norm = real(max_norm, "max_grad_norm");
+            if (!(guard.max_norm >= 0.0))
+                throw py::value_error("max_grad_norm must be None or a number >= 0, got " +
+                                      repr(guard.max_norm));
+        }
+    }
+    if (clip_value != Py_None) {
+        guard.clip_value = real(clip_value, "clipvalue");
+        if (!(guard.clip_value > 0.0) || !std::isfinite(guard.clip_value))
+            throw py::value_error("clipvalue must be None or a finite number > 0, got " +
+                                  repr(guard.clip_value));
+        if (guard.clip)
+            throw py::value_error(std::string("clipvalue cannot be combined with ") +
+                                  (guard.keras_rule ? "global_clipnorm" : "max_grad_norm") +
+                                  ": only one gradient clipping can be set, as in Keras");
     }
     guard.loss_scale = real(loss_scale, "loss_scale");
     if (!(guard.loss_scale > 0.0) || !std::isfinite(guard.loss_scale))
@@ -412,12 +437,15 @@ Guard parse_guard(py::handle tuple) {
     PyObject* t = protocol_tuple(tuple, field::kGuardCount, "Guard", "guard");
     const auto at = [&](int f) { return PyTuple_GET_ITEM(t, f); };
     return parse_guard(at(field::nonfinite), at(field::max_norm), at(field::loss_scale),
-                       at(field::stats));
+                       at(field::stats), at(field::clip_rule), at(field::clip_value));
 }
 
 double Guard::norm(double sum) const { return std::sqrt(sum) / loss_scale; }
 
-double Guard::clip_coefficient(double norm) const { return rules::clip_coefficient(max_norm, norm); }
+double Guard::clip_coefficient(double norm) const {
+    return keras_rule ? rules::keras_clip_coefficient(max_norm, norm)
+                      : rules::clip_coefficient(max_norm, norm);
+}
 
 Dtype parse_dtype_name(PyObject* obj, const char* name) {
     require_str(obj, name);

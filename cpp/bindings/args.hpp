@@ -115,8 +115,10 @@ Hyper parse_hyper(const HyperArgs& args);
 // A step's guards, over all the calls of the step (README, "Guards").
 struct Guard {
     NonFinite nonfinite = NonFinite::ignore;  // what a NaN or an infinity in a gradient does
-    bool clip = false;        // scale the gradients by rules::clip_coefficient(max_norm, norm)
+    bool clip = false;        // scale the gradients by clip_coefficient(norm)
+    bool keras_rule = false;  // ... in Keras' global_clipnorm formula, else torch's
     double max_norm = 0.0;
+    double clip_value = HUGE_VAL;  // Keras' clipvalue (Hyper::clip_value)
     double loss_scale = 1.0;  // the gradients are divided by it (the norm is theirs after it)
     // The gradients' statistics when the caller measured them (e.g. over every rank's shard):
     // then the step runs no statistics pass and uses these.
@@ -130,14 +132,17 @@ struct Guard {
     double grad_scale() const { return 1.0 / loss_scale; }
     // The norm of the gradients after unscaling, from the sum of their squares before it.
     double norm(double sum) const;
-    // The gradients' factor for that norm (rules::clip_coefficient).
+    // The gradients' factor for that norm (rules::clip_coefficient or keras_clip_coefficient).
     double clip_coefficient(double norm) const;
 };
 
 // The guard of a step: nonfinite ("ignore", "skip" or "raise"), max_norm (None, or a number
-// >= 0; inf measures the norm without clipping), loss_scale (finite, > 0) and stats (None, or a
-// tuple (all_finite: bool, sum_squares: a number >= 0, inf or NaN)).
-Guard parse_guard(PyObject* nonfinite, PyObject* max_norm, PyObject* loss_scale, PyObject* stats);
+// >= 0; inf measures the norm without clipping; with clip_rule "keras", Keras' global_clipnorm:
+// finite and > 0), loss_scale (finite, > 0), stats (None, or a tuple (all_finite: bool,
+// sum_squares: a number >= 0, inf or NaN)), clip_rule ("torch" or "keras") and clip_value
+// (None, or Keras' clipvalue: finite and > 0; not with a max_norm, as Keras allows one clipping).
+Guard parse_guard(PyObject* nonfinite, PyObject* max_norm, PyObject* loss_scale, PyObject* stats,
+                  PyObject* clip_rule, PyObject* clip_value);
 Guard parse_guard(py::handle tuple);  // the fields of an _protocol.Guard
 
 // The coefficients in `dtype` stay finite, and a decoupled decay, as the kernel computes it in

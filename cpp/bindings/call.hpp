@@ -182,6 +182,7 @@ Outcome run_updates(const std::vector<Update>& updates, const Guard& guard, cons
     for (const Update& u : updates) {
         Hyper h = u.hyper;
         h.grad_scale *= clip;
+        h.clip_value = guard.clip_value;
         const int threads = run(u, h);
         if (threads > outcome.threads) outcome.threads = threads;
     }

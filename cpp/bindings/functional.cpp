@@ -27,7 +27,7 @@ namespace {
 enum Kind : int {
     k_params, k_grads, k_buffers, k_lr, k_momentum, k_dampening, k_nesterov, k_weight_decay,
     k_weight_decay_mode, k_schedule_multiplier, k_maximize, k_first_step, k_nonfinite,
-    k_max_grad_norm, k_loss_scale, k_kinds
+    k_max_grad_norm, k_loss_scale, k_global_clipnorm, k_clipvalue, k_kinds
 };
 
 // One entry point: its signature, its style, which slot holds each kind of argument (-1: the
@@ -41,6 +41,8 @@ struct Entry {
 
 // Made at import, kept for the interpreter's lifetime.
 std::array<Entry*, 3> g_entries{};
+PyObject* g_torch_rule = nullptr;  // "torch" and "keras", the guard's clip_rule
+PyObject* g_keras_rule = nullptr;
 
 PyObject* keep(PyObject* obj) {
     if (obj == nullptr) throw py::error_already_set();
@@ -63,10 +65,20 @@ Entry* make_entry(const char* function, const char* style, const char* decay_mod
     for (Kind k : {k_momentum, k_dampening, k_weight_decay}) e->fallback[k] = zero;
     for (Kind k : {k_schedule_multiplier, k_loss_scale}) e->fallback[k] = one;
     for (Kind k : {k_nesterov, k_maximize, k_first_step}) e->fallback[k] = Py_False;
-    for (Kind k : {k_buffers, k_max_grad_norm}) e->fallback[k] = Py_None;
+    for (Kind k : {k_buffers, k_max_grad_norm, k_global_clipnorm, k_clipvalue})
+        e->fallback[k] = Py_None;
     e->fallback[k_weight_decay_mode] = keep(PyUnicode_InternFromString(decay_mode));
     e->fallback[k_nonfinite] = keep(PyUnicode_InternFromString("ignore"));
     return e;
+}
+
+// The guard's max_norm and clip_rule: Keras' global_clipnorm (keras_sgd_) or max_grad_norm.
+std::pair<PyObject*, PyObject*> norm_clipping(PyObject* const* arg) {
+    if (arg[k_global_clipnorm] == Py_None) return {arg[k_max_grad_norm], g_torch_rule};
+    if (arg[k_max_grad_norm] != Py_None)
+        throw py::value_error("max_grad_norm cannot be combined with global_clipnorm: only one "
+                              "gradient clipping can be set, as in Keras");
+    return {arg[k_global_clipnorm], g_keras_rule};
 }
 
 // A normalised _protocol.Hyper tuple of `h`, for the CUDA backend.
@@ -95,11 +107,14 @@ py::object try_device(PyObject* first, PyObject* const* arg, const Hyper& h) {
     call[field::first_step] = py::handle(arg[k_first_step]);
     call[field::hyper] = hyper_tuple(h);
     call[field::first_index] = py::int_(0);
+    const auto [max_norm, clip_rule] = norm_clipping(arg);
     py::tuple guard(field::kGuardCount);
     guard[field::nonfinite] = py::handle(arg[k_nonfinite]);
-    guard[field::max_norm] = py::handle(arg[k_max_grad_norm]);
+    guard[field::max_norm] = py::handle(max_norm);
     guard[field::loss_scale] = py::handle(arg[k_loss_scale]);
     guard[field::stats] = py::none();
+    guard[field::clip_rule] = py::handle(clip_rule);
+    guard[field::clip_value] = py::handle(arg[k_clipvalue]);
     return try_device_step(first, call, arg[k_grads], guard);
 }
 
@@ -120,8 +135,9 @@ PyObject* functional_step(PyObject* /*module*/, PyObject* const* args, Py_ssize_
                                               arg[k_dampening], arg[k_nesterov],
                                               arg[k_weight_decay], arg[k_weight_decay_mode],
                                               arg[k_schedule_multiplier], arg[k_maximize]});
-        const Guard guard =
-            parse_guard(arg[k_nonfinite], arg[k_max_grad_norm], arg[k_loss_scale], Py_None);
+        const auto [max_norm, clip_rule] = norm_clipping(arg);
+        const Guard guard = parse_guard(arg[k_nonfinite], max_norm, arg[k_loss_scale], Py_None,
+                                        clip_rule, arg[k_clipvalue]);
         const CallArgs call = parse_call(arg[k_params], arg[k_buffers], arg[k_first_step], h, 0);
         const List grads(arg[k_grads], "grads");
         if (!call.params.empty() && !is_ndarray(call.params[0])) {
@@ -166,6 +182,8 @@ void set_doc(const std::string& name, py::str doc) {
 }  // namespace
 
 void register_functional(py::module_& m) {
+    g_torch_rule = keep(PyUnicode_InternFromString("torch"));
+    g_keras_rule = keep(PyUnicode_InternFromString("keras"));
     const std::vector<const char*> lr = {"lr"};
     g_entries[0] = make_entry(
         "sgd_", "torch", "coupled",
@@ -183,7 +201,8 @@ void register_functional(py::module_& m) {
          {"weight_decay_mode", k_weight_decay_mode},
          {"schedule_multiplier", k_schedule_multiplier}, {"maximize", k_maximize},
          {"nonfinite", k_nonfinite}, {"max_grad_norm", k_max_grad_norm},
-         {"loss_scale", k_loss_scale}},
+         {"loss_scale", k_loss_scale}, {"global_clipnorm", k_global_clipnorm},
+         {"clipvalue", k_clipvalue}},
         lr);
     g_entries[2] = make_entry(
         "ema_sgd_", "ema", "coupled",

@@ -9,14 +9,17 @@
 //          array), its Hyper, and first_index, the position of params[0] among all the step's
 //          parameters (its gradient is grads[first_index]; errors number arrays from it).
 //   Guard: the step's guards: nonfinite ("ignore", "skip" or "raise"), max_norm (None: no
-//          clipping), loss_scale, and stats: None to measure the gradients, or the caller's own
-//          (all_finite, sum_squares) of them (e.g. over every rank's shard), used instead.
+//          clipping), loss_scale, stats: None to measure the gradients, or the caller's own
+//          (all_finite, sum_squares) of them (e.g. over every rank's shard), used instead;
+//          clip_rule: max_norm's formula, "torch" (clip_grad_norm_) or "keras"
+//          (global_clipnorm); clip_value: None, or Keras' clipvalue.
 
 #define FM_HYPER_FIELDS(X) \
     X(style) X(lr) X(momentum) X(dampening) X(nesterov) X(weight_decay) X(weight_decay_mode) \
     X(schedule_multiplier) X(maximize)
 #define FM_CALL_FIELDS(X) X(params) X(buffers) X(first_step) X(hyper) X(first_index)
-#define FM_GUARD_FIELDS(X) X(nonfinite) X(max_norm) X(loss_scale) X(stats)
+#define FM_GUARD_FIELDS(X) \
+    X(nonfinite) X(max_norm) X(loss_scale) X(stats) X(clip_rule) X(clip_value)
 
 namespace fastmomentum::bindings {
 namespace field {

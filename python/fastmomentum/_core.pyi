@@ -82,6 +82,8 @@ def keras_sgd_(
     nonfinite: NonFinite = "ignore",
     max_grad_norm: float | None = None,
     loss_scale: float = 1.0,
+    global_clipnorm: float | None = None,
+    clipvalue: float | None = None,
 ) -> StepResult: ...
 def ema_sgd_(
     params: Arrays,

@@ -50,15 +50,19 @@ class Call(NamedTuple):
 
 class Guard(NamedTuple):
     """A step's guards (README, "Guards"): what a non-finite gradient does (``"ignore"``,
-    ``"skip"`` or ``"raise"``), clipping to ``max_norm`` (None: none), the loss scale the gradients
-    are divided by, and ``stats``: None to measure the gradients, or ``(all_finite,
-    sum_squares)`` of them (before the division) as the caller measured them, e.g. over every
-    rank's shard with ``_core.grad_stats``."""
+    ``"skip"`` or ``"raise"``), clipping to the global norm ``max_norm`` (None: none), the loss
+    scale the gradients are divided by, ``stats``: None to measure the gradients, or
+    ``(all_finite, sum_squares)`` of them (before the division) as the caller measured them, e.g.
+    over every rank's shard with ``_core.grad_stats``; ``clip_rule``: ``max_norm``'s formula,
+    ``"torch"`` (``clip_grad_norm_``) or ``"keras"`` (``global_clipnorm``); ``clip_value``:
+    Keras' ``clipvalue`` (None: none)."""
 
     nonfinite: str = "ignore"
     max_norm: float | None = None
     loss_scale: float = 1.0
     stats: tuple[bool, float] | None = None
+    clip_rule: str = "torch"
+    clip_value: float | None = None
 
 
 for _tuple, _names in ((Hyper, _core.HYPER_FIELDS), (Call, _core.CALL_FIELDS),

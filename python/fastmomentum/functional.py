@@ -126,7 +126,7 @@ _doc("keras_sgd_",
      "params, grads, velocities=None, *, lr, momentum=0.0, nesterov=False, "
      "weight_decay=0.0, weight_decay_mode='decoupled', "
      "schedule_multiplier=1.0, maximize=False, nonfinite='ignore', "
-     "max_grad_norm=None, loss_scale=1.0",
+     "max_grad_norm=None, loss_scale=1.0, global_clipnorm=None, clipvalue=None",
      """One SGD step in Keras' convention (Sutskever et al. 2013: the velocity holds the lr).
 
 For each parameter ``p`` with gradient ``g`` and velocity ``v`` (start with ``v = 0``)::
@@ -142,7 +142,19 @@ For each parameter ``p`` with gradient ``g`` and velocity ``v`` (start with ``v 
 
 At a constant lr this is the same trajectory as :func:`sgd_` with ``v = -lr*b``; the two split
 when the lr changes. ``velocities`` is required when ``momentum != 0``. ``maximize`` negates g
-first. See :func:`sgd_` for the argument rules, the guards and the result.
+first. ``nesterov=True`` with ``momentum == 0`` is plain SGD, as in Keras. See :func:`sgd_` for
+the argument rules, the guards and the result.
+
+Keras' gradient clipping, in Keras' formulas, fused into the step (at most one of the two, and
+not with ``max_grad_norm``):
+
+    global_clipnorm: a finite number > 0: ``g <- g * c*min(1/‖g‖₂, 1/c)`` (Keras'
+        ``clip_by_global_norm``, applied at every step: 1 only up to rounding below ``c``; NaN
+        for a non-finite norm), with the norm over every gradient of the call, after the loss
+        scale's division, summed in float64 (Keras sums in the gradients' dtype). The norm is
+        returned in the result.
+    clipvalue: a finite number > 0: ``g <- clip(g, -v, v)`` element by element, with ``v``
+        rounded to the arrays' dtype (a NaN stays NaN).
 """)
 _doc("ema_sgd_",
      "params, grads, buffers=None, *, lr, beta, weight_decay=0.0, "

@@ -256,7 +256,8 @@ class SGD:
             Validation is PyTorch's, stricter where PyTorch accepts nonsense (momentum and
             dampening in [0, 1], finite values, real bools): the same parser as the functional
             steps, at construction, in :meth:`add_param_group` and :meth:`load_state_dict`, and at
-            every step (so a group edited between steps is checked too). ``lr``, ``momentum`` and
+            every step (so a group edited between steps is checked too). ``lr``, ``momentum``,
+            ``weight_decay`` (as optax's ``add_decayed_weights`` takes one) and
             ``schedule_multiplier`` may be schedules: callables of the step count
             (:attr:`iterations`, 0 on the first step), e.g. from :mod:`fastmomentum.schedules`,
             whose values must be real numbers.
@@ -280,6 +281,11 @@ class SGD:
             ``g <- g * min(1, max_grad_norm / (‖g‖₂ + 1e-6))``, fused into the step (one extra
             read of the gradients). The norm is returned in the step's result. ``inf`` measures
             it without clipping.
+        global_clipnorm, clipvalue: Keras' gradient clipping, for ``style="keras"`` only and in
+            Keras' formulas (:func:`fastmomentum.functional.keras_sgd_`), fused into the step:
+            ``g <- g * c*min(1/‖g‖₂, 1/c)`` over all groups for ``global_clipnorm=c``;
+            ``g <- clip(g, -v, v)`` for ``clipvalue=v``. Each a finite number > 0, and at most
+            one of them and ``max_grad_norm``, as Keras allows one clipping.
         max_consecutive_skips: with ``nonfinite="skip"``, a step that would be the
             ``max_consecutive_skips + 1``-th skipped in a row raises ``FloatingPointError``
             instead (nothing changed); ``None`` never raises. Default 10.
@@ -312,7 +318,7 @@ class SGD:
         lr: Schedulable = 1e-3,
         momentum: Schedulable = 0.0,
         dampening: float = 0.0,
-        weight_decay: float = 0.0,
+        weight_decay: Schedulable = 0.0,
         nesterov: bool = False,
         *,
         maximize: bool = False,
@@ -321,6 +327,8 @@ class SGD:
         schedule_multiplier: Schedulable | None = None,
         nonfinite: NonFinite = "ignore",
         max_grad_norm: float | None = None,
+        global_clipnorm: float | None = None,
+        clipvalue: float | None = None,
         max_consecutive_skips: int | None = 10,
     ) -> None:
         if style not in BUFFER_KEY:
@@ -337,11 +345,20 @@ class SGD:
         self._pending: _Pending | None = None
         self._state = ArrayState()
         self._iterations = self._skipped_steps = self._consecutive_skips = 0
-        _core.check_guard(Guard(nonfinite, max_grad_norm, 1.0, None))
+        if style != "keras" and (global_clipnorm is not None or clipvalue is not None):
+            raise ValueError("global_clipnorm and clipvalue are Keras' options, for "
+                             f"style='keras' (style is {style!r}); max_grad_norm clips by the "
+                             "global norm in PyTorch's formula")
+        if global_clipnorm is not None and max_grad_norm is not None:
+            raise ValueError("max_grad_norm cannot be combined with global_clipnorm: only one "
+                             "gradient clipping can be set, as in Keras")
+        self.global_clipnorm = global_clipnorm
+        self.clipvalue = clipvalue
         self._max_consecutive_skips = None if max_consecutive_skips is None else _count(
             max_consecutive_skips, "max_consecutive_skips")
         self.nonfinite: NonFinite = nonfinite
         self.max_grad_norm = max_grad_norm
+        _core.check_guard(self._guard(1.0))
         self._busy = threading.Lock()  # held by the method that is running; never waited for
         self._lists: _Lists | None = None
 
@@ -466,11 +483,20 @@ class SGD:
         lr, momentum = group["lr"], group["momentum"]
         if type(lr) is not float:  # (the usual value needs neither call)
             lr = _real(_evaluate(lr, step, "lr"), "lr")
+        if lr < 0.0 and "initial_lr" in group:
+            # torch's recursive schedulers can drift below 0 when several drive one lr (torch
+            # then ascends); the kernels' parser would refuse it without saying why.
+            raise ValueError(
+                f"Invalid learning rate: {lr!r} (expected a finite lr >= 0); this group's lr was "
+                "written by an lr scheduler: torch's recursive schedulers can drift below 0 "
+                "when several drive one lr; pass closed_form=True to them or use a "
+                "fastmomentum.schedules schedule")
         if type(momentum) is not float:
             momentum = _real(_evaluate(momentum, step, "momentum"), "momentum")
         nesterov = group["nesterov"]
         # While the momentum is 0 a step is plain SGD (PyTorch's step ignores nesterov then);
-        # a constant momentum of 0 with nesterov is still refused where PyTorch refuses it.
+        # a constant momentum of 0 with nesterov is still refused where PyTorch refuses it (the
+        # torch style; Keras takes it as plain SGD).
         if momentum == 0.0 and (nesterov is True or nesterov is np.True_) and not (
                 constructing and not callable(group["momentum"])):
             nesterov = False
@@ -480,9 +506,11 @@ class SGD:
             s = group["schedule_multiplier"]
             if s is None or callable(s):
                 s = 1.0
+        weight_decay = group["weight_decay"]
+        if callable(weight_decay):  # a schedule, as optax.add_decayed_weights takes one
+            weight_decay = _evaluate(weight_decay, step, "weight_decay")
         hyper = _new_hyper((self.style, lr, momentum, group["dampening"], nesterov,
-                            group["weight_decay"], group["weight_decay_mode"], s,
-                            group["maximize"]))
+                            weight_decay, group["weight_decay_mode"], s, group["maximize"]))
         return hyper, momentum != 0.0
 
     @staticmethod
@@ -495,7 +523,8 @@ class SGD:
                      else group.get("initial_lr", lr), "initial_lr")
         if base:
             return lr / base
-        if scheduled and _real(group["weight_decay"], "weight_decay"):
+        if scheduled and _real(_evaluate(group["weight_decay"], step, "weight_decay"),
+                               "weight_decay"):
             # lr / 0: a schedule that starts at 0 (a warm-up) has no multiplier to scale by.
             raise ValueError("weight_decay_mode='sgdw' scales the decay by lr / initial_lr, but "
                              "the lr schedule starts at 0; pass schedule_multiplier (a number or "
@@ -529,10 +558,24 @@ class SGD:
         if not busy.acquire(False):  # see _busy_error (not blocking)
             raise _busy_error("step()")
         try:
-            return self._apply(grads, _new_guard((self.nonfinite, self.max_grad_norm, loss_scale,
-                                                  None)))
+            return self._apply(grads, self._guard(loss_scale))
         finally:
             busy.release()
+
+    def _guard(self, loss_scale: float, stats: tuple[bool, float] | None = None) -> Guard:
+        """The guard of a step with this ``loss_scale`` (and the caller's gradient statistics, if
+        it measured them), from the optimizer's guard settings."""
+        if self.global_clipnorm is not None:
+            return _new_guard((self.nonfinite, self.global_clipnorm, loss_scale, stats, "keras",
+                               self.clipvalue))
+        return _new_guard((self.nonfinite, self.max_grad_norm, loss_scale, stats, "torch",
+                           self.clipvalue))
+
+    @property
+    def _needs_stats(self) -> bool:
+        """Whether a step measures its gradients (a check for non-finite ones, or a norm)."""
+        return (self.nonfinite != "ignore" or self.max_grad_norm is not None
+                or self.global_clipnorm is not None)
 
     def _apply(self, grads: Sequence[Array | None], guard: Guard,
                reported: Sequence[Any] | None = None,

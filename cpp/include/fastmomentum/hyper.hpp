@@ -3,6 +3,7 @@
 // shared by the ISA-neutral code (dispatch, bindings) and by every per-ISA kernel object, and plain
 // aggregates cannot cause the weak-symbol ODR hazard that inline functions can.
 
+#include <cmath>
 #include <cstdint>
 
 namespace fastmomentum {
@@ -35,6 +36,9 @@ struct Hyper {
     // clipping coefficient when the step clips (rules::clip_coefficient). Not from Python's
     // hyper-parameters: the step's guard sets it.
     double grad_scale = 1.0;
+    // Keras' clipvalue: each gradient element clipped to [-clip_value, clip_value] after
+    // grad_scale; HUGE_VAL (infinity) clips nothing. From the step's guard, like grad_scale.
+    double clip_value = HUGE_VAL;
     bool nesterov = false;
     bool maximize = false;
 };
@@ -66,6 +70,7 @@ struct Coeffs {
     T decay_keep;   // 1 - scale*wd, computed in double and rounded once
     T decay_scale;  // lr or s
     T grad_scale;   // grad_scale, negated when maximizing (negation is exact in any rounding)
+    T clip_value;   // infinity: no clipping
 };
 
 }  // namespace fastmomentum

@@ -13,6 +13,7 @@
 // is compiled for (FM_ISA), so each ISA's copy has its own mangled names and the linker can never
 // substitute, say, the AVX-512 copy into the baseline path (cmake/check_isa_symbols.cmake checks).
 
+#include <cmath>
 #include <type_traits>
 
 #include "fastmomentum/hyper.hpp"
@@ -48,6 +49,7 @@ FM_HOST_DEVICE inline Coeffs<T> coeffs(const Hyper& h) {
         static_cast<T>(1.0 - scale * h.weight_decay),
         static_cast<T>(scale),
         static_cast<T>(h.maximize ? -h.grad_scale : h.grad_scale),
+        static_cast<T>(h.clip_value),
     };
 }
 
@@ -62,12 +64,21 @@ FM_HOST_DEVICE inline Decay decay_of(const Hyper& h, const Coeffs<T>& k) {
 }
 
 // Whether the gradient needs its factors: its scale (the sign for maximize, the loss scale and
-// the clipping coefficient) and 1 - dampening (1 - beta for ema). Both are usually 1, and
-// multiplying by 1 is exact, so `update<..., false>` skips them: a kernel that is compute-bound
-// in cache then does two multiplications fewer per element.
+// the clipping coefficient), its clipping to [-clip_value, clip_value] and 1 - dampening
+// (1 - beta for ema). They are usually 1, infinity and 1, which change nothing, so
+// `update<..., false>` skips them: a kernel that is compute-bound in cache then does two
+// multiplications and two comparisons fewer per element.
 template <class T>
 FM_HOST_DEVICE inline bool scales_grad(const Coeffs<T>& k) {
-    return k.grad_scale != T(1) || k.one_minus_dampening != T(1);
+    return k.grad_scale != T(1) || k.clip_value != static_cast<T>(HUGE_VAL) ||
+           k.one_minus_dampening != T(1);
+}
+
+// Keras' clipvalue (ops.clip(g, -v, v)): g limited to [-v, v]; a NaN stays NaN (it compares
+// false both ways), as in Keras.
+template <class T>
+FM_HOST_DEVICE inline T clipped(const T g, const T v) {
+    return g < -v ? -v : (v < g ? v : g);
 }
 
 // Keras 3's decoupled decay, p - (p*wd)*scale, each operation rounded in the array's dtype. The
@@ -88,7 +99,8 @@ FM_HOST_DEVICE inline Form form_of(const Hyper& h, bool first_step) {
 // For Form::plain, b is not read or written. ScaleGrad: see scales_grad.
 template <class T, Form F, bool Nesterov, Decay D, bool ScaleGrad>
 FM_HOST_DEVICE inline void update(T& p, T& b, const T g, const Coeffs<T>& k) {
-    T d = ScaleGrad ? k.grad_scale * g : g;         // unscaled, clipped, sign flipped: first
+    T d = ScaleGrad ? clipped(k.grad_scale * g, k.clip_value) : g;  // unscaled, clipped,
+                                                                     // sign flipped: first
     if constexpr (D == Decay::coupled) d = d + k.weight_decay * p;         // g + wd*p
     if constexpr (D == Decay::keep) p = p * k.decay_keep;                  // before the step
     if constexpr (D == Decay::keras) p = keras_decayed(p, k);
@@ -174,6 +186,14 @@ inline constexpr double kClipEpsilon = 1e-6;
 FM_HOST_DEVICE inline double clip_coefficient(const double max_norm, const double norm) {
     const double c = max_norm / (norm + kClipEpsilon);
     return (c < 1.0 || c != c) ? c : 1.0;
+}
+
+// Keras 3's factor for global_clipnorm (clip_by_global_norm): clip_norm * min(1/norm,
+// 1/clip_norm), applied whatever the norm (so 1 only up to rounding below clip_norm), and NaN
+// for an infinite or NaN norm (the `+ (norm - norm)`), as Keras computes it.
+FM_HOST_DEVICE inline double keras_clip_coefficient(const double clip_norm, const double norm) {
+    const double inverse = 1.0 / norm, bound = 1.0 / clip_norm;
+    return clip_norm * (inverse < bound ? inverse : bound) + (norm - norm);
 }
 
 }  // namespace FM_ISA

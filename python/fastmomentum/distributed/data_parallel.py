@@ -9,7 +9,6 @@ from typing import Any
 from mpi4py import MPI
 from numpy.typing import NDArray
 
-from .._protocol import Guard
 from ..functional import Array, HostArray
 from ..guards import StepResult
 from ..optim import BUFFER_KEY, SGD, Schedulable, _busy_error
@@ -75,7 +74,7 @@ class DistributedSGD(SGD):
         lr: Schedulable = 1e-3,
         momentum: Schedulable = 0.0,
         dampening: float = 0.0,
-        weight_decay: float = 0.0,
+        weight_decay: Schedulable = 0.0,
         nesterov: bool = False,
         *,
         deterministic: bool = False,
@@ -147,7 +146,7 @@ class DistributedSGD(SGD):
             self._grads.load(grads, loss_scale)
             for bucket in self._buckets:
                 self._reducer.allreduce(bucket)
-            guard = Guard(self.nonfinite, self.max_grad_norm, loss_scale * self.comm.size, None)
-            return self._apply(self._grads.views, guard, reported=grads)
+            return self._apply(self._grads.views, self._guard(loss_scale * self.comm.size),
+                               reported=grads)
         finally:
             busy.release()

@@ -11,7 +11,6 @@ from mpi4py import MPI
 from numpy.typing import NDArray
 
 from .. import _core
-from .._protocol import Guard
 from ..functional import Array, HostArray
 from ..guards import StepResult
 from ..optim import BUFFER_KEY, SGD, ArrayState, Schedulable, _busy_error, group_arrays
@@ -67,7 +66,7 @@ class ShardedSGD(SGD):
         lr: Schedulable = 1e-3,
         momentum: Schedulable = 0.0,
         dampening: float = 0.0,
-        weight_decay: float = 0.0,
+        weight_decay: Schedulable = 0.0,
         nesterov: bool = False,
         *,
         deterministic: bool = False,
@@ -183,14 +182,14 @@ class ShardedSGD(SGD):
             for dtype, flat in self._grads.flats.items():
                 self._reducer.reduce_scatter(flat, self._bounds[dtype])
             stats = None
-            if self.max_grad_norm is not None or self.nonfinite != "ignore":
+            if self._needs_stats:
                 finite, sum_squares = _core.grad_stats(self._piece_grads)
                 # One message: the sums of squares, and the number of non-finite shards.
                 both = np.array([sum_squares, 0.0 if finite else 1.0])
                 self.comm.Allreduce(MPI.IN_PLACE, both, op=MPI.SUM)
                 stats = (bool(both[1] == 0.0), float(both[0]))
-            guard = Guard(self.nonfinite, self.max_grad_norm, loss_scale * self.comm.size, stats)
-            result = self._apply(self._piece_grads, guard, reported=grads,
+            result = self._apply(self._piece_grads, self._guard(loss_scale * self.comm.size, stats),
+                                 reported=grads,
                                  dtypes=self._model_dtypes)
             if not result.skipped:
                 self._gather_params()
