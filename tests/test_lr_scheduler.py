@@ -591,3 +591,112 @@ def test_load_state_dict_is_atomic(make, bad):
     with pytest.raises((ValueError, TypeError, KeyError)):
         scheduler.load_state_dict(bad(scheduler.state_dict()))
     assert [_attributes(s) for s in family] == before
+
+
+# --------------------------------------------------------------------------------------------
+# CosineAnnealingWarmRestarts.step(epoch): torch's per-batch form (issue 23)
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("T_0", "T_mult", "eta_min"), [(5, 1, 0.0), (3, 2, 0.001), (10, 3, 0.01),
+                                                        (4, 2, 0.0)])
+def test_warm_restarts_fractional_epochs_match_torch(torch, T_0, T_mult, eta_min):
+    # torch's docstring: scheduler.step(epoch + i / iters) after each batch; values to the bit
+    t_opt, f_opt = torch_sgd(torch, TWO), FakeOptimizer(TWO)
+    t_sched = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(t_opt, T_0, T_mult, eta_min)
+    f_sched = fls.CosineAnnealingWarmRestarts(f_opt, T_0, T_mult, eta_min)
+    iters = 7
+    for epoch in range(40):
+        for i in range(iters):
+            t_sched.step(epoch + i / iters)
+            f_sched.step(epoch + i / iters)
+            assert snapshot(f_opt) == snapshot(t_opt), (epoch, i)
+            assert (f_sched.T_cur, f_sched.T_i, f_sched.last_epoch) == (
+                t_sched.T_cur, t_sched.T_i, t_sched.last_epoch), (epoch, i)
+    # interleaved, as in torch's second docstring example: step(26), then step() continues
+    for sched in (t_sched, f_sched):
+        sched.step(26)
+        sched.step()
+    assert snapshot(f_opt) == snapshot(t_opt)
+    assert f_sched.last_epoch == t_sched.last_epoch == 27
+    # a restart epoch where torch's log rounds low is reproduced too (T_0=10, T_mult=3: 1210)
+    for sched in (t_sched, f_sched):
+        sched.step(1210)
+    assert snapshot(f_opt) == snapshot(t_opt)
+    state = f_sched.state_dict()
+    assert json.loads(json.dumps(state)) == state
+
+
+def test_warm_restarts_epoch_errors(torch):
+    f_sched = fls.CosineAnnealingWarmRestarts(FakeOptimizer(ONE), 5)
+    t_sched = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(torch_sgd(torch, ONE), 5)
+    for sched in (f_sched, t_sched):
+        with pytest.raises(ValueError, match=r"Expected non-negative epoch, but got -0\.5"):
+            sched.step(-0.5)
+    with pytest.raises(ValueError, match="finite"):
+        f_sched.step(math.inf)
+    with pytest.raises(TypeError, match="epoch must be an int or a float"):
+        f_sched.step("1")  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------------------------
+# A negative lr from chained recursive schedulers (issue 23): torch steps on, fm.SGD refuses
+# --------------------------------------------------------------------------------------------
+
+
+def chained_cosine_exponential(module, opt):
+    # torch's recursive cosine with eta_min > 0 under a second scheduler drifts below eta_min,
+    # then below 0: lr(12) = -0.00748...
+    return module.ChainedScheduler([module.CosineAnnealingLR(opt, 10, eta_min=0.01),
+                                    module.ExponentialLR(opt, 0.5)])
+
+
+def test_chained_schedulers_negative_lr_torch_steps_on_fm_sgd_raises(torch):
+    np = pytest.importorskip("numpy")
+    import fastmomentum as fm
+
+    t_param = torch.zeros(3, requires_grad=True)
+    t_opt = torch.optim.SGD([t_param], lr=0.1, momentum=0.9)
+    t_sched = chained_cosine_exponential(torch.optim.lr_scheduler, t_opt)
+    params = [np.zeros(3)]
+    f_opt = fm.SGD(params, lr=0.1, momentum=0.9)
+    f_sched = chained_cosine_exponential(fls, f_opt)
+    for epoch in range(12):
+        t_param.grad = torch.ones(3)
+        t_opt.step()
+        t_sched.step()
+        f_opt.step([np.ones(3)])
+        f_sched.step()
+        assert f_opt.param_groups[0]["lr"] == t_opt.param_groups[0]["lr"], epoch
+    lr = f_opt.param_groups[0]["lr"]
+    assert lr < 0  # the scheduler writes torch's negative lr, bit for bit
+    t_param.grad = torch.ones(3)
+    t_opt.step()  # torch steps with it (ascending)
+    before = params[0].copy()
+    with pytest.raises(ValueError, match=re.escape(f"Invalid learning rate: {lr}")):
+        f_opt.step([np.ones(3)])
+    assert (params[0] == before).all()  # nothing was updated
+    # the fix the documentation gives: closed forms, which do not go negative
+    f_opt = fm.SGD([np.zeros(3)], lr=0.1, momentum=0.9)
+    sched = fls.ChainedScheduler([fls.CosineAnnealingLR(f_opt, 10, 0.01, closed_form=True),
+                                  fls.ExponentialLR(f_opt, 0.5, closed_form=True)])
+    for _ in range(40):
+        f_opt.step([np.ones(3)])
+        sched.step()
+        assert f_opt.param_groups[0]["lr"] >= 0
+
+
+def test_negative_lr_error_names_the_scheduler_situation():
+    np = pytest.importorskip("numpy")
+    import fastmomentum as fm
+
+    w = np.zeros(3)
+    f_opt = fm.SGD([w], lr=0.1, momentum=0.9)
+    f_sched = chained_cosine_exponential(fls, f_opt)
+    for _ in range(12):
+        f_opt.step([np.ones(3)])
+        f_sched.step()
+    before = w.copy()
+    with pytest.raises(ValueError, match=r"(?s)Invalid learning rate.*scheduler.*closed_form=True"):
+        f_opt.step([np.ones(3)])
+    assert (w == before).all() and f_opt.iterations == 12  # nothing changed

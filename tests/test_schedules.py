@@ -13,6 +13,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+from fractions import Fraction
 
 import pytest
 
@@ -174,11 +176,11 @@ def optax_piecewise_interpolate_schedule(interpolate_type, init_value, boundarie
 
     interpolate_fn = linear if interpolate_type == "linear" else cosine
     boundaries, scales = zip(*sorted(boundaries_and_scales.items()))
-    bounds = (-1, *boundaries)
+    bounds = (0, *boundaries)  # optax >= 0.2.x builds its bounds from 0 (older ones from -1)
     values = [init_value]
     for scale in scales:  # np.cumprod
         values.append(values[-1] * scale)
-    interval_sizes = [hi - lo for lo, hi in zip(bounds[:-1], bounds[1:])]
+    interval_sizes = [max(hi - lo, 1) for lo, hi in zip(bounds[:-1], bounds[1:])]
 
     def schedule(count):
         total = 0.0
@@ -465,7 +467,6 @@ def test_cosine_decay_restarts_matches_keras(init, first, t_mul, m_mul, alpha):
     ref = lambda t: keras_cosine_decay_restarts(t, init, first, t_mul, m_mul, alpha)  # noqa: E731
     last = int(first * (1 + t_mul + t_mul**2)) * 3
     assert_matches(s, ref, last)
-    assert S.sgdr is S.cosine_decay_restarts
 
 
 def test_cosine_decay_restarts_spot_values_t_mul_2():
@@ -493,17 +494,80 @@ def test_cosine_decay_restarts_spot_values_t_mul_1():
     assert s.restart_index(19) == (1, pytest.approx(0.9))
 
 
-def test_cosine_decay_restarts_keras_rounding_quirk():
-    # Keras' log-based restart index rounds below the integer at some restart steps: with
-    # T0=10, t_mul=3 the 5th restart (step 10*(3**5-1)/2 = 1210) comes one step late.
+def test_cosine_decay_restarts_never_restarts_late():
+    # The log-based restart index (Keras' formula) rounds below the integer at some restart steps:
+    # with T0=10, t_mul=3 the 5th restart (step 10*(3**5-1)/2 = 1210) would come one step late
+    # (in double; Keras' float32 has others). fastmomentum corrects the index exactly.
     s = S.cosine_decay_restarts(1.0, 10, t_mul=3.0, alpha=0.25)
-    assert s.restart_index(1210)[0] == 4
-    assert s(1210) == 0.25  # the bottom of period 4 instead of the top of period 5
+    assert keras_cosine_decay_restarts(1210, 1.0, 10, 3.0, 1.0, 0.25) == 0.25  # the quirk
+    assert s.restart_index(1210) == (5, 0.0)
+    assert s(1210) == 1.0  # the top of period 5, not the bottom (0.25) of period 4
+    assert s(1209) == approx(keras_cosine_decay_restarts(1209, 1.0, 10, 3.0, 1.0, 0.25))
     assert s(1211) == approx(keras_cosine_decay_restarts(1211, 1.0, 10, 3.0, 1.0, 0.25))
-    assert s(1211) > 0.99
-    assert s(1210) == keras_cosine_decay_restarts(1210, 1.0, 10, 3.0, 1.0, 0.25)
-    assert s(40) == 1.0  # earlier restarts (10, 40, 130, 400) are on time
-    assert s(400) == 1.0
+    assert s(40) == 1.0 and s(400) == 1.0
+
+
+def plain_restart_start(first, t_mul, i):
+    """S_i = first * (t_mul**i - 1) / (t_mul - 1) exactly (i * first when t_mul == 1)."""
+    first, t_mul = Fraction(first), Fraction(t_mul)
+    return first * i if t_mul == 1 else first * (t_mul**i - 1) / (t_mul - 1)
+
+
+def plain_cosine_decay_restarts(step, init, first, t_mul, m_mul, alpha):
+    """An independent reference: find the period by walking the exact period starts."""
+    if t_mul == 1:
+        i = math.floor(Fraction(step) / Fraction(first))
+    else:
+        i = 0
+        while plain_restart_start(first, t_mul, i + 1) <= step:
+            i += 1
+    length = Fraction(first) * Fraction(t_mul)**i
+    r = float((step - plain_restart_start(first, t_mul, i)) / length)
+    return init * ((1 - alpha) * 0.5 * m_mul**i * (1 + math.cos(math.pi * r)) + alpha)
+
+
+def integer_restart_steps(first, t_mul, last):
+    """Every restart step S_i (i >= 1) that is an integer <= last."""
+    out, i = [], 1
+    while (start := plain_restart_start(first, t_mul, i)) <= last:
+        if start.denominator == 1:
+            out.append(int(start))
+        i += 1
+    return out
+
+
+# 1.5**i needs a first_decay_steps with factors of 2 for its restarts to fall on integer steps
+RESTART_SCANS = [(first, t_mul) for first in (1, 3, 7, 10, 4.5, 16, 1024)
+                 for t_mul in (1.0, 2.0, 3.0, 1.5)
+                 if integer_restart_steps(first, t_mul, 300_000)]  # 4.5 * (2**i - 1): none
+
+
+@pytest.mark.parametrize(("first", "t_mul"), RESTART_SCANS)
+def test_cosine_decay_restarts_every_restart_on_time(first, t_mul):
+    # Every integer restart step up to 3e5 (up to 5e3 for t_mul = 1) restarts on time: the value
+    # is the top of the new period, and the step before is still in the previous period.
+    init, m_mul, alpha = 2.0, 0.5, 0.1
+    s = S.cosine_decay_restarts(init, first, t_mul, m_mul, alpha)
+    last = 5_000 if t_mul == 1.0 else 300_000
+    starts = integer_restart_steps(first, t_mul, last)
+    assert starts
+    for step in starts:
+        i, r = s.restart_index(step)
+        assert r == 0.0 and plain_restart_start(first, t_mul, i) == step, (step, i, r)
+        assert s(step) == init * ((1 - alpha) * m_mul**i + alpha), step
+        assert s(step) == approx(plain_cosine_decay_restarts(step, init, first, t_mul, m_mul,
+                                                             alpha))
+        assert s.restart_index(step - 1)[0] == i - 1, step
+        assert s(step - 1) == approx(plain_cosine_decay_restarts(step - 1, init, first, t_mul,
+                                                                 m_mul, alpha))
+
+
+def test_cosine_decay_restarts_matches_plain_reference_everywhere():
+    for first, t_mul in [(10, 3.0), (3, 2.0), (7, 1.5), (4.5, 2.0), (10, 1.0)]:
+        s = S.cosine_decay_restarts(1.0, first, t_mul, 0.8, 0.05)
+        ref = lambda t, f=first, m=t_mul: plain_cosine_decay_restarts(  # noqa: E731
+            t, 1.0, f, m, 0.8, 0.05)
+        assert_matches(s, ref, 1500, rel=1e-11)
 
 
 @pytest.mark.parametrize(("steps", "peak", "pct_start", "pct_final", "div", "final_div"), [
@@ -531,13 +595,18 @@ def test_cosine_onecycle_matches_optax(steps, peak, pct_start, div, final_div):
 
 
 def test_onecycle_spot_values():
-    lin = S.linear_onecycle(100, 1.0)  # knots -1: 0.04, 30: 1.0, 85: 0.04, 100: 4e-6
-    assert lin(0) == approx(0.04 + 0.96 / 31)  # optax's first knot is at step -1
+    lin = S.linear_onecycle(100, 1.0)  # knots 0: 0.04, 30: 1.0, 85: 0.04, 100: 4e-6
+    assert lin(0) == 0.04  # optax's first knot is at step 0 (it was at -1 before issue 23)
+    assert lin(1) == approx(0.04 + 0.96 / 30)
     assert lin(30) == approx(1.0) and lin(85) == approx(0.04)
     assert lin(100) == approx(4e-6) and lin(10**6) == lin(100)
     assert lin(57) == approx(1.0 - 0.96 * 27 / 55)
-    cos = S.cosine_onecycle(100, 1.0)  # knots -1: 0.04, 30: 1.0, 100: 4e-6
-    assert cos(0) == approx(1.0 + (0.04 - 1.0) / 2 * (math.cos(math.pi / 31) + 1))
+    cos = S.cosine_onecycle(100, 1.0)  # knots 0: 0.04, 30: 1.0, 100: 4e-6
+    assert cos(0) == approx(0.04)  # 1.0 + (0.04 - 1.0) / 2 * 2, optax's rounding
+    assert cos(1) == approx(1.0 + (0.04 - 1.0) / 2 * (math.cos(math.pi / 30) + 1))
+    # pct_start * transition_steps < 1: an empty first phase, the schedule starts at the peak
+    assert S.cosine_onecycle(3, 2.0)(0) == approx(2.0)
+    assert S.linear_onecycle(50, 0.5, 0.0, 0.5, 4.0, 10.0)(0) == 0.5
     assert cos(30) == approx(1.0) and cos(65) == approx((1.0 + 4e-6) / 2)
     assert cos(100) == approx(4e-6) and cos(10**6) == cos(100)
 
@@ -566,6 +635,69 @@ def test_join_schedules_spot_values():
 # Data: to_dict / from_dict, equality, repr
 # --------------------------------------------------------------------------------------------
 
+SGDR_CYCLES = [
+    {"init_value": 0.0, "peak_value": 1.0, "warmup_steps": 5, "decay_steps": 50, "end_value": 0.1},
+    {"init_value": 0.1, "peak_value": 0.5, "warmup_steps": 0, "decay_steps": 100, "exponent": 2.0},
+    {"init_value": 0.05, "peak_value": 0.25, "warmup_steps": 10, "decay_steps": 30},
+]
+
+
+def optax_sgdr_schedule(cosine_kwargs):
+    boundaries, schedules, step = [], [], 0
+    for kwargs in cosine_kwargs:
+        schedules += [optax_warmup_cosine_decay_schedule(**kwargs)]
+        boundaries += [step + kwargs["decay_steps"]]
+        step += kwargs["decay_steps"]
+    return optax_join_schedules(schedules, boundaries[:-1])
+
+
+def test_sgdr_is_optax_sgdr_schedule():
+    s = S.sgdr(SGDR_CYCLES)
+    assert_matches(s, optax_sgdr_schedule(SGDR_CYCLES), 400)
+    assert isinstance(s, S.JoinedSchedules) and s.boundaries == (50, 150)
+    assert [s(t) for t in (0, 5, 50, 150, 160)] == [0.0, 1.0, 0.5, 0.05, 0.25]
+    assert s(49) == approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 44 / 45)))
+    assert s(10**6) == 0.0  # the last cycle continues at its end_value
+    assert S.sgdr(iter(SGDR_CYCLES[:1])) == S.join_schedules(
+        [S.warmup_cosine_decay(**SGDR_CYCLES[0], decay_steps_include_warmup=True)], [])
+
+
+@pytest.mark.parametrize(("make", "error", "match"), [
+    (lambda: S.sgdr(0.1, 10), TypeError, "positional argument"),
+    (lambda: S.sgdr(0.1), TypeError, "cosine_decay_restarts"),
+    (lambda: S.sgdr([]), ValueError, "at least one cycle"),
+    (lambda: S.sgdr([1.0]), TypeError, r"cosine_kwargs\[0\] must be a dict"),
+    (lambda: S.sgdr([{"init_value": 0.0, "peak_value": 1.0, "decay_steps": 10}]), TypeError,
+     "missing arguments \\['warmup_steps'\\]"),
+    (lambda: S.sgdr([{**SGDR_CYCLES[0], "alpha": 0.1}]), TypeError, "unknown arguments"),
+    (lambda: S.sgdr([{**SGDR_CYCLES[0], "decay_steps": 50.0}]), TypeError, "decay_steps"),
+    (lambda: S.sgdr([{**SGDR_CYCLES[0], "decay_steps": 5}]), ValueError, "must be > warmup"),
+])
+def test_sgdr_errors(make, error, match):
+    with pytest.raises(error, match=match):
+        make()
+
+
+@pytest.mark.parametrize(("init", "end", "power", "steps", "begin"), [
+    (1.0, 0.01, 2.0, 100, 5), (0.1, 0.0, 1.0, 10, 0), (0.5, 1.0, 0.5, 7, 30), (2.0, 0.1, 3.0, 1, 1),
+])
+def test_polynomial_transition_begin_matches_optax(init, end, power, steps, begin):
+    s = S.polynomial_decay(init, steps, end, power, transition_begin=begin)
+    ref = lambda t: optax_polynomial_schedule(t, init, end, power, steps, begin)  # noqa: E731
+    assert_matches(s, ref, 3 * (steps + begin))
+    assert [s(t) for t in range(begin + 1)] == [init] * (begin + 1)
+    assert s(begin + steps) == end and s(10**9) == end
+
+
+def test_polynomial_transition_begin_with_cycle():
+    plain = S.polynomial_decay(1.0, 10, 0.0, 1.0, cycle=True)
+    late = S.polynomial_decay(1.0, 10, 0.0, 1.0, cycle=True, transition_begin=4)
+    assert all(late(t + 4) == plain(t) for t in range(100))
+    assert [late(t) for t in range(5)] == [1.0] * 5
+    with pytest.raises(ValueError, match="transition_begin must be >= 0"):
+        S.polynomial_decay(1.0, 10, transition_begin=-1)
+
+
 ALL = [
     S.constant(0.1),
     S.piecewise_constant([10, 20], [1.0, 0.5, 0.1]),
@@ -580,11 +712,13 @@ ALL = [
     S.warmup_cosine_decay(0.0, 0.1, 10, 100, 0.001, decay_steps_include_warmup=True),
     S.warmup_cosine_decay(0.0, 0.1, 10, 100, decay_steps_include_warmup=False),
     S.cosine_decay_restarts(0.1, 10, 2.0, 0.5, 0.1),
-    S.sgdr(0.1, 10, t_mul=1.0),
+    S.cosine_decay_restarts(0.1, 10, t_mul=1.0),
+    S.polynomial_decay(1.0, 100, 0.01, 2.0, transition_begin=5),
     S.linear_onecycle(100, 0.1),
     S.cosine_onecycle(100, 0.1, pct_start=0.25),
 ]
 ALL.append(S.join_schedules([ALL[0], S.join_schedules(ALL[4:6], [7]), ALL[-1]], [5, 50]))
+ALL.append(S.sgdr(SGDR_CYCLES))
 
 
 def _plain_only(x):
@@ -736,6 +870,7 @@ def test_numpy_scalars_accepted():
 
 def test_against_optax_if_installed():
     optax = pytest.importorskip("optax")
+    jax = pytest.importorskip("jax")
     pairs = [
         (S.cosine_decay(0.1, 100, 0.1, 2.0), optax.cosine_decay_schedule(0.1, 100, 0.1, 2.0)),
         (S.exponential_decay(1.0, 10, 0.5, True, 5, 0.1),
@@ -747,12 +882,16 @@ def test_against_optax_if_installed():
         (S.piecewise_constant_scales(1.0, {10: 0.5}),
          optax.piecewise_constant_schedule(1.0, {10: 0.5})),
     ]
+    steps = list(range(0, 300, 3))
     for ours, theirs in pairs:
-        for t in range(0, 300, 3):
-            assert ours(t) == pytest.approx(float(theirs(t)), rel=1e-5, abs=1e-7), (ours, t)
+        # one compilation over all the steps instead of op-by-op dispatch at every step
+        values = jax.jit(jax.vmap(theirs))(jax.numpy.asarray(steps))
+        for t, want in zip(steps, values.tolist()):
+            assert ours(t) == pytest.approx(want, rel=1e-5, abs=1e-7), (ours, t)
 
 
 def test_against_keras_if_installed():
+    os.environ.setdefault("KERAS_BACKEND", "jax")  # read when keras is first imported
     keras = pytest.importorskip("keras")
     ks = keras.optimizers.schedules
     pairs = [
@@ -768,7 +907,12 @@ def test_against_keras_if_installed():
         (S.cosine_decay_restarts(0.1, 10, 2.0, 0.5, 0.1),
          ks.CosineDecayRestarts(0.1, 10, 2.0, 0.5, 0.1)),
     ]
+    steps = list(range(0, 300, 3))
     for ours, theirs in pairs:
-        for t in range(0, 300, 3):
-            want = float(keras.ops.convert_to_numpy(theirs(t)))
+        if keras.backend.backend() == "jax":  # one compilation instead of op-by-op dispatch
+            import jax
+            values = jax.jit(jax.vmap(theirs))(jax.numpy.asarray(steps)).tolist()
+        else:
+            values = [float(keras.ops.convert_to_numpy(theirs(t))) for t in steps]
+        for t, want in zip(steps, values):
             assert ours(t) == pytest.approx(want, rel=1e-5, abs=1e-7), (ours, t)

@@ -27,8 +27,19 @@ the lr from ``base_lrs`` and ``last_epoch`` only (the closed forms in each class
 
 Differences from torch (all deliberate):
 
-- ``step()`` takes no ``epoch`` argument (deprecated in torch since 1.4) and no scheduler takes
+- ``step()`` takes no ``epoch`` argument (deprecated in torch since 1.4), except
+  :class:`CosineAnnealingWarmRestarts`, whose ``step(epoch)`` torch documents for per-batch use
+  (``step(epoch + i / iters)``) and which is supported as torch computes it; no scheduler takes
   ``verbose``; ``ReduceLROnPlateau.step`` takes only ``metrics``.
+- A negative lr is refused by :class:`fastmomentum.SGD`, not by the schedulers. torch's
+  recursive forms can write one: two schedulers driving the same lr (a :class:`ChainedScheduler`
+  of :class:`CosineAnnealingLR` with ``eta_min > 0`` and :class:`ExponentialLR`, for instance)
+  push the recursive cosine below ``eta_min`` and then below 0. The scheduler writes that lr, as
+  torch's does (bit for bit), and torch's SGD keeps stepping with it (ascending the loss);
+  ``fastmomentum.SGD.step`` raises ``ValueError`` ("Invalid learning rate: ...") at the first
+  step that would use it, with nothing updated. To avoid it pass ``closed_form=True`` to the
+  chained schedulers (closed forms never go negative), or use a :mod:`fastmomentum.schedules`
+  schedule as the lr.
 - The optimizer's ``step`` is not wrapped, so torch's "lr_scheduler.step() before
   optimizer.step()" warning is not emitted.
 - Only ``group["momentum"]`` is cycled (no Adam-style ``betas``).
@@ -811,7 +822,8 @@ class CosineAnnealingWarmRestarts(LRScheduler):
         eta_min: Minimum learning rate. Default: 0.0.
         last_epoch: Index of the last epoch. Default: -1.
 
-    Unlike torch, :meth:`step` takes no (fractional) epoch argument.
+    As in torch, :meth:`step` also takes an epoch, fractional for per-batch use:
+    ``scheduler.step(epoch + i / iters)``.
     """
 
     _state_keys = (*LRScheduler._state_keys, "T_0", "T_i", "T_mult", "eta_min", "T_cur")
@@ -836,7 +848,7 @@ class CosineAnnealingWarmRestarts(LRScheduler):
         self.T_i = T_0
         self.T_mult = T_mult
         self.eta_min = eta_min
-        self.T_cur = last_epoch
+        self.T_cur: float = last_epoch  # a float after a fractional step(epoch)
         super().__init__(optimizer, last_epoch)
 
     def get_lr(self) -> list[float]:
@@ -846,27 +858,60 @@ class CosineAnnealingWarmRestarts(LRScheduler):
         return [self.eta_min + (base_lr - self.eta_min) * cos_term / 2
                 for base_lr in self.base_lrs]
 
-    def step(self) -> None:
-        """Advance one epoch: ``T_cur <- T_cur + 1``; at ``T_cur >= T_i`` restart
-        (``T_cur <- T_cur % T_i``, ``T_i <- T_i * T_mult``); then write :meth:`get_lr`.
+    def step(self, epoch: float | None = None) -> None:
+        """Advance one epoch, or jump to ``epoch`` (fractional epochs allowed), then write
+        :meth:`get_lr` into the param groups.
 
-        The first step (``last_epoch < 0``) starts the first period: ``T_cur = 0, T_i = T_0``.
-        When resuming (``last_epoch >= 0``) torch, and this class, start from
-        ``T_cur = last_epoch`` and wrap it at most once (``T_cur % T_0``): right for any
-        ``last_epoch`` when ``T_mult == 1``, but for ``T_mult > 1`` only while
-        ``last_epoch + 1 < 2 * T_0``.
+        Without ``epoch``: ``T_cur <- T_cur + 1``; at ``T_cur >= T_i`` restart
+        (``T_cur <- T_cur % T_i``, ``T_i <- T_i * T_mult``). The first step (``last_epoch < 0``)
+        starts the first period: ``T_cur = 0, T_i = T_0``. When resuming (``last_epoch >= 0``)
+        torch, and this class, start from ``T_cur = last_epoch`` and wrap it at most once
+        (``T_cur % T_0``): right for any ``last_epoch`` when ``T_mult == 1``, but for
+        ``T_mult > 1`` only while ``last_epoch + 1 < 2 * T_0``.
+
+        With ``epoch`` (an int or float >= 0; torch's per-batch use is
+        ``scheduler.step(epoch + i / iters)`` after each batch ``i`` of ``iters``), torch's closed
+        form, with its arithmetic::
+
+            if epoch < T_0:        T_i = T_0;  T_cur = epoch
+            elif T_mult == 1:      T_cur = epoch % T_0
+            else:                  n = int(math.log(epoch / T_0 * (T_mult - 1) + 1, T_mult))
+                                   T_cur = epoch - T_0 * (T_mult**n - 1) / (T_mult - 1)
+                                   T_i = T_0 * T_mult**n
+            last_epoch = floor(epoch)
+
+        so a later ``step()`` continues from ``last_epoch + 1`` and ``T_cur + 1``. As in torch, the
+        log can round just below an integer at an exact restart epoch (e.g. ``T_0=10, T_mult=3,
+        epoch=1210``: ``n = 4`` and the lr is ``eta_min`` instead of ``base_lr``). A negative
+        ``epoch`` raises ``ValueError`` (torch's message), as does a non-finite one.
         """
-        self._step_count += 1
-        if self.last_epoch < 0:
-            self.T_i = self.T_0
-            self.T_cur = 0
-            self.last_epoch = 0
-        else:
+        if epoch is None and self.last_epoch < 0:
+            epoch = 0
+        if epoch is None:
             self.last_epoch += 1
             self.T_cur = self.T_cur + 1
             if self.T_cur >= self.T_i:
                 self.T_cur = self.T_cur % self.T_i
                 self.T_i = self.T_i * self.T_mult
+        else:
+            if isinstance(epoch, bool) or not isinstance(epoch, (int, float)):
+                raise TypeError(f"epoch must be an int or a float, got {epoch!r}")
+            if epoch < 0:
+                raise ValueError(f"Expected non-negative epoch, but got {epoch}")
+            if not math.isfinite(epoch):
+                raise ValueError(f"Expected a finite epoch, but got {epoch}")
+            if epoch >= self.T_0:
+                if self.T_mult == 1:
+                    self.T_cur = epoch % self.T_0
+                else:
+                    n = int(math.log((epoch / self.T_0 * (self.T_mult - 1) + 1), self.T_mult))
+                    self.T_cur = epoch - self.T_0 * (self.T_mult**n - 1) / (self.T_mult - 1)
+                    self.T_i = self.T_0 * self.T_mult ** (n)
+            else:
+                self.T_i = self.T_0
+                self.T_cur = epoch
+            self.last_epoch = math.floor(epoch)
+        self._step_count += 1
         self._set_lrs(self._compute_lrs())
 
 

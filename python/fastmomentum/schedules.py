@@ -12,9 +12,10 @@ compares by value, has a readable ``repr``, and describes itself as plain data::
     True
 
 A schedule is built by its lowercase name, which is the class itself (``cosine_decay is
-CosineDecay``; ``sgdr`` is ``cosine_decay_restarts``), except :func:`warmup_cosine_decay`: a
-function, because its ``decay_steps_include_warmup`` is a required keyword-only argument, which a
-dataclass cannot express on Python 3.9.
+CosineDecay``), except two functions: :func:`warmup_cosine_decay`, because its
+``decay_steps_include_warmup`` is a required keyword-only argument, which a dataclass cannot express
+on Python 3.9, and :func:`sgdr` (optax ``sgdr_schedule``), which builds a :func:`join_schedules` of
+warmup-cosine cycles. Keras' ``CosineDecayRestarts`` is :func:`cosine_decay_restarts`.
 
 ``to_dict()`` holds only ``str``/``int``/``float``/``bool``/``None``/``list``/``dict`` values, so it
 fits a JSON checkpoint; :func:`from_dict` rebuilds any schedule, joined ones included.
@@ -34,9 +35,10 @@ import abc
 import math
 import numbers
 import operator
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import MISSING, Field, dataclass, fields
+from fractions import Fraction
 from typing import Any, ClassVar, Union
 
 Schedule = Callable[[int], float]
@@ -469,17 +471,28 @@ inverse_time_decay = InverseTimeDecay
 
 @dataclass(frozen=True)
 class PolynomialDecay(_ScheduleBase):
-    """Keras ``PolynomialDecay`` (``end_value`` is Keras' ``end_learning_rate``, default 1e-4)::
+    """Keras ``PolynomialDecay`` (``end_value`` is Keras' ``end_learning_rate``, default 1e-4),
+    extended by optax ``polynomial_schedule``'s ``transition_begin``::
 
-        if cycle:  T = decay_steps * (1 if step == 0 else ceil(step / decay_steps)); s = step
-        else:      T = decay_steps;  s = min(step, decay_steps)
+        n = max(step - transition_begin, 0)
+        if cycle:  T = decay_steps * (1 if n == 0 else ceil(n / decay_steps)); s = n
+        else:      T = decay_steps;  s = min(n, decay_steps)
         f(step) = (init_value - end_value) * (1 - s / T) ** power + end_value
 
     With ``cycle`` the value reaches ``end_value`` at every multiple ``k * decay_steps`` and jumps
-    up at the next step, decaying over a horizon ``(k+1) * decay_steps`` each time. optax's
-    ``polynomial_schedule(init_value, end_value, power, transition_steps, transition_begin)`` is
-    the ``cycle=False`` case (with ``transition_begin=0``) but defaults ``end_value`` to nothing
-    (it is required there) and has no ``cycle``. ``decay_steps > 0``, ``power > 0``.
+    up at the next step, decaying over a horizon ``(k+1) * decay_steps`` each time.
+    ``transition_begin=0`` (the default) is exactly Keras ``PolynomialDecay(init_value,
+    decay_steps, end_value, power, cycle)``. optax ``polynomial_schedule(init_value, end_value,
+    power, transition_steps, transition_begin)`` is ``polynomial_decay(init_value,
+    decay_steps=transition_steps, end_value=end_value, power=power,
+    transition_begin=transition_begin)`` (``cycle=False``): optax clips its count,
+    ``clip(step - transition_begin, 0, transition_steps)``, which is ``s`` above, so the value is
+    ``init_value`` up to step ``transition_begin`` and ``end_value`` from ``transition_begin +
+    transition_steps`` on; optax's ``linear_schedule`` is ``power=1``. optax requires
+    ``end_value`` (Keras defaults it to 1e-4), and on degenerate input differs: optax returns the
+    constant ``init_value`` for ``transition_steps <= 0`` and uses 0 for a negative
+    ``transition_begin``; here both raise ``ValueError``. ``decay_steps > 0``, ``power > 0``,
+    ``transition_begin >= 0`` (an integer).
     """
 
     kind: ClassVar[str] = "polynomial_decay"
@@ -488,6 +501,7 @@ class PolynomialDecay(_ScheduleBase):
     end_value: float = 0.0001
     power: float = 1.0
     cycle: bool = False
+    transition_begin: int = 0
 
     def __post_init__(self) -> None:
         _set(self, "init_value", _real("init_value", self.init_value))
@@ -495,9 +509,10 @@ class PolynomialDecay(_ScheduleBase):
         _set(self, "end_value", _real("end_value", self.end_value))
         _set(self, "power", _positive("power", self.power))
         _set(self, "cycle", _bool("cycle", self.cycle))
+        _set(self, "transition_begin", _int("transition_begin", self.transition_begin, 0))
 
     def __call__(self, step: int) -> float:
-        s: float = _step(step)
+        s: float = max(_step(step) - self.transition_begin, 0)
         horizon: float = self.decay_steps
         if self.cycle:
             # the first multiple of decay_steps that is >= step; 1 at step 0
@@ -658,23 +673,26 @@ def warmup_cosine_decay(
 class CosineDecayRestarts(_ScheduleBase):
     """Keras ``CosineDecayRestarts`` (SGDR, Loshchilov & Hutter): cosine cycles with restarts.
 
-    Period ``i`` (from 0) lasts ``first_decay_steps * t_mul**i`` steps, starts at step
-    ``first_decay_steps * (t_mul**i - 1) / (t_mul - 1)`` (``i * first_decay_steps`` if
-    ``t_mul == 1``), and its cosine has amplitude ``m_mul**i``; ``alpha`` is NOT scaled by it::
+    Period ``i`` (from 0) lasts ``T0 * t_mul**i`` steps (``T0 = first_decay_steps``), starts at
+    step ``S_i = T0 * (t_mul**i - 1) / (t_mul - 1)`` (``S_i = i * T0`` if ``t_mul == 1``), and its
+    cosine has amplitude ``m_mul**i``; ``alpha`` is NOT scaled by it::
 
-        x = step / first_decay_steps
-        if t_mul == 1:  i = floor(x);                               r = x - i
-        else:           i = floor(log(1 - x * (1 - t_mul)) / log(t_mul))
-                        r = (x - (1 - t_mul**i) / (1 - t_mul)) / t_mul**i
+        i = the largest integer with S_i <= step
+        r = (step - S_i) / (T0 * t_mul**i)                  (0 at a restart, -> 1 at its end)
         f(step) = init_value * ((1 - alpha) * 0.5 * m_mul**i * (1 + cos(pi * r)) + alpha)
 
-    This is Keras' exact computation, including one rounding quirk: at a few restart steps the
-    ``log`` ratio rounds just below the integer ``i`` (in double e.g. step 1210 for
-    ``first_decay_steps=10, t_mul=3``; far more often in Keras' float32), so that step gives the
-    end of the previous period (``r = 1``, value ``alpha * init_value``) and the restart comes one
-    step later. ``t_mul = 2`` and ``t_mul = 1`` restart exactly. ``first_decay_steps > 0``,
-    ``t_mul >= 1``, ``m_mul >= 0``. Not to be confused with optax ``sgdr_schedule``, which joins
-    :func:`warmup_cosine_decay`-style cycles given as a list of their parameters.
+    Keras computes ``i = floor(log(1 - x * (1 - t_mul)) / log(t_mul))`` with ``x = step / T0``
+    and ``r = (x - (1 - t_mul**i) / (1 - t_mul)) / t_mul**i``; this class does the same in double,
+    then corrects ``i`` by exact rational checks of the boundaries ``S_i`` and ``S_{i+1}`` (of the
+    double values of ``T0`` and ``t_mul``) wherever the log ratio lies within rounding of an
+    integer, and there computes ``r`` exactly too. A restart is therefore never late or early: at
+    an exact restart step ``S_i`` the value is ``init_value * ((1 - alpha) * m_mul**i + alpha)``.
+    (Keras' rounded log ratio falls just below ``i`` at some restart steps, which then give the
+    bottom of the previous period, ``alpha * init_value``, and restart one step late: in double
+    e.g. step 1210 for ``first_decay_steps=10, t_mul=3``; in Keras' float32 e.g. step 81910 for
+    ``first_decay_steps=10, t_mul=2``. Elsewhere the two agree to rounding.)
+    ``first_decay_steps > 0``, ``t_mul >= 1``, ``m_mul >= 0``. Not to be confused with optax
+    ``sgdr_schedule``, which is :func:`sgdr`.
     """
 
     kind: ClassVar[str] = "cosine_decay_restarts"
@@ -697,15 +715,39 @@ class CosineDecayRestarts(_ScheduleBase):
         _set(self, "alpha", _real("alpha", self.alpha))
 
     def restart_index(self, step: int) -> tuple[int, float]:
-        """``(i, fraction)``: the period ``step`` falls in and how far into it, Keras' way."""
-        fraction = _step(step) / self.first_decay_steps
+        """``(i, r)``: the period ``step`` falls in (the largest ``i`` with ``S_i <= step``) and
+        how far into it, ``r`` in ``[0, 1)`` (see the class docstring)."""
+        step = _step(step)
+        fraction = step / self.first_decay_steps
         t_mul = self.t_mul
         if t_mul == 1.0:
             i = math.floor(fraction)
-            return i, fraction - i
-        i = math.floor(math.log(1.0 - fraction * (1.0 - t_mul)) / math.log(t_mul))
-        sum_r = (1.0 - t_mul ** i) / (1.0 - t_mul)
-        return i, (fraction - sum_r) / t_mul ** i
+            if abs(fraction - round(fraction)) > 1e-9 * (1.0 + fraction):
+                return i, fraction - i
+        else:
+            ratio = math.log(1.0 - fraction * (1.0 - t_mul)) / math.log(t_mul)
+            i = math.floor(ratio)
+            # Rounding moves the ratio by far less than this margin (a few ulps of the ratio plus
+            # a few ulps divided by log(t_mul)); farther from an integer, floor(ratio) is exact.
+            margin = 1e-9 * (1.0 + ratio + 1.0 / math.log(t_mul))
+            if abs(ratio - round(ratio)) > margin:
+                sum_r = (1.0 - t_mul ** i) / (1.0 - t_mul)
+                return i, (fraction - sum_r) / t_mul ** i
+        return self._exact_restart_index(step, max(i, 0))
+
+    def _exact_restart_index(self, step: int, guess: int) -> tuple[int, float]:
+        """``restart_index`` by exact rational arithmetic, starting from the candidate ``guess``."""
+        first, t_mul = Fraction(self.first_decay_steps), Fraction(self.t_mul)
+
+        def start(i: int) -> Fraction:  # S_i, exactly
+            return first * i if t_mul == 1 else first * (t_mul ** i - 1) / (t_mul - 1)
+
+        i = guess
+        while i > 0 and start(i) > step:
+            i -= 1
+        while start(i + 1) <= step:
+            i += 1
+        return i, float((step - start(i)) / (first * t_mul ** i))
 
     def __call__(self, step: int) -> float:
         i, fraction = self.restart_index(step)
@@ -717,7 +759,55 @@ class CosineDecayRestarts(_ScheduleBase):
 cosine_decay_restarts = CosineDecayRestarts
 
 
-sgdr = cosine_decay_restarts
+_SGDR_KEYS = ("init_value", "peak_value", "warmup_steps", "decay_steps", "end_value", "exponent")
+
+
+def sgdr(cosine_kwargs: Iterable[Mapping[str, Any]]) -> JoinedSchedules:
+    """optax ``sgdr_schedule(cosine_kwargs)``: warm restarts as joined warmup-cosine cycles.
+
+    Each dict of ``cosine_kwargs`` holds the arguments of one optax
+    ``warmup_cosine_decay_schedule`` (``init_value``, ``peak_value``, ``warmup_steps``,
+    ``decay_steps``, optional ``end_value=0.0``, ``exponent=1.0``), whose ``decay_steps`` is the
+    cycle's whole length, warmup included. Cycle ``k`` starts at ``B_k = sum of the decay_steps
+    of the cycles before it`` and restarts its count there::
+
+        f(step) = cycle_k(step - B_k)      for B_k <= step < B_{k+1}   (the last cycle continues)
+        cycle_k = warmup_cosine_decay(**cosine_kwargs[k], decay_steps_include_warmup=True)
+        cycle(t) = init + (peak - init) * t / W                        if t < W
+                   end + (peak - end) * c ** exponent                  otherwise,
+                   c = 0.5 * (1 + cos(pi * min(t - W, D - W) / (D - W)))     (D = decay_steps)
+
+    The result is ``join_schedules([cycle_0, cycle_1, ...], [B_1, B_2, ...])`` (its ``to_dict``
+    is a ``join_schedules``). ``decay_steps`` must be integers here (they are step boundaries),
+    with ``decay_steps > warmup_steps``. For Keras' ``CosineDecayRestarts`` (also called SGDR)
+    use :func:`cosine_decay_restarts` (which ``sgdr`` used to alias).
+    """
+    if isinstance(cosine_kwargs, (str, bytes, Mapping)) or not isinstance(cosine_kwargs, Iterable):
+        raise TypeError(
+            "sgdr takes optax's cosine_kwargs: an iterable of dicts of warmup_cosine_decay "
+            f"arguments, got {cosine_kwargs!r} (for Keras' CosineDecayRestarts, call "
+            "cosine_decay_restarts)")
+    cycles: list[Schedule] = []
+    boundaries: list[int] = []
+    begin = 0
+    for k, kwargs in enumerate(cosine_kwargs):
+        if not isinstance(kwargs, Mapping):
+            raise TypeError(f"cosine_kwargs[{k}] must be a dict of warmup_cosine_decay arguments, "
+                            f"got {kwargs!r}")
+        unknown = sorted(set(kwargs) - set(_SGDR_KEYS))
+        missing = sorted(set(_SGDR_KEYS[:4]) - set(kwargs))
+        if unknown or missing:
+            raise TypeError(f"cosine_kwargs[{k}]: unknown arguments {unknown}, missing arguments "
+                            f"{missing} (warmup_cosine_decay takes {list(_SGDR_KEYS)})")
+        decay_steps = _int(f"cosine_kwargs[{k}]['decay_steps']", kwargs["decay_steps"], 1)
+        cycles.append(warmup_cosine_decay(**{**kwargs, "decay_steps": decay_steps},
+                                          decay_steps_include_warmup=True))
+        if k:
+            boundaries.append(begin)
+        begin += decay_steps
+    if not cycles:
+        raise ValueError("cosine_kwargs must hold at least one cycle")
+    return JoinedSchedules(tuple(cycles), tuple(boundaries))
 
 
 def linear_interpolate(start: float, end: float, pct: float) -> float:
@@ -737,18 +827,22 @@ def _piecewise_interpolate(
     scales: Sequence[float],
     step: int,
 ) -> float:
-    """optax ``piecewise_interpolate_schedule`` (boundaries sorted, distinct, >= 0).
+    """optax ``piecewise_interpolate_schedule`` (boundaries sorted, >= 0)::
 
-    Knots are at ``-1, b_1, ..., b_n`` with values ``init, init*s_1, init*s_1*s_2, ...``; the
-    first interval is ``[-1, b_1)``, so step 0 is already ``1 / (b_1 + 1)`` of the way along it.
+        knots  = 0, b_1, ..., b_n      values = init, init*s_1, init*s_1*s_2, ...
+        f(step) = interpolate(values[k], values[k+1], (step - knots[k]) / (knots[k+1] - knots[k]))
+                  on knots[k] <= step < knots[k+1];    values[n] for step >= b_n
+
+    so ``f(0) = init`` exactly (unless ``b_1 == 0``: an empty first interval, which starts the
+    schedule at ``init*s_1``, as in optax).
     """
     values = [init_value]
     for scale in scales:
         values.append(values[-1] * scale)
-    bounds = [-1, *boundaries]
+    bounds = [0, *boundaries]
     if step >= bounds[-1]:
         return values[-1]
-    i = bisect_left(bounds, step + 1) - 1  # bounds[i] <= step < bounds[i + 1]
+    i = bisect_right(bounds, step) - 1  # bounds[i] <= step < bounds[i + 1]: the last such i
     pct = (step - bounds[i]) / (bounds[i + 1] - bounds[i])
     return interpolate(values[i], values[i + 1], pct)
 
@@ -768,15 +862,17 @@ class LinearOnecycle(_ScheduleBase):
     (optax ``piecewise_interpolate_schedule('linear', v0, {b1: div_factor, b2: 1/div_factor,
     N: 1/final_div_factor})``, values built by cumulative products)::
 
-        step -1: v0,  b1: v1 = v0*div_factor (~peak_value),  b2: v2 = v1/div_factor (~v0),
+        step 0: v0,  b1: v1 = v0*div_factor (~peak_value),  b2: v2 = v1/div_factor (~v0),
         N:  v3 = v2/final_div_factor
         f(step) = (v[k+1] - v[k]) * (step - knot[k]) / (knot[k+1] - knot[k]) + v[k]
                   on [knot[k], knot[k+1]);   v3 for step >= N
 
-    Note optax's first knot is at step -1, so ``f(0) = v0 + (v1 - v0) / (b1 + 1)``, not ``v0``
-    (PyTorch ``OneCycleLR`` starts at exactly ``max_lr / div_factor`` and places its phase ends
-    differently). Requires ``b1 < b2 < N`` (optax merges colliding boundaries silently),
-    ``div_factor > 0``, ``final_div_factor > 0``.
+    The first knot is at step 0 (optax builds its bounds from 0), so ``f(0) = v0`` exactly and
+    ``f(b1) = v1``; with ``b1 == 0`` (``pct_start * transition_steps < 1``) the first phase is empty
+    and ``f(0) = v1``, as in optax. PyTorch ``OneCycleLR`` also starts at ``max_lr / div_factor``
+    but reaches the peak at step ``pct_start * total_steps - 1`` and has no third knot at ``b2``.
+    Requires ``b1 < b2 < N`` (optax merges colliding boundaries silently), ``div_factor > 0``,
+    ``final_div_factor > 0``. Evaluated in double (optax: float32, see the README).
     """
 
     kind: ClassVar[str] = "linear_onecycle"
@@ -822,14 +918,14 @@ class CosineOnecycle(_ScheduleBase):
     ``N = transition_steps``, knots (optax ``piecewise_interpolate_schedule('cosine', v0,
     {b1: div_factor, N: 1/(div_factor*final_div_factor)})``)::
 
-        step -1: v0,   b1: v1 = v0*div_factor (~peak_value),
+        step 0: v0,   b1: v1 = v0*div_factor (~peak_value),
         N: v2 = v1/(div_factor*final_div_factor)
         f(step) = v[k+1] + (v[k] - v[k+1]) / 2 * (cos(pi * pct) + 1),
                   pct = (step - knot[k]) / (knot[k+1] - knot[k])   on [knot[k], knot[k+1])
         f(step) = v2 for step >= N     (v2 ~ v0 / final_div_factor)
 
-    As in :func:`linear_onecycle` the first knot is at step -1. Requires ``b1 < N``,
-    ``div_factor > 0``, ``final_div_factor > 0``.
+    As in :func:`linear_onecycle` the first knot is at step 0 (``f(0) = v0`` exactly unless
+    ``b1 == 0``). Requires ``b1 < N``, ``div_factor > 0``, ``final_div_factor > 0``.
     """
 
     kind: ClassVar[str] = "cosine_onecycle"
