@@ -96,10 +96,9 @@ def test_show_config_says_the_module_is_built_and_which_devices_it_can_use():
     if found["devices"]:
         assert found["error"] is None and "; devices 0: " in status
     elif build["driver_version"] == 0:  # this machine: a toolkit but no driver
-        assert status.endswith("; no usable device: no CUDA driver / no GPU (no NVIDIA driver is "
-                               "installed or loaded here)")
-        assert _backend.no_device_reason() == "no usable CUDA device: no CUDA driver / no GPU (no " \
-                                              "NVIDIA driver is installed or loaded here)"
+        plainly = "no CUDA driver / no GPU (no NVIDIA driver is installed or loaded here)"
+        assert status.endswith(f"; no usable device: {plainly}")
+        assert _backend.no_device_reason() == f"no usable CUDA device: {plainly}"
     else:  # a driver, but no GPU
         assert found["error"] and f"; no usable device: {found['error']}" in status
 
