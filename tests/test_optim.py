@@ -348,9 +348,9 @@ def test_state_looked_up_by_a_view_or_copy_says_what_the_key_is():
     assert opt.state[w] is opt.state[opt.param_groups[0]["params"][0]]
     assert w in opt.state and w.view() not in opt.state
     for key, view in ((w.view(), True), (w[1:], True), (w.reshape(-1), True), (w.copy(), False)):
-        for lookup in (lambda: opt.state[key], lambda: opt.state.__delitem__(key)):
+        for lookup in (opt.state.__getitem__, opt.state.__delitem__):
             with pytest.raises(KeyError) as error:
-                lookup()
+                lookup(key)
             message = error.value.args[0]
             assert message.startswith("no state for this ndarray: the state is keyed by the very "
                                       "array objects given to the optimizer"), message
