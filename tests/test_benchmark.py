@@ -124,6 +124,16 @@ def test_tiny_cli_run_prints_the_table_and_writes_json_and_png(tmp_path, capsys)
         assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_a_run_writes_no_file_unless_asked(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    argv = ["--sizes", "1e3", "--threads", "1", "--dtype", "float64", "--layout", "single",
+            "--impl", "numpy", "fastmomentum"]
+    assert main(argv, **FAST) == 0
+    assert list(tmp_path.iterdir()) == []
+    out = capsys.readouterr().out
+    assert "## float64, single array, heavy-ball" in out and "# wrote" not in out
+
+
 def test_skipping_json_and_plot(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     argv = ["--sizes", "1e3", "--threads", "1", "--dtype", "float64", "--layout", "single",
@@ -143,6 +153,9 @@ def test_python_m_fastmomentum_bench_is_wired_and_keeps_the_minimums():
     for option in ("--quick", "--full", "--sizes", "--dtype", "--threads", "--variant",
                    "--layout", "--impl", "--json", "--plot", "--samples", "--min-sample-ms"):
         assert option in proc.stdout
+    help_text = " ".join(proc.stdout.split())
+    for option in ("--no-json", "--no-plot"):  # the old spellings, now the default
+        assert f"{option} deprecated: no " in help_text
     for args in (["--samples", "6"], ["--min-sample-ms", "19"], ["--min-sample-ms", "nan"],
                  ["--min-sample-ms", "inf"]):
         proc = bench(*args)

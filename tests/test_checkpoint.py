@@ -167,3 +167,39 @@ def test_the_old_name_of_convert_still_works_with_a_warning():
     assert convert is fm.convert_state_dict
     with pytest.raises(AttributeError, match="no attribute 'conv'"):
         fm.checkpoint.conv  # noqa: B018
+
+
+class Tensor:
+    """A stand-in for a torch tensor, as far as a checkpoint sees one."""
+
+    __module__ = "torch"
+
+    def detach(self):
+        return self
+
+
+@pytest.mark.parametrize(("tree", "path", "what"), [
+    ({"model": {"w": Tensor()}}, "tree['model']['w']", "a torch.Tensor"),
+    ({"opt": [1, (2, {3})]}, "tree['opt'][1][1]", "a set"),
+    ({1: {"a": 1j}}, "tree[1]['a']", "a complex"),
+    ({"a": {frozenset(): 0}}, "a key of tree['a']", "a frozenset"),
+    ([np.array([1, "a"], dtype=object)], "tree[0]", "an object array"),
+])
+def test_an_unsupported_leaf_is_named_by_its_key_path(tree, path, what, tmp_path):
+    with pytest.raises(TypeError) as error:
+        fm.checkpoint.save(tmp_path / "c.npz", tree)
+    assert str(error.value).startswith(f"{path}: cannot store {what} in a checkpoint"), error.value
+    assert not (tmp_path / "c.npz").exists()
+
+
+def test_a_tensor_is_refused_with_how_to_convert_it(tmp_path):
+    expected = ("tree['model']['w']: cannot store a {} in a checkpoint (dicts, lists, tuples, "
+                "str, int, float, bool, None and NumPy arrays only); store "
+                "t.detach().cpu().numpy() instead of the tensor t")
+    with pytest.raises(TypeError) as error:
+        fm.checkpoint.save(tmp_path / "c.npz", {"model": {"w": Tensor()}})
+    assert str(error.value) == expected.format("torch.Tensor")
+    torch = pytest.importorskip("torch")
+    with pytest.raises(TypeError) as error:
+        fm.checkpoint.save(tmp_path / "c.npz", {"model": {"w": torch.zeros(2)}})
+    assert str(error.value) == expected.format("torch.Tensor")

@@ -38,6 +38,15 @@ def test_demo_prints_the_table_of_the_three_optimizers_without_a_bar_off_a_termi
     assert proc.stderr == ""  # stderr is a pipe: no progress bar
 
 
+def test_demo_banner_counts_in_the_right_number():
+    proc = _run("demo", "--epochs", "1", "--hidden", "4", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    banner = proc.stdout.splitlines()[0]
+    assert "2000 training points, 1 epoch of 40 steps," in banner, banner
+    proc = _run("demo", "--epochs", "2", "--hidden", "4", "--quiet")
+    assert "2000 training points, 2 epochs of 40 steps," in proc.stdout.splitlines()[0]
+
+
 class _Terminal(io.StringIO):
     def isatty(self) -> bool:
         return True

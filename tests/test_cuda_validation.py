@@ -95,7 +95,11 @@ def test_show_config_says_the_module_is_built_and_which_devices_it_can_use():
     found = _cuda.devices()
     if found["devices"]:
         assert found["error"] is None and "; devices 0: " in status
-    else:  # this machine: a toolkit but no driver, or no GPU
+    elif build["driver_version"] == 0:  # this machine: a toolkit but no driver
+        plainly = "no CUDA driver / no GPU (no NVIDIA driver is installed or loaded here)"
+        assert status.endswith(f"; no usable device: {plainly}")
+        assert _backend.no_device_reason() == f"no usable CUDA device: {plainly}"
+    else:  # a driver, but no GPU
         assert found["error"] and f"; no usable device: {found['error']}" in status
 
 
@@ -303,7 +307,9 @@ def test_the_host_module_is_unchanged_by_the_device_routing(arrays):
 
 def test_the_cuda_status_without_the_module(monkeypatch):
     monkeypatch.setattr(_backend, "_cuda", None)
-    assert fm.show_config(mode="dicts")["cuda"].startswith("not built (no CUDA compiler")
+    assert _core.cuda_not_built == ""  # this build has the module
+    assert fm.show_config(mode="dicts")["cuda"].startswith("not built (it is missing from this "
+                                                           "installation); to build it")
     with pytest.raises(RuntimeError, match=r"is a CUDA array, but fastmomentum's CUDA module is "
                                            r"not built"):
         fm.functional.sgd_([fake(np.zeros(2, np.float32))], [fake(np.zeros(2, np.float32))],

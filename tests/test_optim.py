@@ -339,3 +339,22 @@ def test_a_scheduler_over_a_schedule_lr_is_rejected_at_construction():
     opt = fm.SGD([p], lr=fm.schedules.cosine_decay(0.1, 10))
     with pytest.raises(TypeError, match=r"param_groups\[0\]\['lr'\] is a schedule"):
         fm.lr_scheduler.StepLR(opt, step_size=2)
+
+
+def test_state_looked_up_by_a_view_or_copy_says_what_the_key_is():
+    w, b = np.ones((4, 3)), np.ones(3)
+    opt = fm.SGD([w, b], lr=0.1, momentum=0.9)
+    opt.step([np.ones_like(w), np.ones_like(b)])
+    assert opt.state[w] is opt.state[opt.param_groups[0]["params"][0]]
+    assert w in opt.state and w.view() not in opt.state
+    for key, view in ((w.view(), True), (w[1:], True), (w.reshape(-1), True), (w.copy(), False)):
+        for lookup in (opt.state.__getitem__, opt.state.__delitem__):
+            with pytest.raises(KeyError) as error:
+                lookup(key)
+            message = error.value.args[0]
+            assert message.startswith("no state for this ndarray: the state is keyed by the very "
+                                      "array objects given to the optimizer"), message
+            assert "a view or a copy of a parameter" in message
+            assert "opt.state[opt.param_groups[i]['params'][j]]" in message
+            assert ("shares memory with a parameter of shape (4, 3)" in message) == view, message
+    assert len(opt.state) == 2  # nothing was deleted

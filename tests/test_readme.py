@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+import fastmomentum as fm
+
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 TEXT = README.read_text(encoding="utf-8") if README.exists() else ""
@@ -80,3 +82,25 @@ def test_readme_shell_block_runs(source, tmp_path):
         if "--plot" in argv:
             plot = tmp_path / argv[argv.index("--plot") + 1]
             assert plot.read_bytes()[:4] == b"\x89PNG", command
+
+
+def test_the_checkpoint_example_saves_the_whole_run_and_resumes_it_bit_for_bit(tmp_path,
+                                                                                   monkeypatch):
+    """The README's checkpoint example (its ``train``), interrupted at several points: the
+    resumed run ends with the uninterrupted run's bits, from a checkpoint that holds every part
+    of the run (a checkpoint of the optimizer alone would restart the parameters)."""
+    [source] = [s for s in PYTHON if "def train(" in s and "fm.checkpoint.save" in s]
+    monkeypatch.chdir(tmp_path)
+    example: dict = {}
+    exec(compile(source, str(README), "exec"), example)
+    train = example["train"]
+    whole = train(50, "whole.npz")
+    assert set(fm.checkpoint.load("whole.npz")) == {"params", "optimizer", "scheduler", "rng",
+                                                    "step"}
+    for stop in (1, 10, 25, 49):  # before any checkpoint, at one, and between two
+        path = f"run{stop}.npz"
+        partial = train(50, path, stop_after=stop)
+        assert any(partial[k].tobytes() != whole[k].tobytes() for k in whole)
+        resumed = train(50, path)
+        for name in whole:
+            assert resumed[name].tobytes() == whole[name].tobytes(), (stop, name)

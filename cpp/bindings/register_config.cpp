@@ -72,6 +72,9 @@ void register_config(py::module_& m) {
     select_isa_at_import();
     install_fork_handler();
     m.attr("__version__") = FM_VERSION;
+    // Why the build left the CUDA module out (CMakeLists.txt), for fm.show_config(); empty when
+    // it was built.
+    m.attr("cuda_not_built") = FM_CUDA_NOT_BUILT;
     m.def("config", &config, "Build and runtime configuration as a dict.");
     m.def("set_num_threads", [](py::handle n) {
         const std::size_t cap = count(n.ptr(), "n");

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import ModuleType
 from typing import Any, Protocol
 
@@ -33,8 +33,7 @@ __all__ = ["HOST", "Backend", "backend_for", "cuda_status", "is_device_array"]
 _CUDA_DEVICE_TYPES = (2, 13)
 # __cuda_array_interface__'s name for the legacy default stream (0 is not allowed there).
 _LEGACY_DEFAULT_STREAM = 1
-_NOT_BUILT = ("not built (no CUDA compiler was found when this fastmomentum was built, or it "
-              "was built with FASTMOMENTUM_CUDA=OFF)")
+
 
 class Backend(Protocol):
     """What a step and an optimizer need from where their arrays live."""
@@ -274,8 +273,7 @@ def backend_for(x: Any) -> Backend:
         return HOST
     if _cuda is None:
         raise RuntimeError(f"{type(x).__module__}.{type(x).__name__} is a CUDA array, but "
-                           f"fastmomentum's CUDA module is {_NOT_BUILT}; reinstall with nvcc on "
-                           "PATH (FASTMOMENTUM_CUDA=ON makes a missing compiler a build error)")
+                           f"fastmomentum's CUDA module is {_not_built()}")
     return CudaBackend(_cuda, adapter_for(x))
 
 
@@ -300,29 +298,52 @@ def to_host(x: Any) -> np.ndarray:
     return backend_for(x).to_host(x)
 
 
+def _not_built() -> str:
+    """Why there is no CUDA module, as the build recorded it, and how to get one."""
+    why = _core.cuda_not_built or "it is missing from this installation"
+    return (f"not built ({why}); to build it, reinstall with nvcc on PATH and "
+            "-Ccmake.define.FASTMOMENTUM_CUDA=ON")
+
+
+def _version(number: int) -> str:
+    """CUDA's version number (13000) as text (13.0)."""
+    return f"{number // 1000}.{number % 1000 // 10}"
+
+
+def _why_no_device(build: Mapping[str, Any], found: Mapping[str, Any]) -> str:
+    """Why the CUDA module can use no device, from its ``build()`` and ``devices()``."""
+    if build["driver_version"] == 0:
+        # The static cudart then reports cudaErrorInsufficientDriver, which reads as a driver
+        # too old rather than none at all.
+        return "no CUDA driver / no GPU (no NVIDIA driver is installed or loaded here)"
+    error: str = found["error"] or "CUDA reports no device"
+    if error.startswith("cudaErrorInsufficientDriver"):
+        error += (f" (the driver supports CUDA {_version(build['driver_version'])}, this module "
+                  f"was built with CUDA {_version(build['runtime_version'])}: update the driver)")
+    return error
+
+
 def cuda_status() -> str:
-    """One line for :func:`fastmomentum.show_config`: whether the CUDA module was built, for which
-    architectures, and which devices it can use here, or why it can use none."""
+    """One line for :func:`fastmomentum.show_config`: whether the CUDA module was built (and if not,
+    why), for which architectures, and which devices it can use here, or why it can use none."""
     if _cuda is None:
-        return _NOT_BUILT
+        return _not_built()
     build = _cuda.build()
-    runtime = build["runtime_version"]
-    head = (f"built (CUDA {runtime // 1000}.{runtime % 1000 // 10}, architectures "
+    head = (f"built (CUDA {_version(build['runtime_version'])}, architectures "
             f"{build['architectures']})")
     found = _cuda.devices()
     if found["devices"]:
         names = ", ".join(f"{d['index']}: {d['name']} (compute capability "
                           f"{d['compute_capability']})" for d in found["devices"])
         return f"{head}; devices {names}"
-    reason = found["error"] or "CUDA reports no device"
-    if build["driver_version"] == 0:
-        reason += " (no NVIDIA driver is loaded)"
-    return f"{head}; no usable device: {reason}"
+    return f"{head}; no usable device: {_why_no_device(build, found)}"
 
 
 def no_device_reason() -> str | None:
     """Why fastmomentum cannot run on a GPU here, or ``None`` when it can."""
     if _cuda is None:
-        return f"fastmomentum's CUDA module is {_NOT_BUILT}"
+        return f"fastmomentum's CUDA module is {_not_built()}"
     found = _cuda.devices()
-    return None if found["devices"] else f"no usable CUDA device: {found['error']}"
+    if found["devices"]:
+        return None
+    return f"no usable CUDA device: {_why_no_device(_cuda.build(), found)}"

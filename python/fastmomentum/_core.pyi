@@ -15,6 +15,7 @@ from .guards import NonFinite, StepResult
 _Seq = Sequence[Any]  # a list or tuple at run time
 
 __version__: str
+cuda_not_built: str
 HYPER_FIELDS: tuple[str, ...]
 CALL_FIELDS: tuple[str, ...]
 GUARD_FIELDS: tuple[str, ...]

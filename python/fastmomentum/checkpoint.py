@@ -157,31 +157,53 @@ def _text_digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
+def _type_name(node: Any) -> str:
+    """``node``'s type as a user would write it: ``set``, ``torch.Tensor``."""
+    kind = type(node)
+    return kind.__qualname__ if kind.__module__ == "builtins" else (
+        f"{kind.__module__}.{kind.__qualname__}")
+
+
+def _conversion(node: Any) -> str:
+    """What to store instead of ``node``."""
+    if type(node).__module__.split(".")[0] == "torch" and hasattr(node, "detach"):
+        return "store t.detach().cpu().numpy() instead of the tensor t"
+    if hasattr(node, "__array__") or hasattr(node, "__cuda_array_interface__"):
+        return "store it as a NumPy array (np.asarray(x); cupy.asnumpy(x) for a CuPy array)"
+    return "convert it to those first"
+
+
 def to_arrays(tree: Any) -> dict[str, np.ndarray]:
     """Flatten ``tree`` into ``{name: array}`` (format ``/2``): each array under its own name,
     everything else in one JSON description (dicts with non-str keys and tuples keep their types;
-    each array's dtype, shape and digest are listed), plus the description's digest."""
+    each array's dtype, shape and digest are listed), plus the description's digest.
+
+    A leaf it cannot store raises ``TypeError`` naming its key path, e.g. ``tree['model']['w']``
+    (``tree`` being the argument), and what to convert it to."""
     arrays: dict[str, np.ndarray] = {}
 
-    def encode(node: Any) -> Any:
+    def encode(node: Any, where: str) -> Any:
         if isinstance(node, np.ndarray):
             if node.dtype.hasobject:
-                raise TypeError("cannot store an object array in a checkpoint (it would need "
-                                "pickle)")
+                raise TypeError(f"{where}: cannot store an object array in a checkpoint (it would "
+                                "need pickle)")
             if isinstance(node, np.ma.MaskedArray):
-                raise TypeError("cannot store a numpy.ma.MaskedArray in a checkpoint: its mask "
-                                "would be lost; store its .data and np.ma.getmaskarray(x) as two "
-                                "arrays")
+                raise TypeError(f"{where}: cannot store a numpy.ma.MaskedArray in a checkpoint: "
+                                "its mask would be lost; store its .data and "
+                                "np.ma.getmaskarray(x) as two arrays")
             if not _packed(node.dtype):
-                raise TypeError(f"cannot store an array of dtype {node.dtype} in a checkpoint: "
-                                "its fields leave padding or overlap, which a .npy entry does "
-                                "not keep byte for byte; repack it first "
+                raise TypeError(f"{where}: cannot store an array of dtype {node.dtype} in a "
+                                "checkpoint: its fields leave padding or overlap, which a .npy "
+                                "entry does not keep byte for byte; repack it first "
                                 "(numpy.lib.recfunctions.repack_fields)")
             if not _without_metadata(node.dtype):
-                raise TypeError(f"cannot store an array of dtype {node.dtype!r} in a checkpoint: "
-                                "its dtype carries metadata, which a .npy entry drops; store it "
-                                "as a view of the same dtype without metadata")
-            _check_npy_header(node)
+                raise TypeError(f"{where}: cannot store an array of dtype {node.dtype!r} in a "
+                                "checkpoint: its dtype carries metadata, which a .npy entry "
+                                "drops; store it as a view of the same dtype without metadata")
+            try:
+                _check_npy_header(node)
+            except TypeError as e:
+                raise TypeError(f"{where}: {e}") from None
             name = f"a{len(arrays)}"
             arrays[name] = node
             return {_ARRAY: name}
@@ -190,18 +212,20 @@ def to_arrays(tree: Any) -> dict[str, np.ndarray]:
         if isinstance(node, dict):
             # str keys as a JSON object, unless the object would read as one of the markers
             if all(isinstance(k, str) for k in node) and set(node) not in _MARKERS:
-                return {k: encode(v) for k, v in node.items()}
-            return {_ITEMS: [[encode(k), encode(v)] for k, v in node.items()]}
+                return {k: encode(v, f"{where}[{k!r}]") for k, v in node.items()}
+            return {_ITEMS: [[encode(k, f"a key of {where}"), encode(v, f"{where}[{k!r}]")]
+                             for k, v in node.items()]}
         if isinstance(node, tuple):
-            return {_TUPLE: [encode(v) for v in node]}
+            return {_TUPLE: [encode(v, f"{where}[{i}]") for i, v in enumerate(node)]}
         if isinstance(node, list):
-            return [encode(v) for v in node]
+            return [encode(v, f"{where}[{i}]") for i, v in enumerate(node)]
         if node is None or isinstance(node, (bool, int, float, str)):
             return node
-        raise TypeError(f"cannot store a {type(node).__name__} in a checkpoint (plain data and "
-                        "NumPy arrays only)")
+        raise TypeError(f"{where}: cannot store a {_type_name(node)} in a checkpoint (dicts, "
+                        "lists, tuples, str, int, float, bool, None and NumPy arrays only); "
+                        f"{_conversion(node)}")
 
-    encoded = encode(tree)
+    encoded = encode(tree, "tree")
     specs = {name: {"dtype": _dtype_name(a.dtype), "shape": list(a.shape),
                     "sha256": array_digest(a)} for name, a in arrays.items()}
     # "format" first: a reader finds the version at the start of the text (_FORMAT_AT_START).

@@ -124,9 +124,7 @@ class ArrayState(MutableMapping[Array, dict[str, Any]]):
     def __getitem__(self, param: Array) -> dict[str, Any]:
         item = self._items.get(id(param))
         if item is None:
-            raise KeyError(f"no state for this {type(param).__name__}: the state is keyed by the "
-                           "parameter object itself (not a view or a copy of it), and a parameter "
-                           "has none before its first step with momentum")
+            raise self._missing(param)
         return item[1]
 
     def __setitem__(self, param: Array, value: dict[str, Any]) -> None:
@@ -134,8 +132,29 @@ class ArrayState(MutableMapping[Array, dict[str, Any]]):
         self._changes[0] += 1
 
     def __delitem__(self, param: Array) -> None:
-        del self._items[id(param)]
+        if self._items.pop(id(param), None) is None:
+            raise self._missing(param)
         self._changes[0] += 1
+
+    def __contains__(self, param: object) -> bool:
+        # Mapping's would build _missing's message for every miss.
+        return id(param) in self._items
+
+    def _missing(self, param: Any) -> KeyError:
+        """The error for a key with no entry: most often a view or copy of a parameter, which
+        looks like the parameter but is another object (a bare ``KeyError`` would show an id)."""
+        owner = next((p for p in self if isinstance(p, np.ndarray) and isinstance(param, np.ndarray)
+                      and np.may_share_memory(p, param)), None)
+        hint = "" if owner is None else (
+            f" This {type(param).__name__} shares memory with a parameter of shape "
+            f"{owner.shape} that has state: it is a view of it, so use that parameter instead.")
+        return KeyError(
+            f"no state for this {type(param).__name__}: the state is keyed by the very array "
+            "objects given to the optimizer (by identity, as torch.optim keys by tensor); a view "
+            "or a copy of a parameter (p.view(), p[...], p.copy(), p.reshape(...)) is a different "
+            "object. Look a parameter up as the optimizer holds it: "
+            "opt.state[opt.param_groups[i]['params'][j]] (or iterate over opt.state). A parameter "
+            f"has no state before its first step with momentum.{hint}")
 
     def counted(self, param: Array, items: Mapping[str, Any]) -> dict[str, Any]:
         """Assign ``param`` a new entry with ``items`` that counts its own changes."""

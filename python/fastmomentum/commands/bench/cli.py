@@ -23,8 +23,6 @@ from .runner import FULL, QUICK, default_threads, run
 from .timing import MIN_SAMPLE_S, MIN_SAMPLES
 
 PROG = "python -m fastmomentum bench"
-DEFAULT_JSON = "fastmomentum-bench.json"
-DEFAULT_PLOT = "fastmomentum-bench.png"
 
 
 def _size(text: str) -> int:
@@ -45,7 +43,8 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         prog=prog,
         description="Time one fused momentum-SGD step of fastmomentum against NumPy, numexpr, "
         "numba and torch (those installed) and the in-place read-modify-write bound, in one "
-        "process, each verified first. Prints a table, writes JSON and a PNG.",
+        "process, each verified first. Prints a table; --json and --plot also write the "
+        "results and a plot to files.",
         epilog=f"--quick: {_preset_text(QUICK)}. --full: {_preset_text(FULL)}. "
         "--sizes replaces the sizes of every layout. Implementations: "
         + ", ".join(IMPLEMENTATIONS) + ".",
@@ -78,15 +77,17 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
                         help=f"timed samples per median (>= {MIN_SAMPLES})")
     parser.add_argument("--min-sample-ms", type=float, default=MIN_SAMPLE_S * 1e3,
                         help=f"minimum duration of one sample (>= {MIN_SAMPLE_S * 1e3:g})")
-    parser.add_argument("--json", default=DEFAULT_JSON, metavar="PATH",
-                        help=f"write the results here ('' to skip; default {DEFAULT_JSON})")
+    # Files only when asked for: a run writes nothing into the working folder by default.
+    parser.add_argument("--json", default="", metavar="PATH",
+                        help="also write every sample and the metadata as JSON here")
+    parser.add_argument("--plot", default="", metavar="PATH",
+                        help="also plot ns per element against size here, with matplotlib "
+                        "(PNG, or any format matplotlib writes)")
+    # The spellings of the time when files were written by default: accepted, now the default.
     parser.add_argument("--no-json", dest="json", action="store_const", const="",
-                        help="do not write JSON")
-    parser.add_argument("--plot", default=DEFAULT_PLOT, metavar="PATH",
-                        help=f"write a PNG here, with matplotlib ('' to skip; default "
-                        f"{DEFAULT_PLOT})")
+                        help="deprecated: no JSON is written unless --json is given")
     parser.add_argument("--no-plot", dest="plot", action="store_const", const="",
-                        help="do not write the PNG")
+                        help="deprecated: no plot is written unless --plot is given")
     return parser
 
 

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any, TextIO
 
+from .._words import count
 from .contention import BUSY_WARNING
 from .problems import LAYOUTS, RTOL, VARIANTS, size_label
 from .results import FAILED, NOT_APPLICABLE, OK, UNAVAILABLE, Record, Results, Row
@@ -122,7 +123,8 @@ def header_lines(results: Results) -> list[str]:
         f"{_grain(config)}, fp_contract {config.get('fp_contract')}",
         "# update: torch-convention momentum with coupled weight decay, lr=0.01, momentum=0.9, "
         "weight_decay=1e-4, dampening 0 (heavy-ball or Nesterov)",
-        f"# time: median of {opts['samples']} samples, each >= {opts['min_sample_s'] * 1e3:g} ms "
+        f"# time: median of {count(opts['samples'], 'sample')}, each >= "
+        f"{opts['min_sample_s'] * 1e3:g} ms "
         "of back-to-back calls, after a warm-up; every implementation steps the same arrays, "
         "in one process, the row's implementations sampled in turn",
         f"# verified before timing: {3} steps on fresh copies of a problem of the same "

@@ -15,6 +15,7 @@ import numpy as np
 from ..._config import show_config
 from .._outputs import check_plot_path
 from .._progress import Progress
+from .._words import count
 from . import report
 from .train import METHODS, Config, History, train
 
@@ -65,8 +66,9 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     setup = show_config(mode="dicts")
     assert setup is not None
     print(f"fastmomentum {setup['version']}: {setup['isa']} kernels, {setup['threads']} thread(s). "
-          f"MLP 2 -> {config.hidden} -> 3 ({config.dtype}), {config.train_points} training points, "
-          f"{config.epochs} epochs of {config.steps_per_epoch} steps, "
+          f"MLP 2 -> {config.hidden} -> 3 ({config.dtype}), "
+          f"{count(config.train_points, 'training point')}, {count(config.epochs, 'epoch')} of "
+          f"{count(config.steps_per_epoch, 'step')}, "
           f"warmup + cosine lr (peak {config.peak_lr}).\n")
 
     bar = Progress(len(METHODS) * config.epochs, len(METHODS) * config.epochs,
