@@ -90,7 +90,7 @@ def test_keras_restarts_late_where_fm_is_on_time():
 
 @pytest.mark.parametrize(("momentum", "nesterov", "weight_decay"),
                          [(0.9, False, 0.0), (0.9, True, 0.0), (0.9, False, 1e-2),
-                          (0.8, True, 5e-3), (0.0, False, 1e-2)])
+                          (0.8, True, 5e-3), (0.0, False, 1e-2), (0.0, True, 0.0)])
 def test_sgd_trajectory_matches_keras(momentum, nesterov, weight_decay):
     rng = np.random.default_rng(11)
     shapes = [(13,), (3, 7)]
@@ -116,3 +116,37 @@ def test_sgd_trajectory_matches_keras(momentum, nesterov, weight_decay):
         # Keras' lr is float32, fm's a double cast to float32 by the kernel: lr values differ by
         # float32 rounding, which the velocity carries; bound 1e-5 relative to the params' scale
         np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("clipping", [dict(global_clipnorm=0.5), dict(global_clipnorm=1e3),
+                                      dict(clipvalue=0.05), dict(clipvalue=1e3)],
+                         ids=["global_clipnorm-clips", "global_clipnorm-1", "clipvalue-clips",
+                              "clipvalue-none"])
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_keras_clipping_trajectory_matches_keras(clipping, nesterov):
+    rng = np.random.default_rng(12)
+    shapes = [(13,), (3, 7)]
+    params0 = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    grads = [[rng.standard_normal(s).astype(np.float32) for s in shapes] for _ in range(120)]
+
+    params = [p.copy() for p in params0]
+    opt = fm.SGD(params, lr=0.05, momentum=0.9, nesterov=nesterov, style="keras", **clipping)
+    norms = [opt.step(g).grad_norm for g in grads]
+
+    kvars = [keras.Variable(p) for p in params0]
+    kopt = keras.optimizers.SGD(learning_rate=0.05, momentum=0.9, nesterov=nesterov, **clipping)
+    kopt.build(kvars)
+    for g in grads:
+        kopt.apply(g, kvars)
+    for ours, var in zip(params, kvars):
+        theirs = keras.ops.convert_to_numpy(var.value)
+        # Keras sums the norm in float32 and forms c*min(1/n, 1/c) in float32, fm in double
+        # rounded once to float32: the factors differ by float32 rounding, which the velocity
+        # carries (bound as above).
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
+    if "global_clipnorm" in clipping:  # the norm fm reports is Keras' global_norm, in double
+        for g, norm in zip(grads[:3], norms[:3]):
+            ops = keras.ops  # Keras' global_norm: sqrt of the summed per-variable sums
+            expected = float(ops.convert_to_numpy(
+                ops.sqrt(ops.sum(ops.stack([ops.sum(ops.square(x)) for x in g])))))
+            assert norm == pytest.approx(expected, rel=1e-6)
