@@ -390,7 +390,7 @@ HYPER_KINDS = ["lr", "lr-type", "momentum", "weight_decay", "schedule_multiplier
                "weight_decay_mode", "maximize", "dampening", "first_step", "nesterov",
                "nesterov-zero-momentum", "decoupled-product", "overflows-float32"]
 STYLES_FOR = {"dampening": ["torch"], "first_step": ["torch"], "nesterov": ["torch", "keras"],
-              "nesterov-zero-momentum": ["torch", "keras"]}
+              "nesterov-zero-momentum": ["torch"]}  # Keras takes it as plain SGD
 
 
 @st.composite
