@@ -108,8 +108,8 @@ def test_two_threads_on_their_own_arrays_give_the_sequential_bits(run, styles):
     jobs = [(1, styles[0]), (2, styles[1])]
     sequential = [run(*job) for job in jobs]
     concurrent = _in_two_threads(run, jobs)
-    for (want_p, want_b), (got_p, got_b) in zip(sequential, concurrent):
-        for a, b in zip(got_p + got_b, want_p + want_b):
+    for (want_p, want_b), (got_p, got_b) in zip(sequential, concurrent, strict=True):
+        for a, b in zip(got_p + got_b, want_p + want_b, strict=True):
             same_bits(a, b)
 
 

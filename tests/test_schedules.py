@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from itertools import pairwise
 
 import pytest
 
@@ -37,7 +38,7 @@ def keras_piecewise_constant_decay(step, boundaries, values):
     result = 0.0
     result += float(step <= boundaries[0]) * values[0]
     result += float(step > boundaries[-1]) * values[-1]
-    for low, high, value in zip(boundaries[:-1], boundaries[1:], values[1:-1]):
+    for low, high, value in zip(boundaries[:-1], boundaries[1:], values[1:-1], strict=True):
         result += float(low < step <= high) * value
     return result
 
@@ -149,7 +150,7 @@ def optax_cosine_decay_schedule(count, init_value, decay_steps, alpha=0.0, expon
 def optax_join_schedules(schedules, boundaries):
     def schedule(step):
         output = schedules[0](step)
-        for boundary, sched in zip(boundaries, schedules[1:]):
+        for boundary, sched in zip(boundaries, schedules[1:], strict=True):
             output = output if step < boundary else sched(step - boundary)
         return output
     return schedule
@@ -173,12 +174,12 @@ def optax_piecewise_interpolate_schedule(interpolate_type, init_value, boundarie
         return end + (start - end) / 2.0 * (math.cos(math.pi * pct) + 1)
 
     interpolate_fn = linear if interpolate_type == "linear" else cosine
-    boundaries, scales = zip(*sorted(boundaries_and_scales.items()))
+    boundaries, scales = zip(*sorted(boundaries_and_scales.items()), strict=True)
     bounds = (-1, *boundaries)
     values = [init_value]
     for scale in scales:  # np.cumprod
         values.append(values[-1] * scale)
-    interval_sizes = [hi - lo for lo, hi in zip(bounds[:-1], bounds[1:])]
+    interval_sizes = [hi - lo for lo, hi in pairwise(bounds)]
 
     def schedule(count):
         total = 0.0
