@@ -86,12 +86,12 @@ def test_tiny_cli_run_prints_the_table_and_writes_json_and_png(tmp_path, capsys)
     n_columns = 2 + len(names) + 6
     for row in rows:
         assert len(row) == n_columns, row
-        cells = dict(zip(names, row[2:], strict=True))
+        cells = dict(zip(names, row[2:2 + len(names)], strict=True))  # then the 6 summary columns
         for name in ("numpy", "fastmomentum"):
             assert float(cells[name]) > 0
         assert row[-2].endswith("x") and float(row[-2][:-1]) > 0  # speed-up over numpy
         assert float(row[-1].rstrip("!")) >= 0  # CPUs other processes used meanwhile
-    assert [dict(zip(names, r[2:], strict=True))["fastmomentum-flat"]
+    assert [dict(zip(names, r[2:2 + len(names)], strict=True))["fastmomentum-flat"]
             for r in rows[:2]] == ["n/a"] * 2
 
     data = json.loads(json_path.read_text())
@@ -336,7 +336,7 @@ def test_missing_peers_are_skipped_with_a_note(tmp_path, capsys, monkeypatch):
     assert "# note: rmw-bound: skipped, this fastmomentum has no _core.bandwidth_probe" in out
     names = list(IMPLEMENTATIONS)
     for row in table_rows(out):
-        cells = dict(zip(names, row[2:], strict=True))
+        cells = dict(zip(names, row[2:2 + len(names)], strict=True))  # then the 6 summary columns
         assert float(cells["numpy"]) > 0 and float(cells["fastmomentum"]) > 0
         assert all(cells[name] in ("--", "n/a") for name in missing)
         assert row[-5] == "--"  # no bound: no ratio to it
