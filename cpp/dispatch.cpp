@@ -35,21 +35,24 @@ struct Compiled {
     ProbeSet probes;
 };
 
-// Indexed by Isa; an ISA that was not compiled keeps null sets.
+// Indexed by Isa; an ISA that was not compiled, or that this CPU lacks, keeps null sets. An ISA
+// object's kernel_set() and probe_set() are compiled with that ISA's flags, so the compiler may
+// use its instructions even to fill the returned struct (GCC 16 fills AVX-512's with
+// vinserti64x2): they are called only on a CPU that runs them.
 const std::array<Compiled, 3>& table() {
-    static const std::array<Compiled, 3> sets = {
-        Compiled{baseline::kernel_set(), baseline::probe_set()},
+    static const std::array<Compiled, 3> sets = [] {
+        std::array<Compiled, 3> s{};
+        s[static_cast<int>(Isa::baseline)] = Compiled{baseline::kernel_set(), baseline::probe_set()};
 #ifdef FM_HAVE_AVX2
-        Compiled{avx2::kernel_set(), avx2::probe_set()},
-#else
-        Compiled{},
+        if (isa_supported(Isa::avx2))
+            s[static_cast<int>(Isa::avx2)] = Compiled{avx2::kernel_set(), avx2::probe_set()};
 #endif
 #ifdef FM_HAVE_AVX512
-        Compiled{avx512::kernel_set(), avx512::probe_set()},
-#else
-        Compiled{},
+        if (isa_supported(Isa::avx512))
+            s[static_cast<int>(Isa::avx512)] = Compiled{avx512::kernel_set(), avx512::probe_set()};
 #endif
-    };
+        return s;
+    }();
     return sets;
 }
 
@@ -98,7 +101,24 @@ std::optional<Isa> isa_from_name(std::string_view name) {
     return std::nullopt;
 }
 
-bool isa_compiled(Isa isa) { return table()[static_cast<int>(isa)].kernels.f32 != nullptr; }
+bool isa_compiled(Isa isa) {
+    switch (isa) {
+        case Isa::avx2:
+#ifdef FM_HAVE_AVX2
+            return true;
+#else
+            return false;
+#endif
+        case Isa::avx512:
+#ifdef FM_HAVE_AVX512
+            return true;
+#else
+            return false;
+#endif
+        case Isa::baseline: break;
+    }
+    return true;
+}
 
 bool isa_supported(Isa isa) {
     if (isa == Isa::baseline) return true;

@@ -58,7 +58,7 @@ def main(quiet: bool = False) -> dict[str, float]:
     histories = {name: train(name) for name in ("step", "exponential", "cosine")}
     if not quiet:
         print("epoch" + "".join(f" | {name:>11} loss   acc" for name in histories))
-        for epoch, rows in enumerate(zip(*histories.values()), start=1):
+        for epoch, rows in enumerate(zip(*histories.values(), strict=True), start=1):
             print(f"{epoch:5d}" + "".join(f" | {loss:16.4f} {acc:5.3f}" for loss, acc in rows))
     return {name: history[-1][1] for name, history in histories.items()}
 

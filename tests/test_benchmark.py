@@ -86,12 +86,13 @@ def test_tiny_cli_run_prints_the_table_and_writes_json_and_png(tmp_path, capsys)
     n_columns = 2 + len(names) + 6
     for row in rows:
         assert len(row) == n_columns, row
-        cells = dict(zip(names, row[2:]))
+        cells = dict(zip(names, row[2:2 + len(names)], strict=True))  # then the 6 summary columns
         for name in ("numpy", "fastmomentum"):
             assert float(cells[name]) > 0
         assert row[-2].endswith("x") and float(row[-2][:-1]) > 0  # speed-up over numpy
         assert float(row[-1].rstrip("!")) >= 0  # CPUs other processes used meanwhile
-    assert [dict(zip(names, r[2:]))["fastmomentum-flat"] for r in rows[:2]] == ["n/a"] * 2
+    assert [dict(zip(names, r[2:2 + len(names)], strict=True))["fastmomentum-flat"]
+            for r in rows[:2]] == ["n/a"] * 2
 
     data = json.loads(json_path.read_text())
     assert data["schema"] == JSON_SCHEMA
@@ -226,7 +227,7 @@ def _wrong(how: str) -> Implementation:
     def load():
         def build(problem, hyper):
             t = problem.dtype.type
-            arrays = list(zip(problem.params, problem.grads, problem.buffers))
+            arrays = list(zip(problem.params, problem.grads, problem.buffers, strict=True))
 
             def step():
                 for p, g, b in arrays:
@@ -320,12 +321,12 @@ def test_the_flat_implementation_steps_its_own_flat_copy():
     before = problem.copy()
     built = IMPLEMENTATIONS["fastmomentum-flat"].load()(problem, HEAVY_BALL)
     built.step()
-    assert all(np.array_equal(p, q) for p, q in zip(problem.params, before.params))
+    assert all(np.array_equal(p, q) for p, q in zip(problem.params, before.params, strict=True))
     views = built.arrays.params
     assert len(views) == 200 and all(v.base is views[0].base for v in views)
     expected = before.copy()
     fm.functional.sgd_(expected.params, expected.grads, expected.buffers, **HEAVY_BALL.kwargs())
-    assert all(np.array_equal(p, q) for p, q in zip(views, expected.params))
+    assert all(np.array_equal(p, q) for p, q in zip(views, expected.params, strict=True))
 
 
 # --- missing peers ------------------------------------------------------------------------------
@@ -348,7 +349,7 @@ def test_missing_peers_are_skipped_with_a_note(tmp_path, capsys, monkeypatch):
     assert "# note: rmw-bound: skipped, this fastmomentum has no _core.bandwidth_probe" in out
     names = list(IMPLEMENTATIONS)
     for row in table_rows(out):
-        cells = dict(zip(names, row[2:]))
+        cells = dict(zip(names, row[2:2 + len(names)], strict=True))  # then the 6 summary columns
         assert float(cells["numpy"]) > 0 and float(cells["fastmomentum"]) > 0
         assert all(cells[name] in ("--", "n/a") for name in missing)
         assert row[-5] == "--"  # no bound: no ratio to it

@@ -154,7 +154,7 @@ def test_resuming_in_a_new_process_is_bit_for_bit(style, tmp_path):
     run(tmp_path / "resumed.npz", 20, 50)
     straight = fm.checkpoint.load(tmp_path / "straight.npz")
     resumed = fm.checkpoint.load(tmp_path / "resumed.npz")
-    for a, b in zip(straight["params"], resumed["params"]):
+    for a, b in zip(straight["params"], resumed["params"], strict=True):
         assert a.tobytes() == b.tobytes()
     assert straight["scheduler"] == resumed["scheduler"]
 

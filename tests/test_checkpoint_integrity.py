@@ -514,9 +514,9 @@ def test_load_state_dict_refusing_late_changes_nothing(case):
         grads = [rng.standard_normal(p.shape).astype(p.dtype) for p in params]
         opt.step(grads)
         twin.step([g.copy() for g in grads])
-    for p, q in zip(params, twin_params):
+    for p, q in zip(params, twin_params, strict=True):
         same_bits(p, q)
-    for p, q in zip(params, twin_params):
+    for p, q in zip(params, twin_params, strict=True):
         same_bits(opt.state[p]["momentum_buffer"], twin.state[q]["momentum_buffer"])
     assert opt.iterations == twin.iterations
 

@@ -16,8 +16,9 @@ import fastmomentum as fm
 from conftest import rand, same_bits
 from reference import torch_sgd
 
-pytestmark = pytest.mark.skipif(not getattr(sys, "_is_gil_enabled", lambda: True)(),
-                                reason="free-threaded Python: there is no GIL to release")
+# The tests of the GIL's release; the rest run on a free-threaded Python too.
+needs_gil = pytest.mark.skipif(not getattr(sys, "_is_gil_enabled", lambda: True)(),
+                               reason="free-threaded Python: there is no GIL to release")
 
 STEPS = 40
 GRAD_SETS = 3  # gradients cycle through a few precomputed sets (1e6-element arrays are big)
@@ -108,8 +109,8 @@ def test_two_threads_on_their_own_arrays_give_the_sequential_bits(run, styles):
     jobs = [(1, styles[0]), (2, styles[1])]
     sequential = [run(*job) for job in jobs]
     concurrent = _in_two_threads(run, jobs)
-    for (want_p, want_b), (got_p, got_b) in zip(sequential, concurrent):
-        for a, b in zip(got_p + got_b, want_p + want_b):
+    for (want_p, want_b), (got_p, got_b) in zip(sequential, concurrent, strict=True):
+        for a, b in zip(got_p + got_b, want_p + want_b, strict=True):
             same_bits(a, b)
 
 
@@ -180,6 +181,7 @@ def one_thread(restore_threads):
 # This is what makes the two tests below fail if the bindings' GIL release were removed (the big
 # call would then behave like the loops) or made unconditional (the small calls would behave like
 # NumPy's small ufunc).
+@needs_gil
 def test_the_gil_probe_tells_holding_from_releasing():
     def python_loop():
         for _ in range(2_000_000):
@@ -198,6 +200,7 @@ def test_the_gil_probe_tells_holding_from_releasing():
 # Guards against: a kernel that runs holding the GIL (every other Python thread of the program
 # would stall for the whole update), in the functional API and in fm.SGD.step (the first step,
 # which makes its lists and buffers, and a later one on the kept lists).
+@needs_gil
 def test_big_calls_release_the_gil(one_thread):
     n = 20_000_000
     p, g, b = np.zeros(n, np.float32), np.ones(n, np.float32), np.zeros(n, np.float32)
@@ -216,6 +219,7 @@ def test_big_calls_release_the_gil(one_thread):
 # elements in all (summed over arrays and dtypes) must keep the GIL (releasing it would cost more
 # than the update), and one of 8192 must release it. Holding is certain to be seen (0 exactly);
 # a release of such a short call is seen thanks to 20,000 calls in a row.
+@needs_gil
 @pytest.mark.parametrize(("sizes", "released"), [
     ([8191], False), ([8192], True), ([4095, 4096], False), ([4096, 4096], True), ([1], False),
 ], ids=["8191", "8192", "4095+4096", "4096+4096", "1"])

@@ -89,15 +89,15 @@ def test_every_variant_matches_the_reference_and_the_cpu_bitwise(lib, dtype, var
     bs = [rand(rng, n, dtype) for n in SIZES]
     lr = 0.05
     expected = []
-    for p, g, b in zip(ps, gs, bs):
+    for p, g, b in zip(ps, gs, bs, strict=True):
         ref_kw = {k: v for k, v in kw.items() if k != "first_step" or name == "sgd_"}
         expected.append(ref(p, g, b, lr=lr, **ref_kw))
-    cpu = [(p.copy(), b.copy()) for p, b in zip(ps, bs)]
+    cpu = [(p.copy(), b.copy()) for p, b in zip(ps, bs, strict=True)]
     getattr(fm.functional, name)([c[0] for c in cpu], gs, [c[1] for c in cpu], lr=lr, **kw)
     dev_p = [lib.to_device(p) for p in ps]
     dev_b = [lib.to_device(b) for b in bs]
     getattr(fm.functional, name)(dev_p, [lib.to_device(g) for g in gs], dev_b, lr=lr, **kw)
-    for (ep, eb), (cp_, cb), dp, db in zip(expected, cpu, dev_p, dev_b):
+    for (ep, eb), (cp_, cb), dp, db in zip(expected, cpu, dev_p, dev_b, strict=True):
         same_bits(lib.to_host(dp), ep)
         same_bits(lib.to_host(dp), cp_)
         same_bits(lib.to_host(db), eb)  # the reference returns b as it was without momentum
@@ -125,11 +125,11 @@ def test_more_tensors_than_one_launch_holds_mixed_dtypes_and_first_steps(lib):
     bs = [rand(rng, p.size, p.dtype) for p in ps]
     first = [bool(i % 3 == 0) for i in range(150)]
     expected = [reference.torch_sgd(p, g, b, lr=0.01, momentum=0.8, dampening=0.1, first_step=f)
-                for p, g, b, f in zip(ps, gs, bs, first)]
+                for p, g, b, f in zip(ps, gs, bs, first, strict=True)]
     dp, db = [lib.to_device(p) for p in ps], [lib.to_device(b) for b in bs]
     fm.functional.sgd_(dp, [lib.to_device(g) for g in gs], db, lr=0.01, momentum=0.8,
                        dampening=0.1, first_step=first)
-    for (ep, eb), p, b in zip(expected, dp, db):
+    for (ep, eb), p, b in zip(expected, dp, db, strict=True):
         same_bits(lib.to_host(p), ep)
         same_bits(lib.to_host(b), eb)
 
@@ -146,7 +146,7 @@ def test_clipping_gives_the_cpu_norm_and_update_bitwise(lib, dtype):
     dp, db = [lib.to_device(p) for p in ps], [lib.to_device(b) for b in bs]
     dev = fm.functional.sgd_(dp, [lib.to_device(g) for g in gs], db, **kw)
     assert dev.grad_norm == cpu.grad_norm  # the same float64 sum, block by block
-    for p, c in zip(dp, cpu_p):
+    for p, c in zip(dp, cpu_p, strict=True):
         same_bits(lib.to_host(p), c)
 
 
@@ -163,7 +163,7 @@ def test_a_non_finite_gradient_skips_or_raises_with_nothing_modified(lib, bad):
     assert result.skipped
     with pytest.raises(FloatingPointError, match=r"grads\[2\] is not finite \(1 of its 10000"):
         fm.functional.sgd_(dp, dg, db, lr=0.1, momentum=0.9, nonfinite="raise")
-    for p, b, host in zip(dp, db, ps):
+    for p, b, host in zip(dp, db, ps, strict=True):
         same_bits(lib.to_host(p), host)
         same_bits(lib.to_host(b), np.ones_like(host))
 
@@ -185,7 +185,7 @@ def test_the_optimizer_on_device_follows_the_cpu_optimizer_and_its_checkpoints(l
         dev_opt.step([lib.to_device(g) for g in gs])
         cpu_sched.step()
         dev_sched.step()
-    for d, c in zip(dev_ws, cpu_ws):
+    for d, c in zip(dev_ws, cpu_ws, strict=True):
         same_bits(lib.to_host(d), c)
     # The buffers live on the device, made by the arrays' library; the state dict is NumPy.
     buf = dev_opt.state[dev_ws[0]]["momentum_buffer"]
@@ -203,7 +203,7 @@ def test_the_optimizer_on_device_follows_the_cpu_optimizer_and_its_checkpoints(l
     gs = [rand(rng, w.size, np.float32) for w in ws]
     cpu_opt.step(gs)
     resumed.step([lib.to_device(g) for g in gs])
-    for d, c in zip(resumed_ws, cpu_ws):
+    for d, c in zip(resumed_ws, cpu_ws, strict=True):
         same_bits(lib.to_host(d), c)
 
 

@@ -84,7 +84,7 @@ def snapshot(arrays):
 
 
 def unchanged(arrays, before):
-    return all(a.tobytes() == b.tobytes() for a, b in zip(arrays, before))
+    return all(a.tobytes() == b.tobytes() for a, b in zip(arrays, before, strict=True))
 
 
 def test_show_config_says_the_module_is_built_and_which_devices_it_can_use():
@@ -338,7 +338,7 @@ def test_every_interface_is_read_once_before_any_array_is_checked(arrays):
         a.name = name
         return a
 
-    p, g, b = (counting(a, n) for a, n in zip(arrays[:3], "pgb"))
+    p, g, b = (counting(a, n) for a, n in zip(arrays[:3], "pgb", strict=True))
     bad = counting(arrays[3], "bad", typestr="<i4")  # refused by its check, after every read
     with pytest.raises(TypeError, match=r"grads\[1\] has dtype '<i4'"):
         device_step([p, p], [g, bad], [b, b])

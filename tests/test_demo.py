@@ -4,6 +4,7 @@ reproducible, and momentum doing what the demo shows it doing."""
 from __future__ import annotations
 
 from dataclasses import replace
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -51,8 +52,8 @@ def test_schedule_warms_up_then_decays_to_zero():
     peak = values.index(max(values))
     assert values[0] == 0.0 and max(values) == pytest.approx(config.peak_lr)
     assert peak == round(config.warmup_fraction * total)
-    assert all(a <= b for a, b in zip(values[:peak], values[1:peak + 1]))
-    assert all(a >= b for a, b in zip(values[peak:], values[peak + 1:]))
+    assert all(a <= b for a, b in pairwise(values[:peak + 1]))
+    assert all(a >= b for a, b in pairwise(values[peak:]))
     assert values[total] == 0.0
 
 

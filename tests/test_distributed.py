@@ -100,7 +100,7 @@ def reference(case_name: str, worlds: list[int]) -> tuple[list[np.ndarray], fm.S
     for t, n in enumerate(worlds):
         total = make_grads(case, SEED, t, 0, n)
         for r in range(1, n):
-            for a, b in zip(total, make_grads(case, SEED, t, r, n)):
+            for a, b in zip(total, make_grads(case, SEED, t, r, n), strict=True):
                 a += b  # rank order, each addition rounded to the dtype
         try:
             result = opt.step([total[i] for i in order], loss_scale=n * case.loss_scale)

@@ -94,7 +94,7 @@ def test_from_arrays_copies_the_values_and_infers_the_dtype():
     arrays = [rand(rng, (2, 3), F32), np.asarray(F32(1.5)), rand(rng, 0, F32), rand(rng, 4, F32)]
     group = FlatGroup.from_arrays(arrays)
     assert group.dtype == np.dtype(F32) and group.shapes == [(2, 3), (), (0,), (4,)]
-    for view, a in zip(group.params, arrays):
+    for view, a in zip(group.params, arrays, strict=True):
         same_bits(view, a)
         assert not np.shares_memory(view, a)
     arrays[0][...] = 7.0  # a copy: neither side sees the other's writes
@@ -165,10 +165,10 @@ def test_one_call_on_the_flat_arrays_equals_per_array_calls(name, dtype, threads
     group, (params, grads, bufs) = filled(SHAPES, dtype, seed=1)
     for _ in range(3):
         fn([group.flat_params], [group.flat_grads], [group.flat_buffers], **kw)
-        for p, g, b in zip(params, grads, bufs):
+        for p, g, b in zip(params, grads, bufs, strict=True):
             fn([p], [g], [b], **kw)
         for flat, separate in ((group.params, params), (group.buffers, bufs)):
-            for view, a in zip(flat, separate):
+            for view, a in zip(flat, separate, strict=True):
                 same_bits(view, a)
         same_bits(group.flat_grads, np.concatenate([g.ravel() for g in grads]))  # only read
 
@@ -180,9 +180,9 @@ def test_a_call_on_the_views_equals_per_array_calls(name, dtype, threads):
     fn, kw = FUNCTIONS[name]
     group, (params, grads, bufs) = filled(SHAPES, dtype, seed=2)
     fn(group.params, group.grads, group.buffers, **kw)
-    for p, g, b in zip(params, grads, bufs):
+    for p, g, b in zip(params, grads, bufs, strict=True):
         fn([p], [g], [b], **kw)
-    for view, a in zip(group.params + group.buffers, params + bufs):
+    for view, a in zip(group.params + group.buffers, params + bufs, strict=True):
         same_bits(view, a)
 
 
@@ -202,15 +202,15 @@ def test_partly_adjacent_arrays_are_not_merged_wrongly(layout, threads):
     elif layout == "every other":
         p, g, b = p[::2], g[::2], b[::2]
     else:
-        p = [x for pair in zip(group.params, other.params) for x in pair]
-        g = [x for pair in zip(group.grads, other.grads) for x in pair]
-        b = [x for pair in zip(group.buffers, other.buffers) for x in pair]
-    expected = [(x.copy(), y.copy(), z.copy()) for x, y, z in zip(p, g, b)]
+        p = [x for pair in zip(group.params, other.params, strict=True) for x in pair]
+        g = [x for pair in zip(group.grads, other.grads, strict=True) for x in pair]
+        b = [x for pair in zip(group.buffers, other.buffers, strict=True) for x in pair]
+    expected = [(x.copy(), y.copy(), z.copy()) for x, y, z in zip(p, g, b, strict=True)]
     kw = dict(lr=0.1, momentum=0.9, dampening=0.2, weight_decay=1e-3)
     F.sgd_(p, g, b, **kw)
     for x, y, z in expected:
         F.sgd_([x], [y], [z], **kw)
-    for actual, (x, _, z) in zip(zip(p, b), expected):
+    for actual, (x, _, z) in zip(zip(p, b, strict=True), expected, strict=True):
         same_bits(actual[0], x)
         same_bits(actual[1], z)
 
@@ -223,9 +223,9 @@ def test_adjacent_arrays_with_different_first_step_flags(dtype, threads):
     first = [i % 3 != 1 for i in range(len(SHAPES))]
     kw = dict(lr=0.1, momentum=0.9, dampening=0.5, nesterov=False)
     F.sgd_(group.params, group.grads, group.buffers, first_step=first, **kw)
-    for p, g, b, f in zip(params, grads, bufs, first):
+    for p, g, b, f in zip(params, grads, bufs, first, strict=True):
         F.sgd_([p], [g], [b], first_step=f, **kw)
-    for view, a in zip(group.params + group.buffers, params + bufs):
+    for view, a in zip(group.params + group.buffers, params + bufs, strict=True):
         same_bits(view, a)
     same_bits(group.buffers[0], grads[0])  # a first step: b = g
 
@@ -270,8 +270,8 @@ def test_sgd_over_a_flat_group_equals_sgd_over_separate_arrays(style, dtype, thr
         else:
             has = [rng.random() < 0.7 for _ in range(n)]
         group.flat_grads[...] = rand(rng, group.size, dtype)
-        flat_opt.step([gv if h else None for gv, h in zip(group.grads, has)])
-        sep_opt.step([gv.copy() if h else None for gv, h in zip(group.grads, has)])
+        flat_opt.step([gv if h else None for gv, h in zip(group.grads, has, strict=True)])
+        sep_opt.step([gv.copy() if h else None for gv, h in zip(group.grads, has, strict=True)])
         for i in range(n):
             same_bits(group.params[i], params[i])
             if params[i] in sep_opt.state:
@@ -314,5 +314,5 @@ def test_sgd_over_two_flat_groups_in_two_parameter_groups(style, threads):
                 opt.param_groups[1]["lr"] = 0.01
         flat_opt.step(grads)
         sep_opt.step([None if g is None else g.copy() for g in grads])
-        for x, y in zip([*a.params, *b.params, extra], [*a_sep, *b_sep, extra_sep]):
+        for x, y in zip([*a.params, *b.params, extra], [*a_sep, *b_sep, extra_sep], strict=True):
             same_bits(x, y)

@@ -75,7 +75,7 @@ def test_clipping_scales_the_gradients_before_the_formula(isa, threads, dtype, s
     t = dtype
     factor = t(clip_factor(max_norm, norm) / 2.0)  # one rounding of (1/loss_scale) * clip
     common = dict(weight_decay=0.01, maximize=True)
-    for p, g, b in zip(params, grads, bufs):
+    for p, g, b in zip(params, grads, bufs, strict=True):
         if style == "torch":
             p2, b2 = torch_sgd(p, g * factor, b, lr=0.1, momentum=0.9, dampening=0.1, **common)
         elif style == "keras":
@@ -92,7 +92,7 @@ def test_clipping_scales_the_gradients_before_the_formula(isa, threads, dtype, s
     else:
         out = F.ema_sgd_(params, grads, bufs, lr=0.1, beta=0.9, **guard)
     assert out == fm.StepResult(False, norm)
-    for actual, expected in zip(params + bufs, expected_p + expected_b):
+    for actual, expected in zip(params + bufs, expected_p + expected_b, strict=True):
         same_bits(actual, expected)
 
 
@@ -140,7 +140,7 @@ def test_skip_and_raise_modify_nothing(isa, threads, dtype, value, where, max_no
     with pytest.raises(FloatingPointError, match=rf"grads\[{where[0]}\] is not finite"):
         F.sgd_(params, grads, bufs, lr=0.1, momentum=0.9, nonfinite="raise",
                max_grad_norm=max_norm)
-    for actual, expected in zip(params + bufs + grads, before):
+    for actual, expected in zip(params + bufs + grads, before, strict=True):
         same_bits(actual, expected)
 
 
@@ -150,9 +150,10 @@ def test_ignore_lets_the_nan_through_as_pytorch_does(isa, threads, dtype):
     grads = _poisoned(rng, dtype, (1, 17), np.nan)
     params = [rand(rng, g.size, dtype) for g in grads]
     bufs = [rand(rng, g.size, dtype) for g in grads]
-    expected = [torch_sgd(p, g, b, lr=0.1, momentum=0.9) for p, g, b in zip(params, grads, bufs)]
+    expected = [torch_sgd(p, g, b, lr=0.1, momentum=0.9)
+                for p, g, b in zip(params, grads, bufs, strict=True)]
     assert F.sgd_(params, grads, bufs, lr=0.1, momentum=0.9) == fm.StepResult(False, None)
-    for p, b, (ep, eb) in zip(params, bufs, expected):
+    for p, b, (ep, eb) in zip(params, bufs, expected, strict=True):
         same_bits(p, ep)
         same_bits(b, eb)
     assert np.isnan(params[1][17]) and np.isfinite(np.delete(params[1], 17)).all()
@@ -232,11 +233,11 @@ def test_sgd_skip_changes_nothing_and_the_run_continues_as_if_it_never_happened(
             before, values = _snapshot(opt), [p.copy() for p in params]
             assert opt.step(bad).skipped
             _same_snapshot(_snapshot(opt), (*before[:1], before[1] + 1, before[2] + 1, before[3]))
-            for p, v in zip(params, values):
+            for p, v in zip(params, values, strict=True):
                 same_bits(p, v)
         results.append(opt.step(g))
     assert results == ref_results
-    for p, r in zip(params, reference):
+    for p, r in zip(params, reference, strict=True):
         same_bits(p, r)
     assert (opt.iterations, opt.skipped_steps, opt.consecutive_skips) == (6, 1, 0)
     state = opt.state_dict()
@@ -331,7 +332,7 @@ def test_clipping_matches_torch_clip_grad_norm_then_sgd(dtype, max_norm, nestero
     topt = torch.optim.SGD(tparams, **kw)
     for _ in range(30):
         grads = [rand(rng, p.shape, dtype) for p in initial]
-        for t, g in zip(tparams, grads):
+        for t, g in zip(tparams, grads, strict=True):
             t.grad = torch.from_numpy(g.copy())
         tnorm = float(torch.nn.utils.clip_grad_norm_(tparams, max_norm))
         topt.step()
@@ -340,5 +341,5 @@ def test_clipping_matches_torch_clip_grad_norm_then_sgd(dtype, max_norm, nestero
         assert out.grad_norm == pytest.approx(tnorm, rel=10 * float(np.finfo(dtype).eps))
     expected = [t.detach().numpy() for t in tparams]
     scale = max(np.abs(e).max() for e in expected)
-    deviation = max(np.abs(p - e).max() for p, e in zip(params, expected)) / scale
+    deviation = max(np.abs(p - e).max() for p, e in zip(params, expected, strict=True)) / scale
     assert deviation <= PARITY_BOUND[dtype]

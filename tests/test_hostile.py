@@ -49,7 +49,7 @@ class Scalar:
 
 
 def _unchanged(arrays, before):
-    return all(a.tobytes() == b.tobytes() for a, b in zip(arrays, before))
+    return all(a.tobytes() == b.tobytes() for a, b in zip(arrays, before, strict=True))
 
 
 def test_an_array_made_read_only_by_a_conversion_is_refused_and_nothing_is_written():
@@ -176,10 +176,10 @@ def test_an_ndarray_subclass_is_checked_by_its_type_never_its___class__():
     params, grads, _ = _arrays()
     params[1] = params[1].view(SneakyClass)
     grads[2] = grads[2].view(SneakyClass)
-    reference = [p.copy() - np.float32(0.1) * g for p, g in zip(params, grads)]
+    reference = [p.copy() - np.float32(0.1) * g for p, g in zip(params, grads, strict=True)]
     fm.functional.sgd_(params, grads, lr=0.1)
     assert SneakyClass.calls == 0
-    for p, r in zip(params, reference):
+    for p, r in zip(params, reference, strict=True):
         assert np.asarray(p).tobytes() == np.asarray(r).tobytes()
     masked = np.ma.masked_array(np.zeros(N, np.float32)).view(SneakyClass)
     assert type(masked) is SneakyClass  # not a MaskedArray (its type decides): accepted
@@ -211,7 +211,7 @@ def test_the_optimizers_new_buffers_follow_the_arrays_memory_not_their_propertie
     opt.step(grads)
     buf = opt.state[params[1]]["momentum_buffer"]
     assert type(buf) is np.ndarray and buf.shape == (N,) and buf.dtype == np.float32
-    for p, r, g in zip(params, reference, grads):
+    for p, r, g in zip(params, reference, grads, strict=True):
         assert np.asarray(p).tobytes() == (r - np.float32(0.1) * g).tobytes()
 
 
@@ -317,7 +317,7 @@ def test_any_side_effect_of_any_conversion_leaves_a_step_consistent(kind, i, whe
     try:
         fm.functional.sgd_(params, grads, buffers, **kw)
     except (TypeError, ValueError, KeyboardInterrupt):
-        for a, b in zip(held, before):
+        for a, b in zip(held, before, strict=True):
             if id(a) not in touched:
                 assert a.tobytes() == b.tobytes()
         return
@@ -327,5 +327,5 @@ def test_any_side_effect_of_any_conversion_leaves_a_step_consistent(kind, i, whe
     if kind == "swap-grads":
         gs[i], gs[0] = gs[0], gs[i]
     fm.functional.sgd_(ps, gs, bs, **values)
-    for got, want in zip(params + buffers, ps + bs):
+    for got, want in zip(params + buffers, ps + bs, strict=True):
         assert got.tobytes() == want.tobytes()

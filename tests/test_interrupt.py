@@ -82,7 +82,7 @@ def test_an_interrupt_before_the_kernels_applies_nothing():
     with pytest.raises(KeyboardInterrupt):
         opt.step([*grads[1], np.ones(4, np.float32)])
     assert new_param not in opt.state and all(a.tobytes() == b.tobytes()
-                                              for a, b in zip(params, fresh))
+                                              for a, b in zip(params, fresh, strict=True))
 
 
 def test_an_interrupted_skip_is_counted():

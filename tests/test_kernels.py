@@ -103,13 +103,13 @@ def test_single_step_matches_reference_bitwise(case, dtype, isa, threads):
 def test_many_arrays_of_mixed_sizes_and_first_steps(dtype, isa, threads):
     rng = np.random.default_rng(7)
     sizes = [*rng.integers(0, 3000, size=250), 0, 1, 70_001]
-    params, grads, bufs = zip(*(_arrays(rng, int(n), dtype) for n in sizes))
+    params, grads, bufs = zip(*(_arrays(rng, int(n), dtype) for n in sizes), strict=True)
     first = [bool(f) for f in rng.integers(0, 2, size=len(sizes))]
     hyper = dict(lr=0.01, momentum=0.9, dampening=0.1, weight_decay=1e-3)
     want = [torch_sgd(p.copy(), g, b.copy(), first_step=f, **hyper)
-            for p, g, b, f in zip(params, grads, bufs, first)]
+            for p, g, b, f in zip(params, grads, bufs, first, strict=True)]
     fm.functional.sgd_(list(params), list(grads), list(bufs), first_step=first, **hyper)
-    for i, (p, b, (want_p, want_b)) in enumerate(zip(params, bufs, want)):
+    for i, (p, b, (want_p, want_b)) in enumerate(zip(params, bufs, want, strict=True)):
         _assert_same_bits(p, want_p, f"params[{i}] (n={p.size})")
         _assert_same_bits(b, want_b, f"buffers[{i}] (n={p.size})")
 
@@ -120,8 +120,8 @@ def test_float32_and_float64_in_one_call(isa, threads):
                                                   (50_000, np.float64), (33, np.float32)]]
     hyper = dict(lr=0.1, momentum=0.5, nesterov=True)
     want = [torch_sgd(p.copy(), g, b.copy(), **hyper) for p, g, b in arrays]
-    fm.functional.sgd_(*map(list, zip(*arrays)), **hyper)
-    for (p, _, b), (want_p, want_b) in zip(arrays, want):
+    fm.functional.sgd_(*map(list, zip(*arrays, strict=True)), **hyper)
+    for (p, _, b), (want_p, want_b) in zip(arrays, want, strict=True):
         _assert_same_bits(p, want_p, f"params {p.dtype}")
         _assert_same_bits(b, want_b, f"buffers {p.dtype}")
 
@@ -146,7 +146,7 @@ def test_trajectory_of_60_steps_with_a_changing_lr(style, dtype, isa, threads):
         if style == "torch":
             hyper = dict(lr=lr, momentum=0.9, nesterov=True, weight_decay=1e-3)
             fm.functional.sgd_(*args, first_step=first, **hyper)
-            for i, f in zip(active, first):
+            for i, f in zip(active, first, strict=True):
                 ref_p[i], ref_b[i] = torch_sgd(ref_p[i], grads[i], ref_b[i], first_step=f, **hyper)
         elif style == "keras":
             hyper = dict(lr=lr, momentum=0.9, nesterov=True, weight_decay=1e-3)
@@ -220,13 +220,13 @@ def test_the_bandwidth_probe_adds_s_times_g_to_p_and_b(dtype, isa, threads):
     sizes = [1000, 7, 0, 333]
     p, g, b = ([rng.standard_normal(n).astype(dtype) for n in sizes] for _ in range(3))
     s = dtype(0.25)
-    want_p = [x + s * y for x, y in zip(p, g)]
-    want_b = [x + s * y for x, y in zip(b, g)]
+    want_p = [x + s * y for x, y in zip(p, g, strict=True)]
+    want_b = [x + s * y for x, y in zip(b, g, strict=True)]
     ran = fm._core.bandwidth_probe(p, g, b, 0.25)
     assert ran == (threads if threads > 1 else 1)
-    for got, want in zip(p + b, want_p + want_b):
+    for got, want in zip(p + b, want_p + want_b, strict=True):
         assert got.tobytes() == want.tobytes()
     before = [x.copy() for x in p]
     with pytest.raises(TypeError, match=r"grads\[1\] has dtype"):
         fm._core.bandwidth_probe(p[:2], [g[0], g[1].astype(np.float16)], b[:2], 0.25)
-    assert all(x.tobytes() == y.tobytes() for x, y in zip(p, before))
+    assert all(x.tobytes() == y.tobytes() for x, y in zip(p, before, strict=True))

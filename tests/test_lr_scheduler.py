@@ -11,7 +11,8 @@ import json
 import math
 import re
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -393,7 +394,7 @@ def test_recursive_cosine_differs_from_closed_form_only_in_last_bits():
     rec = fls.CosineAnnealingLR(rec_opt, 40, 0.001)
     closed = fls.CosineAnnealingLR(closed_opt, 40, 0.001, closed_form=True)
     for _ in range(STEPS):
-        for a, b in zip(rec.get_last_lr(), closed.get_last_lr()):
+        for a, b in zip(rec.get_last_lr(), closed.get_last_lr(), strict=True):
             assert a == pytest.approx(b, rel=1e-12, abs=1e-15)
         rec.step()
         closed.step()
@@ -431,7 +432,7 @@ def test_state_dict_json_round_trip_mid_schedule(make, steps):
     saved = json.loads(text)
     opt = FakeOptimizer(TWO)
     sched = make(fls, opt)  # the scheduler first (it writes the lrs), then the states
-    for group, saved_group in zip(opt.param_groups, saved["groups"]):
+    for group, saved_group in zip(opt.param_groups, saved["groups"], strict=True):
         group.clear()
         group.update(saved_group)
     sched.load_state_dict(saved["scheduler"])

@@ -45,7 +45,7 @@ def test_groups_hyper_parameters_and_late_joiners_follow_the_reference():
                 continue
             ref[i], bufs[i] = torch_sgd(ref[i], g, bufs[i], first_step=bufs[i] is None, **hyper[i])
         assert (params[1] in opt.state) == (step >= 5)  # no state before the first gradient
-    for p, r in zip(params, ref):
+    for p, r in zip(params, ref, strict=True):
         np.testing.assert_array_equal(p, r)
     np.testing.assert_array_equal(opt.state[params[1]]["momentum_buffer"], bufs[1])
 
@@ -130,7 +130,7 @@ def test_step_takes_a_list_or_tuple_of_gradients_not_an_array():
     with pytest.raises(TypeError, match=r"grads must be a list or tuple, got numpy.ndarray .*"
                                         r"wrap a single gradient as \[g\]"):
         opt.step(np.ones((2, 3)))
-    for p, b in zip(params, before):
+    for p, b in zip(params, before, strict=True):
         np.testing.assert_array_equal(p, b)
     opt.step((np.ones(3), np.ones(3)))
     np.testing.assert_array_equal(params[0], before[0] - 0.1)
@@ -155,7 +155,7 @@ def test_a_bad_gradient_anywhere_modifies_nothing_and_names_its_position():
     with pytest.raises(TypeError, match=r"grads\[2\] has dtype float32 but params\[2\] has "
                                         r"dtype float64"):
         opt.step(grads)
-    for p, b in zip(params, before):
+    for p, b in zip(params, before, strict=True):
         np.testing.assert_array_equal(p, b)
     assert opt.state == {} and opt.iterations == 0
     with pytest.raises(ValueError, match="step\\(\\) got 2 gradients for 3 parameters"):
@@ -268,7 +268,7 @@ def test_state_dict_round_trip_continues_bit_for_bit(style, tmp_path):
     fresh.load_state_dict(ckpt["opt"])
     assert fresh.iterations == 7
     _trained(fresh, loaded, 12, 5)
-    for a, b in zip(params, loaded):
+    for a, b in zip(params, loaded, strict=True):
         np.testing.assert_array_equal(a, b)
 
 

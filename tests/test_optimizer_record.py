@@ -122,7 +122,7 @@ def test_an_interrupt_anywhere_in_the_record_leaves_it_complete(nonfinite, at_st
             assert after in (before, expected)
             cases += after == expected
             opt.load_state_dict(base[0])  # back to before the step, and again
-            for p, b in zip(params, base[1]):
+            for p, b in zip(params, base[1], strict=True):
                 p[...] = b
             if at_step == 0:
                 opt.state = optim.ArrayState()

@@ -118,7 +118,7 @@ def _arrays(draw, *, finite=True, min_size=0, max_size=5):
                           min_size=min_size, max_size=max_size))
     triples = [[draw(_values(dtype, shape, finite=finite)) for _ in range(3)]
                for dtype, shape in specs]
-    return [list(column) for column in zip(*triples)] if triples else [[], [], []]
+    return [list(column) for column in zip(*triples, strict=True)] if triples else [[], [], []]
 
 
 @st.composite
@@ -155,12 +155,12 @@ def _call_and_compare(style, params, grads, buffers, hyper, first, isa, threads,
     bufs = buffers if buffers is not None else [None] * len(params)
     with np.errstate(all="ignore"):  # inf - inf and the like, in the non-finite test
         want = [_reference(style, p, g, b, hyper, f)
-                for p, g, b, f in zip(params, grads, bufs, per_array)]
+                for p, g, b, f in zip(params, grads, bufs, per_array, strict=True)]
     grads_before = [g.tobytes() for g in grads]
     extra = {"first_step": first} if style == "torch" else {}
     with kernel_config(isa, threads):
         FUNCTIONS[style](params, grads, buffers, **hyper, **extra)
-    for i, (p, b, (want_p, want_b)) in enumerate(zip(params, bufs, want)):
+    for i, (p, b, (want_p, want_b)) in enumerate(zip(params, bufs, want, strict=True)):
         compare(p, want_p, f"params[{i}]")
         if b is not None:  # with momentum 0 the reference returns the buffer unchanged
             compare(b, want_b, f"buffers[{i}]")
@@ -241,7 +241,7 @@ def test_nan_positions_and_other_bits_are_the_same_on_every_isa():
             fm.functional.keras_sgd_([p], [np.ones(16)], [v], lr=0.1, momentum=0.9)
         first = first or (isa, p, v)
         for name, actual, expected, other in zip(["params", "velocities"], (p, v), want,
-                                                 first[1:]):
+                                                 first[1:], strict=True):
             _same_bits_but_nan_payload(actual, expected, f"{isa}: {name}[0] vs NumPy")
             _same_bits_but_nan_payload(actual, other, f"{isa}: {name}[0] vs {first[0]}")
 
@@ -330,7 +330,7 @@ def test_the_optimizer_matches_the_reference_over_several_steps(case, isa, threa
     assert opt.iterations == len(steps)
     key = "velocity" if style == "keras" else "momentum_buffer"
     params = [p for params, _ in groups for p in params]
-    for i, (p, (want_p, want_b)) in enumerate(zip(params, want)):
+    for i, (p, (want_p, want_b)) in enumerate(zip(params, want, strict=True)):
         _bitwise(p, want_p, f"params[{i}]")
         entry = opt.state.entry(p)
         buf = None if entry is None else entry.get(key)
@@ -405,7 +405,7 @@ def _bad_calls(draw, kind):
     mname = MOMENTUM_NAME[style]
     if hyper[mname] == 0:
         hyper[mname] = 0.5
-    args = dict(zip(["params", "grads", "buffers"], lists))
+    args = dict(zip(["params", "grads", "buffers"], lists, strict=True))
     i = draw(st.integers(0, n - 1))
     which = draw(st.sampled_from(["params", "grads", "buffers"]))
     name = names[which]
@@ -828,7 +828,7 @@ def test_guarded_calls_skip_raise_or_match_the_reference_bitwise(call, isa, thre
         per_array = first if isinstance(first, list) else [first] * len(params)
         with np.errstate(all="ignore"):
             want = [_reference(style, p, g * p.dtype.type(factor), b, hyper, f)
-                    for p, g, b, f in zip(params, grads, bufs, per_array)]
+                    for p, g, b, f in zip(params, grads, bufs, per_array, strict=True)]
     with kernel_config(isa, threads):
         if stopped and nonfinite == "raise":
             i = min(i for i, _, _ in poison)  # the first poisoned gradient, by position
@@ -850,11 +850,11 @@ def test_guarded_calls_skip_raise_or_match_the_reference_bitwise(call, isa, thre
             _same_norm(out.grad_norm, norm)
     if stopped:
         after = [a.tobytes() for a in arrays]
-        changed = [k for k, (x, y) in enumerate(zip(before, after)) if x != y]
+        changed = [k for k, (x, y) in enumerate(zip(before, after, strict=True)) if x != y]
         assert not changed, f"arrays {changed} of params + grads + buffers were modified"
         return
     compare = _same_bits_but_nan_payload if poison else _bitwise  # "ignore" lets NaN through
-    for i, (p, b, (want_p, want_b)) in enumerate(zip(params, bufs, want)):
+    for i, (p, b, (want_p, want_b)) in enumerate(zip(params, bufs, want, strict=True)):
         compare(p, want_p, f"params[{i}]")
         if b is not None:
             compare(b, want_b, f"buffers[{i}]")
@@ -967,7 +967,7 @@ def test_skipped_steps_leave_no_trace_in_the_optimizer(run, isa, threads):
             (applied, skipped, consecutive)
     key = "velocity" if options["style"] == "keras" else "momentum_buffer"
     assert ref.iterations == applied and len(opt.state) == len(ref.state)
-    for i, (p, want) in enumerate(zip(params, ref_params)):
+    for i, (p, want) in enumerate(zip(params, ref_params, strict=True)):
         _bitwise(p, want, f"params[{i}]")
         entry, want_entry = opt.state.entry(p), ref.state.entry(want)
         assert (entry is None) == (want_entry is None), f"params[{i}]: state entry"

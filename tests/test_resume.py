@@ -187,7 +187,7 @@ def gradients(name: str, step: int, params: list[np.ndarray], flats: list[Any]
     config = CONFIGS[name]
     views = [g for flat in flats for g in flat.grads] or [np.empty_like(p) for p in params]
     out: list[np.ndarray | None] = []
-    for i, (p, g) in enumerate(zip(params, views)):
+    for i, (p, g) in enumerate(zip(params, views, strict=True)):
         if (i == 1 and step < config["late"]) or (i == 2 and step % 4 == 3):
             out.append(None)
             continue
@@ -222,7 +222,7 @@ def resume(name: str, checkpoint: Path, out: Path) -> None:
     """What a user does in the new process: build fresh objects, load, train on, save."""
     params, opt, sched, flats = build(name, fresh=True)
     ckpt = fm.checkpoint.load(checkpoint)
-    for p, saved in zip(params, ckpt["params"]):
+    for p, saved in zip(params, ckpt["params"], strict=True):
         p[...] = saved
     opt.load_state_dict(ckpt["optimizer"])
     if sched is not None:
@@ -246,7 +246,7 @@ def assert_same_tree(actual: Any, expected: Any, where: str = "") -> None:
             assert_same_tree(actual[key], expected[key], f"{where}[{key!r}]")
     elif isinstance(expected, (list, tuple)):
         assert len(actual) == len(expected), f"{where}: length {len(actual)} != {len(expected)}"
-        for i, (a, e) in enumerate(zip(actual, expected)):
+        for i, (a, e) in enumerate(zip(actual, expected, strict=True)):
             assert_same_tree(a, e, f"{where}[{i}]")
     elif isinstance(expected, float):
         assert struct.pack("<d", actual) == struct.pack("<d", expected), \
@@ -301,7 +301,7 @@ def resumed(request, checkpoints) -> dict[str, Any]:
 def test_resuming_in_a_new_process_gives_the_same_bits(checkpoints, resumed, name):
     straight = checkpoints[1][name]
     assert_same_tree(resumed[name], straight, name)
-    for a, b in zip(resumed[name]["params"], straight["params"]):
+    for a, b in zip(resumed[name]["params"], straight["params"], strict=True):
         same_bits(a, b)
     assert resumed[name]["optimizer"]["iterations"] == straight["optimizer"]["iterations"] > 0
 

@@ -15,6 +15,7 @@ import json
 import math
 import os
 from fractions import Fraction
+from itertools import pairwise
 
 import pytest
 
@@ -39,7 +40,7 @@ def keras_piecewise_constant_decay(step, boundaries, values):
     result = 0.0
     result += float(step <= boundaries[0]) * values[0]
     result += float(step > boundaries[-1]) * values[-1]
-    for low, high, value in zip(boundaries[:-1], boundaries[1:], values[1:-1]):
+    for low, high, value in zip(boundaries[:-1], boundaries[1:], values[1:-1], strict=True):
         result += float(low < step <= high) * value
     return result
 
@@ -151,7 +152,7 @@ def optax_cosine_decay_schedule(count, init_value, decay_steps, alpha=0.0, expon
 def optax_join_schedules(schedules, boundaries):
     def schedule(step):
         output = schedules[0](step)
-        for boundary, sched in zip(boundaries, schedules[1:]):
+        for boundary, sched in zip(boundaries, schedules[1:], strict=True):
             output = output if step < boundary else sched(step - boundary)
         return output
     return schedule
@@ -175,12 +176,12 @@ def optax_piecewise_interpolate_schedule(interpolate_type, init_value, boundarie
         return end + (start - end) / 2.0 * (math.cos(math.pi * pct) + 1)
 
     interpolate_fn = linear if interpolate_type == "linear" else cosine
-    boundaries, scales = zip(*sorted(boundaries_and_scales.items()))
+    boundaries, scales = zip(*sorted(boundaries_and_scales.items()), strict=True)
     bounds = (0, *boundaries)  # optax >= 0.2.x builds its bounds from 0 (older ones from -1)
     values = [init_value]
     for scale in scales:  # np.cumprod
         values.append(values[-1] * scale)
-    interval_sizes = [max(hi - lo, 1) for lo, hi in zip(bounds[:-1], bounds[1:])]
+    interval_sizes = [max(hi - lo, 1) for lo, hi in pairwise(bounds)]
 
     def schedule(count):
         total = 0.0

@@ -10,7 +10,8 @@ test_sgd_torch_parity.py` prints the largest per dtype).
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -78,7 +79,7 @@ def run_pair(options: dict[str, Any], dtype: type, scheduler: str | None = None)
         if step < LATE:
             grads[2] = None
         opt.step(grads)
-        for t, g in zip(theirs, grads):
+        for t, g in zip(theirs, grads, strict=True):
             t.grad = None if g is None else torch.from_numpy(g.copy())
         topt.step()
         if sched is not None:
@@ -113,10 +114,10 @@ def _continue_both(opt, ours, topt, theirs, rng, steps):
     for _ in range(steps):
         grads = [rng.standard_normal(a.shape) for a in ours]
         opt.step(grads)
-        for t, g in zip(theirs, grads):
+        for t, g in zip(theirs, grads, strict=True):
             t.grad = torch.from_numpy(g)
         topt.step()
-    for a, t in zip(ours, theirs):
+    for a, t in zip(ours, theirs, strict=True):
         np.testing.assert_allclose(a, t.numpy(), rtol=1e-14, atol=1e-15)
 
 

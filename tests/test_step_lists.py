@@ -254,7 +254,7 @@ def test_a_new_state_object_is_used():
     s.opt.state = ArrayState()
     s.bufs = [None] * 3
     s.step()
-    for b, bits in zip(olds, old_bits):
+    for b, bits in zip(olds, old_bits, strict=True):
         same_bits(b, bits)
     assert all(s.buf(i) is not olds[i] for i in range(3))
 
@@ -321,7 +321,7 @@ def test_reordering_and_editing_the_groups_list():
     def step(order):
         grads = s.grads([s.params[i] for i in order])
         opt.step(grads)
-        for g, i in zip(grads, order):
+        for g, i in zip(grads, order, strict=True):
             ref[i], bufs[i] = ref_step("torch", ref[i], g, bufs[i], lr=lrs[i], momentum=0.9)
         for i in range(2):
             same_bits(s.params[i], ref[i])
@@ -631,7 +631,7 @@ def test_a_grad_overlapping_many_params_is_found_by_position():
         target = 1 if k != 1 else 3
         for start in (min(4 * k + 1, 156), 4 * k - 2):
             names = []
-            for force_full, (opt, block) in enumerate(zip(opts, blocks)):
+            for force_full, (opt, block) in enumerate(zip(opts, blocks, strict=True)):
                 grads = [np.ones(4) if i % 2 else None for i in range(40)]
                 grads[target] = block[start:start + 4]
                 if force_full:
@@ -855,7 +855,7 @@ def test_the_torch_first_step_writes_every_new_buffer_exactly(monkeypatch, neste
     first = [rand(rng, p.shape, p.dtype) for p in params]
     first[3] = None
     opt.step(first)
-    for p, g in zip(params, first):
+    for p, g in zip(params, first, strict=True):
         if g is not None:
             same_bits(opt.state[p]["momentum_buffer"], g)
     later = [rand(rng, p.shape, p.dtype) for p in params]
@@ -938,7 +938,7 @@ def test_protocol_steps_and_none_gradients():
     outcome = protocol_step([Call(params, buffers, False, HYPER, 0)], [np.ones(4), None],
                             Guard("skip", None, 1.0, (True, float("nan"))))
     assert (outcome.ran, outcome.applied) == (True, False)
-    assert all(a.tobytes() == b.tobytes() for a, b in zip(params + buffers, before))
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(params + buffers, before, strict=True))
 
 
 def test_protocol_fields_are_the_compiled_modules():

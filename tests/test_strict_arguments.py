@@ -38,7 +38,7 @@ def test_nesterov_must_be_a_bool_everywhere(value):
     before = [p.copy() for p in params]
     with pytest.raises(TypeError, match=r"nesterov must be a bool, got "):
         opt.step(_grads())
-    assert all(a.tobytes() == b.tobytes() for a, b in zip(params, before))
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(params, before, strict=True))
     saved = fm.SGD(_params(), lr=0.1, momentum=0.9).state_dict()
     saved["param_groups"][0]["nesterov"] = value
     with pytest.raises(TypeError, match=r"nesterov must be a bool, got "):
@@ -107,7 +107,7 @@ def test_a_state_entrys_other_items_survive_a_round_trip():
     assert entry["momentum_buffer"] is not saved["state"][0]["momentum_buffer"]
     fresh.step(_grads())
     opt.step(_grads())
-    for a, b in zip(params, fresh_params):
+    for a, b in zip(params, fresh_params, strict=True):
         np.testing.assert_array_equal(a, b)
 
 
@@ -271,7 +271,7 @@ def test_a_torch_scalar_is_a_real_number_everywhere():
     for _ in range(3):
         opt_t.step(_grads())
         opt_f.step(_grads())
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         np.testing.assert_array_equal(x, y)
 
 
@@ -315,17 +315,20 @@ def test_a_copy_owns_copies_of_its_parameters_and_state(how):
     params, opt = _trained()
     twin = copy.deepcopy(opt) if how == "deepcopy" else pickle.loads(pickle.dumps(opt))
     twin_params = [p for g in twin.param_groups for p in g["params"]]
-    assert all(a is not b and np.array_equal(a, b) for a, b in zip(twin_params, params))
-    for a, b in zip(twin_params, params):  # the copy's state is keyed by the copy's arrays
+    assert all(a is not b and np.array_equal(a, b)
+               for a, b in zip(twin_params, params, strict=True))
+    # the copy's state is keyed by the copy's arrays
+    for a, b in zip(twin_params, params, strict=True):
         assert twin.state[a]["momentum_buffer"] is not opt.state[b]["momentum_buffer"]
         np.testing.assert_array_equal(twin.state[a]["momentum_buffer"],
                                       opt.state[b]["momentum_buffer"])
     before = [p.copy() for p in params]
     grads = [np.full(4, 0.5), np.full((2, 3), 0.5)]
     twin.step(grads)
-    assert all(np.array_equal(a, b) for a, b in zip(params, before))  # the original: untouched
+    # the original: untouched
+    assert all(np.array_equal(a, b) for a, b in zip(params, before, strict=True))
     opt.step(grads)
-    for a, b in zip(twin_params, params):
+    for a, b in zip(twin_params, params, strict=True):
         np.testing.assert_array_equal(a, b)  # the same trajectory
     assert twin.iterations == opt.iterations == 4
 

@@ -34,11 +34,11 @@ def test_trajectory_matches_torch_optim_sgd(hyper, dtype):
         for group in opt.param_groups:
             group["lr"] = lr
         grads = [rng.standard_normal(n).astype(dtype) for n in sizes]
-        for tp, g in zip(tparams, grads):
+        for tp, g in zip(tparams, grads, strict=True):
             tp.grad = torch.from_numpy(g.copy())
         opt.step()
         fm.functional.sgd_(params, grads, bufs, lr=lr, first_step=step == 0, **hyper)
-    for p, tp in zip(params, tparams):
+    for p, tp in zip(params, tparams, strict=True):
         want = tp.detach().numpy()
         deviation = np.max(np.abs(p - want)) / np.max(np.abs(want))
         assert deviation <= TOLERANCE[dtype], deviation

@@ -209,7 +209,7 @@ def test_bad_input_raises_and_modifies_nothing(mutate, error, message):
     before = [a.copy() for a in arrays]
     with pytest.raises(error, match=message):
         fm.functional.sgd_(call["params"], call["grads"], call["buffers"], **call["kw"])
-    for a, b in zip(arrays, before):
+    for a, b in zip(arrays, before, strict=True):
         np.testing.assert_array_equal(a, b, err_msg="an array was modified by a rejected call")
 
 

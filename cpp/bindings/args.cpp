@@ -306,6 +306,9 @@ List::List(py::handle obj, const char* name) {
         throw py::type_error(msg);
     }
     items_ = py::reinterpret_borrow<py::object>(obj);
+#ifdef Py_GIL_DISABLED
+    freeze();
+#endif
 }
 
 std::size_t List::size() const {
@@ -322,8 +325,17 @@ PyObject* List::operator[](std::size_t i) const {
 
 void List::freeze() {
     if (items_ && PyList_Check(items_.ptr())) {
-        items_ = py::reinterpret_steal<py::object>(PyList_AsTuple(items_.ptr()));
-        if (!items_) throw py::error_already_set();
+        PyObject* tuple = nullptr;
+#ifdef Py_GIL_DISABLED
+        // The list's own lock, which its methods take: no other thread changes it mid-copy.
+        Py_BEGIN_CRITICAL_SECTION(items_.ptr());
+        tuple = PyList_AsTuple(items_.ptr());
+        Py_END_CRITICAL_SECTION();
+#else
+        tuple = PyList_AsTuple(items_.ptr());
+#endif
+        if (tuple == nullptr) throw py::error_already_set();
+        items_ = py::reinterpret_steal<py::object>(tuple);
     }
 }
 

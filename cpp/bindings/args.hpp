@@ -59,7 +59,9 @@ const char* momentum_name(Style s);
 
 // A list or tuple argument (never an array: that would iterate its rows), held by a strong
 // reference. Its items are read from its storage when used, so no __len__, __iter__ or
-// __getitem__ of a subclass ever runs: what it holds is what it is.
+// __getitem__ of a subclass ever runs: what it holds is what it is. On a free-threaded CPython a
+// list is copied into a tuple at once (under the list's lock), since another thread may change
+// the list at any time: a borrowed item could be freed while in use, or the storage moved.
 class List {
 public:
     List() = default;  // no items
@@ -67,7 +69,8 @@ public:
     std::size_t size() const;
     PyObject* operator[](std::size_t i) const;  // borrowed
     bool empty() const { return size() == 0; }
-    // A tuple of the items as they are now (used where Python runs between parsing and use).
+    // A tuple of the items as they are now (used where Python runs between parsing and use;
+    // always the case on a free-threaded CPython, where the constructor does it).
     void freeze();
 
 private:

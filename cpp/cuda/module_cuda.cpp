@@ -112,7 +112,9 @@ py::dict build() {
 }  // namespace
 }  // namespace fastmomentum::cuda
 
-PYBIND11_MODULE(_cuda, m) {
+// No GIL needed, as for _core (module.cpp): this module's own state is the parser's NumPy types,
+// set once while it is imported; a step's device work is ordered by CUDA streams, not the GIL.
+PYBIND11_MODULE(_cuda, m, pybind11::mod_gil_not_used()) {
     namespace fc = fastmomentum::cuda;
     namespace py = pybind11;
     m.doc() = "fastmomentum's CUDA kernels (use the fastmomentum package, not this module)";

@@ -54,6 +54,7 @@ import stat
 import sys
 import zipfile
 from collections.abc import Iterator, Mapping
+from itertools import pairwise
 from typing import Any, BinaryIO, Union
 
 import numpy as np
@@ -520,7 +521,7 @@ def _check_entry_sizes(file: BinaryIO) -> None:
                                f"the file's {file_size}")
             spans.append((info.header_offset, end, entry))
         spans.sort()
-        for (_, end, first), (start, _, second) in zip(spans, spans[1:]):
+        for (_, end, first), (start, _, second) in pairwise(spans):
             if start < end:  # entries sharing bytes: a file could list its bytes many times
                 raise _corrupt(f"the entries {first} and {second} overlap in the file")
         for info in infos:

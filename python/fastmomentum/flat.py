@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -73,13 +74,13 @@ class FlatGroup:
         if dtype is None:
             dtype = np.result_type(*arrays) if arrays else np.float32
         group = cls([a.shape for a in arrays], dtype)
-        for view, a in zip(group.params, arrays):
+        for view, a in zip(group.params, arrays, strict=True):
             view[...] = a
         return group
 
     def _views(self, flat: NDArray[Any]) -> list[NDArray[Any]]:
         return [flat[a:b].reshape(shape)
-                for a, b, shape in zip(self.offsets, self.offsets[1:], self.shapes)]
+                for (a, b), shape in zip(pairwise(self.offsets), self.shapes, strict=True)]
 
     def __len__(self) -> int:
         return len(self.shapes)

@@ -35,7 +35,7 @@ costs one read pass over the gradients before the update (one in all when both a
 
 from __future__ import annotations
 
-from typing import Any, Literal, Protocol, Union
+from typing import Any, Literal, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -46,7 +46,7 @@ from ._core import ema_sgd_, keras_sgd_, sgd_
 from .guards import StepResult, nonfinite_error
 
 #: A NumPy array of a dtype the kernels update.
-HostArray = Union[NDArray[np.float32], NDArray[np.float64]]
+HostArray = NDArray[np.float32] | NDArray[np.float64]
 
 
 class CudaArray(Protocol):
@@ -59,11 +59,11 @@ class CudaArray(Protocol):
 
 
 #: A parameter, gradient or buffer: a NumPy array, or a GPU array (all of one kind in a step).
-Array = Union[HostArray, CudaArray]
+Array = HostArray | CudaArray
 #: A list or tuple of arrays (any other sequence is rejected: it might be an array's rows).
-Arrays = Union[list[Array], tuple[Array, ...]]
+Arrays = list[Array] | tuple[Array, ...]
 #: One bool for every array, or one per array (a list or tuple, as for the arrays).
-FirstStep = Union[bool, list[bool], tuple[bool, ...]]
+FirstStep = bool | list[bool] | tuple[bool, ...]
 WeightDecayMode = Literal["coupled", "decoupled", "sgdw"]
 
 __all__ = ["Array", "Arrays", "CudaArray", "FirstStep", "HostArray", "WeightDecayMode",

@@ -57,7 +57,7 @@ import warnings
 from bisect import bisect_right
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, ClassVar, Literal, Protocol, SupportsFloat, Union
+from typing import Any, ClassVar, Literal, Protocol, SupportsFloat
 
 from .schedules import cosine_interpolate, linear_interpolate, plain_data
 
@@ -90,8 +90,8 @@ class OptimizerLike(Protocol):
 
 #: A factor as a function of the epoch index, or a list or tuple of one per param group (as in
 #: torch, any other object is taken as the one function).
-LrLambda = Union[Callable[[int], float], list[Callable[[int], float]],
-                 tuple[Callable[[int], float], ...]]
+LrLambda = (Callable[[int], float] | list[Callable[[int], float]]
+            | tuple[Callable[[int], float], ...])
 
 
 # --------------------------------------------------------------------------------------------
@@ -234,7 +234,7 @@ class LRScheduler:
         groups = self.optimizer.param_groups
         if len(lrs) != len(groups):
             raise ValueError(f"got {len(lrs)} learning rates for {len(groups)} param groups")
-        for group, lr in zip(groups, lrs):
+        for group, lr in zip(groups, lrs, strict=True):
             group["lr"] = lr
         self._last_lr = _group_values(self.optimizer, "lr")
 
@@ -509,7 +509,7 @@ class MultiplicativeLR(LRScheduler):
         if self._is_initial:
             return _group_values(self.optimizer, "lr")
         return [group["lr"] * fn(self.last_epoch)
-                for fn, group in zip(self.lr_lambdas, self.optimizer.param_groups)]
+                for fn, group in zip(self.lr_lambdas, self.optimizer.param_groups, strict=True)]
 
 
 class LambdaLR(LRScheduler):
@@ -538,7 +538,7 @@ class LambdaLR(LRScheduler):
         """``base_lr * lr_lambda(last_epoch)``."""
         self._warn_if_outside_step()
         return [base_lr * fn(self.last_epoch)
-                for fn, base_lr in zip(self.lr_lambdas, self.base_lrs)]
+                for fn, base_lr in zip(self.lr_lambdas, self.base_lrs, strict=True)]
 
 
 def _lambdas(
@@ -797,7 +797,7 @@ class CosineAnnealingLR(_ChainableLRScheduler):
         if (t - 1 - period) % (2 * period) == 0:
             return [
                 group["lr"] + (base_lr - eta_min) * (1 - math.cos(math.pi / period)) / 2
-                for base_lr, group in zip(self.base_lrs, groups)
+                for base_lr, group in zip(self.base_lrs, groups, strict=True)
             ]
         ratio = (1 + math.cos(math.pi * t / period)) / (1 + math.cos(math.pi * (t - 1) / period))
         return [ratio * (group["lr"] - eta_min) + eta_min for group in groups]
@@ -986,7 +986,7 @@ class CyclicLR(LRScheduler):
         self.optimizer = optimizer
         base_lrs = _per_group("base_lr", optimizer, base_lr)
         if last_epoch == -1:
-            for lr, group in zip(base_lrs, optimizer.param_groups):
+            for lr, group in zip(base_lrs, optimizer.param_groups, strict=True):
                 group["lr"] = lr
         self.max_lrs: list[float] = _per_group("max_lr", optimizer, max_lr)
 
@@ -1012,7 +1012,7 @@ class CyclicLR(LRScheduler):
             self.max_momentums = _per_group("max_momentum", optimizer, max_momentum)
             if last_epoch == -1:
                 for m_max, m_base, group in zip(
-                    self.max_momentums, self.base_momentums, optimizer.param_groups
+                    self.max_momentums, self.base_momentums, optimizer.param_groups, strict=True
                 ):
                     group["momentum"] = m_max
                     group["max_momentum"] = m_max
@@ -1052,13 +1052,13 @@ class CyclicLR(LRScheduler):
         scale = self.scale_fn(cycle if self.scale_mode == "cycle" else self.last_epoch)
 
         lrs = []
-        for base_lr, max_lr in zip(self.base_lrs, self.max_lrs):
+        for base_lr, max_lr in zip(self.base_lrs, self.max_lrs, strict=True):
             height = (max_lr - base_lr) * fraction
             lrs.append(base_lr + height * scale)
 
         if self.cycle_momentum:
             for m_base, m_max, group in zip(
-                self.base_momentums, self.max_momentums, self.optimizer.param_groups
+                self.base_momentums, self.max_momentums, self.optimizer.param_groups, strict=True
             ):
                 height = (m_max - m_base) * fraction
                 group["momentum"] = m_max - height * scale
@@ -1164,7 +1164,7 @@ class OneCycleLR(LRScheduler):
 
         max_lrs = _per_group("max_lr", optimizer, max_lr)
         if last_epoch == -1:
-            for peak, group in zip(max_lrs, optimizer.param_groups):
+            for peak, group in zip(max_lrs, optimizer.param_groups, strict=True):
                 group["initial_lr"] = peak / div_factor
                 group["max_lr"] = peak
                 group["min_lr"] = group["initial_lr"] / final_div_factor
@@ -1176,7 +1176,7 @@ class OneCycleLR(LRScheduler):
             base_momentums = _per_group("base_momentum", optimizer, base_momentum)
             if last_epoch == -1:
                 for m_max, m_base, group in zip(
-                    max_momentums, base_momentums, optimizer.param_groups
+                    max_momentums, base_momentums, optimizer.param_groups, strict=True
                 ):
                     group["momentum"] = m_max
                     group["max_momentum"] = m_max
@@ -1411,7 +1411,7 @@ def _load_children(schedulers: list[LRScheduler], state_dict: dict[str, Any]) ->
     if len(states) != len(schedulers):
         raise ValueError(f"state_dict has {len(states)} child states for {len(schedulers)} "
                          "schedulers")
-    for scheduler, state in zip(schedulers, states):
+    for scheduler, state in zip(schedulers, states, strict=True):
         scheduler._load_state(state)
 
 
@@ -1555,7 +1555,7 @@ class ReduceLROnPlateau(LRScheduler):
                     "`min_lrs` field to match the length of the `optimizer` param groups."
                 )
             self.min_lrs = [self.default_min_lr] * len(groups)
-        for group, min_lr in zip(groups, self.min_lrs):
+        for group, min_lr in zip(groups, self.min_lrs, strict=True):
             old_lr = float(group["lr"])
             new_lr = max(old_lr * self.factor, min_lr)
             if old_lr - new_lr > self.eps:

@@ -23,8 +23,8 @@ import operator
 import os
 import threading
 import weakref
-from collections.abc import Iterable, Iterator, Mapping, MutableMapping, Sequence
-from typing import Any, Callable, Literal, NamedTuple, Union
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
@@ -39,7 +39,7 @@ __all__ = ["SGD", "ArrayState", "convert_state_dict", "group_arrays"]
 Style = Literal["torch", "keras", "ema"]
 #: A hyper-parameter that may follow a schedule: a number, or a callable of the step count (e.g.
 #: from :mod:`fastmomentum.schedules`).
-Schedulable = Union[float, Callable[[int], float]]
+Schedulable = float | Callable[[int], float]
 
 #: The state key of each style's buffer (PyTorch's name for the torch and ema styles).
 BUFFER_KEY = {"torch": "momentum_buffer", "ema": "momentum_buffer", "keras": "velocity"}
@@ -615,7 +615,7 @@ class SGD:
         step = self._iterations
         calls: list[Call] = []
         created: list[tuple[_GroupLists, list[int], list[Any]]] = []
-        for gl, group in zip(lists.groups, self.param_groups):
+        for gl, group in zip(lists.groups, self.param_groups, strict=True):
             hyper, has_momentum = self._hyper(group, step)
             if not has_momentum:
                 calls.append(_new_call((gl.snapshot, None, False, hyper, gl.first_index)))
@@ -628,7 +628,7 @@ class SGD:
                 new = self._backend.new_buffers([gl.snapshot[i] for i in need],
                                                 zero=self.style != "torch")
                 buffers = list(buffers)
-                for i, buf in zip(need, new):
+                for i, buf in zip(need, new, strict=True):
                     buffers[i] = buf
                 created.append((gl, need, new))
                 if self.style == "torch":  # PyTorch's first step: b <- g
@@ -637,7 +637,7 @@ class SGD:
                         first[i] = True
             calls.append(_new_call((gl.snapshot, buffers, first, hyper, gl.first_index)))
         if dtypes is not None:
-            for call, group_dtypes in zip(calls, dtypes):
+            for call, group_dtypes in zip(calls, dtypes, strict=True):
                 _core.check_hyper(call.hyper, group_dtypes, guard)
         limit = self._max_consecutive_skips
         over_limit = guard.nonfinite == "skip" and limit is not None \
@@ -703,7 +703,7 @@ class SGD:
             and state.version == p.lists.version
         key = BUFFER_KEY[self.style]
         for gl, need, new in p.created:
-            for i, buf in zip(need, new):
+            for i, buf in zip(need, new, strict=True):
                 entry = state.entry(gl.snapshot[i])
                 if entry is None:
                     state.counted(gl.snapshot[i], {key: buf})
@@ -711,7 +711,7 @@ class SGD:
                     entry[key] = buf
         if keep:
             for gl, need, new in p.created:
-                for i, buf in zip(need, new):
+                for i, buf in zip(need, new, strict=True):
                     gl.buffers[i] = buf
                 gl.missing[:] = [i for i in gl.missing if gl.buffers[i] is None]
             self._lists = p.lists._replace(version=state.version)
@@ -724,7 +724,7 @@ class SGD:
         if lists is not None and lists.counted and lists.state is state \
                 and lists.version == state._changes[0] \
                 and len(lists.groups) == len(self.param_groups):
-            for gl, group in zip(lists.groups, self.param_groups):
+            for gl, group in zip(lists.groups, self.param_groups, strict=True):
                 # The same params object holding the same arrays (a new group dict may hold it:
                 # its hyper-parameters are read at every step).
                 if group.get("params") is not gl.params \
@@ -831,7 +831,7 @@ class SGD:
             raise ValueError("loaded state dict has a different number of parameter groups")
         new_groups, saved_order = [], []
         for i, (group, group_params, saved) in enumerate(zip(self.param_groups, params,
-                                                             saved_groups)):
+                                                             saved_groups, strict=True)):
             if not isinstance(saved, dict) or not isinstance(saved.get("params"), (list, tuple)):
                 raise ValueError(f"param_groups[{i}] must be a dict with a list 'params'")
             if len(saved["params"]) != len(group_params):
@@ -854,7 +854,8 @@ class SGD:
             saved_order += indices
         if sorted(saved_order) != list(range(len(saved_order))):
             raise ValueError("the state dict's parameter indices are not 0..n-1, each once")
-        param_at = dict(zip(saved_order, (p for group_params in params for p in group_params)))
+        param_at = dict(zip(saved_order, (p for group_params in params for p in group_params),
+                            strict=True))
         key = BUFFER_KEY[self.style]
         saved_state = state_dict["state"]
         if not isinstance(saved_state, dict):

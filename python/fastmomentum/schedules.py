@@ -39,12 +39,12 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import MISSING, Field, dataclass, fields
 from fractions import Fraction
-from typing import Any, ClassVar, Union
+from typing import Any, ClassVar
 
 Schedule = Callable[[int], float]
 """A schedule: ``step -> value``, step being the 0-based count of updates already applied."""
 
-Number = Union[int, float]
+Number = int | float
 
 __all__ = [
     "Constant",
@@ -1000,7 +1000,7 @@ class JoinedSchedules(_ScheduleBase):
     def __call__(self, step: int) -> float:
         step = _step(step)
         schedule, offset = self.schedules[0], 0
-        for boundary, nxt in zip(self.boundaries, self.schedules[1:]):
+        for boundary, nxt in zip(self.boundaries, self.schedules[1:], strict=True):
             if step >= boundary:
                 schedule, offset = nxt, boundary
         return float(schedule(step - offset))

@@ -53,7 +53,7 @@ def run(opt: Any, case_name: str, steps: range, scheduler: Any, in_place: bool =
         grads = make_grads(case, SEED, t, RANK, WORLD)
         grads = [grads[i] for i in order]
         if in_place:
-            for buffer, g in zip(opt.grad_buffers, grads):
+            for buffer, g in zip(opt.grad_buffers, grads, strict=True):
                 buffer[...] = g
             grads = opt.grad_buffers
         try:
@@ -172,7 +172,7 @@ def mismatch(out: Path) -> None:
     try:
         opt_late.step([np.ones(8), np.ones(1, np.float32)])
     except ValueError as error:
-        unchanged = all(np.array_equal(a, b) for a, b in zip(late, before))
+        unchanged = all(np.array_equal(a, b) for a, b in zip(late, before, strict=True))
         messages.append(f"dtype-step: {unchanged} {error}")
     try:
         ShardedSGD(COMM, [p.copy() for p in mixed], lr=0.1).step(

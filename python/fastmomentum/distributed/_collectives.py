@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -40,7 +41,7 @@ def raise_everywhere(comm: MPI.Intracomm, error: Exception | None) -> None:
 
 def _spec(buf: NDArray[Any], bounds: Sequence[int]) -> list[Any]:
     """mpi4py's ``[buffer, counts, displacements, datatype]`` for ``buf`` cut at ``bounds``."""
-    counts = [b - a for a, b in zip(bounds, bounds[1:])]
+    counts = [b - a for a, b in pairwise(bounds)]
     return [buf, counts, list(bounds[:-1]), from_numpy_dtype(buf.dtype)]
 
 
@@ -86,7 +87,7 @@ class SumReducer:
         if not self.deterministic:
             # In place (MPI forbids overlapping send and receive buffers): the sums arrive at the
             # start of buf, and move to this rank's place.
-            counts = [b - a for a, b in zip(bounds, bounds[1:])]
+            counts = [b - a for a, b in pairwise(bounds)]
             self.comm.Reduce_scatter(MPI.IN_PLACE, buf, recvcounts=counts, op=MPI.SUM)
             if lo:
                 buf[lo:hi] = buf[:hi - lo]  # NumPy copies overlapping ranges correctly

@@ -11,6 +11,7 @@ that rank ``r`` owns.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import pairwise
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -58,7 +59,7 @@ class FlatGrads:
             dtype: np.zeros(size, dtype) for dtype, size in sizes.items()}
         self.views: list[NDArray[Any]] = [
             self.flats[place.dtype][place.start:place.stop].reshape(p.shape)
-            for place, p in zip(self.places, params)]
+            for place, p in zip(self.places, params, strict=True)]
 
     def buckets(self, max_bytes: int) -> list[NDArray[Any]]:
         """The flat buffers cut into runs of whole parameters of at most ``max_bytes`` each (a
@@ -71,7 +72,7 @@ class FlatGrads:
                         and place.start > cuts[-1]:
                     cuts.append(place.start)
             cuts.append(flat.size)
-            out += [flat[a:b] for a, b in zip(cuts, cuts[1:]) if b > a]
+            out += [flat[a:b] for a, b in pairwise(cuts) if b > a]
         return out
 
     def load(self, grads: Sequence[Array | None], loss_scale: float) -> None:
@@ -81,7 +82,7 @@ class FlatGrads:
         parser), so that a bad step raises before any communication."""
         _core.check_guard(Guard(loss_scale=loss_scale))
         _check_grads(grads, len(self.views))
-        for i, (g, view) in enumerate(zip(grads, self.views)):
+        for i, (g, view) in enumerate(zip(grads, self.views, strict=True)):
             if g is None:
                 raise ValueError(
                     f"grads[{i}] is None: a distributed step needs a gradient for every parameter "
@@ -91,6 +92,6 @@ class FlatGrads:
             if g.dtype != view.dtype or g.shape != view.shape:
                 raise ValueError(f"grads[{i}] is {g.dtype} of shape {g.shape} but its parameter "
                                  f"is {view.dtype} of shape {view.shape}")
-        for g, view in zip(grads, self.views):
+        for g, view in zip(grads, self.views, strict=True):
             if g is not view:  # a gradient computed into the buffer needs no copy
                 np.copyto(view, g)  # type: ignore[arg-type]  # checked above: not None

@@ -82,7 +82,7 @@ class ShardedSGD(SGD):
             # The checks that depend on the dtypes, for the model's: a rank's shard of a group
             # may lack a dtype that the group has, and every rank must refuse alike.
             self._model_dtypes = [self._backend.dtypes(g["params"]) for g in groups]
-            for group, dtypes in zip(self.param_groups, self._model_dtypes):
+            for group, dtypes in zip(self.param_groups, self._model_dtypes, strict=True):
                 _core.check_hyper(self._hyper(group, self._iterations, constructing=True)[0],
                                   dtypes)
         except Exception as error:  # (a KeyboardInterrupt stops this rank, as MPI programs do)
@@ -135,7 +135,7 @@ class ShardedSGD(SGD):
     def _full_groups(self) -> list[dict[str, Any]]:
         """The groups with their hyper-parameters and the model's parameters (not the shards)."""
         out, start = [], 0
-        for group, size in zip(self.param_groups, self._group_sizes):
+        for group, size in zip(self.param_groups, self._group_sizes, strict=True):
             out.append({**group, "params": self.params[start:start + size]})
             start += size
         return out
@@ -232,7 +232,7 @@ class ShardedSGD(SGD):
             allgather(self.comm, flat, self._bounds[dtype])
         saved = SGD.state_dict(self)
         start = 0
-        for group, size in zip(saved["param_groups"], self._group_sizes):
+        for group, size in zip(saved["param_groups"], self._group_sizes, strict=True):
             group["params"] = list(range(start, start + size))
             start += size
         saved["state"] = {}

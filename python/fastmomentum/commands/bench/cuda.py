@@ -16,7 +16,7 @@ import statistics
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Optional, TextIO
+from typing import Any, TextIO
 
 import numpy as np
 
@@ -98,7 +98,7 @@ class Row:
 
 
 # An implementation: (library, p, g, b) on the device -> a step, or None when unavailable.
-Maker = Callable[[Library, Any, Any, Any], Optional[Step]]
+Maker = Callable[[Library, Any, Any, Any], Step | None]
 
 
 def _fastmomentum(lib: Library, p: Any, g: Any, b: Any) -> Step:
@@ -148,7 +148,7 @@ def _expected(p: np.ndarray, g: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, 
 def _verify(lib: Library, name: str, got: tuple[Any, Any],
             expected: tuple[np.ndarray, np.ndarray]) -> str:
     """'' when right, else what is wrong."""
-    for what, x, want in zip(("p", "b"), got, expected):
+    for what, x, want in zip(("p", "b"), got, expected, strict=True):
         have = lib.to_host(x)
         if name == "fastmomentum":
             if have.tobytes() != want.tobytes():

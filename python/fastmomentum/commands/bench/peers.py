@@ -83,7 +83,7 @@ def _load_numpy() -> Builder:
         for s in scratch:
             s.fill(0)
         items = [(p, g, b, [s[: p.size] for s in scratch])
-                 for p, g, b in zip(problem.params, problem.grads, problem.buffers)]
+                 for p, g, b in zip(problem.params, problem.grads, problem.buffers, strict=True)]
         kw = hyper.kwargs()
 
         def step() -> None:
@@ -107,7 +107,7 @@ def _load_numexpr() -> Builder:
         buffer_expr = "m*b + (g + wd*p)"
         param_expr = "p - lr*((g + wd*p) + m*b)" if hyper.nesterov else "p - lr*b"
         envs = [dict(p=p, g=g, b=b, lr=lr, m=m, wd=wd)
-                for p, g, b in zip(problem.params, problem.grads, problem.buffers)]
+                for p, g, b in zip(problem.params, problem.grads, problem.buffers, strict=True)]
 
         def step() -> None:
             for env in envs:
@@ -219,10 +219,10 @@ def _load_torch_optim() -> Builder:
 
     def build(problem: Problem, hyper: Variant) -> Built:
         params, grads, buffers = _tensors(torch, problem)
-        for p, g in zip(params, grads):
+        for p, g in zip(params, grads, strict=True):
             p.grad = g
         opt = torch.optim.SGD(params, fused=True, dampening=0.0, **hyper.kwargs())
-        for p, b in zip(params, buffers):
+        for p, b in zip(params, buffers, strict=True):
             opt.state[p]["momentum_buffer"] = b
         return Built(opt.step, problem)
 
@@ -280,7 +280,7 @@ def _load_fastmomentum_flat() -> Builder:
         # The same values in one group: its own memory, three contiguous 1-D arrays.
         group = flat_group.from_arrays(problem.params)
         for views, arrays in ((group.grads, problem.grads), (group.buffers, problem.buffers)):
-            for view, a in zip(views, arrays):
+            for view, a in zip(views, arrays, strict=True):
                 view[...] = a
         step = _user_call([group.flat_params], [group.flat_grads], [group.flat_buffers], hyper)
         return Built(step, Problem(list(group.params), list(group.grads), list(group.buffers)))

@@ -51,7 +51,7 @@ def write_plot(results: Results, path: str | Path) -> Path | None:
                                 if r.dtype == dtype and r.threads == n_threads and r.impl == impl)
                 if not points:
                     continue
-                xs, ys = zip(*points)
+                xs, ys = zip(*points, strict=True)
                 kind = kinds[impl]
                 ax.plot(xs, ys, LINE_STYLES.get(kind, "-"), marker="o", markersize=3,
                         linewidth=2.5 if kind == "fastmomentum" else 1.2, label=impl)

@@ -113,7 +113,7 @@ def make_problem(
     dt: Any = np.dtype(dtype)
     sizes = Layout("", n_arrays).sizes(size) if total else [size] * n_arrays
     triples = [tuple(np.empty(n, dt) for _ in range(3)) for n in sizes]
-    problem = Problem(*(list(arrays) for arrays in zip(*triples)))
+    problem = Problem(*(list(arrays) for arrays in zip(*triples, strict=True)))
     rng = np.random.default_rng(seed)
     for arrays, scale in ((problem.params, 1.0), (problem.grads, 1e-3), (problem.buffers, 1e-2)):
         for a in arrays:

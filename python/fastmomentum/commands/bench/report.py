@@ -81,7 +81,7 @@ class TablePrinter:
                   fmt("speedup_over_numpy", ".1f", "x"),
                   fmt("others_cpu", ".1f", "!" if busy is not None and busy > BUSY_WARNING
                       else ""))
-        cells += [f"{v:>{w}}" for v, (_, w) in zip(values, SUMMARY_COLUMNS)]
+        cells += [f"{v:>{w}}" for v, (_, w) in zip(values, SUMMARY_COLUMNS, strict=True)]
         self.line("  ".join(cells))
 
 

@@ -33,7 +33,7 @@ def reference_steps(problem: Problem, hyper: Variant) -> Problem:
     """:data:`STEPS` steps of :func:`~fastmomentum.commands.bench.numpy_baseline.sgd_inplace_` on a
     copy of ``problem``: what every implementation must match."""
     result = problem.copy()
-    for p, g, b in zip(result.params, result.grads, result.buffers):
+    for p, g, b in zip(result.params, result.grads, result.buffers, strict=True):
         scratch = [np.empty_like(p) for _ in range(2 if hyper.nesterov else 1)]
         for _ in range(STEPS):
             sgd_inplace_(p, g, b, scratch, **hyper.kwargs())
@@ -55,7 +55,7 @@ def compare(actual: Problem, desired: Problem, against: str) -> None:
     pairs = (("params", actual.params, desired.params), ("buffers", actual.buffers,
                                                          desired.buffers))
     for what, got, want in pairs:
-        for i, (x, y) in enumerate(zip(got, want)):
+        for i, (x, y) in enumerate(zip(got, want, strict=True)):
             atol = rtol * float(np.max(np.abs(y))) if y.size else 0.0
             np.testing.assert_allclose(x, y, rtol=rtol, atol=atol,
                                        err_msg=f"{what}[{i}] vs {against}")

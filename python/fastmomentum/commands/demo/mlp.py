@@ -48,7 +48,7 @@ def grad_check(X: np.ndarray, y: np.ndarray, params: Params, eps: float = 1e-5) 
     X = X.astype(np.float64)
     _, grads, _ = loss_and_grads(params, X, y)
     worst = 0.0
-    for p, g in zip(params, grads):
+    for p, g in zip(params, grads, strict=True):
         numeric = np.zeros_like(p)
         for i in np.ndindex(p.shape):
             old = p[i]

@@ -37,7 +37,7 @@ def plot(histories: Mapping[str, History], path: str | Path) -> None:
     fig = Figure(figsize=(4.2 * len(histories), 3.6), constrained_layout=True)
     axes = fig.subplots(1, len(histories), sharey=True, squeeze=False)[0]
     last = len(histories) - 1
-    for i, (ax, (name, h)) in enumerate(zip(axes, histories.items())):
+    for i, (ax, (name, h)) in enumerate(zip(axes, histories.items(), strict=True)):
         epochs = range(1, len(h.train_loss) + 1)
         ax.plot(epochs, h.train_loss, label="training loss")
         ax.plot(epochs, h.test_loss, label="test loss")
