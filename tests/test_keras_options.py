@@ -46,10 +46,11 @@ def test_global_clipnorm_is_keras_formula(isa, threads, dtype, clip_norm, nester
     norm = float(np.sqrt(ordered_norm_squares(grads) / 4.0))  # loss_scale 2: the norm of g / 2
     factor = dtype(keras_global_factor(clip_norm, norm) / 2.0)  # one rounding of the product
     kw = dict(lr=0.1, momentum=0.9, nesterov=nesterov, weight_decay=0.01)
-    expected = [keras_sgd(p, g * factor, v, **kw) for p, g, v in zip(params, grads, vels)]
+    expected = [keras_sgd(p, g * factor, v, **kw)
+                for p, g, v in zip(params, grads, vels, strict=True)]
     out = F.keras_sgd_(params, grads, vels, global_clipnorm=clip_norm, loss_scale=2, **kw)
     assert out == fm.StepResult(False, norm)
-    for p, v, (ep, ev) in zip(params, vels, expected):
+    for p, v, (ep, ev) in zip(params, vels, expected, strict=True):
         same_bits(p, ep)
         same_bits(v, ev)
 
@@ -76,10 +77,10 @@ def test_clipvalue_clips_each_element(isa, threads, dtype, clip_value):
     kw = dict(lr=0.05, momentum=0.5, weight_decay=0.02)
     with np.errstate(invalid="ignore"):
         expected = [keras_sgd(p, np.clip(g * dtype(0.5), -v, v), b, **kw)
-                    for p, g, b in zip(params, grads, vels)]
+                    for p, g, b in zip(params, grads, vels, strict=True)]
         out = F.keras_sgd_(params, grads, vels, clipvalue=clip_value, loss_scale=2.0, **kw)
     assert out == fm.StepResult(False, None)
-    for p, b, (ep, eb) in zip(params, vels, expected):
+    for p, b, (ep, eb) in zip(params, vels, expected, strict=True):
         same_bits(p, ep)
         same_bits(b, eb)
 
@@ -107,10 +108,10 @@ def test_global_clipnorm_in_the_optimizer_reports_the_norm():
     grads = [rand(rng, n, np.float64) for n in SIZES]
     expected = [keras_sgd(w.copy(), g * keras_global_factor(0.5, np.sqrt(
         ordered_norm_squares(grads))), np.zeros_like(w), lr=0.1, momentum=0.9)
-        for w, g in zip(ws, grads)]
+        for w, g in zip(ws, grads, strict=True)]
     out = opt.step(grads)
     assert out.grad_norm == float(np.sqrt(ordered_norm_squares(grads)))
-    for w, (ew, _) in zip(ws, expected):
+    for w, (ew, _) in zip(ws, expected, strict=True):
         same_bits(w, ew)
 
 

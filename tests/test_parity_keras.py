@@ -110,7 +110,7 @@ def test_sgd_trajectory_matches_keras(momentum, nesterov, weight_decay):
     kopt.build(kvars)
     for g in grads:
         kopt.apply(g, kvars)
-    for ours, var in zip(params, kvars):
+    for ours, var in zip(params, kvars, strict=True):
         theirs = keras.ops.convert_to_numpy(var.value)
         assert ours.dtype == theirs.dtype == np.float32
         # Keras' lr is float32, fm's a double cast to float32 by the kernel: lr values differ by
@@ -138,14 +138,14 @@ def test_keras_clipping_trajectory_matches_keras(clipping, nesterov):
     kopt.build(kvars)
     for g in grads:
         kopt.apply(g, kvars)
-    for ours, var in zip(params, kvars):
+    for ours, var in zip(params, kvars, strict=True):
         theirs = keras.ops.convert_to_numpy(var.value)
         # Keras sums the norm in float32 and forms c*min(1/n, 1/c) in float32, fm in double
         # rounded once to float32: the factors differ by float32 rounding, which the velocity
         # carries (bound as above).
         np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
     if "global_clipnorm" in clipping:  # the norm fm reports is Keras' global_norm, in double
-        for g, norm in zip(grads[:3], norms[:3]):
+        for g, norm in zip(grads[:3], norms[:3], strict=True):
             ops = keras.ops  # Keras' global_norm: sqrt of the summed per-variable sums
             expected = float(ops.convert_to_numpy(
                 ops.sqrt(ops.sum(ops.stack([ops.sum(ops.square(x)) for x in g])))))

@@ -144,7 +144,7 @@ def test_sgd_trajectory_matches_optax(nesterov, weight_decay):
 
     for g in grads:
         jparams, state = update(jparams, state, [jnp.asarray(x) for x in g])
-    for ours, theirs in zip(params, jparams):
+    for ours, theirs in zip(params, jparams, strict=True):
         theirs = np.asarray(theirs)
         assert ours.dtype == theirs.dtype == np.float32
         # float32 rounding of both (lr in float32 vs double-then-cast, op order), carried by the

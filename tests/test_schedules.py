@@ -887,7 +887,7 @@ def test_against_optax_if_installed():
     for ours, theirs in pairs:
         # one compilation over all the steps instead of op-by-op dispatch at every step
         values = jax.jit(jax.vmap(theirs))(jax.numpy.asarray(steps))
-        for t, want in zip(steps, values.tolist()):
+        for t, want in zip(steps, values.tolist(), strict=True):
             assert ours(t) == pytest.approx(want, rel=1e-5, abs=1e-7), (ours, t)
 
 
@@ -915,5 +915,5 @@ def test_against_keras_if_installed():
             values = jax.jit(jax.vmap(theirs))(jax.numpy.asarray(steps)).tolist()
         else:
             values = [float(keras.ops.convert_to_numpy(theirs(t))) for t in steps]
-        for t, want in zip(steps, values):
+        for t, want in zip(steps, values, strict=True):
             assert ours(t) == pytest.approx(want, rel=1e-5, abs=1e-7), (ours, t)
