@@ -171,6 +171,9 @@ def test_python_m_fastmomentum_bench_is_wired_and_keeps_the_minimums():
     (["--json", "no-such-folder/r.json"], "--json no-such-folder/r.json: the folder no-such-folder "
                                           "does not exist"),
     (["--json", "."], "--json .: is a folder, not a file"),
+    (["--json", "-"], "--json takes a file path ('-' is not standard output here)"),
+    (["--plot", "-"], "--plot takes a file path"),
+    (["--json", "same.png", "--plot", "./same.png"], "--json and --plot name the same file"),
     (["--no-json", "--plot", "r.txt"], "--plot r.txt: matplotlib writes"),
     (["--sizes", "1e20"], "--sizes 1e20: p, g and the buffer need"),
 ])

@@ -176,3 +176,25 @@ def test_keras_clipping_is_for_the_keras_style(style, option):
         step = F.sgd_ if style == "torch" else F.ema_sgd_
         kw = dict(momentum=0.9) if style == "torch" else dict(beta=0.9)
         step([np.zeros(3)], [np.zeros(3)], [np.zeros(3)], lr=0.1, **kw, **{option: 1.0})
+
+
+@pytest.mark.parametrize("style, settings, message", [
+    ("torch", dict(global_clipnorm=1.0), "Keras' options, for style='keras'"),
+    ("ema", dict(clipvalue=1.0), "Keras' options, for style='keras'"),
+    ("keras", dict(global_clipnorm=1.0, max_grad_norm=1.0),
+     "max_grad_norm cannot be combined with global_clipnorm"),
+    ("keras", dict(clipvalue=1.0, max_grad_norm=1.0),
+     "clipvalue cannot be combined with max_grad_norm"),
+    ("keras", dict(clipvalue=-1.0), "clipvalue must be None or a finite number > 0"),
+])
+def test_clipping_set_between_steps_is_checked_at_the_step(style, settings, message):
+    w = np.ones(3)
+    opt = fm.SGD([w], lr=0.1, momentum=0.9, style=style)
+    opt.step([np.ones(3)])
+    before, state = w.copy(), opt.state_dict()
+    for name, value in settings.items():
+        setattr(opt, name, value)
+    with pytest.raises(ValueError, match=message):
+        opt.step([np.ones(3)])
+    same_bits(w, before)
+    assert opt.iterations == 1 and opt.state_dict()["state"][0].keys() == state["state"][0].keys()

@@ -640,6 +640,23 @@ def test_warm_restarts_epoch_errors(torch):
         f_sched.step("1")  # type: ignore[arg-type]
 
 
+def test_warm_restarts_take_numpy_epochs_as_the_numbers_they_hold():
+    np = pytest.importorskip("numpy")
+    plain = fls.CosineAnnealingWarmRestarts(FakeOptimizer(ONE), 5, T_mult=2)
+    numpy = fls.CosineAnnealingWarmRestarts(FakeOptimizer(ONE), 5, T_mult=2)
+    for i, epoch in enumerate(np.arange(0, 40, 0.25)):  # for epoch in np.arange(...)
+        as_int = np.int64(i) if i % 2 else np.int32(i)
+        for value, same in ((epoch, float(epoch)), (as_int, i)):
+            numpy.step(value)
+            plain.step(same)
+            assert numpy.get_last_lr() == plain.get_last_lr() and numpy.T_cur == plain.T_cur
+            assert type(numpy.T_cur) is type(plain.T_cur)
+    with pytest.raises(TypeError, match="epoch must be an int or a float"):
+        numpy.step(np.True_)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="epoch must be an int or a float"):
+        numpy.step(True)
+
+
 # --------------------------------------------------------------------------------------------
 # A negative lr from chained recursive schedulers (issue 23): torch steps on, fm.SGD refuses
 # --------------------------------------------------------------------------------------------

@@ -53,6 +53,8 @@ Differences from torch (all deliberate):
 from __future__ import annotations
 
 import math
+import numbers
+import operator
 import warnings
 from bisect import bisect_right
 from collections import Counter
@@ -894,8 +896,11 @@ class CosineAnnealingWarmRestarts(LRScheduler):
                 self.T_cur = self.T_cur % self.T_i
                 self.T_i = self.T_i * self.T_mult
         else:
-            if isinstance(epoch, bool) or not isinstance(epoch, (int, float)):
+            if isinstance(epoch, bool) or not isinstance(epoch, numbers.Real):
                 raise TypeError(f"epoch must be an int or a float, got {epoch!r}")
+            # A NumPy scalar (``for epoch in np.arange(n)``) as the Python number it holds.
+            epoch = (operator.index(epoch) if isinstance(epoch, numbers.Integral)
+                     else float(epoch))
             if epoch < 0:
                 raise ValueError(f"Expected non-negative epoch, but got {epoch}")
             if not math.isfinite(epoch):

@@ -364,13 +364,6 @@ class SGD:
         self._pending: _Pending | None = None
         self._state = ArrayState()
         self._iterations = self._skipped_steps = self._consecutive_skips = 0
-        if style != "keras" and (global_clipnorm is not None or clipvalue is not None):
-            raise ValueError("global_clipnorm and clipvalue are Keras' options, for "
-                             f"style='keras' (style is {style!r}); max_grad_norm clips by the "
-                             "global norm in PyTorch's formula")
-        if global_clipnorm is not None and max_grad_norm is not None:
-            raise ValueError("max_grad_norm cannot be combined with global_clipnorm: only one "
-                             "gradient clipping can be set, as in Keras")
         self.global_clipnorm = global_clipnorm
         self.clipvalue = clipvalue
         self._max_consecutive_skips = None if max_consecutive_skips is None else _count(
@@ -583,7 +576,16 @@ class SGD:
 
     def _guard(self, loss_scale: float, stats: tuple[bool, float] | None = None) -> Guard:
         """The guard of a step with this ``loss_scale`` (and the caller's gradient statistics, if
-        it measured them), from the optimizer's guard settings."""
+        it measured them), from the optimizer's guard settings, checked here (at construction and
+        at every step: they are attributes a user may set between steps)."""
+        keras_options = self.global_clipnorm is not None or self.clipvalue is not None
+        if keras_options and self.style != "keras":
+            raise ValueError("global_clipnorm and clipvalue are Keras' options, for "
+                             f"style='keras' (style is {self.style!r}); max_grad_norm clips by "
+                             "the global norm in PyTorch's formula")
+        if self.global_clipnorm is not None and self.max_grad_norm is not None:
+            raise ValueError("max_grad_norm cannot be combined with global_clipnorm: only one "
+                             "gradient clipping can be set, as in Keras")
         if self.global_clipnorm is not None:
             return _new_guard((self.nonfinite, self.global_clipnorm, loss_scale, stats, "keras",
                                self.clipvalue))

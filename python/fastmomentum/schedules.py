@@ -35,6 +35,7 @@ import abc
 import math
 import numbers
 import operator
+import sys
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import MISSING, Field, dataclass, fields
@@ -727,9 +728,12 @@ class CosineDecayRestarts(_ScheduleBase):
         else:
             ratio = math.log(1.0 - fraction * (1.0 - t_mul)) / math.log(t_mul)
             i = math.floor(ratio)
-            # Rounding moves the ratio by far less than this margin (a few ulps of the ratio plus
-            # a few ulps divided by log(t_mul)); farther from an integer, floor(ratio) is exact.
-            margin = 1e-9 * (1.0 + ratio + 1.0 / math.log(t_mul))
+            # How far rounding can move the ratio: 1 - x(1 - t_mul) carries a few ulps of its
+            # magnitude, so its log a few ulps absolute, divided by log(t_mul); the division and
+            # the logs add a few ulps of the ratio. 64 ulps cover both many times over; farther
+            # from an integer, floor(ratio) is exact. (A margin that grows as log(t_mul) shrinks
+            # only as fast as the error does keeps t_mul near 1 off the exact path.)
+            margin = 64 * sys.float_info.epsilon * (1.0 + abs(ratio) + 1.0 / math.log(t_mul))
             if abs(ratio - round(ratio)) > margin:
                 sum_r = (1.0 - t_mul ** i) / (1.0 - t_mul)
                 return i, (fraction - sum_r) / t_mul ** i

@@ -126,6 +126,11 @@ def _parse(argv: Sequence[str] | None, prog: str
 
 def _check_outputs(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     """The files the run will write, checked before it (not after a 10-minute --full)."""
+    for flag, path in (("--json", args.json), ("--plot", args.plot)):
+        if path == "-":  # the table already goes to stdout
+            parser.error(f"{flag} takes a file path ('-' is not standard output here)")
+    if args.json and args.plot and Path(args.json).resolve() == Path(args.plot).resolve():
+        parser.error(f"--json and --plot name the same file ({args.json}): give each its own")
     if args.json:
         check_writable(Path(args.json), "--json", parser)
     if args.plot and args.device == "cpu" and matplotlib_available():
