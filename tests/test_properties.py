@@ -342,7 +342,8 @@ def test_the_optimizer_matches_the_reference_over_several_steps(case, isa, threa
 
 # -- bad input: the documented error, and nothing modified --------------------------------------
 
-BAD_DTYPES = ["float16", "int8", "int32", "int64", "uint16", "complex64", "complex128", "bool",
+# (float16 and bfloat16 are parameter dtypes, and buffer dtypes of float32 parameters.)
+BAD_DTYPES = ["int8", "int32", "int64", "uint16", "complex64", "complex128", "bool",
               np.dtype(np.float32).newbyteorder().str, np.dtype(np.float64).newbyteorder().str]
 
 
@@ -425,6 +426,10 @@ def _bad_calls(draw, kind):
         which = draw(st.sampled_from(["grads", "buffers"]))
         other = DTYPES[1] if dtype == DTYPES[0] else DTYPES[0]
         args[which][i] = np.zeros(shape, other)
+        if which == "buffers" and dtype == np.float32:  # it may be 16-bit, but not float64
+            return (style, args, hyper, TypeError,
+                    rf"{names[which]}\[{i}\] has dtype float64; a float32 parameter's buffer is a "
+                    r"float32, bfloat16 or float16 array, or an 8-bit fastmomentum.QuantizedBuffer")
         return (style, args, hyper, TypeError,
                 rf"{names[which]}\[{i}\] has dtype {other.name} but params\[{i}\] has dtype "
                 rf"{dtype.name}; they must match")

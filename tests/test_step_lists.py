@@ -887,9 +887,9 @@ def test_protocol_errors_name_what_is_wrong():
     call = Call(params, buffers, False, HYPER, 0)
     cases = [
         ([tuple(call)[:4]], grads, Guard(), TypeError, r"each call must be a "
-         r"fastmomentum._protocol.Call \(a tuple of 5 fields\), got tuple"),
+         r"fastmomentum._protocol.Call \(a tuple of 6 fields\), got tuple"),
         ([call._replace(hyper=tuple(HYPER)[:8])], grads, Guard(), TypeError,
-         r"a call's hyper must be a fastmomentum._protocol.Hyper \(a tuple of 9 fields\)"),
+         r"a call's hyper must be a fastmomentum._protocol.Hyper \(a tuple of 12 fields\)"),
         ([call], grads, ("ignore", None, 1.0), TypeError,
          r"guard must be a fastmomentum._protocol.Guard \(a tuple of 6 fields\)"),
         ([call], grads, Guard(clip_rule="tf"), ValueError,

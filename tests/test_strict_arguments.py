@@ -398,8 +398,10 @@ def test_the_dtype_checks_take_the_kernels_dtypes_by_name():
     fm._core.check_hyper(hyper, ("float64",))
     with pytest.raises(ValueError, match=r"lr=1e\+39 overflows float32"):
         fm._core.check_hyper(hyper, ("float64", "float32"))
-    with pytest.raises(ValueError, match=r"each of dtypes must be 'float32' or 'float64', got "
-                                         r"'float16'"):
-        fm._core.check_hyper(hyper, ["float16"])
+    with pytest.raises(ValueError, match=r"lr=1e\+39 overflows float32"):  # its arithmetic's
+        fm._core.check_hyper(hyper, ("bfloat16",))
+    with pytest.raises(ValueError, match=r"each of dtypes must be 'float32', 'float64', "
+                                         r"'bfloat16' or 'float16', got 'int8'"):
+        fm._core.check_hyper(hyper, ["int8"])
     with pytest.raises(TypeError, match="each of dtypes must be a str"):
         fm._core.check_hyper(hyper, [np.float32])

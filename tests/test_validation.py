@@ -49,14 +49,15 @@ def _set(which, index, make):
 
 # (id, mutation, exception type, message regex)
 BAD_ARRAYS = [
-    ("params-float16", _set("params", 2, lambda c: np.zeros(N, np.float16)), TypeError,
-     r"params\[2\] has dtype float16; expected float32 or float64"),
+    ("params-int8", _set("params", 2, lambda c: np.zeros(N, np.int8)), TypeError,
+     r"params\[2\] has dtype int8; expected float32, float64, bfloat16 or float16"),
     ("params-int64", _set("params", 2, lambda c: np.zeros(N, np.int64)), TypeError,
      r"params\[2\] has dtype int64"),
     ("params-complex", _set("params", 2, lambda c: np.zeros(N, np.complex64)), TypeError,
      r"params\[2\] has dtype complex64"),
     ("params-byteswapped", _set("params", 2, lambda c: np.zeros(N, ">f4")), TypeError,
-     r"params\[2\] has dtype >f4; expected float32 or float64 in native byte order"),
+     r"params\[2\] has dtype >f4; expected float32, float64, bfloat16 \(ml_dtypes\) or float16 in "
+     r"native byte order"),
     ("params-list", _set("params", 2, lambda c: [0.0] * N), TypeError,
      r"params\[2\] must be a numpy.ndarray, got list"),
     ("grads-none", _set("grads", 2, lambda c: None), TypeError,
@@ -64,7 +65,8 @@ BAD_ARRAYS = [
     ("grads-dtype-mismatch", _set("grads", 2, lambda c: np.zeros(N, np.float64)), TypeError,
      r"grads\[2\] has dtype float64 but params\[2\] has dtype float32; they must match"),
     ("buffers-dtype-mismatch", _set("buffers", 2, lambda c: np.zeros(N, np.float64)), TypeError,
-     r"buffers\[2\] has dtype float64 but params\[2\] has dtype float32"),
+     r"buffers\[2\] has dtype float64; a float32 parameter's buffer is a float32, bfloat16 or "
+     r"float16 array"),
     ("params-strided", _set("params", 2, lambda c: np.zeros(2 * N, np.float32)[::2]), ValueError,
      r"params\[2\] is not C-contiguous \(shape \(64,\), strides \(8,\)\)"),
     ("params-fortran", _set("params", 2, lambda c: np.asfortranarray(np.zeros((8, 8), np.float32))),

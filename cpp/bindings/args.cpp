@@ -373,7 +373,8 @@ HyperArgs hyper_args(py::handle tuple) {
                      at(momentum),     at(dampening),
                      at(nesterov),     at(weight_decay),
                      at(weight_decay_mode), at(schedule_multiplier),
-                     at(maximize)};
+                     at(maximize),     at(rounding),
+                     at(seed),         at(step)};
 }
 
 Hyper parse_hyper(const HyperArgs& a) {
@@ -387,6 +388,14 @@ Hyper parse_hyper(const HyperArgs& a) {
     h.decay_mode = parse_decay_mode(a.weight_decay_mode);
     h.schedule_multiplier = real(a.schedule_multiplier, "schedule_multiplier");
     h.maximize = flag(a.maximize, "maximize");
+    require_str(a.rounding, "rounding");
+    if (is_str(a.rounding, "stochastic")) h.rounding = Rounding::stochastic;
+    else if (!is_str(a.rounding, "nearest"))
+        throw py::value_error("rounding must be 'nearest' or 'stochastic', got " +
+                              str_repr(a.rounding) + " (for Kahan compensation, pass "
+                              "compensations)");
+    h.seed = count(a.seed, "seed");
+    h.step = count(a.step, "step");
     check_hyper(h);
     return h;
 }
@@ -459,17 +468,35 @@ double Guard::clip_coefficient(double norm) const {
                       : rules::clip_coefficient(max_norm, norm);
 }
 
+void resolve_bfloat16() {
+    if (detail::g_bfloat16.load(std::memory_order_acquire) != nullptr) return;
+    static PyObject* const name = PyUnicode_InternFromString("ml_dtypes");  // kept
+    if (name == nullptr) throw py::error_already_set();
+    PyObject* module = PyImport_GetModule(name);
+    if (module == nullptr) {
+        if (PyErr_Occurred()) throw py::error_already_set();
+        return;  // not imported: no bfloat16 array exists
+    }
+    const py::object owner = py::reinterpret_steal<py::object>(module);
+    const py::object type = py::getattr(owner, "bfloat16", py::none());
+    if (!PyType_Check(type.ptr())) return;
+    PyTypeObject* expected = nullptr;
+    // Kept for the interpreter's lifetime; another thread may have stored the same type first.
+    if (detail::g_bfloat16.compare_exchange_strong(expected, reinterpret_cast<PyTypeObject*>(type.ptr())))
+        type.inc_ref();
+}
+
 Dtype parse_dtype_name(PyObject* obj, const char* name) {
     require_str(obj, name);
-    for (const Dtype d : {Dtype::f32, Dtype::f64})
+    for (const Dtype d : {Dtype::f32, Dtype::f64, Dtype::bf16, Dtype::f16})
         if (is_str(obj, dtype_name(d))) return d;
-    throw py::value_error(std::string(name) + " must be '" + dtype_name(Dtype::f32) + "' or '" +
-                          dtype_name(Dtype::f64) + "', got " + str_repr(obj));
+    throw py::value_error(std::string(name) + " must be 'float32', 'float64', 'bfloat16' or "
+                          "'float16', got " + str_repr(obj));
 }
 
 void check_coefficients(const Hyper& h, Dtype dtype) {
-    if (dtype == Dtype::f32) check_coefficients_as<float>(h, dtype_name(dtype));
-    else check_coefficients_as<double>(h, dtype_name(dtype));
+    if (dtype == Dtype::f64) check_coefficients_as<double>(h, dtype_name(dtype));
+    else check_coefficients_as<float>(h, dtype_name(Dtype::f32));  // 16-bit kinds: float32 math
 }
 
 }  // namespace fastmomentum::bindings

@@ -9,6 +9,7 @@
 
 #include <pybind11/pybind11.h>
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -27,7 +28,14 @@ void init_args();
 
 namespace detail {
 inline PyTypeObject* g_ndarray = nullptr;  // numpy.ndarray, set by init_args
+// ml_dtypes.bfloat16, the scalar type of bfloat16 arrays; null until ml_dtypes is imported.
+inline std::atomic<PyTypeObject*> g_bfloat16{nullptr};
 }
+
+// Looks for ml_dtypes.bfloat16 once ml_dtypes has been imported (by anyone): then no bfloat16
+// array can exist before. Phase 1 of every step calls it (it may run Python code: the import
+// system's lookup); the readers then compare a dtype's type with it, a C struct read.
+void resolve_bfloat16();
 
 // Whether `obj` is a NumPy array (or of a subclass), from its type alone: C type checks.
 inline bool is_exact_ndarray(PyObject* obj) { return Py_TYPE(obj) == detail::g_ndarray; }
@@ -104,6 +112,9 @@ struct HyperArgs {
     PyObject* weight_decay_mode;
     PyObject* schedule_multiplier;
     PyObject* maximize;
+    PyObject* rounding;
+    PyObject* seed;
+    PyObject* step;
 };
 HyperArgs hyper_args(py::handle tuple);  // the fields of an _protocol.Hyper
 
@@ -148,11 +159,13 @@ Guard parse_guard(PyObject* nonfinite, PyObject* max_norm, PyObject* loss_scale,
                   PyObject* clip_rule, PyObject* clip_value);
 Guard parse_guard(py::handle tuple);  // the fields of an _protocol.Guard
 
-// The coefficients in `dtype` stay finite, and a decoupled decay, as the kernel computes it in
+// The coefficients in the dtype that a step on parameters of `dtype` computes in (float32 for
+// the 16-bit ones) stay finite, and a decoupled decay, as the kernel computes it in
 // that dtype, cannot flip a parameter's sign.
 void check_coefficients(const Hyper& h, Dtype dtype);
 
-// A kernel dtype by its NumPy name, "float32" or "float64" (`name` names the argument).
+// A parameter dtype by its NumPy name, "float32", "float64", "bfloat16" or "float16" (`name`
+// names the argument).
 Dtype parse_dtype_name(PyObject* obj, const char* name);
 
 }  // namespace fastmomentum::bindings

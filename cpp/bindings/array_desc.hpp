@@ -12,21 +12,43 @@
 #include <string>
 #include <vector>
 
+#include "fastmomentum/storage.hpp"
+
 namespace fastmomentum::bindings {
 
 namespace py = pybind11;
 
-enum class Dtype : std::uint8_t { f32, f64 };
 enum class Access : std::uint8_t { read, write };
 
-inline std::size_t itemsize(Dtype d) { return d == Dtype::f32 ? 4 : 8; }
-inline const char* dtype_name(Dtype d) { return d == Dtype::f32 ? "float32" : "float64"; }
+inline std::size_t itemsize(Dtype d) {
+    switch (d) {
+        case Dtype::f64: return 8;
+        case Dtype::f32: return 4;
+        case Dtype::bf16: case Dtype::f16: return 2;
+        case Dtype::i8: break;
+    }
+    return 1;
+}
+// As NumPy names them (bfloat16: ml_dtypes').
+inline const char* dtype_name(Dtype d) {
+    switch (d) {
+        case Dtype::f64: return "float64";
+        case Dtype::f32: return "float32";
+        case Dtype::bf16: return "bfloat16";
+        case Dtype::f16: return "float16";
+        case Dtype::i8: break;
+    }
+    return "int8";
+}
 
-// Where an array is in a call, for messages: "grads[3]".
+// Where an array is in a call, for messages: "grads[3]", "buffers[2].scales".
 struct Where {
-    const char* list;   // "params", "grads", "buffers", "velocities"
+    const char* list;   // "params", "grads", "buffers", "velocities", "compensations"
     std::size_t index;  // as the caller numbers it
-    std::string str() const { return std::string(list) + "[" + std::to_string(index) + "]"; }
+    const char* part = "";  // within an 8-bit buffer: ".codes" or ".scales"
+    std::string str() const {
+        return std::string(list) + "[" + std::to_string(index) + "]" + part;
+    }
 };
 
 // An array as the rules see it. `shape` and `strides` point into memory the reader keeps alive

@@ -11,8 +11,9 @@ bool continues(const void* next, const void* start, std::size_t nbytes) {
 
 }  // namespace
 
-CallArgs parse_call(PyObject* params, PyObject* buffers, PyObject* first_step, const Hyper& hyper,
-                    std::size_t first_index) {
+CallArgs parse_call(PyObject* params, PyObject* buffers, PyObject* compensations,
+                    PyObject* first_step, const Hyper& hyper, std::size_t first_index) {
+    resolve_bfloat16();
     CallArgs call;
     call.hyper = hyper;
     call.params = List(params, "params");
@@ -23,6 +24,8 @@ CallArgs parse_call(PyObject* params, PyObject* buffers, PyObject* first_step, c
         throw py::value_error(std::string(b_name) + " is required when " +
                               momentum_name(hyper.style) +
                               " != 0 (one array per parameter, e.g. np.zeros_like(p))");
+    call.has_compensations = compensations != Py_None;
+    if (call.has_compensations) call.compensations = List(compensations, "compensations");
     call.first_step = FirstStep(first_step);
     call.first_index = first_index;
     return call;
@@ -32,8 +35,8 @@ CallArgs parse_call(py::handle call) {
     PyObject* t = protocol_tuple(call, field::kCallCount, "Call", "each call");
     const auto at = [&](int f) { return PyTuple_GET_ITEM(t, f); };
     const Hyper hyper = parse_hyper(hyper_args(at(field::hyper)));
-    return parse_call(at(field::params), at(field::buffers), at(field::first_step), hyper,
-                      count(at(field::first_index), "first_index"));
+    return parse_call(at(field::params), at(field::buffers), at(field::compensations),
+                      at(field::first_step), hyper, count(at(field::first_index), "first_index"));
 }
 
 // Phase 1 of a step's calls. Each call tuple is held while it is parsed: its parse may run Python
@@ -49,22 +52,126 @@ std::vector<CallArgs> parse_calls(py::handle calls_obj) {
     return parsed;
 }
 
-void Update::append(const Checked& param, const Checked& grad, const Checked* buffer,
-                    bool first_step) {
-    std::vector<TensorRef>& list = param.desc.dtype == Dtype::f32 ? f32 : f64;
-    void* buf = buffer ? buffer->desc.data : nullptr;
+namespace {
+
+bool is_16bit(Dtype d) { return d == Dtype::bf16 || d == Dtype::f16; }
+
+[[noreturn]] void dtype_error(const Checked& a, const std::string& expected) {
+    throw py::type_error(a.where.str() + " has dtype " + dtype_name(a.desc.dtype) + "; " + expected);
+}
+
+void check_shape(const Checked& a, const Checked& ref) {
+    bool same = a.desc.ndim == ref.desc.ndim;
+    for (int d = 0; same && d < a.desc.ndim; ++d) same = a.desc.shape[d] == ref.desc.shape[d];
+    if (!same)
+        throw py::value_error(a.where.str() + " has shape " + tuple_str(a.desc.shape, a.desc.ndim) +
+                              " but " + ref.where.str() + " has shape " +
+                              tuple_str(ref.desc.shape, ref.desc.ndim) + "; they must match");
+}
+
+// An 8-bit buffer's codes (int8, the parameter's shape) and scales (float32, one per block).
+void check_quantized(const Checked& codes, const Checked& scales, const Checked& p) {
+    if (p.desc.dtype == Dtype::f64)
+        throw py::type_error(codes.where.str() + ": a float64 parameter's buffer is a float64 "
+                             "array; 8-bit buffers are for float32, bfloat16 and float16 ones");
+    if (codes.desc.dtype != Dtype::i8) dtype_error(codes, "an 8-bit buffer's codes are int8");
+    check_shape(codes, p);
+    if (scales.desc.dtype != Dtype::f32) dtype_error(scales, "an 8-bit buffer's scales are float32");
+    const std::int64_t blocks = (p.desc.size + kQuantBlock - 1) / kQuantBlock;
+    if (scales.desc.ndim != 1 || scales.desc.shape[0] != blocks)
+        throw py::value_error(scales.where.str() + " has shape " +
+                              tuple_str(scales.desc.shape, scales.desc.ndim) + " but " +
+                              p.where.str() + " has " + std::to_string(p.desc.size) +
+                              " elements: one scale per block of " + std::to_string(kQuantBlock) +
+                              ", shape (" + std::to_string(blocks) + ",)");
+}
+
+}  // namespace
+
+void quantized_buffer_size_error(const Where& where, PyObject* tuple) {
+    throw py::type_error(where.str() + " is a tuple of " + std::to_string(PyTuple_GET_SIZE(tuple)) +
+                         " items; an 8-bit buffer is a fastmomentum.QuantizedBuffer (codes, "
+                         "scales), e.g. fastmomentum.QuantizedBuffer.zeros_like(p)");
+}
+
+Kind kind_of(const Checked& p, const Checked& g, const Checked* buffer, const Checked* scales,
+             const Checked* compensation, const Hyper& hyper) {
+    const Dtype pd = p.desc.dtype;
+    if (pd == Dtype::i8) dtype_error(p, "expected float32, float64, bfloat16 or float16");
+    if (g.desc.dtype != pd && !(is_16bit(pd) && g.desc.dtype == Dtype::f32)) {
+        if (g.desc.dtype == Dtype::i8 || !is_16bit(pd)) mismatch(g, p);
+        dtype_error(g, std::string("a ") + dtype_name(pd) + " parameter's gradient is " +
+                           dtype_name(pd) + " or float32 (" + p.where.str() + ")");
+    }
+    check_shape(g, p);
+    Kind kind{pd, g.desc.dtype, pd, Rounding::nearest};
+    if (buffer && scales) {
+        check_quantized(*buffer, *scales, p);
+        kind.buf = Dtype::i8;
+    } else if (buffer) {
+        const Dtype bd = buffer->desc.dtype;
+        if (pd == Dtype::f64 && bd != Dtype::f64) mismatch(*buffer, p);
+        if (pd != Dtype::f64 && (bd == Dtype::f64 || bd == Dtype::i8)) {
+            dtype_error(*buffer, std::string("a ") + dtype_name(pd) + " parameter's buffer is a "
+                                 "float32, bfloat16 or float16 array, or an 8-bit "
+                                 "fastmomentum.QuantizedBuffer (" + p.where.str() + ")");
+        }
+        check_shape(*buffer, p);
+        kind.buf = bd;
+    }
+    if (compensation) {
+        if (!is_16bit(pd))
+            throw py::value_error(compensation->where.str() + " is given but " + p.where.str() +
+                                  " is " + dtype_name(pd) + ": only bfloat16 and float16 "
+                                  "parameters are compensated (pass None for it)");
+        if (hyper.rounding == Rounding::stochastic)
+            throw py::value_error(compensation->where.str() + " is given with "
+                                  "rounding='stochastic': a parameter is either compensated or "
+                                  "stochastically rounded");
+        check_matches(*compensation, p);
+        kind.rounding = Rounding::kahan;
+    } else if (is_16bit(pd)) {
+        kind.rounding = hyper.rounding;
+    }
+    return kind;
+}
+
+void Update::append(const Kind& kind, const TensorArrays& arrays, bool first_step,
+                    std::size_t stream) {
+    const ArrayDesc& param = arrays.param->desc;
+    const ArrayDesc& grad = arrays.grad->desc;
+    void* buf = arrays.buffer ? arrays.buffer->desc.data : nullptr;
+    const bool exact = kind.grad == kind.param && (arrays.buffer == nullptr || kind.buf == kind.param) &&
+                       (kind.param == Dtype::f32 || kind.param == Dtype::f64);
+    if (!exact) {
+        TensorRef t{param.data, grad.data, buf, param.size, first_step};
+        if (arrays.scales) t.scales = static_cast<float*>(arrays.scales->desc.data);
+        if (arrays.compensation) t.comp = arrays.compensation->desc.data;
+        t.stream = stream;
+        Kind listed = kind;
+        if (arrays.buffer == nullptr) listed.buf = kind.param;  // no buffer: its kind is moot
+        for (LowpList& l : lowp)
+            if (l.kind.param == listed.param && l.kind.grad == listed.grad &&
+                l.kind.buf == listed.buf && l.kind.rounding == listed.rounding) {
+                l.tensors.push_back(t);
+                return;
+            }
+        lowp.push_back(LowpList{listed, {t}});
+        return;
+    }
+    std::vector<TensorRef>& list = param.dtype == Dtype::f32 ? f32 : f64;
     if (!list.empty()) {
         TensorRef& last = list.back();
-        const std::size_t nbytes = static_cast<std::size_t>(last.size) * itemsize(param.desc.dtype);
-        if (last.first_step == first_step && continues(param.desc.data, last.param, nbytes) &&
-            continues(grad.desc.data, last.grad, nbytes) &&
+        const std::size_t nbytes = static_cast<std::size_t>(last.size) * itemsize(param.dtype);
+        if (last.first_step == first_step && continues(param.data, last.param, nbytes) &&
+            continues(grad.data, last.grad, nbytes) &&
             (buf == nullptr ? last.buf == nullptr
                             : last.buf != nullptr && continues(buf, last.buf, nbytes))) {
-            last.size += param.desc.size;
+            last.size += param.size;
             return;
         }
     }
-    list.push_back(TensorRef{param.desc.data, grad.desc.data, buf, param.desc.size, first_step});
+    list.push_back(TensorRef{param.data, grad.data, buf, param.size, first_step});
 }
 
 }  // namespace fastmomentum::bindings

@@ -27,7 +27,8 @@ namespace {
 enum Kind : int {
     k_params, k_grads, k_buffers, k_lr, k_momentum, k_dampening, k_nesterov, k_weight_decay,
     k_weight_decay_mode, k_schedule_multiplier, k_maximize, k_first_step, k_nonfinite,
-    k_max_grad_norm, k_loss_scale, k_global_clipnorm, k_clipvalue, k_kinds
+    k_max_grad_norm, k_loss_scale, k_global_clipnorm, k_clipvalue, k_compensations, k_rounding,
+    k_seed, k_step, k_kinds
 };
 
 // One entry point: its signature, its style, which slot holds each kind of argument (-1: the
@@ -49,6 +50,14 @@ PyObject* keep(PyObject* obj) {
     return obj;
 }
 
+// An entry point's parameters, then every entry point's keywords for parameters narrower than
+// float32 (README, "Low-precision state").
+std::vector<std::pair<const char*, Kind>> with_lowp(std::vector<std::pair<const char*, Kind>> own) {
+    own.insert(own.end(), {{"compensations", k_compensations}, {"rounding", k_rounding},
+                           {"seed", k_seed}, {"step", k_step}});
+    return own;
+}
+
 Entry* make_entry(const char* function, const char* style, const char* decay_mode,
                   const std::vector<std::pair<const char*, Kind>>& parameters,
                   const std::vector<const char*>& required_keywords) {
@@ -61,12 +70,15 @@ Entry* make_entry(const char* function, const char* style, const char* decay_mod
         e->slot[parameters[i].second] = static_cast<int>(i);
     PyObject* zero = keep(PyFloat_FromDouble(0.0));
     PyObject* one = keep(PyFloat_FromDouble(1.0));
+    PyObject* zero_int = keep(PyLong_FromLong(0));
     e->fallback.fill(nullptr);
     for (Kind k : {k_momentum, k_dampening, k_weight_decay}) e->fallback[k] = zero;
     for (Kind k : {k_schedule_multiplier, k_loss_scale}) e->fallback[k] = one;
     for (Kind k : {k_nesterov, k_maximize, k_first_step}) e->fallback[k] = Py_False;
-    for (Kind k : {k_buffers, k_max_grad_norm, k_global_clipnorm, k_clipvalue})
+    for (Kind k : {k_buffers, k_max_grad_norm, k_global_clipnorm, k_clipvalue, k_compensations})
         e->fallback[k] = Py_None;
+    for (Kind k : {k_seed, k_step}) e->fallback[k] = zero_int;
+    e->fallback[k_rounding] = keep(PyUnicode_InternFromString("nearest"));
     e->fallback[k_weight_decay_mode] = keep(PyUnicode_InternFromString(decay_mode));
     e->fallback[k_nonfinite] = keep(PyUnicode_InternFromString("ignore"));
     return e;
@@ -95,6 +107,9 @@ py::tuple hyper_tuple(const Hyper& h) {
     t[field::weight_decay_mode] = py::str(modes[static_cast<int>(h.decay_mode)]);
     t[field::schedule_multiplier] = py::float_(h.schedule_multiplier);
     t[field::maximize] = py::bool_(h.maximize);
+    t[field::rounding] = py::str(h.rounding == Rounding::stochastic ? "stochastic" : "nearest");
+    t[field::seed] = py::int_(h.seed);
+    t[field::step] = py::int_(h.step);
     return t;
 }
 
@@ -107,6 +122,7 @@ py::object try_device(PyObject* first, PyObject* const* arg, const Hyper& h) {
     call[field::first_step] = py::handle(arg[k_first_step]);
     call[field::hyper] = hyper_tuple(h);
     call[field::first_index] = py::int_(0);
+    call[field::compensations] = py::handle(arg[k_compensations]);
     const auto [max_norm, clip_rule] = norm_clipping(arg);
     py::tuple guard(field::kGuardCount);
     guard[field::nonfinite] = py::handle(arg[k_nonfinite]);
@@ -134,11 +150,13 @@ PyObject* functional_step(PyObject* /*module*/, PyObject* const* args, Py_ssize_
         const Hyper h = parse_hyper(HyperArgs{e.style, arg[k_lr], arg[k_momentum],
                                               arg[k_dampening], arg[k_nesterov],
                                               arg[k_weight_decay], arg[k_weight_decay_mode],
-                                              arg[k_schedule_multiplier], arg[k_maximize]});
+                                              arg[k_schedule_multiplier], arg[k_maximize],
+                                              arg[k_rounding], arg[k_seed], arg[k_step]});
         const auto [max_norm, clip_rule] = norm_clipping(arg);
         const Guard guard = parse_guard(arg[k_nonfinite], max_norm, arg[k_loss_scale], Py_None,
                                         clip_rule, arg[k_clipvalue]);
-        const CallArgs call = parse_call(arg[k_params], arg[k_buffers], arg[k_first_step], h, 0);
+        const CallArgs call = parse_call(arg[k_params], arg[k_buffers], arg[k_compensations],
+                                         arg[k_first_step], h, 0);
         const List grads(arg[k_grads], "grads");
         if (!call.params.empty() && !is_ndarray(call.params[0])) {
             const py::object outcome = try_device(call.params[0], arg, h);
@@ -187,31 +205,31 @@ void register_functional(py::module_& m) {
     const std::vector<const char*> lr = {"lr"};
     g_entries[0] = make_entry(
         "sgd_", "torch", "coupled",
-        {{"params", k_params}, {"grads", k_grads}, {"buffers", k_buffers}, {"lr", k_lr},
+        with_lowp({{"params", k_params}, {"grads", k_grads}, {"buffers", k_buffers}, {"lr", k_lr},
          {"momentum", k_momentum}, {"dampening", k_dampening}, {"nesterov", k_nesterov},
          {"weight_decay", k_weight_decay}, {"weight_decay_mode", k_weight_decay_mode},
          {"schedule_multiplier", k_schedule_multiplier}, {"maximize", k_maximize},
          {"first_step", k_first_step}, {"nonfinite", k_nonfinite},
-         {"max_grad_norm", k_max_grad_norm}, {"loss_scale", k_loss_scale}},
+         {"max_grad_norm", k_max_grad_norm}, {"loss_scale", k_loss_scale}}),
         lr);
     g_entries[1] = make_entry(
         "keras_sgd_", "keras", "decoupled",
-        {{"params", k_params}, {"grads", k_grads}, {"velocities", k_buffers}, {"lr", k_lr},
+        with_lowp({{"params", k_params}, {"grads", k_grads}, {"velocities", k_buffers}, {"lr", k_lr},
          {"momentum", k_momentum}, {"nesterov", k_nesterov}, {"weight_decay", k_weight_decay},
          {"weight_decay_mode", k_weight_decay_mode},
          {"schedule_multiplier", k_schedule_multiplier}, {"maximize", k_maximize},
          {"nonfinite", k_nonfinite}, {"max_grad_norm", k_max_grad_norm},
          {"loss_scale", k_loss_scale}, {"global_clipnorm", k_global_clipnorm},
-         {"clipvalue", k_clipvalue}},
+         {"clipvalue", k_clipvalue}}),
         lr);
     g_entries[2] = make_entry(
         "ema_sgd_", "ema", "coupled",
-        {{"params", k_params}, {"grads", k_grads}, {"buffers", k_buffers}, {"lr", k_lr},
+        with_lowp({{"params", k_params}, {"grads", k_grads}, {"buffers", k_buffers}, {"lr", k_lr},
          {"beta", k_momentum}, {"weight_decay", k_weight_decay},
          {"weight_decay_mode", k_weight_decay_mode},
          {"schedule_multiplier", k_schedule_multiplier}, {"maximize", k_maximize},
          {"nonfinite", k_nonfinite}, {"max_grad_norm", k_max_grad_norm},
-         {"loss_scale", k_loss_scale}},
+         {"loss_scale", k_loss_scale}}),
         {"lr", "beta"});
     g_defs[0].ml_meth = reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&functional_step<0>));
     g_defs[1].ml_meth = reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&functional_step<1>));

@@ -15,6 +15,8 @@ PyTypeObject* g_masked_array = nullptr;
 
 constexpr int kFloat32 = py::detail::npy_api::NPY_FLOAT_;
 constexpr int kFloat64 = py::detail::npy_api::NPY_DOUBLE_;
+constexpr int kFloat16 = 23;  // NPY_HALF (pybind11 names no constant for it)
+constexpr int kInt8 = py::detail::npy_api::NPY_BYTE_;
 constexpr int kCContiguous = py::detail::npy_api::NPY_ARRAY_C_CONTIGUOUS_;
 constexpr int kWriteable = py::detail::npy_api::NPY_ARRAY_WRITEABLE_;
 
@@ -45,14 +47,23 @@ void read_host_array(Checked& out, PyObject* obj, Access access) {
     const auto* fields = py::detail::array_proxy(obj);
     const auto* descr = py::detail::array_descriptor_proxy(fields->descr);
     ArrayDesc& a = out.desc;
-    if (descr->type_num == kFloat32 && native_byte_order(descr->byteorder)) {
+    const bool native = native_byte_order(descr->byteorder);
+    if (descr->type_num == kFloat32 && native) {
         a.dtype = Dtype::f32;
-    } else if (descr->type_num == kFloat64 && native_byte_order(descr->byteorder)) {
+    } else if (descr->type_num == kFloat64 && native) {
         a.dtype = Dtype::f64;
+    } else if (descr->type_num == kFloat16 && native) {
+        a.dtype = Dtype::f16;
+    } else if (descr->type_num == kInt8) {  // an 8-bit buffer's codes (the step checks where)
+        a.dtype = Dtype::i8;
+    } else if (descr->typeobj != nullptr &&
+               descr->typeobj == reinterpret_cast<PyObject*>(detail::g_bfloat16.load()) && native) {
+        a.dtype = Dtype::bf16;
     } else {
         const std::string dtype = py::str(reinterpret_cast<PyObject*>(fields->descr)).cast<std::string>();
         throw py::type_error(where.str() + " has dtype " + dtype +
-                             "; expected float32 or float64 in native byte order");
+                             "; expected float32, float64, bfloat16 (ml_dtypes) or float16 in "
+                             "native byte order");
     }
     a.data = fields->data;
     a.ndim = fields->nd;

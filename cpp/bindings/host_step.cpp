@@ -29,7 +29,10 @@ std::int64_t blocks_of(const std::vector<TensorRef>& tensors) {
 // One dtype's statistics pass (run_updates' `stats`), on the active ISA's kernels.
 bool measure_gradients(const KernelSet& kernels, const Launch& launch,
                        const std::vector<TensorRef>& list, Dtype dtype, double* sum_squares) {
-    const GradStatsFn stats = dtype == Dtype::f32 ? kernels.stats_f32 : kernels.stats_f64;
+    const GradStatsFn stats = dtype == Dtype::f64    ? kernels.stats_f64
+                              : dtype == Dtype::bf16 ? kernels.stats_bf16
+                              : dtype == Dtype::f16  ? kernels.stats_f16
+                                                     : kernels.stats_f32;
     if (sum_squares == nullptr) return stats(list.data(), list.size(), nullptr, launch);
     const std::int64_t blocks = blocks_of(list);
     double* sums = block_sums(blocks).data();
@@ -40,9 +43,12 @@ bool measure_gradients(const KernelSet& kernels, const Launch& launch,
 
 std::int64_t elements_of(const Step& step) {
     std::int64_t elements = 0;
-    for (const Update& u : step.updates)
+    for (const Update& u : step.updates) {
         for (const auto* list : {&u.f32, &u.f64})
             for (const TensorRef& t : *list) elements += t.size;
+        for (const LowpList& l : u.lowp)
+            for (const TensorRef& t : l.tensors) elements += t.size;
+    }
     return elements;
 }
 
@@ -64,6 +70,9 @@ void run_on_host(const Step& step, const Guard& guard, Outcome& out) {
             if (!u.f32.empty()) threads = kernels.f32(u.f32.data(), u.f32.size(), h, launch);
             if (!u.f64.empty())
                 threads = std::max(threads, kernels.f64(u.f64.data(), u.f64.size(), h, launch));
+            for (const LowpList& l : u.lowp)
+                threads = std::max(threads, kernels.lowp(l.tensors.data(), l.tensors.size(), h,
+                                                         l.kind, launch));
             return threads;
         }));
 }
@@ -74,13 +83,17 @@ GradStats measure_on_host(const Step& step) {
     std::optional<py::gil_scoped_release> release;
     if (elements_of(step) >= kReleaseGilElements) release.emplace();
     GradStats out{true, 0.0};
-    for (const Update& u : step.updates)
+    for (const Update& u : step.updates) {
         for (const Dtype dtype : {Dtype::f32, Dtype::f64}) {
             const std::vector<TensorRef>& list = dtype == Dtype::f32 ? u.f32 : u.f64;
             if (!list.empty())
                 out.finite = measure_gradients(kernels, launch, list, dtype, &out.sum_squares) &&
                              out.finite;
         }
+        for (const LowpList& l : u.lowp)
+            out.finite = measure_gradients(kernels, launch, l.tensors, l.kind.grad,
+                                           &out.sum_squares) && out.finite;
+    }
     return out;
 }
 

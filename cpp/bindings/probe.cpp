@@ -38,9 +38,16 @@ int bandwidth_probe(py::handle params_obj, py::handle grads_obj, py::handle buff
         const std::size_t p = step.add(read, params[i], Where{"params", i}, Access::write);
         step.add(read, grads[i], Where{"grads", i}, Access::read);
         step.add(read, buffers[i], Where{"buffers", i}, Access::write);
+        const Dtype dtype = step.arrays[p].desc.dtype;
+        if (dtype != Dtype::f32 && dtype != Dtype::f64)
+            throw py::type_error("params[" + std::to_string(i) + "] has dtype " + dtype_name(dtype) +
+                                 "; the probe moves float32 or float64 arrays");
         check_matches(step.arrays[p + 1], step.arrays[p]);
         check_matches(step.arrays[p + 2], step.arrays[p]);
-        step.updates[0].append(step.arrays[p], step.arrays[p + 1], &step.arrays[p + 2], false);
+        step.updates[0].append(Kind{dtype, dtype, dtype, Rounding::nearest},
+                               TensorArrays{&step.arrays[p], &step.arrays[p + 1],
+                                            &step.arrays[p + 2], nullptr, nullptr},
+                               false, i);
     }
     step.check_disjoint();
     const ProbeSet& probes = active_probes();

@@ -4,10 +4,13 @@
 // as `field::lr`, _core exports the names (HYPER_FIELDS, CALL_FIELDS, GUARD_FIELDS), and
 // fastmomentum/_protocol.py checks its NamedTuples against them at import.
 //
-//   Hyper: a call's hyper-parameters, as the user gave them (the parser converts and checks them).
+//   Hyper: a call's hyper-parameters, as the user gave them (the parser converts and checks them),
+//          and how parameters narrower than float32 round: rounding ("nearest" or "stochastic")
+//          with the seed and step that key stochastic rounding's random numbers.
 //   Call:  one parameter group: its params, buffers (or None), first_step (one bool or one per
-//          array), its Hyper, and first_index, the position of params[0] among all the step's
-//          parameters (its gradient is grads[first_index]; errors number arrays from it).
+//          array), its Hyper, first_index, the position of params[0] among all the step's
+//          parameters (its gradient is grads[first_index]; errors number arrays from it), and
+//          compensations: None, or one Kahan compensation array (or None) per parameter.
 //   Guard: the step's guards: nonfinite ("ignore", "skip" or "raise"), max_norm (None: no
 //          clipping), loss_scale, stats: None to measure the gradients, or the caller's own
 //          (all_finite, sum_squares) of them (e.g. over every rank's shard), used instead;
@@ -16,8 +19,9 @@
 
 #define FM_HYPER_FIELDS(X) \
     X(style) X(lr) X(momentum) X(dampening) X(nesterov) X(weight_decay) X(weight_decay_mode) \
-    X(schedule_multiplier) X(maximize)
-#define FM_CALL_FIELDS(X) X(params) X(buffers) X(first_step) X(hyper) X(first_index)
+    X(schedule_multiplier) X(maximize) X(rounding) X(seed) X(step)
+#define FM_CALL_FIELDS(X) \
+    X(params) X(buffers) X(first_step) X(hyper) X(first_index) X(compensations)
 #define FM_GUARD_FIELDS(X) \
     X(nonfinite) X(max_norm) X(loss_scale) X(stats) X(clip_rule) X(clip_value)
 

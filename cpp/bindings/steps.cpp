@@ -47,18 +47,24 @@ void sgd_steps(py::handle calls_obj, py::handle grads_obj, py::handle guard_obj,
 // Construction-time checks of an optimizer: its arrays as a step's params, numbered from
 // first_index, and no two sharing memory.
 void check_params(py::handle params_obj, py::handle first_index_obj) {
+    resolve_bfloat16();
     const std::size_t first = count(first_index_obj.ptr(), "first_index");
     const List params(params_obj, "params");
     Step step;
     step.arrays.reserve(params.size());
     HostReader read;
-    for (std::size_t i = 0; i < params.size(); ++i)
-        step.add(read, params[i], Where{"params", first + i}, Access::write);
+    for (std::size_t i = 0; i < params.size(); ++i) {
+        const Checked& p = step.arrays[step.add(read, params[i], Where{"params", first + i}, Access::write)];
+        if (p.desc.dtype == Dtype::i8)
+            throw py::type_error(p.where.str() + " has dtype int8; expected float32, float64, "
+                                 "bfloat16 or float16");
+    }
     step.check_disjoint();
 }
 
 // The guard's statistics pass over gradients alone: (every element finite, sum of squares).
 py::tuple grad_stats(py::handle grads_obj) {
+    resolve_bfloat16();
     const List grads(grads_obj, "grads");
     Step step;
     step.arrays.reserve(grads.size());
@@ -66,9 +72,15 @@ py::tuple grad_stats(py::handle grads_obj) {
     HostReader read;
     for (std::size_t i = 0; i < grads.size(); ++i) {
         step.add(read, grads[i], Where{"grads", i}, Access::read);
-        const ArrayDesc& g = step.arrays.back().desc;
-        auto& list = g.dtype == Dtype::f32 ? step.updates[0].f32 : step.updates[0].f64;
-        list.push_back(TensorRef{nullptr, g.data, nullptr, g.size, false});
+        const Checked& g = step.arrays.back();
+        Update& u = step.updates[0];
+        const TensorRef t{nullptr, g.desc.data, nullptr, g.desc.size, false};
+        if (g.desc.dtype == Dtype::f32) u.f32.push_back(t);
+        else if (g.desc.dtype == Dtype::f64) u.f64.push_back(t);
+        else if (g.desc.dtype == Dtype::i8) throw py::type_error(g.where.str() + " has dtype int8; "
+                                                                 "expected a float dtype");
+        else u.lowp.push_back(LowpList{Kind{g.desc.dtype, g.desc.dtype, g.desc.dtype,
+                                            Rounding::nearest}, {t}});
     }
     const GradStats stats = measure_on_host(step);
     return py::make_tuple(stats.finite, stats.sum_squares);

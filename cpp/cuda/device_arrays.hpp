@@ -25,7 +25,6 @@ namespace fastmomentum::cuda {
 namespace py = pybind11;
 using bindings::Access;
 using bindings::Checked;
-using bindings::Dtype;
 using bindings::List;
 using bindings::Where;
 

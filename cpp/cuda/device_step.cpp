@@ -44,6 +44,9 @@ void wait_for(cudaStream_t waiter, cudaStream_t stream) {
 bindings::Outcome run_on_device(const bindings::Step& step, const bindings::Guard& guard,
                                 int device, StreamId stream_id,
                                 const std::vector<StreamId>& producers) {
+    for (const bindings::Update& u : step.updates)
+        if (!u.lowp.empty())  // the device readers take float32 and float64 arrays only
+            throw py::type_error("the CUDA module updates float32 and float64 arrays only");
     const cudaStream_t stream = to_stream(stream_id);
     py::gil_scoped_release release;
     const CurrentDevice current(device);

@@ -75,15 +75,214 @@ int sgd(const TensorRef* tensors, std::size_t count, const Hyper& h, const Launc
     });
 }
 
-// The guards' statistics (kernels.hpp, GradStatsFn).
+// ---------------------------------------------------------------------------------------------
+// The low-precision kinds (storage.hpp): each parameter's elements in blocks of kQuantBlock,
+// which are never split between threads (an 8-bit block's scale depends on all its values).
+// A block is widened to float32 into buffers on the stack (L1-resident), updated there by the
+// float32 span above (the same instantiations as the float32 kernel: one formula), and narrowed
+// back. Storage already in float32 is updated where it lies. Each stage is a plain loop over one
+// block that the compiler vectorises for this ISA, chosen once per call: the storage
+// combinations add up, where fused loops would multiply with the update's variants.
+
+using Block = float[kQuantBlock];
+
+// Widening a stored array's elements [off, off + n) into `out`.
+template <class S>
+void widen_into(const void* data, int64_t off, int64_t n, float* __restrict out) {
+    const S* __restrict in = static_cast<const S*>(data) + off;
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) out[i] = rules::widen(in[i]);
+}
+
+template <class S>
+void widen_param(const TensorRef& t, int64_t off, int64_t n, float* out) {
+    widen_into<S>(t.param, off, n, out);
+}
+
+template <class S>
+void widen_grad(const TensorRef& t, int64_t off, int64_t n, float* out) {
+    widen_into<S>(t.grad, off, n, out);
+}
+
+template <class S>
+void widen_buf(const TensorRef& t, int64_t off, int64_t n, float* out) {
+    widen_into<S>(t.buf, off, n, out);
+}
+
+template <class S>
+void widen_compensated(const TensorRef& t, int64_t off, int64_t n, float* __restrict out) {
+    const S* __restrict p = static_cast<const S*>(t.param) + off;
+    const S* __restrict c = static_cast<const S*>(t.comp) + off;
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) out[i] = rules::compensated(p[i], c[i]);
+}
+
+void dequantize(const TensorRef& t, int64_t off, int64_t n, float* __restrict out) {
+    const std::int8_t* __restrict codes = static_cast<const std::int8_t*>(t.buf) + off;
+    const float scale = t.scales[off / kQuantBlock];
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) out[i] = rules::dequantized(codes[i], scale);
+}
+
+// Narrowing a block back; `key` is the parameter's rounding key (stochastic rounding only).
+template <class S>
+void narrow_nearest(const TensorRef& t, int64_t off, int64_t n, const float* __restrict x,
+                    std::uint64_t) {
+    S* __restrict p = static_cast<S*>(t.param) + off;
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) rules::narrow(x[i], p[i]);
+}
+
+template <class S>
+void narrow_stochastic(const TensorRef& t, int64_t off, int64_t n, const float* __restrict x,
+                       std::uint64_t key) {
+    S* __restrict p = static_cast<S*>(t.param) + off;
+    const std::uint32_t high = rules::index_key(key, off);  // blocks never cross 2^32
+    const auto low = static_cast<std::uint32_t>(off);
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i)
+        rules::narrow_stochastic(x[i], rules::random16(high, low + static_cast<std::uint32_t>(i)), p[i]);
+}
+
+template <class S>
+void narrow_compensated(const TensorRef& t, int64_t off, int64_t n, const float* __restrict x,
+                        std::uint64_t) {
+    S* __restrict p = static_cast<S*>(t.param) + off;
+    S* __restrict c = static_cast<S*>(t.comp) + off;
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) rules::split_compensated(x[i], p[i], c[i]);
+}
+
+template <class S>
+void narrow_buf(const TensorRef& t, int64_t off, int64_t n, const float* __restrict x) {
+    S* __restrict b = static_cast<S*>(t.buf) + off;
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) rules::narrow(x[i], b[i]);
+}
+
+void quantize(const TensorRef& t, int64_t off, int64_t n, const float* __restrict x) {
+    float largest = 0.0f, nonfinite = 0.0f;
+#pragma omp simd reduction(max : largest) reduction(+ : nonfinite)
+    for (int64_t i = 0; i < n; ++i) {
+        const float a = std::fabs(x[i]);
+        largest = a > largest ? a : largest;
+        nonfinite += rules::nonfinite_term(x[i]);
+    }
+    const rules::QuantScale q = rules::quant_scale(largest, nonfinite == 0.0f);
+    t.scales[off / kQuantBlock] = q.scale;
+    std::int8_t* __restrict codes = static_cast<std::int8_t*>(t.buf) + off;
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) codes[i] = rules::quantized(x[i], q.inverse);
+}
+
+using WidenFn = void (*)(const TensorRef&, int64_t, int64_t, float*);
+using NarrowParamFn = void (*)(const TensorRef&, int64_t, int64_t, const float*, std::uint64_t);
+using NarrowBufFn = void (*)(const TensorRef&, int64_t, int64_t, const float*);
+
+// The stages of one kind; a null stage is storage in float32, updated where it lies.
+struct Stages {
+    WidenFn param = nullptr, grad = nullptr, buf = nullptr;
+    NarrowParamFn param_back = nullptr;
+    NarrowBufFn buf_back = nullptr;
+};
+
+template <class S>
+void param_stages(Rounding r, Stages& s) {
+    switch (r) {
+        case Rounding::kahan:
+            s.param = &widen_compensated<S>;
+            s.param_back = &narrow_compensated<S>;
+            return;
+        case Rounding::stochastic: s.param_back = &narrow_stochastic<S>; break;
+        case Rounding::nearest: s.param_back = &narrow_nearest<S>; break;
+    }
+    s.param = &widen_param<S>;
+}
+
+Stages stages_of(const Kind& kind) {
+    Stages s;
+    if (kind.param == Dtype::bf16) param_stages<bf16>(kind.rounding, s);
+    else if (kind.param == Dtype::f16) param_stages<f16>(kind.rounding, s);
+    if (kind.grad == Dtype::bf16) s.grad = &widen_grad<bf16>;
+    else if (kind.grad == Dtype::f16) s.grad = &widen_grad<f16>;
+    switch (kind.buf) {
+        case Dtype::bf16: s.buf = &widen_buf<bf16>; s.buf_back = &narrow_buf<bf16>; break;
+        case Dtype::f16: s.buf = &widen_buf<f16>; s.buf_back = &narrow_buf<f16>; break;
+        case Dtype::i8: s.buf = &dequantize; s.buf_back = &quantize; break;
+        case Dtype::f32: case Dtype::f64: break;
+    }
+    return s;
+}
+
+int64_t bytes_of(Dtype d) {
+    switch (d) {
+        case Dtype::f64: return 8;
+        case Dtype::f32: return 4;
+        case Dtype::bf16: case Dtype::f16: return 2;
+        case Dtype::i8: break;
+    }
+    return 1;
+}
+
+int64_t blocks_of(int64_t size) { return (size + kQuantBlock - 1) / kQuantBlock; }
+
+int sgd_lowp(const TensorRef* tensors, std::size_t count, const Hyper& h, const Kind& kind,
+             const Launch& launch) {
+    const Coeffs<float> k = rules::coeffs<float>(h);
+    const Decay decay = rules::decay_of(h, k);
+    const bool scale_grad = rules::scales_grad(k);
+    const SpanFn<float> regular = pick<float>(rules::form_of(h, false), h.nesterov, decay, scale_grad);
+    const SpanFn<float> first = pick<float>(rules::form_of(h, true), h.nesterov, decay, scale_grad);
+    // The torch convention's first step sets b <- g without reading b.
+    const bool first_reads_buf = rules::form_of(h, true) != Form::torch_first;
+    const Stages stages = stages_of(kind);
+    int64_t total = 0;
+    for (std::size_t i = 0; i < count; ++i) total += blocks_of(tensors[i].size);
+    const int64_t block_bytes =
+        kQuantBlock * (bytes_of(kind.param) + bytes_of(kind.grad) + bytes_of(kind.buf));
+    return for_each_part(total, block_bytes, launch, [&](int64_t lo, int64_t hi) {
+        Block param_block, grad_block, buf_block;
+        int64_t start = 0;  // the first block of tensor i in the concatenated range of blocks
+        for (std::size_t i = 0; i < count && start < hi; ++i) {
+            const TensorRef& t = tensors[i];
+            const int64_t blocks = blocks_of(t.size);
+            const int64_t a = std::max(lo, start) - start, e = std::min(hi, start + blocks) - start;
+            start += blocks;
+            if (a >= e) continue;
+            const std::uint64_t key =
+                kind.rounding == Rounding::stochastic ? rules::rounding_key(h.seed, h.step, t.stream) : 0;
+            const SpanFn<float> span = t.first_step ? first : regular;
+            const bool reads_buf = t.buf != nullptr && (!t.first_step || first_reads_buf);
+            for (int64_t j = a; j < e; ++j) {
+                const int64_t off = j * kQuantBlock, n = std::min(kQuantBlock, t.size - off);
+                float* p = static_cast<float*>(t.param) + off;
+                const float* g = static_cast<const float*>(t.grad) + off;
+                float* b = t.buf ? static_cast<float*>(t.buf) + off : nullptr;
+                if (stages.param) stages.param(t, off, n, p = param_block);
+                if (stages.grad) stages.grad(t, off, n, grad_block), g = grad_block;
+                if (b && stages.buf) {
+                    b = buf_block;
+                    if (reads_buf) stages.buf(t, off, n, buf_block);
+                }
+                span(TensorRef{p, g, b, n, t.first_step}, 0, n, k);
+                if (stages.param_back) stages.param_back(t, off, n, p, key);
+                if (b && stages.buf_back) stages.buf_back(t, off, n, b);
+            }
+        }
+    });
+}
+
+// The guards' statistics (kernels.hpp, GradStatsFn). Gradients narrower than float32 are read
+// widened, so their statistics are those of float32 gradients of the same values.
 
 // Whether g[0, n) is all finite: one vectorised sum of rules::nonfinite_term, in any order.
 template <class T>
 bool all_finite(const T* __restrict g, int64_t n) {
-    T sum = 0;
+    using Wide = decltype(rules::widen(T{}));
+    Wide sum = 0;
 #pragma omp simd reduction(+ : sum)
-    for (int64_t i = 0; i < n; ++i) sum += rules::nonfinite_term(g[i]);
-    return sum == T(0);
+    for (int64_t i = 0; i < n; ++i) sum += rules::nonfinite_term(rules::widen(g[i]));
+    return sum == Wide(0);
 }
 
 // Running sums of squares for one block of the norm: element `pos` of the concatenated range goes
@@ -98,10 +297,11 @@ public:
     template <class T>
     void add(const T* __restrict g, int64_t n, int64_t pos) {
         int64_t i = 0;
-        for (; i < n && (pos + i) % kLanes != 0; ++i) lane_[(pos + i) % kLanes] += rules::square(g[i]);
+        for (; i < n && (pos + i) % kLanes != 0; ++i)
+            lane_[(pos + i) % kLanes] += rules::square(rules::widen(g[i]));
         for (; i + kLanes <= n; i += kLanes)
-            for (int j = 0; j < kLanes; ++j) lane_[j] += rules::square(g[i + j]);
-        for (int j = 0; i < n; ++i, ++j) lane_[j] += rules::square(g[i]);
+            for (int j = 0; j < kLanes; ++j) lane_[j] += rules::square(rules::widen(g[i + j]));
+        for (int j = 0; i < n; ++i, ++j) lane_[j] += rules::square(rules::widen(g[i]));
     }
 
     // The block's sum; starts the next block.
@@ -169,8 +369,9 @@ bool grad_stats(const TensorRef* tensors, std::size_t count, double* block_sums,
 #define FM_STR2(x) #x
 #define FM_STR(x) FM_STR2(x)
 KernelSet kernel_set() {
-    return KernelSet{FM_STR(FM_ISA), &sgd<float>, &sgd<double>, &grad_stats<float>,
-                     &grad_stats<double>};
+    return KernelSet{FM_STR(FM_ISA),       &sgd<float>,         &sgd<double>,
+                     &sgd_lowp,            &grad_stats<float>,  &grad_stats<double>,
+                     &grad_stats<bf16>,    &grad_stats<f16>};
 }
 
 }  // namespace fastmomentum::FM_ISA

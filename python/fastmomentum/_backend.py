@@ -286,10 +286,10 @@ def device_step(x: Any, call: tuple[Any, ...], grads: Sequence[Any],
     backend = backend_for(x)
     if not backend.on_device:
         return None
-    params, buffers, first_step, hyper, first_index = call
+    params, buffers, first_step, hyper, first_index, compensations = call
     outcome = _core.StepOutcome()
-    backend.steps([Call(params, buffers, first_step, Hyper(*hyper), first_index)], grads,
-                  Guard(*guard), outcome)
+    backend.steps([Call(params, buffers, first_step, Hyper(*hyper), first_index, compensations)],
+                  grads, Guard(*guard), outcome)
     return outcome
 
 

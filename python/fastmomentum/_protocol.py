@@ -22,7 +22,9 @@ __all__ = ["Call", "Guard", "Hyper"]
 
 class Hyper(NamedTuple):
     """One call's hyper-parameters, as given (the kernels' parser converts and checks them: real
-    numbers, real bools, the strings below)."""
+    numbers, real bools, the strings below), and how parameters narrower than float32 round:
+    ``rounding`` ``"nearest"`` or ``"stochastic"``, whose random numbers ``seed`` and ``step``
+    (ints >= 0) key."""
 
     style: str  # "torch", "keras" or "ema"
     lr: Any
@@ -33,19 +35,24 @@ class Hyper(NamedTuple):
     weight_decay_mode: str  # "coupled", "decoupled" or "sgdw"
     schedule_multiplier: Any
     maximize: Any
+    rounding: str = "nearest"
+    seed: Any = 0
+    step: Any = 0
 
 
 class Call(NamedTuple):
     """One parameter group of a step: its parameters, their buffers (``None`` without momentum;
     an entry may be ``None`` where the parameter has no gradient), ``first_step`` (one bool, or one
     per parameter), its :class:`Hyper`, and the position of ``params[0]`` among all the step's
-    parameters (its gradient is ``grads[first_index]``; errors number arrays from it)."""
+    parameters (its gradient is ``grads[first_index]``; errors number arrays from it), and
+    ``compensations``: None, or one Kahan compensation array (or None) per parameter."""
 
     params: Sequence[Any]
     buffers: Sequence[Any] | None
     first_step: bool | Sequence[bool]
     hyper: Hyper
     first_index: int
+    compensations: Sequence[Any] | None = None
 
 
 class Guard(NamedTuple):

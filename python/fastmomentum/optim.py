@@ -522,7 +522,8 @@ class SGD:
         if callable(weight_decay):  # a schedule, as optax.add_decayed_weights takes one
             weight_decay = _evaluate(weight_decay, step, "weight_decay")
         hyper = _new_hyper((self.style, lr, momentum, group["dampening"], nesterov,
-                            weight_decay, group["weight_decay_mode"], s, group["maximize"]))
+                            weight_decay, group["weight_decay_mode"], s, group["maximize"],
+                            "nearest", 0, step))
         return hyper, momentum != 0.0
 
     @staticmethod
@@ -620,7 +621,7 @@ class SGD:
         for gl, group in zip(lists.groups, self.param_groups, strict=True):
             hyper, has_momentum = self._hyper(group, step)
             if not has_momentum:
-                calls.append(_new_call((gl.snapshot, None, False, hyper, gl.first_index)))
+                calls.append(_new_call((gl.snapshot, None, False, hyper, gl.first_index, None)))
                 continue
             buffers: list[Any] = gl.buffers
             first: bool | list[bool] = False
@@ -637,7 +638,7 @@ class SGD:
                     first = [False] * len(buffers)
                     for i in need:
                         first[i] = True
-            calls.append(_new_call((gl.snapshot, buffers, first, hyper, gl.first_index)))
+            calls.append(_new_call((gl.snapshot, buffers, first, hyper, gl.first_index, None)))
         if dtypes is not None:
             for call, group_dtypes in zip(calls, dtypes, strict=True):
                 _core.check_hyper(call.hyper, group_dtypes, guard)

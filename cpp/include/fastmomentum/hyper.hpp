@@ -6,6 +6,8 @@
 #include <cmath>
 #include <cstdint>
 
+#include "fastmomentum/storage.hpp"
+
 namespace fastmomentum {
 
 // Which momentum convention the buffer follows (README, "Conventions").
@@ -41,6 +43,11 @@ struct Hyper {
     double clip_value = HUGE_VAL;
     bool nesterov = false;
     bool maximize = false;
+    // Stochastic rounding of parameters narrower than float32 (storage.hpp): how, and the key of
+    // its random numbers (rules::rounding_key). The other kinds ignore them.
+    Rounding rounding = Rounding::nearest;
+    std::uint64_t seed = 0;
+    std::uint64_t step = 0;
 };
 
 // The per-element variant, chosen once per tensor (never per element).

@@ -7,17 +7,24 @@
 #include <cstdint>
 
 #include "fastmomentum/hyper.hpp"
+#include "fastmomentum/storage.hpp"
 
 namespace fastmomentum {
 
-// One tensor of a call: C-contiguous, aligned memory of `size` elements of the call's dtype.
-// `buf` is null when the call has no momentum buffer (momentum == 0).
+// One tensor of a call: C-contiguous, aligned memory of `size` elements of its list's Kind.
+// `buf` is null when the call has no momentum buffer (momentum == 0). The low-precision kinds
+// also use `scales` (an 8-bit buffer's, one float32 per kQuantBlock elements), `comp` (a Kahan
+// compensation, the parameter's dtype) and `stream` (the parameter's index in the step, which
+// keys its stochastic rounding).
 struct TensorRef {
     void* param;
     const void* grad;
     void* buf;
     std::int64_t size;
     bool first_step;
+    float* scales = nullptr;
+    void* comp = nullptr;
+    std::uint64_t stream = 0;
 };
 
 // How a call may use threads: at most `threads`, and no thread for fewer than `grain_bytes`
@@ -30,6 +37,10 @@ struct Launch {
 // Updates every tensor in place; returns the number of threads that ran (0 for no elements).
 using KernelFn = int (*)(const TensorRef* tensors, std::size_t count, const Hyper& hyper,
                          const Launch& launch);
+// The same for tensors of one low-precision kind: each parameter's elements in blocks of
+// kQuantBlock, widened to float32, updated by the float32 formula and narrowed back.
+using LowpKernelFn = int (*)(const TensorRef* tensors, std::size_t count, const Hyper& hyper,
+                             const Kind& kind, const Launch& launch);
 
 // The gradient statistics of a step's guards, in one read pass over the gradients. The sum of
 // squares is taken over fixed blocks of kNormBlock elements of the tensors' concatenated range,
@@ -49,8 +60,11 @@ struct KernelSet {
     const char* isa;  // set by the ISA object itself, so a mis-wired table is visible
     KernelFn f32;
     KernelFn f64;
+    LowpKernelFn lowp;
     GradStatsFn stats_f32;
     GradStatsFn stats_f64;
+    GradStatsFn stats_bf16;
+    GradStatsFn stats_f16;
 };
 
 // Declares one ISA object's entry point, e.g. FM_DECLARE_KERNEL_SET(avx2).

@@ -14,9 +14,12 @@
 // substitute, say, the AVX-512 copy into the baseline path (cmake/check_isa_symbols.cmake checks).
 
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <type_traits>
 
 #include "fastmomentum/hyper.hpp"
+#include "fastmomentum/storage.hpp"
 
 #ifndef FM_ISA
 #error "Define FM_ISA (the instruction-set namespace, e.g. baseline, avx2, avx512, gpu) first."
@@ -159,6 +162,197 @@ auto pick_variant(Form f, bool nesterov, Decay d, bool scale_grad, const Make& m
         case Form::plain: break;
     }
     return variant::with_decay<Form::plain, false>(d, scale_grad, make);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Storage conversions (README, "Low-precision state"). The update itself is always the float32
+// formula above: a narrower stored value is widened to float32 exactly, updated, and narrowed
+// back by one of the roundings below. Every function is exact integer or exactly-rounded float32
+// arithmetic, so each ISA, thread count and the GPU give the same bits as the NumPy reference.
+
+FM_HOST_DEVICE inline std::uint32_t bits_of(const float x) {
+#if defined(__CUDA_ARCH__)
+    return __float_as_uint(x);
+#else
+    std::uint32_t u;
+    std::memcpy(&u, &x, sizeof u);
+    return u;
+#endif
+}
+
+FM_HOST_DEVICE inline float float_of(const std::uint32_t u) {
+#if defined(__CUDA_ARCH__)
+    return __uint_as_float(u);
+#else
+    float x;
+    std::memcpy(&x, &u, sizeof x);
+    return x;
+#endif
+}
+
+// Widening: exact. (float and double are their own widening, for templates over storage.)
+FM_HOST_DEVICE inline float widen(const float x) { return x; }
+FM_HOST_DEVICE inline double widen(const double x) { return x; }
+FM_HOST_DEVICE inline float widen(const bf16 h) { return float_of(std::uint32_t{h.bits} << 16); }
+FM_HOST_DEVICE inline float widen(const f16 h) {
+    // The exponent is rebiased by an integer addition; infinities and NaNs get a second rebias;
+    // subnormals (exponent 0) become 2^-14 + m*2^-24 by the addition, minus 2^-14 in one exact
+    // float32 subtraction.
+    constexpr std::uint32_t kExponent = 0x7c00u << 13;
+    std::uint32_t o = (std::uint32_t{h.bits} & 0x7fffu) << 13;
+    const std::uint32_t exponent = o & kExponent;
+    o += 112u << 23;
+    if (exponent == kExponent) o += 112u << 23;
+    else if (exponent == 0) o = bits_of(float_of(o + (1u << 23)) - float_of(113u << 23));
+    return float_of(o | ((std::uint32_t{h.bits} & 0x8000u) << 16));
+}
+
+// Narrowing to nearest, ties to even: ml_dtypes' float32 -> bfloat16 and NumPy's float32 ->
+// float16 (overflow to infinity, subnormals kept). A NaN stays a (quiet) NaN. The result is an
+// out-parameter so that templates over the storage type pick the overload.
+FM_HOST_DEVICE inline void narrow(const float x, bf16& out) {
+    const std::uint32_t u = bits_of(x);
+    if ((u & 0x7fffffffu) > 0x7f800000u) out.bits = static_cast<std::uint16_t>((u >> 16) | 0x40u);
+    else out.bits = static_cast<std::uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+FM_HOST_DEVICE inline void narrow(const float x, f16& out) {
+    const std::uint32_t u = bits_of(x);
+    const std::uint32_t sign = u & 0x80000000u;
+    const std::uint32_t a = u ^ sign;
+    std::uint32_t o;
+    if (a >= 0x47800000u) {  // |x| >= 65536, infinite or NaN
+        o = a > 0x7f800000u ? 0x7e00u : 0x7c00u;
+    } else if (a < 0x38800000u) {  // below float16's smallest normal, 2^-14
+        // Adding 0.5 puts float16's subnormal step, 2^-24, at float32's last place: the float32
+        // addition rounds to nearest even, and the bits above 0.5 are the float16 bits.
+        o = bits_of(float_of(a) + 0.5f) - 0x3f000000u;
+    } else {  // rebias, then round the 13 dropped bits to nearest even (a carry may give inf)
+        o = (a - (112u << 23) + 0xfffu + ((a >> 13) & 1u)) >> 13;
+    }
+    out.bits = static_cast<std::uint16_t>(o | (sign >> 16));
+}
+
+// Stochastic rounding with a random r in [0, 65536): the magnitude rounds away from zero with
+// probability (distance to the lower neighbour) / (distance between the neighbours), so the
+// rounding is exact on average and no update is lost for being small.
+FM_HOST_DEVICE inline void narrow_stochastic(const float x, const std::uint32_t r, bf16& out) {
+    const std::uint32_t u = bits_of(x);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return narrow(x, out);
+    out.bits = static_cast<std::uint16_t>((u + r) >> 16);  // the dropped 16 bits decide
+}
+
+FM_HOST_DEVICE inline void narrow_stochastic(const float x, const std::uint32_t r, f16& out) {
+    const std::uint32_t u = bits_of(x);
+    const std::uint32_t a = u & 0x7fffffffu;
+    if (!(a < 0x47800000u)) return narrow(x, out);  // infinite, NaN or |x| >= 65536: infinity
+    // float16's step q at |x|: 2^(e-10) for an exponent e, 2^-24 among its subnormals. |x|/q
+    // and (t + up)*q are products with powers of two, exact; so is y - t.
+    const int e = static_cast<int>(a >> 23) - 127;
+    const int qe = e - 10 > -24 ? e - 10 : -24;
+    const float y = float_of(a) * float_of(static_cast<std::uint32_t>(127 - qe) << 23);
+    const float t = static_cast<float>(static_cast<std::int32_t>(y));  // floor: 0 <= y < 2^11
+    const float up = static_cast<float>(r) * 0x1p-16f < y - t ? 1.0f : 0.0f;
+    narrow((t + up) * float_of(static_cast<std::uint32_t>(127 + qe) << 23), out);
+    out.bits = static_cast<std::uint16_t>(out.bits | ((u >> 16) & 0x8000u));
+}
+
+// The random numbers of stochastic rounding: counter-based, keyed by (seed, step, stream) and
+// drawn for an element from its index alone, so they do not depend on the thread count, the ISA
+// or the device, and a resumed run draws the same ones. mix64 is SplitMix64's output function.
+FM_HOST_DEVICE inline std::uint64_t mix64(std::uint64_t z) {
+    z += 0x9e3779b97f4a7c15ull;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+// One parameter's key in one step: stream is its index among the step's parameters.
+FM_HOST_DEVICE inline std::uint64_t rounding_key(const std::uint64_t seed, const std::uint64_t step,
+                                                 const std::uint64_t stream) {
+    return mix64(mix64(mix64(seed) ^ step) ^ stream);
+}
+
+// The key of the elements whose index has these high 32 bits (constant over a block).
+FM_HOST_DEVICE inline std::uint32_t index_key(const std::uint64_t key, const std::int64_t index) {
+    return static_cast<std::uint32_t>(mix64(key ^ (static_cast<std::uint64_t>(index) >> 32)));
+}
+
+// The 16-bit random number of the element with these low 32 bits of its index: a 32-bit
+// integer hash (Wellons' lowbias32, a bijection with full avalanche), its top half. 32-bit
+// multiplications only, so every SIMD ISA vectorises it.
+FM_HOST_DEVICE inline std::uint32_t random16(const std::uint32_t index_key, const std::uint32_t low) {
+    std::uint32_t x = low ^ index_key;
+    x ^= x >> 16;
+    x *= 0x7feb352du;
+    x ^= x >> 15;
+    x *= 0x846ca68bu;
+    x ^= x >> 16;
+    return x >> 16;
+}
+
+// Kahan-compensated parameters (optimi's method): the parameter's float32 value is p + c, which
+// carries the bits that rounding p dropped; after the update x, p takes x to nearest and c what
+// remains (x - p is exact in float32), itself rounded to p's dtype.
+template <class S>
+FM_HOST_DEVICE inline float compensated(const S p, const S c) {
+    return widen(p) + widen(c);
+}
+
+template <class S>
+FM_HOST_DEVICE inline void split_compensated(const float x, S& p, S& c) {
+    narrow(x, p);
+    narrow(x - widen(p), c);
+}
+
+// 8-bit buffers: blocks of kQuantBlock elements, each with a float32 scale. A code k in
+// [-127, 127] stands for sign(k) * F(|k|) * scale, where F(m) is the magnitude m of an E4M3
+// float (4 exponent bits, bias 7, 3 fraction bits, subnormals, no infinity or NaN): F(127) =
+// 480 = kQuantMax. A floating-point code map keeps each value's relative error within 1/16
+// across 2^17 of dynamic range below the block's largest, where a linear one would round every
+// value under 1/254 of the largest to zero (FP8-LM keeps first moments in E4M3; bitsandbytes'
+// dynamic map is similar in spirit).
+inline constexpr float kQuantMax = 480.0f;
+
+FM_HOST_DEVICE inline float quant_magnitude(const std::uint32_t m) {
+    const std::uint32_t e = m >> 3, f = m & 7u;
+    return e == 0 ? static_cast<float>(f) * 0x1p-9f : float_of(((e + 120u) << 23) | (f << 20));
+}
+
+FM_HOST_DEVICE inline float dequantized(const std::int8_t k, const float scale) {
+    const float f = quant_magnitude(static_cast<std::uint32_t>(k < 0 ? -k : k));
+    return (k < 0 ? -f : f) * scale;
+}
+
+// A block's scale, and the factor its values are multiplied by before rounding to a code, from
+// the largest magnitude of its new values: a block with an infinity or a NaN is stored as NaN
+// (scale NaN, every code 0); one whose largest magnitude is below 480 * 2^-126 (zero included)
+// as zero, which keeps both factors finite and normal.
+struct QuantScale {
+    float scale;
+    float inverse;
+};
+
+FM_HOST_DEVICE inline QuantScale quant_scale(const float largest, const bool finite) {
+    if (!finite) return QuantScale{NAN, 0.0f};
+    if (largest < kQuantMax * 0x1p-126f) return QuantScale{0.0f, 0.0f};
+    return QuantScale{largest / kQuantMax, kQuantMax / largest};
+}
+
+// The code of one finite value: |v| * inverse, at most 480, to the nearest E4M3 magnitude (ties
+// to even), with v's sign.
+FM_HOST_DEVICE inline std::int8_t quantized(const float v, const float inverse) {
+    const std::uint32_t u = bits_of(v);
+    float y = float_of(u & 0x7fffffffu) * inverse;
+    y = y < kQuantMax ? y : kQuantMax;
+    std::int32_t m;
+    if (y < 0x1p-6f) {  // subnormal codes, steps of 2^-9: y * 512 < 8 to the nearest even integer
+        m = static_cast<std::int32_t>((y * 512.0f + 0x1p23f) - 0x1p23f);
+    } else {  // rebias to E4M3's exponent, round the 20 dropped fraction bits to nearest even
+        const std::uint32_t b = bits_of(y);
+        m = static_cast<std::int32_t>((b - (120u << 23) + 0x7ffffu + ((b >> 20) & 1u)) >> 20);
+    }
+    return static_cast<std::int8_t>(u >> 31 ? -m : m);
 }
 
 // The guards of a step (README, "Guards"), computed before the update pass.
