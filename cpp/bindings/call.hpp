@@ -96,7 +96,7 @@ struct Step {
     }
 };
 
-// The error for a tuple in buffers that is not a (codes, scales) pair.
+// The error for a tuple in buffers that is not a (codes, scales) pair (also for _core.convert).
 [[noreturn]] void quantized_buffer_size_error(const Where& where, PyObject* tuple);
 
 // Phase 2 of `count` parsed calls over one list of gradients (one per parameter of all the calls

@@ -14,4 +14,5 @@ PYBIND11_MODULE(_core, m, pybind11::mod_gil_not_used()) {
     fastmomentum::bindings::register_steps(m);  // first: it resolves the types the parser needs
     fastmomentum::bindings::register_functional(m);
     fastmomentum::bindings::register_probe(m);
+    fastmomentum::bindings::register_convert(m);
 }

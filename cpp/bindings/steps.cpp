@@ -109,6 +109,7 @@ bool same_items(py::handle a_obj, py::handle b_obj) {
 void register_steps(py::module_& m) {
     init_args();
     init_host_arrays();
+    m.attr("QUANT_BLOCK") = kQuantBlock;  // the elements of an 8-bit buffer's block
     m.attr("HYPER_FIELDS") = names(field::kHyperNames);
     m.attr("CALL_FIELDS") = names(field::kCallNames);
     m.attr("GUARD_FIELDS") = names(field::kGuardNames);

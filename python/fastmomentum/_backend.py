@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from . import _core
+from . import _core, storage
 from ._protocol import Call, Guard, Hyper
 
 _cuda: ModuleType | None
@@ -48,9 +48,11 @@ class Backend(Protocol):
     def check_params(self, params: Sequence[Any], first_index: int) -> None:
         """Check arrays as a step checks its params, and that none shares memory."""
 
-    def new_buffers(self, params: Sequence[Any], zero: bool) -> list[Any]:
+    def new_buffers(self, params: Sequence[Any], zero: bool,
+                    state_dtype: str | None = None) -> list[Any]:
         """Momentum buffers shaped like ``params`` (zeros, or uninitialised where the first step
-        writes them whole)."""
+        writes them whole), stored as ``state_dtype`` (None: each parameter's dtype;
+        :mod:`fastmomentum.storage`)."""
 
     def dtypes(self, params: Sequence[Any]) -> tuple[str, ...]:
         """The kernels' dtypes among ``params`` (``"float32"``, ``"float64"``), for the checks of
@@ -80,14 +82,19 @@ class HostBackend:
     def check_params(self, params: Sequence[Any], first_index: int) -> None:
         _core.check_params(params, first_index)
 
-    def new_buffers(self, params: Sequence[Any], zero: bool) -> list[Any]:
+    def new_buffers(self, params: Sequence[Any], zero: bool,
+                    state_dtype: str | None = None) -> list[Any]:
         """Views into ONE block per dtype, in order, so that parameters adjacent in memory (e.g.
         a :class:`fastmomentum.flat.FlatGroup`) get adjacent buffers, which the kernel updates as
-        one span."""
+        one span. 8-bit buffers (``state_dtype="int8"``) are one per parameter."""
+        if state_dtype == "int8":
+            return [storage.QuantizedBuffer.zeros(_SHAPE(p)) if isinstance(p, np.ndarray)
+                    else None for p in params]
         out: list[Any] = [None] * len(params)  # None where a param is no array: the step's
         # check names it before reaching its buffer. Shapes and dtypes are read from the arrays'
         # C structs, as the step's check reads them (a subclass's properties never run).
-        arrays = [(i, _SHAPE(p), _DTYPE(p)) for i, p in enumerate(params)
+        arrays = [(i, _SHAPE(p), _DTYPE(p) if state_dtype is None
+                   else storage.dtype_of(state_dtype)) for i, p in enumerate(params)
                   if isinstance(p, np.ndarray)]
         for dtype in {dtype for _, _, dtype in arrays}:
             chosen = [(i, shape) for i, shape, d in arrays if d == dtype]
@@ -219,7 +226,10 @@ class CudaBackend:
     def check_params(self, params: Sequence[Any], first_index: int) -> None:
         self._cuda.check_params(params, first_index)
 
-    def new_buffers(self, params: Sequence[Any], zero: bool) -> list[Any]:
+    def new_buffers(self, params: Sequence[Any], zero: bool,
+                    state_dtype: str | None = None) -> list[Any]:
+        if state_dtype is not None:  # fm.SGD refuses it at construction
+            raise ValueError("low-precision state (state_dtype) is for NumPy arrays")
         return [self._adapter.new_array(p, zero) if is_device_array(p) else None for p in params]
 
     def dtypes(self, params: Sequence[Any]) -> tuple[str, ...]:
@@ -241,7 +251,7 @@ def _numpy_dtype(x: Any) -> np.dtype[Any]:
 def _kernel_dtypes(dtypes: Iterable[np.dtype[Any]]) -> tuple[str, ...]:
     """The names of the dtypes the kernels take among ``dtypes``, in a fixed order."""
     names = {d.name for d in dtypes}
-    return tuple(name for name in ("float32", "float64") if name in names)
+    return tuple(name for name in ("float32", "float64", "bfloat16", "float16") if name in names)
 
 
 HOST = HostBackend()

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ._protocol import Call, Guard, Hyper
-from .functional import Arrays, FirstStep, WeightDecayMode
+from .functional import Arrays, Buffers, Compensations, FirstStep, Rounding, WeightDecayMode
 from .guards import NonFinite, StepResult
 
 _Seq = Sequence[Any]  # a list or tuple at run time
@@ -19,6 +19,7 @@ cuda_not_built: str
 HYPER_FIELDS: tuple[str, ...]
 CALL_FIELDS: tuple[str, ...]
 GUARD_FIELDS: tuple[str, ...]
+QUANT_BLOCK: int
 
 def config() -> dict[str, Any]: ...
 def set_num_threads(n: int) -> None: ...
@@ -46,6 +47,7 @@ def check_guard(guard: Guard) -> None: ...
 def check_params(params: _Seq, first_index: int) -> None: ...
 def grad_stats(grads: _Seq) -> tuple[bool, float]: ...
 def same_items(a: _Seq, b: _Seq) -> bool: ...
+def convert(src: Any, dst: Any) -> None: ...
 def bandwidth_probe(params: _Seq, grads: _Seq, buffers: _Seq, scale: float) -> int: ...
 def _bind(step_result: type[StepResult], nonfinite_error: Callable[[Sequence[Any]], BaseException],
           device_step: Callable[..., Any]) -> None: ...
@@ -53,7 +55,7 @@ def _set_doc(name: str, doc: str) -> None: ...
 def sgd_(
     params: Arrays,
     grads: Arrays,
-    buffers: Arrays | None = None,
+    buffers: Buffers | None = None,
     *,
     lr: float,
     momentum: float = 0.0,
@@ -67,11 +69,15 @@ def sgd_(
     nonfinite: NonFinite = "ignore",
     max_grad_norm: float | None = None,
     loss_scale: float = 1.0,
+    compensations: Compensations | None = None,
+    rounding: Rounding = "nearest",
+    seed: int = 0,
+    step: int = 0,
 ) -> StepResult: ...
 def keras_sgd_(
     params: Arrays,
     grads: Arrays,
-    velocities: Arrays | None = None,
+    velocities: Buffers | None = None,
     *,
     lr: float,
     momentum: float = 0.0,
@@ -85,11 +91,15 @@ def keras_sgd_(
     loss_scale: float = 1.0,
     global_clipnorm: float | None = None,
     clipvalue: float | None = None,
+    compensations: Compensations | None = None,
+    rounding: Rounding = "nearest",
+    seed: int = 0,
+    step: int = 0,
 ) -> StepResult: ...
 def ema_sgd_(
     params: Arrays,
     grads: Arrays,
-    buffers: Arrays | None = None,
+    buffers: Buffers | None = None,
     *,
     lr: float,
     beta: float,
@@ -100,4 +110,8 @@ def ema_sgd_(
     nonfinite: NonFinite = "ignore",
     max_grad_norm: float | None = None,
     loss_scale: float = 1.0,
+    compensations: Compensations | None = None,
+    rounding: Rounding = "nearest",
+    seed: int = 0,
+    step: int = 0,
 ) -> StepResult: ...

@@ -21,7 +21,8 @@ them).
 
 Format versions. The entry ``__fastmomentum__`` holds the description: a JSON object whose first
 key is ``"format"``. The arrays are the entries ``a0``, ``a1``, ... that the tree refers to as
-``{"__array__": name}``.
+``{"__array__": name}``; a bfloat16 array (ml_dtypes', which ``.npy`` cannot describe) is stored
+as its uint16 bits and referred to as ``{"__bfloat16__": name}``.
 
 - ``fastmomentum-checkpoint/1`` (read, no longer written): the description holds ``"format"`` and
   ``"tree"``. It has no digests: a reader relies on the zip CRC-32 of each entry, which catches
@@ -59,6 +60,8 @@ from typing import Any, BinaryIO, Union
 
 import numpy as np
 
+from . import storage
+
 __all__ = ["FORMAT", "array_digest", "from_arrays", "load", "save", "to_arrays"]
 
 #: The format :func:`save` and :func:`to_arrays` write.
@@ -68,7 +71,8 @@ _FORMAT_1 = "fastmomentum-checkpoint/1"
 _META = "__fastmomentum__"  # the JSON description's entry name
 _DIGEST = "__fastmomentum_sha256__"  # the entry holding the description's SHA-256 (format /2)
 _ARRAY, _ITEMS, _TUPLE = "__array__", "__items__", "__tuple__"  # markers inside the JSON
-_MARKERS = ({_ARRAY}, {_ITEMS}, {_TUPLE})
+_BFLOAT16 = "__bfloat16__"
+_MARKERS = ({_ARRAY}, {_ITEMS}, {_TUPLE}, {_BFLOAT16})
 # How every description starts (json.dumps of a dict whose first key is "format").
 _FORMAT_AT_START = re.compile(r'\{"format": "fastmomentum-checkpoint/([0-9]{1,9})"')
 
@@ -206,6 +210,9 @@ def to_arrays(tree: Any) -> dict[str, np.ndarray]:
             except TypeError as e:
                 raise TypeError(f"{where}: {e}") from None
             name = f"a{len(arrays)}"
+            if node.dtype.name == "bfloat16" and node.dtype.kind == "V":  # ml_dtypes'
+                arrays[name] = np.ascontiguousarray(node).view(np.uint16)
+                return {_BFLOAT16: name}
             arrays[name] = node
             return {_ARRAY: name}
         if isinstance(node, np.generic):
@@ -298,8 +305,8 @@ def _read(arrays: Mapping[str, Any], fresh: bool) -> Any:
         if isinstance(node, list):
             return [decode(v) for v in node]
         if isinstance(node, dict):
-            if set(node) == {_ARRAY}:
-                name = node[_ARRAY]
+            if set(node) in ({_ARRAY}, {_BFLOAT16}):
+                name = node[_ARRAY] if _ARRAY in node else node[_BFLOAT16]
                 # np.load's files answer to "a0" and "a0.npy" alike: one entry, one name.
                 entry = name[:-4] if isinstance(name, str) and name.endswith(".npy") else name
                 if not isinstance(name, str) or entry in (_META, _DIGEST) or name not in loaded:
@@ -309,7 +316,12 @@ def _read(arrays: Mapping[str, Any], fresh: bool) -> Any:
                     raise _corrupt(f"the tree refers to the array {entry!r} more than once, "
                                    "which save() never writes")
                 used.add(entry)
-                return loaded[name] if fresh else np.array(loaded[name])
+                array = loaded[name] if fresh else np.array(loaded[name])
+                if _BFLOAT16 in node:
+                    if array.dtype != np.uint16:
+                        raise _corrupt(f"the bfloat16 array {name!r} is not stored as uint16")
+                    array = array.view(storage.bfloat16())
+                return array
             if set(node) == {_ITEMS}:
                 return {decode(k): decode(v) for k, v in node[_ITEMS]}
             if set(node) == {_TUPLE}:

@@ -14,10 +14,22 @@ device step runs the same per-element formula on the GPU, with the same bits as 
 current stream of the arrays' library, and returns without waiting for the GPU unless a guard
 needs the gradients' verdict.
 
-Arithmetic: hyper-parameters are combined in double and rounded once to the arrays' dtype; each
-element then goes through the formula below in that dtype, in the reference framework's order of
-operations, with no FMA contraction, so results are the same bits on every ISA and every thread
-count. A weight decay that cannot change a parameter (a zero coefficient) is skipped.
+Storage below float32 (:mod:`fastmomentum.storage`). A float32 parameter's buffer may be a
+bfloat16 or float16 array, or an 8-bit :class:`~fastmomentum.storage.QuantizedBuffer`. A
+parameter may be bfloat16 (``ml_dtypes.bfloat16``) or float16, with a gradient of its dtype or
+float32 and a buffer of any of those kinds or float32. Such elements are widened to float32
+exactly, updated by the float32 formula (blocks of 256 per parameter), and rounded back: buffers
+to nearest; 16-bit parameters to nearest (``rounding="nearest"``, lossy), stochastically
+(``rounding="stochastic"``, with random numbers keyed by ``seed``, ``step`` and the parameter's
+index, ints >= 0: the same bits on every ISA, thread count and resumed run), or with a Kahan
+compensation: ``compensations=[c, ...]``, one zero-initialised array of the parameter's dtype and
+shape (or None) per parameter, where ``p + c`` is the parameter's float32 value.
+
+Arithmetic: hyper-parameters are combined in double and rounded once to the arrays' dtype (to
+float32 below it); each element then goes through the formula below in that dtype, in the
+reference framework's order of operations, with no FMA contraction, so results are the same bits
+on every ISA and every thread count. A weight decay that cannot change a parameter (a zero
+coefficient) is skipped.
 
 Guards, in every function (README, "Guards"), applied to the gradients before the formula::
 
@@ -44,9 +56,12 @@ from . import _core
 from ._backend import device_step
 from ._core import ema_sgd_, keras_sgd_, sgd_
 from .guards import StepResult, nonfinite_error
+from .storage import QuantizedBuffer
 
-#: A NumPy array of a dtype the kernels update.
-HostArray = NDArray[np.float32] | NDArray[np.float64]
+#: A NumPy array of a dtype the kernels update: float32, float64, float16, or bfloat16
+#: (ml_dtypes', which NumPy's type stubs cannot name).
+HostArray = (NDArray[np.float32] | NDArray[np.float64] | NDArray[np.float16]
+             | NDArray[np.void])
 
 
 class CudaArray(Protocol):
@@ -62,12 +77,19 @@ class CudaArray(Protocol):
 Array = HostArray | CudaArray
 #: A list or tuple of arrays (any other sequence is rejected: it might be an array's rows).
 Arrays = list[Array] | tuple[Array, ...]
+#: A momentum buffer: an array, or an 8-bit :class:`~fastmomentum.storage.QuantizedBuffer`.
+Buffer = Array | QuantizedBuffer
+#: A list or tuple of buffers.
+Buffers = list[Buffer] | tuple[Buffer, ...]
+#: Kahan compensations: one array (or None) per parameter.
+Compensations = list[HostArray | None] | tuple[HostArray | None, ...]
+Rounding = Literal["nearest", "stochastic"]
 #: One bool for every array, or one per array (a list or tuple, as for the arrays).
 FirstStep = bool | list[bool] | tuple[bool, ...]
 WeightDecayMode = Literal["coupled", "decoupled", "sgdw"]
 
-__all__ = ["Array", "Arrays", "CudaArray", "FirstStep", "HostArray", "WeightDecayMode",
-           "ema_sgd_", "keras_sgd_", "sgd_"]
+__all__ = ["Array", "Arrays", "Buffer", "Buffers", "Compensations", "CudaArray", "FirstStep",
+           "HostArray", "Rounding", "WeightDecayMode", "ema_sgd_", "keras_sgd_", "sgd_"]
 
 # What the compiled entry points build results and errors from, and ask about device arrays.
 _core._bind(StepResult, nonfinite_error, device_step)
@@ -85,7 +107,8 @@ _doc("sgd_",
      "params, grads, buffers=None, *, lr, momentum=0.0, dampening=0.0, "
      "nesterov=False, weight_decay=0.0, weight_decay_mode='coupled', "
      "schedule_multiplier=1.0, maximize=False, first_step=False, "
-     "nonfinite='ignore', max_grad_norm=None, loss_scale=1.0",
+     "nonfinite='ignore', max_grad_norm=None, loss_scale=1.0, compensations=None, "
+     "rounding='nearest', seed=0, step=0",
      """One momentum-SGD step in PyTorch's convention (the buffer ``b`` holds no learning rate).
 
 For each parameter ``p`` with gradient ``g`` and buffer ``b``::
@@ -117,6 +140,8 @@ Args:
     nonfinite, max_grad_norm, loss_scale: the guards (module docstring). ``max_grad_norm``
         is a number >= 0 (``inf`` measures the norm without clipping); ``loss_scale`` is
         finite and > 0.
+    compensations, rounding, seed, step: parameters below float32 (module docstring, "Storage
+        below float32").
 
 Returns:
     A :class:`~fastmomentum.guards.StepResult`: whether the step was skipped, and the
@@ -126,7 +151,8 @@ _doc("keras_sgd_",
      "params, grads, velocities=None, *, lr, momentum=0.0, nesterov=False, "
      "weight_decay=0.0, weight_decay_mode='decoupled', "
      "schedule_multiplier=1.0, maximize=False, nonfinite='ignore', "
-     "max_grad_norm=None, loss_scale=1.0, global_clipnorm=None, clipvalue=None",
+     "max_grad_norm=None, loss_scale=1.0, global_clipnorm=None, clipvalue=None, "
+     "compensations=None, rounding='nearest', seed=0, step=0",
      """One SGD step in Keras' convention (Sutskever et al. 2013: the velocity holds the lr).
 
 For each parameter ``p`` with gradient ``g`` and velocity ``v`` (start with ``v = 0``)::
@@ -159,7 +185,8 @@ not with ``max_grad_norm``):
 _doc("ema_sgd_",
      "params, grads, buffers=None, *, lr, beta, weight_decay=0.0, "
      "weight_decay_mode='coupled', schedule_multiplier=1.0, maximize=False, "
-     "nonfinite='ignore', max_grad_norm=None, loss_scale=1.0",
+     "nonfinite='ignore', max_grad_norm=None, loss_scale=1.0, compensations=None, "
+     "rounding='nearest', seed=0, step=0",
      """One step of EMA momentum, the ``(1 - beta)`` form: start the buffers at zero, then::
 
     b <- beta*b + (1-beta)*g

@@ -28,11 +28,12 @@ from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
-from . import _core
+from . import _core, storage
 from ._backend import _DTYPE, _SHAPE, Backend, backend_for, is_device_array
 from ._protocol import Call, Guard, Hyper
 from .functional import Array, WeightDecayMode
 from .guards import NonFinite, StepResult, nonfinite_error
+from .storage import ParamRounding, StateDtype
 
 __all__ = ["SGD", "ArrayState", "convert_state_dict", "group_arrays"]
 
@@ -43,6 +44,8 @@ Schedulable = float | Callable[[int], float]
 
 #: The state key of each style's buffer (PyTorch's name for the torch and ema styles).
 BUFFER_KEY = {"torch": "momentum_buffer", "ema": "momentum_buffer", "keras": "velocity"}
+#: A bfloat16 or float16 parameter's Kahan compensation, in its state entry.
+COMPENSATION_KEY = "compensation"
 # How a state dict marks a callable hyper-parameter that is not a saveable schedule.
 _CALLABLE = "callable"
 
@@ -201,6 +204,7 @@ class _GroupLists(NamedTuple):
     buffers: list[Any]  # each parameter's buffer, or None
     missing: list[int]  # positions without a buffer
     first_index: int
+    compensations: list[Any] | None  # each parameter's Kahan compensation (or None), if any
 
 
 class _Lists(NamedTuple):
@@ -308,6 +312,20 @@ class SGD:
         max_consecutive_skips: with ``nonfinite="skip"``, a step that would be the
             ``max_consecutive_skips + 1``-th skipped in a row raises ``FloatingPointError``
             instead (nothing changed); ``None`` never raises. Default 10.
+        state_dtype: how the momentum buffers are stored (:mod:`fastmomentum.storage`): ``None``
+            (default) in each parameter's dtype; ``"float32"``; ``"bfloat16"`` or ``"float16"``
+            (2 bytes per element); ``"int8"`` (8-bit block-quantized, 1.016 bytes per element:
+            :class:`~fastmomentum.storage.QuantizedBuffer`). Not for float64 parameters. The
+            update is computed in float32; the buffer is rounded to nearest after it.
+        param_rounding: how bfloat16 and float16 parameters (float32 and float64 ones are exact)
+            take their updated float32 value back: ``"kahan"`` (default: a compensation array
+            of the parameter's dtype in the state, key ``"compensation"``, holds what rounding
+            dropped: ``p + c`` is the parameter, optimi's method), ``"stochastic"`` (up or down
+            with the probabilities that make it exact on average; random numbers keyed by
+            ``seed``, the step count and the parameter's index, so a resumed run continues bit
+            for bit) or ``"nearest"`` (lossy: an update below half a unit in the last place is
+            lost).
+        seed: the key of stochastic rounding's random numbers (an int >= 0).
 
     Attributes:
         param_groups: the groups (dicts), editable between steps as in PyTorch.
@@ -349,6 +367,9 @@ class SGD:
         global_clipnorm: float | None = None,
         clipvalue: float | None = None,
         max_consecutive_skips: int | None = 10,
+        state_dtype: StateDtype | None = None,
+        param_rounding: ParamRounding = "kahan",
+        seed: int = 0,
     ) -> None:
         if style not in BUFFER_KEY:
             raise ValueError(f"style must be 'torch', 'keras' or 'ema', got {style!r}")
@@ -368,6 +389,17 @@ class SGD:
         self.clipvalue = clipvalue
         self._max_consecutive_skips = None if max_consecutive_skips is None else _count(
             max_consecutive_skips, "max_consecutive_skips")
+        if state_dtype not in (None, "float32", "float64", "bfloat16", "float16", "int8"):
+            raise ValueError("state_dtype must be None, 'float32', 'float64', 'bfloat16', "
+                             f"'float16' or 'int8', got {state_dtype!r}")
+        if state_dtype == "bfloat16":
+            storage.bfloat16()  # names ml_dtypes when it is missing
+        if param_rounding not in ("kahan", "stochastic", "nearest"):
+            raise ValueError("param_rounding must be 'kahan', 'stochastic' or 'nearest', got "
+                             f"{param_rounding!r}")
+        self.state_dtype: StateDtype | None = state_dtype
+        self.param_rounding: ParamRounding = param_rounding
+        self.seed = _count(seed, "seed")
         self.nonfinite: NonFinite = nonfinite
         self.max_grad_norm = max_grad_norm
         _core.check_guard(self._guard(1.0))
@@ -384,6 +416,8 @@ class SGD:
             self.param_groups.append(self._checked_group(group, seen))
             seen |= {id(p) for p in self.param_groups[-1]["params"]}
         self._backend.check_params(self._params(), 0)  # once for all: no two share memory
+        self._check_storage(self._params())
+        self._add_compensations(self._params(), self._state)
         _OPTIMIZERS.add(self)
 
     @property
@@ -463,6 +497,8 @@ class SGD:
             self._settle()
             group = self._checked_group(param_group, {id(p) for p in self._params()})
             self._backend.check_params([*self._params(), *group["params"]], 0)
+            self._check_storage(group["params"])
+            self._add_compensations(group["params"], self._state)
             self.param_groups.append(group)  # only once every check passed
         finally:
             busy.release()
@@ -484,6 +520,40 @@ class SGD:
 
     def _params(self) -> list[Any]:
         return [p for g in self.param_groups for p in g["params"]]
+
+    def _check_storage(self, params: Sequence[Any]) -> None:
+        """The state storage suits every parameter (the arrays are checked already)."""
+        if self.state_dtype is not None and self.on_device:
+            raise ValueError(f"state_dtype={self.state_dtype!r}: low-precision state is for NumPy "
+                             "arrays (the CUDA kernels take float32 and float64 state only)")
+        for p in params:
+            wide = p.dtype.name == "float64"
+            if wide and self.state_dtype not in (None, "float64"):
+                raise ValueError(f"state_dtype={self.state_dtype!r} is for float32, bfloat16 and "
+                                 "float16 parameters; a float64 parameter keeps float64 state")
+            if not wide and self.state_dtype == "float64":
+                raise ValueError("state_dtype='float64' is for float64 parameters")
+
+    def _add_compensations(self, params: Sequence[Any], state: ArrayState) -> None:
+        """Zero Kahan compensations, in ``state``, for the 16-bit parameters that have none."""
+        if self.param_rounding != "kahan":
+            return
+        for p in params:
+            if isinstance(p, np.ndarray) and p.dtype.itemsize == 2 and p.dtype.kind in "fV":
+                entry = state.entry(p)
+                if entry is None:
+                    state.counted(p, {COMPENSATION_KEY: np.zeros_like(p)})
+                elif entry.get(COMPENSATION_KEY) is None:
+                    entry[COMPENSATION_KEY] = np.zeros_like(p)
+
+    @property
+    def state_nbytes(self) -> int:
+        """The bytes of the optimizer's state arrays: momentum buffers (an 8-bit buffer's codes
+        and scales) and Kahan compensations (a distributed optimizer's: this rank's)."""
+        self._settle_if_idle()
+        keys = (BUFFER_KEY[self.style], COMPENSATION_KEY)
+        return sum(storage.nbytes((self._state.entry(p) or {}).get(k)) for p in self._params()
+                   for k in keys)
 
     # -- stepping ---------------------------------------------------------------------------
 
@@ -523,7 +593,8 @@ class SGD:
             weight_decay = _evaluate(weight_decay, step, "weight_decay")
         hyper = _new_hyper((self.style, lr, momentum, group["dampening"], nesterov,
                             weight_decay, group["weight_decay_mode"], s, group["maximize"],
-                            "nearest", 0, step))
+                            "stochastic" if self.param_rounding == "stochastic" else "nearest",
+                            self.seed, step))
         return hyper, momentum != 0.0
 
     @staticmethod
@@ -621,7 +692,8 @@ class SGD:
         for gl, group in zip(lists.groups, self.param_groups, strict=True):
             hyper, has_momentum = self._hyper(group, step)
             if not has_momentum:
-                calls.append(_new_call((gl.snapshot, None, False, hyper, gl.first_index, None)))
+                calls.append(_new_call((gl.snapshot, None, False, hyper, gl.first_index,
+                                        gl.compensations)))
                 continue
             buffers: list[Any] = gl.buffers
             first: bool | list[bool] = False
@@ -629,7 +701,8 @@ class SGD:
                 if gl.missing else None
             if need:  # first steps: new buffers, kept only if the step is applied
                 new = self._backend.new_buffers([gl.snapshot[i] for i in need],
-                                                zero=self.style != "torch")
+                                                zero=self.style != "torch",
+                                                state_dtype=self.state_dtype)
                 buffers = list(buffers)
                 for i, buf in zip(need, new, strict=True):
                     buffers[i] = buf
@@ -638,7 +711,8 @@ class SGD:
                     first = [False] * len(buffers)
                     for i in need:
                         first[i] = True
-            calls.append(_new_call((gl.snapshot, buffers, first, hyper, gl.first_index, None)))
+            calls.append(_new_call((gl.snapshot, buffers, first, hyper, gl.first_index,
+                                    gl.compensations)))
         if dtypes is not None:
             for call, group_dtypes in zip(calls, dtypes, strict=True):
                 _core.check_hyper(call.hyper, group_dtypes, guard)
@@ -755,7 +829,14 @@ class SGD:
                     counted = False
                 buffers.append(None if entry is None else entry.get(key))
             missing = [i for i, b in enumerate(buffers) if b is None]
-            groups.append(_GroupLists(params, snapshot, buffers, missing, index))
+            compensations = None
+            if self.param_rounding == "kahan":
+                self._add_compensations(snapshot, self._state)  # params put in a group by hand
+                found = [(self._state.entry(p) or {}).get(COMPENSATION_KEY)
+                         if isinstance(p, np.ndarray) and p.dtype.itemsize == 2 else None
+                         for p in snapshot]
+                compensations = found if any(c is not None for c in found) else None
+            groups.append(_GroupLists(params, snapshot, buffers, missing, index, compensations))
             index += len(snapshot)
         return _Lists(self._state, self._state.version, groups, index, counted)
 
@@ -811,9 +892,20 @@ class SGD:
         new_state = ArrayState()
         for param, buffer, extras in loaded.buffers:
             new_state.counted(param, extras if buffer is _NO_BUFFER else
-                              {**extras, BUFFER_KEY[self.style]: self._backend.from_host(buffer,
-                                                                                        param)})
+                              {**extras, BUFFER_KEY[self.style]: self._loaded_buffer(buffer,
+                                                                                     param)})
+        self._add_compensations(self._params(), new_state)
         self._install(loaded, new_state)
+
+    def _loaded_buffer(self, buffer: Any, param: Any) -> Any:
+        """A saved buffer (a host array of any float dtype, or an 8-bit one) as a new buffer of
+        this optimizer's storage for ``param``, converted by the kernels' roundings."""
+        if self.on_device:
+            if isinstance(buffer, tuple):
+                buffer = storage.QuantizedBuffer(*buffer).to_array()
+            return self._backend.from_host(np.asarray(buffer, np.float64)
+                                           if buffer.dtype.kind != "f" else buffer, param)
+        return storage.converted(buffer, storage.new_buffer(param, self.state_dtype, zero=False))
 
     def _read_state_dict(self, state_dict: Any, params: list[list[Any]]) -> _LoadedState:
         """Everything ``state_dict`` holds, checked against this optimizer's rules as
@@ -880,9 +972,12 @@ class SGD:
                                  f"style than this {self.style!r}-style SGD's ({key!r}); convert "
                                  "it with fastmomentum.convert_state_dict")
             buf = entry.get(key)
+            extras = copy.deepcopy({k: v for k, v in entry.items() if k != key})
+            if extras.get(COMPENSATION_KEY) is not None:
+                extras[COMPENSATION_KEY] = _compensation(
+                    extras[COMPENSATION_KEY], p, f"state[{saved_index}][{COMPENSATION_KEY!r}]")
             buffers.append((p, _NO_BUFFER if buf is None else
-                            _host_buffer(buf, p, f"state[{saved_index}][{key!r}]"),
-                            copy.deepcopy({k: v for k, v in entry.items() if k != key})))
+                            _host_buffer(buf, p, f"state[{saved_index}][{key!r}]"), extras))
         return _LoadedState(new_groups, buffers, iterations, counters["skipped_steps"],
                             counters["consecutive_skips"])
 
@@ -1000,16 +1095,28 @@ class _LoadedState(NamedTuple):
     consecutive_skips: int
 
 
-def _host_buffer(buf: Any, param: Any, where: str) -> np.ndarray:
+def _host_buffer(buf: Any, param: Any, where: str) -> Any:
     """A saved buffer as a host array: it must be an array of real floating-point numbers (NumPy,
-    or a device array) of its parameter's shape."""
+    or a device array; bfloat16 too) of its parameter's shape, or an 8-bit buffer (a (codes,
+    scales) tuple of NumPy arrays, checked by the kernels' conversion)."""
+    if isinstance(buf, tuple):
+        if len(buf) != 2 or not all(isinstance(x, np.ndarray) for x in buf):
+            raise TypeError(f"{where} is a tuple: an 8-bit buffer is a (codes, scales) pair of "
+                            "NumPy arrays (fastmomentum.storage.QuantizedBuffer)")
+        quantized = storage.QuantizedBuffer(*(np.ndarray.view(x, np.ndarray) for x in buf))
+        param_shape = _SHAPE(param) if isinstance(param, np.ndarray) else tuple(param.shape)
+        if _SHAPE(quantized.codes) != param_shape:
+            raise ValueError(f"{where}'s codes have shape {_SHAPE(quantized.codes)} but its "
+                             f"parameter has shape {param_shape}")
+        quantized.to_array()  # the kernels' checks of the pair (dtypes, scales' length)
+        return quantized
     if is_device_array(buf):
         buf = backend_for(buf).to_host(buf)
     if not isinstance(buf, np.ndarray):
         raise TypeError(f"{where} must be a NumPy array, got {type(buf).__name__}")
     # As a step reads arrays: from their C structs (a subclass's properties never run).
     dtype, shape = _DTYPE(buf), _SHAPE(buf)
-    if dtype.kind != "f":
+    if dtype.kind != "f" and dtype.name != "bfloat16":
         raise TypeError(f"{where} has dtype {dtype}; a buffer must hold real floating-point "
                         "numbers")
     param_shape = _SHAPE(param) if isinstance(param, np.ndarray) else tuple(param.shape)
@@ -1135,3 +1242,13 @@ def convert_state_dict(state_dict: dict[str, Any], style: str) -> dict[str, Any]
         state[index] = entry
     groups = [dict(group) for group in state_dict["param_groups"]]
     return {**state_dict, "state": state, "param_groups": groups, "style": style}
+
+
+def _compensation(comp: Any, param: Any, where: str) -> Any:
+    """A saved Kahan compensation: a NumPy array of its parameter's dtype and shape."""
+    if not isinstance(comp, np.ndarray) or not isinstance(param, np.ndarray) \
+            or _DTYPE(comp) != _DTYPE(param) or _SHAPE(comp) != _SHAPE(param):
+        raise ValueError(f"{where} must be a NumPy array of its parameter's dtype and shape "
+                         f"({_DTYPE(param) if isinstance(param, np.ndarray) else '?'}, "
+                         f"{_SHAPE(param) if isinstance(param, np.ndarray) else '?'})")
+    return np.ndarray.view(comp, np.ndarray)

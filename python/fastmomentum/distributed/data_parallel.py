@@ -11,7 +11,7 @@ from numpy.typing import NDArray
 
 from ..functional import Array, HostArray
 from ..guards import StepResult
-from ..optim import BUFFER_KEY, SGD, Schedulable, _busy_error
+from ..optim import SGD, Schedulable, _busy_error
 from ._collectives import SumReducer, check_comm, check_same_everywhere, raise_everywhere
 from ._layout import FlatGrads
 
@@ -118,12 +118,6 @@ class DistributedSGD(SGD):
         """Elements per bucket: the sizes of the all-reduce messages of one step, in order."""
         return [bucket.size for bucket in self._buckets]
 
-    @property
-    def state_nbytes(self) -> int:
-        """Bytes of this rank's momentum buffers (all parameters': the state is replicated)."""
-        key = BUFFER_KEY[self.style]
-        return sum(entry[key].nbytes for entry in self.state.values()
-                   if entry.get(key) is not None)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group (collectively, the same on every rank; checked as in the constructor)."""

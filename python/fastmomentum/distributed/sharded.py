@@ -157,12 +157,6 @@ class ShardedSGD(SGD):
         """Per dtype, the ``n + 1`` offsets of the ranks' shards in the flattened parameters."""
         return {dtype: list(bounds) for dtype, bounds in self._bounds.items()}
 
-    @property
-    def state_nbytes(self) -> int:
-        """Bytes of this rank's momentum buffers (its shard's)."""
-        key = BUFFER_KEY[self.style]
-        return sum(entry[key].nbytes for entry in self.state.values()
-                   if entry.get(key) is not None)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Not supported: create the optimizer with all its groups (adding one would move every

@@ -1,0 +1,134 @@
+// _core.convert: one array's values into another's storage, by the kernels' own conversions
+// (rules.hpp): what an optimizer does when a state dict's buffers are of another storage kind
+// than its own (a float32 state dict loaded with state_dtype="int8", and back). Checked first,
+// as a step checks its arrays; nothing is written unless every check passes.
+
+#include <pybind11/pybind11.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "args.hpp"
+#include "call.hpp"
+#include "host_step.hpp"
+#include "register.hpp"
+
+// The conversions run on the host, in this object's copy of the rules (rules::host).
+#define FM_ISA host
+#include "fastmomentum/rules.hpp"
+
+namespace fastmomentum::bindings {
+namespace {
+
+// One side of a conversion: an array, or an 8-bit buffer's codes and scales.
+struct Side {
+    const Checked* values;
+    const Checked* scales;  // null unless 8-bit
+};
+
+Side read_side(Step& step, PyObject* obj, const char* name, Access access) {
+    HostReader read;
+    if (!PyTuple_Check(obj)) {
+        const Checked& a = step.arrays[step.add(read, obj, Where{name, 0}, access)];
+        if (a.desc.dtype == Dtype::f64 || a.desc.dtype == Dtype::i8)
+            throw py::type_error(a.where.str() + " has dtype " + dtype_name(a.desc.dtype) +
+                                 "; convert takes float32, bfloat16 and float16 arrays and 8-bit "
+                                 "buffers (float64 converts with NumPy's astype)");
+        return Side{&a, nullptr};
+    }
+    if (PyTuple_GET_SIZE(obj) != 2) quantized_buffer_size_error(Where{name, 0}, obj);
+    const std::size_t c = step.add(read, PyTuple_GET_ITEM(obj, 0), Where{name, 0, ".codes"}, access);
+    const std::size_t s = step.add(read, PyTuple_GET_ITEM(obj, 1), Where{name, 0, ".scales"}, access);
+    return Side{&step.arrays[c], &step.arrays[s]};
+}
+
+// Block [off, off + n) of `side` as float32.
+void widen_block(const Side& side, std::int64_t off, std::int64_t n, float* out) {
+    const void* data = side.values->desc.data;
+    for (std::int64_t i = 0; i < n; ++i) {
+        switch (side.values->desc.dtype) {
+            case Dtype::bf16: out[i] = rules::widen(static_cast<const bf16*>(data)[off + i]); break;
+            case Dtype::f16: out[i] = rules::widen(static_cast<const f16*>(data)[off + i]); break;
+            case Dtype::i8:
+                out[i] = rules::dequantized(static_cast<const std::int8_t*>(data)[off + i],
+                                            static_cast<const float*>(side.scales->desc.data)[off / kQuantBlock]);
+                break;
+            default: out[i] = static_cast<const float*>(data)[off + i]; break;
+        }
+    }
+}
+
+// float32 values into block [off, off + n) of `side`, to nearest (8-bit: the block's scale and
+// codes, as a step stores them).
+void narrow_block(const Side& side, std::int64_t off, std::int64_t n, const float* in) {
+    void* data = side.values->desc.data;
+    if (side.values->desc.dtype == Dtype::i8) {
+        float largest = 0.0f, nonfinite = 0.0f;
+        for (std::int64_t i = 0; i < n; ++i) {
+            largest = std::max(largest, std::fabs(in[i]));
+            nonfinite += rules::nonfinite_term(in[i]);
+        }
+        const rules::QuantScale q = rules::quant_scale(largest, nonfinite == 0.0f);
+        static_cast<float*>(side.scales->desc.data)[off / kQuantBlock] = q.scale;
+        for (std::int64_t i = 0; i < n; ++i)
+            static_cast<std::int8_t*>(data)[off + i] = rules::quantized(in[i], q.inverse);
+        return;
+    }
+    for (std::int64_t i = 0; i < n; ++i) {
+        switch (side.values->desc.dtype) {
+            case Dtype::bf16: rules::narrow(in[i], static_cast<bf16*>(data)[off + i]); break;
+            case Dtype::f16: rules::narrow(in[i], static_cast<f16*>(data)[off + i]); break;
+            default: static_cast<float*>(data)[off + i] = in[i]; break;
+        }
+    }
+}
+
+void convert(py::handle src_obj, py::handle dst_obj) {
+    resolve_bfloat16();  // phase 1
+    Step step;
+    step.arrays.reserve(4);
+    const Side src = read_side(step, src_obj.ptr(), "src", Access::read);
+    const Side dst = read_side(step, dst_obj.ptr(), "dst", Access::write);
+    for (const Side* side : {&src, &dst})
+        if (side->scales) {
+            const Checked& codes = *side->values;
+            const Checked& scales = *side->scales;
+            if (codes.desc.dtype != Dtype::i8 || scales.desc.dtype != Dtype::f32)
+                throw py::type_error(codes.where.str() + ": an 8-bit buffer's codes are int8 and "
+                                     "its scales float32");
+            const std::int64_t blocks = (codes.desc.size + kQuantBlock - 1) / kQuantBlock;
+            if (scales.desc.ndim != 1 || scales.desc.shape[0] != blocks)
+                throw py::value_error(scales.where.str() + " must have shape (" +
+                                      std::to_string(blocks) + ",), one scale per block of " +
+                                      std::to_string(kQuantBlock) + " codes");
+        } else if (side->values->desc.dtype == Dtype::i8) {
+            throw py::type_error(side->values->where.str() + " has dtype int8: an 8-bit buffer is "
+                                 "a (codes, scales) fastmomentum.QuantizedBuffer");
+        }
+    if (src.values->desc.size != dst.values->desc.size)
+        throw py::value_error("src has " + std::to_string(src.values->desc.size) + " elements but "
+                              "dst has " + std::to_string(dst.values->desc.size));
+    step.check_disjoint();
+    const std::int64_t size = src.values->desc.size;
+    float block[kQuantBlock];
+    for (std::int64_t off = 0; off < size; off += kQuantBlock) {
+        const std::int64_t n = std::min(kQuantBlock, size - off);
+        widen_block(src, off, n, block);
+        narrow_block(dst, off, n, block);
+    }
+}
+
+}  // namespace
+
+void register_convert(py::module_& m) {
+    m.def("convert", &convert, py::arg("src"), py::arg("dst"),
+          "Write src's values into dst's storage with the kernels' conversions (float32, "
+          "bfloat16 and float16 arrays and (codes, scales) 8-bit buffers; nearest rounding). Both "
+          "are checked first (sizes, dtypes, layout, dst writeable, no shared memory); nothing is "
+          "written on an error.");
+}
+
+}  // namespace fastmomentum::bindings
