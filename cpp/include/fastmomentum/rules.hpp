@@ -169,6 +169,9 @@ auto pick_variant(Form f, bool nesterov, Decay d, bool scale_grad, const Make& m
 // formula above: a narrower stored value is widened to float32 exactly, updated, and narrowed
 // back by one of the roundings below. Every function is exact integer or exactly-rounded float32
 // arithmetic, so each ISA, thread count and the GPU give the same bits as the NumPy reference.
+// They are written without branches: each case is computed and one is selected, so that the
+// compilers vectorise the kernels' loops (a branch on a value's sign or range mispredicts on
+// every other element, and stops the vectoriser).
 
 FM_HOST_DEVICE inline std::uint32_t bits_of(const float x) {
 #if defined(__CUDA_ARCH__)
@@ -199,11 +202,12 @@ FM_HOST_DEVICE inline float widen(const f16 h) {
     // subnormals (exponent 0) become 2^-14 + m*2^-24 by the addition, minus 2^-14 in one exact
     // float32 subtraction.
     constexpr std::uint32_t kExponent = 0x7c00u << 13;
-    std::uint32_t o = (std::uint32_t{h.bits} & 0x7fffu) << 13;
-    const std::uint32_t exponent = o & kExponent;
-    o += 112u << 23;
-    if (exponent == kExponent) o += 112u << 23;
-    else if (exponent == 0) o = bits_of(float_of(o + (1u << 23)) - float_of(113u << 23));
+    const std::uint32_t shifted = (std::uint32_t{h.bits} & 0x7fffu) << 13;
+    const std::uint32_t exponent = shifted & kExponent;
+    const std::uint32_t normal = shifted + (112u << 23);
+    const std::uint32_t special = normal + (112u << 23);
+    const std::uint32_t subnormal = bits_of(float_of(normal + (1u << 23)) - float_of(113u << 23));
+    const std::uint32_t o = exponent == kExponent ? special : exponent == 0 ? subnormal : normal;
     return float_of(o | ((std::uint32_t{h.bits} & 0x8000u) << 16));
 }
 
@@ -212,24 +216,24 @@ FM_HOST_DEVICE inline float widen(const f16 h) {
 // out-parameter so that templates over the storage type pick the overload.
 FM_HOST_DEVICE inline void narrow(const float x, bf16& out) {
     const std::uint32_t u = bits_of(x);
-    if ((u & 0x7fffffffu) > 0x7f800000u) out.bits = static_cast<std::uint16_t>((u >> 16) | 0x40u);
-    else out.bits = static_cast<std::uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+    const std::uint32_t nan = (u >> 16) | 0x40u;
+    const std::uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    out.bits = static_cast<std::uint16_t>((u & 0x7fffffffu) > 0x7f800000u ? nan : rounded);
 }
 
 FM_HOST_DEVICE inline void narrow(const float x, f16& out) {
     const std::uint32_t u = bits_of(x);
     const std::uint32_t sign = u & 0x80000000u;
     const std::uint32_t a = u ^ sign;
-    std::uint32_t o;
-    if (a >= 0x47800000u) {  // |x| >= 65536, infinite or NaN
-        o = a > 0x7f800000u ? 0x7e00u : 0x7c00u;
-    } else if (a < 0x38800000u) {  // below float16's smallest normal, 2^-14
-        // Adding 0.5 puts float16's subnormal step, 2^-24, at float32's last place: the float32
-        // addition rounds to nearest even, and the bits above 0.5 are the float16 bits.
-        o = bits_of(float_of(a) + 0.5f) - 0x3f000000u;
-    } else {  // rebias, then round the 13 dropped bits to nearest even (a carry may give inf)
-        o = (a - (112u << 23) + 0xfffu + ((a >> 13) & 1u)) >> 13;
-    }
+    // |x| >= 65536, infinite or NaN: infinity, or a quiet NaN.
+    const std::uint32_t special = a > 0x7f800000u ? 0x7e00u : 0x7c00u;
+    // Below float16's smallest normal, 2^-14: adding 0.5 puts float16's subnormal step, 2^-24,
+    // at float32's last place; the float32 addition rounds to nearest even, and the bits above
+    // 0.5 are the float16 bits.
+    const std::uint32_t subnormal = bits_of(float_of(a) + 0.5f) - 0x3f000000u;
+    // Normal: rebias, then round the 13 dropped bits to nearest even (a carry may give inf).
+    const std::uint32_t normal = (a - (112u << 23) + 0xfffu + ((a >> 13) & 1u)) >> 13;
+    const std::uint32_t o = a >= 0x47800000u ? special : a < 0x38800000u ? subnormal : normal;
     out.bits = static_cast<std::uint16_t>(o | (sign >> 16));
 }
 
@@ -238,23 +242,31 @@ FM_HOST_DEVICE inline void narrow(const float x, f16& out) {
 // rounding is exact on average and no update is lost for being small.
 FM_HOST_DEVICE inline void narrow_stochastic(const float x, const std::uint32_t r, bf16& out) {
     const std::uint32_t u = bits_of(x);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return narrow(x, out);
-    out.bits = static_cast<std::uint16_t>((u + r) >> 16);  // the dropped 16 bits decide
+    const std::uint32_t rounded = (u + r) >> 16;  // the dropped 16 bits decide
+    const std::uint32_t nan = (u >> 16) | 0x40u;  // as narrow
+    out.bits = static_cast<std::uint16_t>((u & 0x7fffffffu) > 0x7f800000u ? nan : rounded);
 }
 
 FM_HOST_DEVICE inline void narrow_stochastic(const float x, const std::uint32_t r, f16& out) {
     const std::uint32_t u = bits_of(x);
     const std::uint32_t a = u & 0x7fffffffu;
-    if (!(a < 0x47800000u)) return narrow(x, out);  // infinite, NaN or |x| >= 65536: infinity
     // float16's step q at |x|: 2^(e-10) for an exponent e, 2^-24 among its subnormals. |x|/q
-    // and (t + up)*q are products with powers of two, exact; so is y - t.
-    const int e = static_cast<int>(a >> 23) - 127;
-    const int qe = e - 10 > -24 ? e - 10 : -24;
+    // and (t + up)*q are products with powers of two, exact; so is y - t. (Clamped so that the
+    // powers stay normal floats when |x| >= 65536, infinite or NaN, which round to nearest:
+    // infinity, or NaN.)
+    const std::int32_t e = static_cast<std::int32_t>(a >> 23) - 127;
+    const std::int32_t clamped = e < 15 ? e : 15;
+    const std::int32_t qe = clamped - 10 > -24 ? clamped - 10 : -24;
     const float y = float_of(a) * float_of(static_cast<std::uint32_t>(127 - qe) << 23);
-    const float t = static_cast<float>(static_cast<std::int32_t>(y));  // floor: 0 <= y < 2^11
-    const float up = static_cast<float>(r) * 0x1p-16f < y - t ? 1.0f : 0.0f;
-    narrow((t + up) * float_of(static_cast<std::uint32_t>(127 + qe) << 23), out);
-    out.bits = static_cast<std::uint16_t>(out.bits | ((u >> 16) & 0x8000u));
+    const float t = static_cast<float>(static_cast<std::int32_t>(y < 4096.0f ? y : 0.0f));
+    // r < 2^16 converts through int32: x86 before AVX-512 converts no unsigned int to float.
+    const float up = static_cast<float>(static_cast<std::int32_t>(r)) * 0x1p-16f < y - t ? 1.0f : 0.0f;
+    f16 stochastic, nearest;
+    narrow((t + up) * float_of(static_cast<std::uint32_t>(127 + qe) << 23), stochastic);
+    narrow(x, nearest);
+    out.bits = a < 0x47800000u
+                   ? static_cast<std::uint16_t>(stochastic.bits | ((u >> 16) & 0x8000u))
+                   : nearest.bits;
 }
 
 // The random numbers of stochastic rounding: counter-based, keyed by (seed, step, stream) and
@@ -316,12 +328,16 @@ inline constexpr float kQuantMax = 480.0f;
 
 FM_HOST_DEVICE inline float quant_magnitude(const std::uint32_t m) {
     const std::uint32_t e = m >> 3, f = m & 7u;
-    return e == 0 ? static_cast<float>(f) * 0x1p-9f : float_of(((e + 120u) << 23) | (f << 20));
+    const float subnormal = static_cast<float>(static_cast<std::int32_t>(f)) * 0x1p-9f;
+    const float normal = float_of(((e + 120u) << 23) | (f << 20));
+    return e == 0 ? subnormal : normal;
 }
 
 FM_HOST_DEVICE inline float dequantized(const std::int8_t k, const float scale) {
-    const float f = quant_magnitude(static_cast<std::uint32_t>(k < 0 ? -k : k));
-    return (k < 0 ? -f : f) * scale;
+    const std::int32_t code = k;
+    const float magnitude = quant_magnitude(static_cast<std::uint32_t>(code < 0 ? -code : code));
+    // k's sign bit onto the magnitude: (k < 0 ? -F : F), negation being exact.
+    return float_of(bits_of(magnitude) | (static_cast<std::uint32_t>(code) & 0x80000000u)) * scale;
 }
 
 // A block's scale, and the factor its values are multiplied by before rounding to a code, from
@@ -343,16 +359,17 @@ FM_HOST_DEVICE inline QuantScale quant_scale(const float largest, const bool fin
 // to even), with v's sign.
 FM_HOST_DEVICE inline std::int8_t quantized(const float v, const float inverse) {
     const std::uint32_t u = bits_of(v);
-    float y = float_of(u & 0x7fffffffu) * inverse;
-    y = y < kQuantMax ? y : kQuantMax;
-    std::int32_t m;
-    if (y < 0x1p-6f) {  // subnormal codes, steps of 2^-9: y * 512 < 8 to the nearest even integer
-        m = static_cast<std::int32_t>((y * 512.0f + 0x1p23f) - 0x1p23f);
-    } else {  // rebias to E4M3's exponent, round the 20 dropped fraction bits to nearest even
-        const std::uint32_t b = bits_of(y);
-        m = static_cast<std::int32_t>((b - (120u << 23) + 0x7ffffu + ((b >> 20) & 1u)) >> 20);
-    }
-    return static_cast<std::int8_t>(u >> 31 ? -m : m);
+    const float product = float_of(u & 0x7fffffffu) * inverse;
+    const float y = product < kQuantMax ? product : kQuantMax;
+    // Subnormal codes, steps of 2^-9: y * 512 < 8 to the nearest even integer.
+    const auto subnormal = static_cast<std::int32_t>((y * 512.0f + 0x1p23f) - 0x1p23f);
+    // Normal codes: rebias to E4M3's exponent, round the 20 dropped fraction bits to nearest even.
+    const std::uint32_t b = bits_of(y);
+    const auto normal =
+        static_cast<std::int32_t>((b - (120u << 23) + 0x7ffffu + ((b >> 20) & 1u)) >> 20);
+    const std::int32_t m = y < 0x1p-6f ? subnormal : normal;
+    const std::int32_t sign = -static_cast<std::int32_t>(u >> 31);  // 0 or -1
+    return static_cast<std::int8_t>((m ^ sign) - sign);
 }
 
 // The guards of a step (README, "Guards"), computed before the update pass.
