@@ -175,9 +175,13 @@ def test_a_producer_that_refuses_is_named(arrays):
 
 
 @pytest.mark.parametrize(("fields", "error", "message"), [
-    ({"typestr": "<i4"}, TypeError, r"params\[0\] has dtype '<i4'; expected float32 or float64"),
-    ({"typestr": "<f2"}, TypeError, r"params\[0\] has dtype '<f2'"),
+    ({"typestr": "<i4"}, TypeError, r"params\[0\] has dtype '<i4'; expected float32, float64, "
+                                    r"bfloat16 \('<V2'\) or float16 in native byte order, or "
+                                    r"int8 for an 8-bit buffer's codes"),
+    ({"typestr": "<u2"}, TypeError, r"params\[0\] has dtype '<u2'"),
     ({"typestr": ">f4"}, TypeError, r"params\[0\] has dtype '>f4'; .* native byte order"),
+    ({"typestr": ">f2"}, TypeError, r"params\[0\] has dtype '>f2'; .* native byte order"),
+    ({"typestr": "<V4"}, TypeError, r"params\[0\] has dtype '<V4'"),
     ({"strides": (8,)}, ValueError, r"params\[0\] is not C-contiguous \(shape \(6,\), strides "
                                     r"\(8,\)\); fastmomentum never copies"),
     ({"mask": (1,)}, ValueError, r"params\[0\] has a mask"),

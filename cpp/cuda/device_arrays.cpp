@@ -76,12 +76,21 @@ Fields read_interface(PyObject* d, const std::string& where) {
         throw py::type_error(field + "['typestr'] must be a str, got " +
                              bindings::type_name(typestr));
     const std::string type = py::reinterpret_borrow<py::str>(typestr).cast<std::string>();
-    // Little-endian machines only (x86-64, aarch64): '<' or native '='.
-    if (type == "<f4" || type == "=f4") f.dtype = Dtype::f32;
-    else if (type == "<f8" || type == "=f8") f.dtype = Dtype::f64;
+    // Little-endian machines only (x86-64, aarch64): '<' or native '='; one byte: '|' too.
+    // bfloat16 has no typestr of its own: '<V2' is ml_dtypes' (NumPy's dtype.str of a 2-byte
+    // void), which PyTorch >= 2.6 gives; see read_interface_or_dlpack for '<f2'.
+    const auto is = [&](const char* code) {
+        return type.size() == 3 && (type[0] == '<' || type[0] == '=') && type.compare(1, 2, code) == 0;
+    };
+    if (is("f4")) f.dtype = Dtype::f32;
+    else if (is("f8")) f.dtype = Dtype::f64;
+    else if (is("f2")) f.dtype = Dtype::f16;
+    else if (is("V2")) f.dtype = Dtype::bf16;
+    else if (type == "|i1" || is("i1")) f.dtype = Dtype::i8;  // an 8-bit buffer's codes
     else
         throw py::type_error(where + " has dtype '" + type +
-                             "'; expected float32 or float64 in native byte order");
+                             "'; expected float32, float64, bfloat16 ('<V2') or float16 in "
+                             "native byte order, or int8 for an 8-bit buffer's codes");
     f.shape = int_tuple(item("shape"), field + "['shape']");
     PyObject* mask = item("mask");
     if (mask != nullptr && mask != Py_None)
@@ -132,14 +141,19 @@ py::object read_dlpack(PyObject* obj, StreamId stream, Fields& f, const std::str
     const dlpack::Tensor& t = managed->dl_tensor;
     if (t.device.device_type != dlpack::kCUDA && t.device.device_type != dlpack::kCUDAManaged)
         throw py::type_error(where + where_not_device(obj));
-    if (t.dtype.code == dlpack::kFloat && t.dtype.lanes == 1 && t.dtype.bits == 32)
-        f.dtype = Dtype::f32;
-    else if (t.dtype.code == dlpack::kFloat && t.dtype.lanes == 1 && t.dtype.bits == 64)
-        f.dtype = Dtype::f64;
+    const auto is = [&](std::uint8_t code, std::uint8_t bits) {
+        return t.dtype.code == code && t.dtype.bits == bits && t.dtype.lanes == 1;
+    };
+    if (is(dlpack::kFloat, 32)) f.dtype = Dtype::f32;
+    else if (is(dlpack::kFloat, 64)) f.dtype = Dtype::f64;
+    else if (is(dlpack::kFloat, 16)) f.dtype = Dtype::f16;
+    else if (is(dlpack::kBfloat, 16)) f.dtype = Dtype::bf16;
+    else if (is(dlpack::kInt, 8)) f.dtype = Dtype::i8;
     else
         throw py::type_error(where + " has DLPack dtype (code " + std::to_string(t.dtype.code) +
                              ", bits " + std::to_string(t.dtype.bits) + ", lanes " +
-                             std::to_string(t.dtype.lanes) + "); expected float32 or float64");
+                             std::to_string(t.dtype.lanes) + "); expected float32, float64, "
+                             "bfloat16 or float16, or int8 for an 8-bit buffer's codes");
     if (t.ndim < 0) throw py::value_error(where + " has a negative number of dimensions");
     f.shape.assign(t.shape, t.shape + t.ndim);
     if (t.strides != nullptr) {  // in elements: as bytes, checked
@@ -160,55 +174,78 @@ py::object read_dlpack(PyObject* obj, StreamId stream, Fields& f, const std::str
 
 }  // namespace
 
-void DeviceReader::collect(List& list, const char* name, std::size_t first) {
+void DeviceReader::collect(List& list, const char* name, std::size_t first, bool pairs) {
     list.freeze();
     for (std::size_t i = 0; i < list.size(); ++i) {
         PyObject* obj = list[i];
-        if (obj == Py_None || infos_.count(obj) != 0) continue;
-        const std::string where = Where{name, first + i}.str();
-        held_.push_back(py::reinterpret_borrow<py::object>(obj));
-        Fields f{};
-        py::object owner = held_.back();
-        PyObject* d = PyObject_GetAttrString(obj, "__cuda_array_interface__");
-        if (d != nullptr) {
-            const auto dict = py::reinterpret_steal<py::object>(d);
-            if (!PyDict_Check(d))
-                throw py::type_error(where + ".__cuda_array_interface__ is not a dict");
-            f = read_interface(d, where);
-        } else if (PyErr_ExceptionMatches(PyExc_AttributeError)) {
-            PyErr_Clear();
-            if (!py::hasattr(obj, "__dlpack__")) throw py::type_error(where + where_not_device(obj));
-            owner = read_dlpack(obj, stream_, f, where);
-        } else if (PyErr_ExceptionMatches(PyExc_Exception)) {
-            // The producer refuses (e.g. a PyTorch tensor that requires grad): say which array.
-            py::error_already_set e;
-            throw py::type_error(where + ": " + e.what());
-        } else {
-            throw py::error_already_set();  // KeyboardInterrupt and the like: the caller's
+        if (pairs && PyTuple_Check(obj)) {
+            // An 8-bit buffer, (codes, scales): a tuple's items cannot change. Another size is
+            // left for phase 2, which names it.
+            if (PyTuple_GET_SIZE(obj) == 2) {
+                collect_one(PyTuple_GET_ITEM(obj, 0), Where{name, first + i, ".codes"});
+                collect_one(PyTuple_GET_ITEM(obj, 1), Where{name, first + i, ".scales"});
+            }
+            continue;
         }
-        Info info{};
-        info.shape = std::move(f.shape);
-        info.strides = std::move(f.strides);
-        info.readonly = f.readonly;
-        info.owner = std::move(owner);
-        bindings::ArrayDesc& a = info.desc;
-        a.data = f.data;
-        a.dtype = f.dtype;
-        a.ndim = static_cast<int>(info.shape.size());
-        a.shape = info.shape.data();
-        a.strides = info.strides.empty() ? nullptr : info.strides.data();
-        a.writeable = !f.readonly;
-        bindings::count_elements(a, Where{name, first + i});
-        a.contiguous = info.strides.empty() ||
-                       c_contiguous(info.shape, info.strides, a.size,
-                                    static_cast<std::int64_t>(bindings::itemsize(a.dtype)));
-        if (f.stream != 0 && f.stream != stream_ &&
-            std::find(producers_.begin(), producers_.end(), f.stream) == producers_.end())
-            producers_.push_back(f.stream);
-        auto [it, inserted] = infos_.emplace(obj, std::move(info));
-        it->second.desc.shape = it->second.shape.data();  // the vectors moved into the map
-        it->second.desc.strides = it->second.strides.empty() ? nullptr : it->second.strides.data();
+        collect_one(obj, Where{name, first + i});
     }
+}
+
+void DeviceReader::collect_one(PyObject* obj, const Where& at) {
+    if (obj == Py_None || infos_.count(obj) != 0) return;
+    const std::string where = at.str();
+    held_.push_back(py::reinterpret_borrow<py::object>(obj));
+    Fields f{};
+    py::object owner = held_.back();
+    PyObject* d = PyObject_GetAttrString(obj, "__cuda_array_interface__");
+    if (d != nullptr) {
+        const auto dict = py::reinterpret_steal<py::object>(d);
+        if (!PyDict_Check(d))
+            throw py::type_error(where + ".__cuda_array_interface__ is not a dict");
+        f = read_interface(d, where);
+        // A 2-byte typestr does not tell bfloat16 from float16 for every producer (PyTorch
+        // 2.5 gives '<f2' for both): DLPack names them apart, so an array that also exports
+        // DLPack is read through it, keeping the interface's read-only flag (DLPack's
+        // unversioned ABI has none).
+        if ((f.dtype == Dtype::f16 || f.dtype == Dtype::bf16) && py::hasattr(obj, "__dlpack__")) {
+            const bool readonly = f.readonly;
+            f = Fields{};
+            owner = read_dlpack(obj, stream_, f, where);
+            f.readonly = readonly;
+        }
+    } else if (PyErr_ExceptionMatches(PyExc_AttributeError)) {
+        PyErr_Clear();
+        if (!py::hasattr(obj, "__dlpack__")) throw py::type_error(where + where_not_device(obj));
+        owner = read_dlpack(obj, stream_, f, where);
+    } else if (PyErr_ExceptionMatches(PyExc_Exception)) {
+        // The producer refuses (e.g. a PyTorch tensor that requires grad): say which array.
+        py::error_already_set e;
+        throw py::type_error(where + ": " + e.what());
+    } else {
+        throw py::error_already_set();  // KeyboardInterrupt and the like: the caller's
+    }
+    Info info{};
+    info.shape = std::move(f.shape);
+    info.strides = std::move(f.strides);
+    info.readonly = f.readonly;
+    info.owner = std::move(owner);
+    bindings::ArrayDesc& a = info.desc;
+    a.data = f.data;
+    a.dtype = f.dtype;
+    a.ndim = static_cast<int>(info.shape.size());
+    a.shape = info.shape.data();
+    a.strides = info.strides.empty() ? nullptr : info.strides.data();
+    a.writeable = !f.readonly;
+    bindings::count_elements(a, at);
+    a.contiguous = info.strides.empty() ||
+                   c_contiguous(info.shape, info.strides, a.size,
+                                static_cast<std::int64_t>(bindings::itemsize(a.dtype)));
+    if (f.stream != 0 && f.stream != stream_ &&
+        std::find(producers_.begin(), producers_.end(), f.stream) == producers_.end())
+        producers_.push_back(f.stream);
+    auto [it, inserted] = infos_.emplace(obj, std::move(info));
+    it->second.desc.shape = it->second.shape.data();  // the vectors moved into the map
+    it->second.desc.strides = it->second.strides.empty() ? nullptr : it->second.strides.data();
 }
 
 void DeviceReader::operator()(Checked& out, PyObject* obj, Access access) const {

@@ -39,9 +39,10 @@ public:
     explicit DeviceReader(StreamId stream) : stream_(stream) {}
 
     // Phase 1: reads the interface of every array of `list` (None entries are left for phase 2),
-    // named `name` in messages and numbered from `first`. Freezes the list first, so that the
-    // interfaces' code cannot change which objects phase 2 sees.
-    void collect(List& list, const char* name, std::size_t first = 0);
+    // named `name` in messages and numbered from `first`; with `pairs` (a buffers list), also
+    // both arrays of each 2-tuple, an 8-bit buffer (codes, scales). Freezes the list first, so
+    // that the interfaces' code cannot change which objects phase 2 sees.
+    void collect(List& list, const char* name, std::size_t first = 0, bool pairs = false);
 
     // Phase 2: `obj`'s description as collected, after the rules of check_layout. C++ only.
     void operator()(Checked& out, PyObject* obj, Access access) const;
@@ -50,6 +51,8 @@ public:
     const std::vector<StreamId>& producer_streams() const { return producers_; }
 
 private:
+    void collect_one(PyObject* obj, const Where& at);
+
     struct Info {
         bindings::ArrayDesc desc;
         std::vector<std::int64_t> shape, strides;

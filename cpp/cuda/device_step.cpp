@@ -2,7 +2,6 @@
 
 #include <cuda_runtime_api.h>
 
-
 #include "launch.hpp"
 
 namespace fastmomentum::cuda {
@@ -44,9 +43,6 @@ void wait_for(cudaStream_t waiter, cudaStream_t stream) {
 bindings::Outcome run_on_device(const bindings::Step& step, const bindings::Guard& guard,
                                 int device, StreamId stream_id,
                                 const std::vector<StreamId>& producers) {
-    for (const bindings::Update& u : step.updates)
-        if (!u.lowp.empty())  // the device readers take float32 and float64 arrays only
-            throw py::type_error("the CUDA module updates float32 and float64 arrays only");
     const cudaStream_t stream = to_stream(stream_id);
     py::gil_scoped_release release;
     const CurrentDevice current(device);
@@ -56,15 +52,20 @@ bindings::Outcome run_on_device(const bindings::Step& step, const bindings::Guar
         [&](const std::vector<TensorRef>& list, Dtype dtype, double* sum_squares) {
             std::vector<double> sums;
             std::vector<double>* want = sum_squares ? &sums : nullptr;
-            const bool finite = dtype == Dtype::f32
-                                    ? grad_stats<float>(list.data(), list.size(), want, stream)
-                                    : grad_stats<double>(list.data(), list.size(), want, stream);
+            const TensorRef* data = list.data();
+            const std::size_t n = list.size();
+            const bool finite = dtype == Dtype::f64    ? grad_stats<double>(data, n, want, stream)
+                                : dtype == Dtype::bf16 ? grad_stats<bf16>(data, n, want, stream)
+                                : dtype == Dtype::f16  ? grad_stats<f16>(data, n, want, stream)
+                                                       : grad_stats<float>(data, n, want, stream);
             for (double s : sums) *sum_squares += s;  // block after block, as on the CPU
             return finite;
         },
         [&](const bindings::Update& u, const Hyper& h) {
             if (!u.f32.empty()) sgd<float>(u.f32.data(), u.f32.size(), h, stream);
             if (!u.f64.empty()) sgd<double>(u.f64.data(), u.f64.size(), h, stream);
+            for (const bindings::LowpList& l : u.lowp)
+                sgd_lowp(l.tensors.data(), l.tensors.size(), h, l.kind, stream);
             return 0;  // no host threads
         });
     for (StreamId p : producers) wait_for(to_stream(p), stream);

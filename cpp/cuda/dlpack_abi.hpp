@@ -8,7 +8,7 @@
 namespace fastmomentum::dlpack {
 
 enum DeviceType : std::int32_t { kCPU = 1, kCUDA = 2, kCUDAHost = 3, kCUDAManaged = 13 };
-enum TypeCode : std::uint8_t { kFloat = 2 };
+enum TypeCode : std::uint8_t { kInt = 0, kFloat = 2, kBfloat = 4 };
 
 struct Device {
     std::int32_t device_type;

@@ -20,8 +20,15 @@ namespace fastmomentum::cuda {
 template <class T>
 void sgd(const TensorRef* tensors, std::size_t count, const Hyper& hyper, cudaStream_t stream);
 
+// Updates every tensor of one low-precision kind (storage.hpp) in place, as the CPU's sgd_lowp
+// does: each element widened to float32, updated by the float32 formula with the float32
+// coefficients, narrowed back; an 8-bit buffer's block scaled by the largest of its new values.
+// (lowp_kernels.cu)
+void sgd_lowp(const TensorRef* tensors, std::size_t count, const Hyper& hyper, const Kind& kind,
+              cudaStream_t stream);
+
 // The statistics of a step's guards over the gradients' concatenated range, as the CPU's
-// GradStatsFn defines them: returns whether every element is finite; with block_sums, also
+// GradStatsFn defines them (T: float, double, or bf16 / f16 read widened to float32): returns whether every element is finite; with block_sums, also
 // each kNormBlock block's sum of g*g in the CPU kernels' exact summation order (so the norm, and
 // the clipped update, are the same bits as on the CPU). Synchronises with `stream`.
 template <class T>

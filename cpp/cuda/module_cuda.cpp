@@ -46,7 +46,9 @@ void sgd_steps(py::handle calls_obj, py::handle grads_obj, py::handle guard_obj,
     DeviceReader read(stream);
     for (bindings::CallArgs& c : calls) {
         read.collect(c.params, "params", c.first_index);
-        if (c.has_buffers) read.collect(c.buffers, bindings::buffers_name(c.hyper.style), c.first_index);
+        if (c.has_buffers)
+            read.collect(c.buffers, bindings::buffers_name(c.hyper.style), c.first_index, true);
+        if (c.has_compensations) read.collect(c.compensations, "compensations", c.first_index);
     }
     read.collect(grads, "grads");
     // Phase 2.

@@ -160,9 +160,10 @@ grad_stats_kernel(const GradSpan<T>* spans, int count, int64_t total, double* bl
     int s = lo;
     for (int64_t pos = begin + lane; pos < end; pos += kLanes) {
         while (pos >= spans[s].start + spans[s].size) ++s;
-        const T g = spans[s].grad[pos - spans[s].start];
+        // bfloat16 and float16 read widened: the statistics of float32 gradients of their values.
+        const auto g = rules::widen(spans[s].grad[pos - spans[s].start]);
         if constexpr (Norm) sum += rules::square(g);
-        finite = finite && rules::nonfinite_term(g) == T(0);
+        finite = finite && rules::nonfinite_term(g) == decltype(g)(0);
     }
     if (!finite) atomicOr(nonfinite, 1);
     if constexpr (Norm) {
@@ -254,5 +255,7 @@ template void sgd<float>(const TensorRef*, std::size_t, const Hyper&, cudaStream
 template void sgd<double>(const TensorRef*, std::size_t, const Hyper&, cudaStream_t);
 template bool grad_stats<float>(const TensorRef*, std::size_t, std::vector<double>*, cudaStream_t);
 template bool grad_stats<double>(const TensorRef*, std::size_t, std::vector<double>*, cudaStream_t);
+template bool grad_stats<bf16>(const TensorRef*, std::size_t, std::vector<double>*, cudaStream_t);
+template bool grad_stats<f16>(const TensorRef*, std::size_t, std::vector<double>*, cudaStream_t);
 
 }  // namespace fastmomentum::cuda

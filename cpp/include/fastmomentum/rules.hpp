@@ -355,12 +355,13 @@ FM_HOST_DEVICE inline QuantScale quant_scale(const float largest, const bool fin
     return QuantScale{largest / kQuantMax, kQuantMax / largest};
 }
 
-// The code of one finite value: |v| * inverse, at most 480, to the nearest E4M3 magnitude (ties
-// to even), with v's sign.
+// The code of one value: |v| * inverse, at most 480, to the nearest E4M3 magnitude (ties to
+// even), with v's sign. In a NaN block (inverse 0) an infinite or NaN v gives NaN there: code 0,
+// as every other value of the block.
 FM_HOST_DEVICE inline std::int8_t quantized(const float v, const float inverse) {
     const std::uint32_t u = bits_of(v);
     const float product = float_of(u & 0x7fffffffu) * inverse;
-    const float y = product < kQuantMax ? product : kQuantMax;
+    const float y = product < kQuantMax ? product : (product == product ? kQuantMax : 0.0f);
     // Subnormal codes, steps of 2^-9: y * 512 < 8 to the nearest even integer.
     const auto subnormal = static_cast<std::int32_t>((y * 512.0f + 0x1p23f) - 0x1p23f);
     // Normal codes: rebias to E4M3's exponent, round the 20 dropped fraction bits to nearest even.
