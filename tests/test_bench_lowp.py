@@ -147,3 +147,9 @@ def test_the_float_tables_options_are_refused_with_state_dtype(extra, capsys):
         main(["--state-dtype", "int8", *extra])
     assert exc.value.code == 2
     assert "state-dtype" in capsys.readouterr().err
+
+
+def test_the_float16_check_allows_for_subnormal_momentum():
+    # 2**18 elements of |g| < 1: a few momentum values fall below float16's smallest normal,
+    # where the rounding error is absolute (half of 2**-24), not relative.
+    assert check(KINDS["float16"], HEAVY_BALL, 2**18) is None
