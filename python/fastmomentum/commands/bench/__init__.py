@@ -12,7 +12,10 @@ each result. The README's "Performance" section describes the method and the res
 - :mod:`.contention`: how much CPU other processes took meanwhile (a shared machine);
 - :mod:`.runner`: :func:`run`; :mod:`.results`: what it returns;
 - :mod:`.report` (table, JSON), :mod:`.plot` (PNG), ``fastmomentum.commands._progress`` (the bar);
-- :mod:`.cli`: :func:`main`, the command line.
+- :mod:`.cli`: :func:`main`, the command line;
+- ``--state-dtype`` (issue 19's low-precision storage): :mod:`.lowp_kinds` (the kinds, their
+  bytes and check), :mod:`.lowp_peers` (torch bf16, optimi, bitsandbytes), :mod:`.lowp_run`
+  (:func:`~.lowp_run.run_lowp`), :mod:`.lowp_results`, :mod:`.lowp_report`.
 """
 
 from __future__ import annotations

@@ -14,7 +14,10 @@ from typing import Any
 import numpy as np
 
 from .._outputs import check_plot_path, check_writable
-from . import cuda
+from . import cuda, lowp_report
+from .lowp_kinds import KINDS
+from .lowp_run import DEFAULT_SIZES as LOWP_SIZES
+from .lowp_run import run_lowp
 from .peers import IMPLEMENTATIONS
 from .plot import matplotlib_available, write_plot
 from .problems import LAYOUTS, VARIANTS, parse_size, size_label
@@ -23,6 +26,13 @@ from .runner import FULL, QUICK, default_threads, run
 from .timing import MIN_SAMPLE_S, MIN_SAMPLES
 
 PROG = "python -m fastmomentum bench"
+DTYPES = ["float32", "float64"]
+#: Options that choose the float32/float64 tables' cases: not for --state-dtype.
+NOT_FOR_STATE_DTYPE = ("dtype", "layout", "impl", "plot", "preset", "gpu_library")
+#: Bytes per element alive at once in a --state-dtype case, at most: the float32 problem (12),
+#: each kind's own p, g, momentum and compensation (10 + 10 + 9 + 5 + 7) and the peers' tensors
+#: and state (about 60), rounded up.
+STATE_DTYPE_BYTES_ALIVE = 128
 
 
 def _size(text: str) -> int:
@@ -63,8 +73,14 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
                         help="every size, both layouts, both updates (about 10 minutes)")
     parser.add_argument("--sizes", type=_size, nargs="+", metavar="N",
                         help="elements per problem, e.g. 1e6 (lists: in all)")
-    parser.add_argument("--dtype", nargs="+", default=["float32", "float64"],
-                        choices=["float32", "float64"])
+    parser.add_argument("--dtype", nargs="+", choices=DTYPES,
+                        help=f"the float tables' dtypes (default: {' '.join(DTYPES)})")
+    parser.add_argument("--state-dtype", nargs="+", choices=list(KINDS), metavar="KIND",
+                        help="instead of the float tables: the low-precision storage kinds of "
+                        "issue 19 (" + ", ".join(KINDS) + "), each next to float32 "
+                        "fastmomentum, the RMW bound scaled to its bytes and the installed "
+                        "low-precision peers (torch bf16, optimi, bitsandbytes); one array, "
+                        f"sizes default to {' '.join(map(size_label, LOWP_SIZES))}")
     parser.add_argument("--threads", type=int, nargs="+", metavar="N",
                         help=f"thread counts (default: {' '.join(map(str, default_threads()))})")
     parser.add_argument("--variant", nargs="+", choices=list(VARIANTS),
@@ -101,6 +117,10 @@ def _parse(argv: Sequence[str] | None, prog: str
            ) -> tuple[argparse.Namespace, argparse.ArgumentParser]:
     parser = build_parser(prog)
     args = parser.parse_args(argv)
+    if args.state_dtype is not None:
+        _check_state_dtype(args, parser)
+    if args.dtype is None:
+        args.dtype = list(DTYPES)
     # Written so that NaN fails too.
     if not (args.samples >= MIN_SAMPLES and MIN_SAMPLE_S * 1e3 <= args.min_sample_ms < math.inf):
         parser.error(f"honest timings need --samples >= {MIN_SAMPLES} and a finite "
@@ -118,10 +138,28 @@ def _parse(argv: Sequence[str] | None, prog: str
     if args.threads is not None and min(args.threads) < 1:
         parser.error("--threads must be >= 1")
     layouts = args.layout or list(LAYOUTS)
-    if args.sizes and "list" in layouts and min(args.sizes) < LAYOUTS["list"].n_arrays:
+    if (args.state_dtype is None and args.sizes and "list" in layouts
+            and min(args.sizes) < LAYOUTS["list"].n_arrays):
         parser.error(f"list layout: --sizes must be >= {LAYOUTS['list'].n_arrays} (the "
                      "elements are split over that many arrays)")
     return args, parser
+
+
+def _check_state_dtype(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """--state-dtype runs its own table: the float tables' options do not apply."""
+    if args.device == "cuda":
+        parser.error("--state-dtype is for --device cpu")
+    given = [f"--{name.replace('_', '-')}" if name != "preset" else f"--{args.preset}"
+             for name in NOT_FOR_STATE_DTYPE if getattr(args, name) not in (None, "")]
+    if given:
+        parser.error(f"{', '.join(given)}: not for --state-dtype (its table is one array, "
+                     "float32 fastmomentum, the bound and the low-precision peers)")
+    memory = _physical_memory()
+    need = STATE_DTYPE_BYTES_ALIVE * max(args.sizes or LOWP_SIZES)
+    if memory is not None and need > memory:
+        parser.error(f"--sizes {size_label(max(args.sizes or LOWP_SIZES))}: the kinds and "
+                     f"peers need about {need / 2**30:.1f} GiB; this machine has "
+                     f"{memory / 2**30:.1f} GiB")
 
 
 def _check_outputs(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
@@ -189,6 +227,8 @@ def main(argv: Sequence[str] | None = None, *, prog: str = PROG, **knobs: Any) -
                          json_path=args.json,
                          command=" ".join([prog, shlex.join(argv)]).strip(),
                          out=sys.stdout if out == "stdout" else out)
+    if args.state_dtype is not None:
+        return _main_state_dtype(args, argv, prog, knobs)
     options = {**run_options(args), **knobs}
     options.setdefault("command", " ".join([prog, shlex.join(argv)]).strip())
     results = run(**options)
@@ -210,4 +250,25 @@ def main(argv: Sequence[str] | None = None, *, prog: str = PROG, **knobs: Any) -
         written.insert(0, str(write_json(results, args.json)))
     if out is not None and written:
         print(f"# wrote {', '.join(written)}", file=out)
+    return 1 if results.failed else 0
+
+
+def _main_state_dtype(args: argparse.Namespace, argv: Sequence[str], prog: str,
+                      knobs: dict[str, Any]) -> int:
+    """``--state-dtype``: :func:`~.lowp_run.run_lowp` (``knobs``: its test arguments)."""
+    options: dict[str, Any] = {
+        "kinds": list(dict.fromkeys(args.state_dtype)), "sizes": args.sizes or LOWP_SIZES,
+        "threads": list(dict.fromkeys(args.threads or default_threads())),
+        "variants": args.variant or ["heavy-ball"], "samples": args.samples,
+        "min_sample_s": args.min_sample_ms / 1e3,
+        "command": " ".join([prog, shlex.join(argv)]).strip()}
+    options.update({k: v for k, v in knobs.items()
+                    if k in ("out", "samples", "min_sample_s", "peers", "command")})
+    results = run_lowp(**options)
+    out = options.get("out", "stdout")
+    out = sys.stdout if out == "stdout" else out
+    if args.json:
+        path = lowp_report.write_json(results, args.json)
+        if out is not None:
+            print(f"# wrote {path}", file=out)
     return 1 if results.failed else 0
