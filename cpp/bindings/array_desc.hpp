@@ -20,15 +20,7 @@ namespace py = pybind11;
 
 enum class Access : std::uint8_t { read, write };
 
-inline std::size_t itemsize(Dtype d) {
-    switch (d) {
-        case Dtype::f64: return 8;
-        case Dtype::f32: return 4;
-        case Dtype::bf16: case Dtype::f16: return 2;
-        case Dtype::i8: break;
-    }
-    return 1;
-}
+inline std::size_t itemsize(Dtype d) { return static_cast<std::size_t>(kItemsize[static_cast<int>(d)]); }
 // As NumPy names them (bfloat16: ml_dtypes').
 inline const char* dtype_name(Dtype d) {
     switch (d) {

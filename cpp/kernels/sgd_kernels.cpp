@@ -227,15 +227,7 @@ Stages stages_of(const Kind& kind) {
     return s;
 }
 
-int64_t bytes_of(Dtype d) {
-    switch (d) {
-        case Dtype::f64: return 8;
-        case Dtype::f32: return 4;
-        case Dtype::bf16: case Dtype::f16: return 2;
-        case Dtype::i8: break;
-    }
-    return 1;
-}
+int64_t bytes_of(Dtype d) { return kItemsize[static_cast<int>(d)]; }
 
 int64_t blocks_of(int64_t size) { return (size + kQuantBlock - 1) / kQuantBlock; }
 

@@ -20,6 +20,10 @@ struct f16 {
 // float32 scales (one per kQuantBlock elements) travel beside it.
 enum class Dtype : std::uint8_t { f32, f64, bf16, f16, i8 };
 
+// Each Dtype's bytes per element, indexed by the Dtype (a table of internal linkage: ISA objects
+// include this header, see hyper.hpp).
+constexpr int kItemsize[] = {4, 8, 2, 2, 1};  // internal linkage: no weak symbol
+
 // How a parameter narrower than float32 takes its updated float32 value back.
 enum class Rounding : std::uint8_t {
     nearest,     // to nearest, ties to even: lossy, an update below half an ulp is lost

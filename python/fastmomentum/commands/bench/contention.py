@@ -50,3 +50,11 @@ class CpuMeter:
             return None
         other = (busy - self.start_busy) - (_own_cpu_s() - self.start_own)
         return max(other / wall, 0.0)
+
+
+def busy_summary(others: float | None) -> str | None:
+    """The run's closing line about other processes' load (None without a measure)."""
+    if others is None:
+        return None
+    return (f"# other processes kept {others:.2f} CPUs busy on average during the run"
+            + (" (timings disturbed: rerun on a quiet machine)" if others > BUSY_WARNING else ""))

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from . import lowp_kinds, lowp_peers, metadata
-from .contention import BUSY_WARNING, CpuMeter
+from .contention import CpuMeter, busy_summary
 from .lowp_kinds import KINDS, Kind
 from .lowp_report import LowpPrinter, failure_lines
 from .lowp_results import BOUND, FLOAT32, LowpRecord, LowpResults, derive
@@ -216,10 +216,9 @@ def run_lowp(
     results.metadata["others_cpu_during_run"] = others
     for text in failure_lines(results):
         printer.line(text)
-    if others is not None:
-        printer.line(f"# other processes kept {others:.2f} CPUs busy on average during the run"
-                     + (" (timings disturbed: rerun on a quiet machine)"
-                        if others > BUSY_WARNING else ""))
+    summary = busy_summary(others)
+    if summary is not None:
+        printer.line(summary)
     printer.line(f"# done in {results.duration_s:.0f} s ({size_label(max(sizes))} elements at "
                  "most)")
     return results

@@ -13,7 +13,7 @@ import numpy as np
 
 from .._progress import Progress
 from . import metadata
-from .contention import BUSY_WARNING, CpuMeter
+from .contention import CpuMeter, busy_summary
 from .peers import IMPLEMENTATIONS, Builder, Implementation, Unavailable
 from .problems import LAYOUTS, VARIANTS, Layout, Problem, make_layout_problem, size_label
 from .report import TablePrinter, failure_lines
@@ -257,9 +257,8 @@ def run(
     results.metadata["others_cpu_during_run"] = others
     for text in failure_lines(results):
         printer.line(text)
-    if others is not None:
-        printer.line(f"# other processes kept {others:.2f} CPUs busy on average during the run"
-                     + (" (timings disturbed: rerun on a quiet machine)"
-                        if others > BUSY_WARNING else ""))
+    summary = busy_summary(others)
+    if summary is not None:
+        printer.line(summary)
     printer.line(f"# done in {results.duration_s:.0f} s")
     return results
