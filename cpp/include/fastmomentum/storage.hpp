@@ -33,7 +33,7 @@ enum class Rounding : std::uint8_t {
 
 // The elements of one block of an 8-bit buffer: each block has its own float32 scale. Also the
 // unit in which the kernels of the low-precision kinds split work (rules.hpp, "8-bit buffers").
-inline constexpr std::int64_t kQuantBlock = 256;
+constexpr std::int64_t kQuantBlock = 256;  // internal linkage: std::min odr-uses it
 
 // The storage of one list of tensors of a call: what its parameters, gradients and buffers are
 // (buf is the parameter's dtype when the call has no buffers), and how the parameters round.
