@@ -66,15 +66,8 @@ void widen_block(const Side& side, std::int64_t off, std::int64_t n, float* out)
 void narrow_block(const Side& side, std::int64_t off, std::int64_t n, const float* in) {
     void* data = side.values->desc.data;
     if (side.values->desc.dtype == Dtype::i8) {
-        float largest = 0.0f, nonfinite = 0.0f;
-        for (std::int64_t i = 0; i < n; ++i) {
-            largest = std::max(largest, std::fabs(in[i]));
-            nonfinite += rules::nonfinite_term(in[i]);
-        }
-        const rules::QuantScale q = rules::quant_scale(largest, nonfinite == 0.0f);
-        static_cast<float*>(side.scales->desc.data)[off / kQuantBlock] = q.scale;
-        for (std::int64_t i = 0; i < n; ++i)
-            static_cast<std::int8_t*>(data)[off + i] = rules::quantized(in[i], q.inverse);
+        static_cast<float*>(side.scales->desc.data)[off / kQuantBlock] =
+            rules::quantize_block(in, n, static_cast<std::int8_t*>(data) + off);
         return;
     }
     for (std::int64_t i = 0; i < n; ++i) {

@@ -168,24 +168,10 @@ void narrow_buf(const TensorRef& t, int64_t off, int64_t n, const float* __restr
     for (int64_t i = 0; i < n; ++i) rules::narrow(x[i], b[i]);
 }
 
-void quantize_block(const TensorRef& t, int64_t off, int64_t n, const float* __restrict x) {
-    float largest = 0.0f, nonfinite = 0.0f;
-#pragma omp simd reduction(max : largest) reduction(+ : nonfinite)
-    for (int64_t i = 0; i < n; ++i) {
-        const float a = std::fabs(x[i]);
-        largest = a > largest ? a : largest;
-        nonfinite += rules::nonfinite_term(x[i]);
-    }
-    const rules::QuantScale q = rules::quant_scale(largest, nonfinite == 0.0f);
-    t.scales[off / kQuantBlock] = q.scale;
-    std::int8_t* __restrict codes = static_cast<std::int8_t*>(t.buf) + off;
-#pragma omp simd
-    for (int64_t i = 0; i < n; ++i) codes[i] = rules::quantized(x[i], q.inverse);
-}
-
 void quantize(const TensorRef& t, int64_t off, int64_t n, const float* __restrict x) {
     for (int64_t start = 0; start < n; start += kQuantBlock)
-        quantize_block(t, off + start, std::min(kQuantBlock, n - start), x + start);
+        t.scales[(off + start) / kQuantBlock] = rules::quantize_block(
+            x + start, std::min(kQuantBlock, n - start), static_cast<std::int8_t*>(t.buf) + off + start);
 }
 
 using WidenFn = void (*)(const TensorRef&, int64_t, int64_t, float*);

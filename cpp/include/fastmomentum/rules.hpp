@@ -390,6 +390,25 @@ FM_HOST_DEVICE inline T nonfinite_term(const T g) {
     return g - g;
 }
 
+#if !defined(__CUDACC__)
+// One 8-bit block of n <= kQuantBlock new values x: its codes into `codes`, its scale returned.
+// Host code (the CPU kernels and _core.convert); the CUDA kernel reduces across its threads.
+inline float quantize_block(const float* __restrict x, const std::int64_t n,
+                            std::int8_t* __restrict codes) {
+    float largest = 0.0f, nonfinite = 0.0f;
+#pragma omp simd reduction(max : largest) reduction(+ : nonfinite)
+    for (std::int64_t i = 0; i < n; ++i) {
+        const float a = std::fabs(x[i]);
+        largest = a > largest ? a : largest;
+        nonfinite += nonfinite_term(x[i]);
+    }
+    const QuantScale q = quant_scale(largest, nonfinite == 0.0f);
+#pragma omp simd
+    for (std::int64_t i = 0; i < n; ++i) codes[i] = quantized(x[i], q.inverse);
+    return q.scale;
+}
+#endif
+
 // torch.nn.utils.clip_grad_norm_'s epsilon.
 inline constexpr double kClipEpsilon = 1e-6;
 
