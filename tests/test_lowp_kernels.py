@@ -320,3 +320,46 @@ def test_three_threads_really_run():
             outcome = _core.StepOutcome()
             _core.sgd_steps([Call(params, None, False, hyper, 0)], grads, Guard(), outcome)
         assert outcome.applied and outcome.threads == cfg[1], cfg
+
+
+# The kinds cpp/kernels/lowp_kernels.cpp fuses into one loop per variant (fused_kernel), each
+# loop its own template instantiation: every variant of each is run here, where the other kinds
+# share the staged path's float32 loops with test_kernels.py's full product.
+FUSED = [Kind(F32, F32, "bfloat16"), Kind(F32, F32, "float16"), Kind(F32, F32, "int8"),
+         *(Kind(BF16, BF16, buf, wb) for buf in ("bfloat16", "int8", "none")
+           for wb in ("kahan", "stochastic"))]
+# Each decay operation (none, coupled, PyTorch's keep factor, Keras' order) with and without the
+# gradient's factors (maximize, dampening), Nesterov or not, the torch first step and a later one.
+DECAYS = {"none": {}, "coupled": dict(weight_decay=1e-2, weight_decay_mode="coupled"),
+          "decoupled": dict(weight_decay=1e-2, weight_decay_mode="decoupled"),
+          "sgdw": dict(weight_decay=1e-2, weight_decay_mode="sgdw", schedule_multiplier=0.5)}
+
+
+def _fused_hyper(style, kind, nesterov, decay, scaled):
+    momentum = 0.0 if kind.buf == "none" else 0.9
+    hyper = dict(lr=0.05, **DECAYS[decay], maximize=scaled)
+    if style == "ema":
+        return dict(hyper, beta=momentum)
+    hyper.update(momentum=momentum, nesterov=nesterov and momentum > 0)
+    if style == "torch" and scaled and momentum > 0 and not nesterov:
+        hyper["dampening"] = 0.3  # (Nesterov takes none)
+    return hyper
+
+
+# Guards against: a fused kind's variant instantiated for the wrong form, Nesterov, decay or
+# gradient scaling (fused_of's mapping), or a fused loop that reads or writes another stream.
+# (EMA and no momentum take no Nesterov.)
+FUSED_CASES = [(kind, style, nesterov, decay, scaled)
+               for kind in FUSED for style in STYLES for nesterov in (False, True)
+               for decay in sorted(DECAYS) for scaled in (False, True)
+               if not (nesterov and (style == "ema" or kind.buf == "none"))]
+
+
+@pytest.mark.parametrize(("kind", "style", "nesterov", "decay", "scaled"), FUSED_CASES,
+                         ids=lambda v: v.id if isinstance(v, Kind) else str(v))
+def test_every_variant_of_the_fused_kinds(kind, style, nesterov, decay, scaled):
+    hyper = _fused_hyper(style, kind, nesterov, decay, scaled)
+    start = make_state(np.random.default_rng(11), [kind], SHAPES[:1] + SHAPES[4:])
+    trajectory(style, start, [(hyper, None, dict(rounding=kind.rounding, seed=5, step=t,
+                                                 first_step=t == 0))
+                              for t in range(2)])

@@ -37,8 +37,9 @@ struct Launch {
 // Updates every tensor in place; returns the number of threads that ran (0 for no elements).
 using KernelFn = int (*)(const TensorRef* tensors, std::size_t count, const Hyper& hyper,
                          const Launch& launch);
-// The same for tensors of one low-precision kind: each parameter's elements in blocks of
-// kQuantBlock, widened to float32, updated by the float32 formula and narrowed back.
+// The same for tensors of one low-precision kind (cpp/kernels/lowp_kernels.cpp): each
+// parameter's elements in blocks of kQuantBlock, widened to float32, updated by the float32
+// formula and narrowed back.
 using LowpKernelFn = int (*)(const TensorRef* tensors, std::size_t count, const Hyper& hyper,
                              const Kind& kind, const Launch& launch);
 

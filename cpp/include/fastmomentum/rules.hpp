@@ -218,7 +218,7 @@ FM_HOST_DEVICE inline void narrow(const float x, bf16& out) {
     const std::uint32_t u = bits_of(x);
     const std::uint32_t nan = (u >> 16) | 0x40u;
     const std::uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-    out.bits = static_cast<std::uint16_t>((u & 0x7fffffffu) > 0x7f800000u ? nan : rounded);
+    out.bits = static_cast<std::uint16_t>(x != x ? nan : rounded);  // one vector compare for NaN
 }
 
 FM_HOST_DEVICE inline void narrow(const float x, f16& out) {
@@ -244,7 +244,7 @@ FM_HOST_DEVICE inline void narrow_stochastic(const float x, const std::uint32_t 
     const std::uint32_t u = bits_of(x);
     const std::uint32_t rounded = (u + r) >> 16;  // the dropped 16 bits decide
     const std::uint32_t nan = (u >> 16) | 0x40u;  // as narrow
-    out.bits = static_cast<std::uint16_t>((u & 0x7fffffffu) > 0x7f800000u ? nan : rounded);
+    out.bits = static_cast<std::uint16_t>(x != x ? nan : rounded);
 }
 
 FM_HOST_DEVICE inline void narrow_stochastic(const float x, const std::uint32_t r, f16& out) {
@@ -327,10 +327,12 @@ FM_HOST_DEVICE inline void split_compensated(const float x, S& p, S& c) {
 inline constexpr float kQuantMax = 480.0f;
 
 FM_HOST_DEVICE inline float quant_magnitude(const std::uint32_t m) {
-    const std::uint32_t e = m >> 3, f = m & 7u;
-    const float subnormal = static_cast<float>(static_cast<std::int32_t>(f)) * 0x1p-9f;
-    const float normal = float_of(((e + 120u) << 23) | (f << 20));
-    return e == 0 ? subnormal : normal;
+    // m's exponent and fraction fields land on float32's by one shift, rebiased by an addition;
+    // a subnormal m < 8 gets the exponent of 2^-6 one higher, which one exact subtraction of
+    // 2^-6 takes away again (Sterbenz), leaving m * 2^-9.
+    const std::uint32_t normal = (m << 20) + (120u << 23);
+    const float subnormal = float_of(normal + (1u << 23)) - 0x1p-6f;
+    return static_cast<std::int32_t>(m) < 8 ? subnormal : float_of(normal);
 }
 
 FM_HOST_DEVICE inline float dequantized(const std::int8_t k, const float scale) {
@@ -361,16 +363,20 @@ FM_HOST_DEVICE inline QuantScale quant_scale(const float largest, const bool fin
 FM_HOST_DEVICE inline std::int8_t quantized(const float v, const float inverse) {
     const std::uint32_t u = bits_of(v);
     const float product = float_of(u & 0x7fffffffu) * inverse;
-    const float y = product < kQuantMax ? product : (product == product ? kQuantMax : 0.0f);
-    // Subnormal codes, steps of 2^-9: y * 512 < 8 to the nearest even integer.
-    const auto subnormal = static_cast<std::int32_t>((y * 512.0f + 0x1p23f) - 0x1p23f);
+    // The largest magnitude's product may round above 480. (A NaN product gives 480 here, and
+    // code 0 at the end.)
+    const float y = product < kQuantMax ? product : kQuantMax;
+    // Subnormal codes, steps of 2^-9: y * 512 < 8 to the nearest even integer. Beside 2^14,
+    // float32's step is 2^-9, so the addition rounds y there; the bits above 2^14's are the code.
+    const auto subnormal = static_cast<std::int32_t>(bits_of(y + 0x1p14f) - bits_of(0x1p14f));
     // Normal codes: rebias to E4M3's exponent, round the 20 dropped fraction bits to nearest even.
     const std::uint32_t b = bits_of(y);
     const auto normal =
         static_cast<std::int32_t>((b - (120u << 23) + 0x7ffffu + ((b >> 20) & 1u)) >> 20);
     const std::int32_t m = y < 0x1p-6f ? subnormal : normal;
     const std::int32_t sign = -static_cast<std::int32_t>(u >> 31);  // 0 or -1
-    return static_cast<std::int8_t>((m ^ sign) - sign);
+    const std::int32_t code = (m ^ sign) - sign;
+    return static_cast<std::int8_t>(product == product ? code : 0);
 }
 
 // The guards of a step (README, "Guards"), computed before the update pass.
@@ -391,20 +397,33 @@ FM_HOST_DEVICE inline T nonfinite_term(const T g) {
 }
 
 #if !defined(__CUDACC__)
-// One 8-bit block of n <= kQuantBlock new values x: its codes into `codes`, its scale returned.
 // Host code (the CPU kernels and _core.convert); the CUDA kernel reduces across its threads.
+
+// One step of a block's reduction: the largest magnitude so far, with v. (Beside it, a sum of
+// nonfinite_term tells whether every value was finite.)
+inline float larger_magnitude(const float largest, const float v) {
+    const float a = std::fabs(v);
+    return a > largest ? a : largest;
+}
+
+// The codes of one 8-bit block of n <= kQuantBlock new values x, whose scale is q.
+inline void encode_block(const float* __restrict x, const std::int64_t n, const QuantScale q,
+                         std::int8_t* __restrict codes) {
+#pragma omp simd
+    for (std::int64_t i = 0; i < n; ++i) codes[i] = quantized(x[i], q.inverse);
+}
+
+// One 8-bit block of n <= kQuantBlock new values x: its codes into `codes`, its scale returned.
 inline float quantize_block(const float* __restrict x, const std::int64_t n,
                             std::int8_t* __restrict codes) {
     float largest = 0.0f, nonfinite = 0.0f;
 #pragma omp simd reduction(max : largest) reduction(+ : nonfinite)
     for (std::int64_t i = 0; i < n; ++i) {
-        const float a = std::fabs(x[i]);
-        largest = a > largest ? a : largest;
+        largest = larger_magnitude(largest, x[i]);
         nonfinite += nonfinite_term(x[i]);
     }
     const QuantScale q = quant_scale(largest, nonfinite == 0.0f);
-#pragma omp simd
-    for (std::int64_t i = 0; i < n; ++i) codes[i] = quantized(x[i], q.inverse);
+    encode_block(x, n, q, codes);
     return q.scale;
 }
 #endif

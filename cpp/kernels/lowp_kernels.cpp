@@ -1,0 +1,409 @@
+// The low-precision kernels (storage.hpp): parameters, gradients or momentum buffers stored
+// narrower than float32, updated by the float32 formula (rules::update) on values widened
+// exactly, and narrowed back by the rules' roundings. Compiled once per ISA, like
+// sgd_kernels.cpp, into namespace fastmomentum::<isa>, with internal linkage but for sgd_lowp.
+//
+// Each parameter's elements are cut in blocks of kQuantBlock, never split between threads (an
+// 8-bit block's scale depends on all its values), so every thread count gives the same bits.
+// Two paths compute the same bits (the tests compare both with one reference):
+//   * fused, for the kinds people train with (fused_kernel lists them): ONE vectorised loop per
+//     element range reads and widens p, g and b, updates, narrows and writes. At these byte
+//     counts the conversions, not memory, bound the step, and the streams flow best when every
+//     array advances together. Each is a template over the kind and the update's variant (48
+//     with a buffer, 8 without), so these kinds multiply instantiations: 7 kinds, 352 loops,
+//     about 24 s of compile time and 0.8 MB of code per ISA object. (Always scaling the
+//     gradient and folding "no decay" into a factor 1 would be exact and need 132, but costs a
+//     third more compute per element, which is the bound here.)
+//   * staged, for every other kind: a chunk of blocks is widened into float32 buffers on the
+//     stack, updated there by the float32 span (update_span.hpp, the float32 kernel's own
+//     instantiations) and narrowed back. The storage combinations add up instead of multiplying.
+
+#include <algorithm>
+#include <cstdint>
+#include <type_traits>
+
+#include "fastmomentum/kernels.hpp"
+#include "fastmomentum/rules.hpp"
+#include "lowp_kernels.hpp"
+#include "partition.hpp"
+#include "update_span.hpp"
+
+namespace fastmomentum::FM_ISA {
+namespace {
+
+using std::int64_t;
+
+int64_t blocks_of(int64_t size) { return (size + kQuantBlock - 1) / kQuantBlock; }
+
+// ---------------------------------------------------------------------------------------------
+// The fused path.
+
+struct NoBuffer {};   // the plain form (momentum 0)
+struct Quantized {};  // an 8-bit buffer: int8 codes, one float32 scale per block
+
+// A parameter (stored as P: float or bf16; its gradient is a P too) read as float32, and written
+// back from float32 by rounding R. `c` is its Kahan compensation (kahan only); `high` and `low`
+// key the stochastic rounding of element i.
+template <class P, Rounding R>
+float read_param(const P* __restrict p, const P* __restrict c, int64_t i) {
+    if constexpr (std::is_same_v<P, float>) return p[i];
+    else if constexpr (R == Rounding::kahan) return rules::compensated(p[i], c[i]);
+    else return rules::widen(p[i]);
+}
+
+template <class P, Rounding R>
+void write_param(const float x, P* __restrict p, P* __restrict c, int64_t i, std::uint32_t high,
+                 std::uint32_t low) {
+    if constexpr (std::is_same_v<P, float>) p[i] = x;
+    else if constexpr (R == Rounding::kahan) rules::split_compensated(x, p[i], c[i]);
+    else if constexpr (R == Rounding::stochastic)
+        rules::narrow_stochastic(x, rules::random16(high, low + static_cast<std::uint32_t>(i)), p[i]);
+    else rules::narrow(x, p[i]);
+}
+
+// The streams of one element range [off, off + n) of a tensor.
+template <class P, Rounding R, class B>
+struct Streams {
+    static constexpr bool kCompensated = !std::is_same_v<P, float> && R == Rounding::kahan;
+    static constexpr bool kBuffered = !std::is_same_v<B, NoBuffer>;
+    using Stored = std::conditional_t<std::is_same_v<B, Quantized>, std::int8_t, B>;
+
+    Streams(const TensorRef& t, int64_t off)
+        : p(static_cast<P*>(t.param) + off),
+          g(static_cast<const P*>(t.grad) + off),
+          // Offsets only where the pointer exists: null + off is undefined.
+          c(kCompensated ? static_cast<P*>(t.comp) + off : nullptr),
+          b(kBuffered ? static_cast<Stored*>(t.buf) + off : nullptr) {}
+
+    P* p;
+    const P* g;
+    P* c;
+    Stored* b;
+};
+
+// One range of a 16-bit buffer's kind (or of no buffer): every array in one pass. The range
+// never crosses an index that is a multiple of 2^32 (the driver cuts it), so the stochastic
+// rounding's key of the index's high bits is taken once.
+template <class P, Rounding R, class B, Form F, bool N, Decay D, bool S>
+void fused_span(const TensorRef& t, int64_t off, int64_t n, const Coeffs<float> k,
+                std::uint64_t key) {
+    using Io = Streams<P, R, B>;
+    const Io io(t, off);
+    P* __restrict p = io.p;
+    const P* __restrict g = io.g;
+    P* __restrict c = io.c;
+    typename Io::Stored* __restrict b = io.b;
+    const std::uint32_t high = rules::index_key(key, off);
+    const auto low = static_cast<std::uint32_t>(off);
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) {
+        float param = read_param<P, R>(p, c, i), buffer = 0.0f;
+        if constexpr (Io::kBuffered && F != Form::torch_first) buffer = rules::widen(b[i]);
+        rules::update<float, F, N, D, S>(param, buffer, rules::widen(g[i]), k);
+        write_param<P, R>(param, p, c, i, high, low);
+        if constexpr (Io::kBuffered) rules::narrow(buffer, b[i]);
+    }
+}
+
+// The same with an 8-bit buffer, block by block: the block's new values are kept in L1 with
+// their largest magnitude, then encoded with the block's new scale (rules::quantize_block's
+// steps, the reduction folded into the update's loop).
+template <class P, Rounding R, Form F, bool N, Decay D, bool S>
+void fused_quantized(const TensorRef& t, int64_t off, int64_t n, const Coeffs<float> k,
+                     std::uint64_t key) {
+    const std::uint32_t high = rules::index_key(key, off);
+    for (int64_t start = 0; start < n; start += kQuantBlock) {
+        const int64_t at = off + start, m = std::min(kQuantBlock, n - start);
+        const Streams<P, R, Quantized> io(t, at);
+        P* __restrict p = io.p;
+        const P* __restrict g = io.g;
+        P* __restrict c = io.c;
+        std::int8_t* __restrict codes = io.b;
+        const float scale = t.scales[at / kQuantBlock];
+        const auto low = static_cast<std::uint32_t>(at);
+        alignas(64) float fresh[kQuantBlock];
+        float largest = 0.0f, nonfinite = 0.0f;
+#pragma omp simd reduction(max : largest) reduction(+ : nonfinite)
+        for (int64_t i = 0; i < m; ++i) {
+            float param = read_param<P, R>(p, c, i), buffer = 0.0f;
+            if constexpr (F != Form::torch_first) buffer = rules::dequantized(codes[i], scale);
+            rules::update<float, F, N, D, S>(param, buffer, rules::widen(g[i]), k);
+            write_param<P, R>(param, p, c, i, high, low);
+            fresh[i] = buffer;
+            largest = rules::larger_magnitude(largest, buffer);
+            nonfinite += rules::nonfinite_term(buffer);
+        }
+        const rules::QuantScale q = rules::quant_scale(largest, nonfinite == 0.0f);
+        rules::encode_block(fresh, m, q, codes);
+        t.scales[at / kQuantBlock] = q.scale;
+    }
+}
+
+using FusedFn = void (*)(const TensorRef&, int64_t, int64_t, Coeffs<float>, std::uint64_t);
+
+// The fused function of a kind and variant (null: not a fused kind).
+template <class P, Rounding R, class B>
+FusedFn fused_of(Form f, bool nesterov, Decay d, bool scale_grad) {
+    return rules::pick_variant(f, nesterov, d, scale_grad, [](auto Fc, auto Nc, auto Dc, auto Sc) -> FusedFn {
+        constexpr Form F = decltype(Fc)::value;
+        constexpr bool N = decltype(Nc)::value, S = decltype(Sc)::value;
+        constexpr Decay D = decltype(Dc)::value;
+        // A kind with a buffer in a call without one (momentum 0): staged.
+        if constexpr (std::is_same_v<B, NoBuffer> != (F == Form::plain)) return nullptr;
+        else if constexpr (std::is_same_v<B, Quantized>) return &fused_quantized<P, R, F, N, D, S>;
+        else return &fused_span<P, R, B, F, N, D, S>;
+    });
+}
+
+// The fused kinds: float32 parameters with a bfloat16, float16 or 8-bit momentum buffer, and
+// bfloat16 parameters and gradients, Kahan-compensated or stochastically rounded, with a
+// bfloat16 or 8-bit buffer or none. Null for every other kind (the staged path).
+FusedFn fused_kernel(const Kind& kind, Form f, bool nesterov, Decay d, bool scale_grad) {
+    if (kind.param == Dtype::f32 && kind.grad == Dtype::f32) {
+        switch (kind.buf) {
+            case Dtype::bf16: return fused_of<float, Rounding::nearest, bf16>(f, nesterov, d, scale_grad);
+            case Dtype::f16: return fused_of<float, Rounding::nearest, f16>(f, nesterov, d, scale_grad);
+            case Dtype::i8: return fused_of<float, Rounding::nearest, Quantized>(f, nesterov, d, scale_grad);
+            default: return nullptr;
+        }
+    }
+    if (kind.param != Dtype::bf16 || kind.grad != Dtype::bf16 || kind.rounding == Rounding::nearest)
+        return nullptr;
+    const bool kahan = kind.rounding == Rounding::kahan;
+    if (f == Form::plain)
+        return kahan ? fused_of<bf16, Rounding::kahan, NoBuffer>(f, nesterov, d, scale_grad)
+                     : fused_of<bf16, Rounding::stochastic, NoBuffer>(f, nesterov, d, scale_grad);
+    switch (kind.buf) {
+        case Dtype::bf16:
+            return kahan ? fused_of<bf16, Rounding::kahan, bf16>(f, nesterov, d, scale_grad)
+                         : fused_of<bf16, Rounding::stochastic, bf16>(f, nesterov, d, scale_grad);
+        case Dtype::i8:
+            return kahan ? fused_of<bf16, Rounding::kahan, Quantized>(f, nesterov, d, scale_grad)
+                         : fused_of<bf16, Rounding::stochastic, Quantized>(f, nesterov, d, scale_grad);
+        default: return nullptr;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The staged path.
+
+// A stage runs over up to kChunkBlocks blocks at a time: longer loops amortise each stage's call
+// and its vector loop's prologue and epilogue; 3 x 4 KiB of float32 still fit in L1 beside the
+// streams.
+constexpr int64_t kChunkBlocks = 4;
+using Chunk = float[kChunkBlocks * kQuantBlock];
+
+// Widening a stored array's elements [off, off + n) into `out`.
+template <class S>
+void widen_into(const void* data, int64_t off, int64_t n, float* __restrict out) {
+    const S* __restrict in = static_cast<const S*>(data) + off;
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) out[i] = rules::widen(in[i]);
+}
+
+template <class S>
+void widen_param(const TensorRef& t, int64_t off, int64_t n, float* out) {
+    widen_into<S>(t.param, off, n, out);
+}
+
+template <class S>
+void widen_grad(const TensorRef& t, int64_t off, int64_t n, float* out) {
+    widen_into<S>(t.grad, off, n, out);
+}
+
+template <class S>
+void widen_buf(const TensorRef& t, int64_t off, int64_t n, float* out) {
+    widen_into<S>(t.buf, off, n, out);
+}
+
+template <class S>
+void widen_compensated(const TensorRef& t, int64_t off, int64_t n, float* __restrict out) {
+    const S* __restrict p = static_cast<const S*>(t.param) + off;
+    const S* __restrict c = static_cast<const S*>(t.comp) + off;
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) out[i] = rules::compensated(p[i], c[i]);
+}
+
+// 8-bit buffers, block by block: `off` is a block's start.
+void dequantize(const TensorRef& t, int64_t off, int64_t n, float* __restrict out) {
+    for (int64_t start = 0; start < n; start += kQuantBlock) {
+        const std::int8_t* __restrict codes = static_cast<const std::int8_t*>(t.buf) + off + start;
+        const float scale = t.scales[(off + start) / kQuantBlock];
+        const int64_t m = std::min(kQuantBlock, n - start);
+#pragma omp simd
+        for (int64_t i = 0; i < m; ++i) out[start + i] = rules::dequantized(codes[i], scale);
+    }
+}
+
+// Narrowing a block back; `key` is the parameter's rounding key (stochastic rounding only).
+template <class S>
+void narrow_nearest(const TensorRef& t, int64_t off, int64_t n, const float* __restrict x,
+                    std::uint64_t) {
+    S* __restrict p = static_cast<S*>(t.param) + off;
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) rules::narrow(x[i], p[i]);
+}
+
+template <class S>
+void narrow_stochastic(const TensorRef& t, int64_t off, int64_t n, const float* __restrict x,
+                       std::uint64_t key) {
+    S* __restrict p = static_cast<S*>(t.param) + off;
+    const std::uint32_t high = rules::index_key(key, off);  // chunks never cross 2^32
+    const auto low = static_cast<std::uint32_t>(off);
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i)
+        rules::narrow_stochastic(x[i], rules::random16(high, low + static_cast<std::uint32_t>(i)), p[i]);
+}
+
+template <class S>
+void narrow_compensated(const TensorRef& t, int64_t off, int64_t n, const float* __restrict x,
+                        std::uint64_t) {
+    S* __restrict p = static_cast<S*>(t.param) + off;
+    S* __restrict c = static_cast<S*>(t.comp) + off;
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) rules::split_compensated(x[i], p[i], c[i]);
+}
+
+template <class S>
+void narrow_buf(const TensorRef& t, int64_t off, int64_t n, const float* __restrict x) {
+    S* __restrict b = static_cast<S*>(t.buf) + off;
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) rules::narrow(x[i], b[i]);
+}
+
+void quantize(const TensorRef& t, int64_t off, int64_t n, const float* __restrict x) {
+    for (int64_t start = 0; start < n; start += kQuantBlock)
+        t.scales[(off + start) / kQuantBlock] = rules::quantize_block(
+            x + start, std::min(kQuantBlock, n - start), static_cast<std::int8_t*>(t.buf) + off + start);
+}
+
+using WidenFn = void (*)(const TensorRef&, int64_t, int64_t, float*);
+using NarrowParamFn = void (*)(const TensorRef&, int64_t, int64_t, const float*, std::uint64_t);
+using NarrowBufFn = void (*)(const TensorRef&, int64_t, int64_t, const float*);
+
+// The stages of one kind; a null stage is storage in float32, updated where it lies.
+struct Stages {
+    WidenFn param = nullptr, grad = nullptr, buf = nullptr;
+    NarrowParamFn param_back = nullptr;
+    NarrowBufFn buf_back = nullptr;
+};
+
+template <class S>
+void param_stages(Rounding r, Stages& s) {
+    switch (r) {
+        case Rounding::kahan:
+            s.param = &widen_compensated<S>;
+            s.param_back = &narrow_compensated<S>;
+            return;
+        case Rounding::stochastic: s.param_back = &narrow_stochastic<S>; break;
+        case Rounding::nearest: s.param_back = &narrow_nearest<S>; break;
+    }
+    s.param = &widen_param<S>;
+}
+
+Stages stages_of(const Kind& kind) {
+    Stages s;
+    if (kind.param == Dtype::bf16) param_stages<bf16>(kind.rounding, s);
+    else if (kind.param == Dtype::f16) param_stages<f16>(kind.rounding, s);
+    if (kind.grad == Dtype::bf16) s.grad = &widen_grad<bf16>;
+    else if (kind.grad == Dtype::f16) s.grad = &widen_grad<f16>;
+    switch (kind.buf) {
+        case Dtype::bf16: s.buf = &widen_buf<bf16>; s.buf_back = &narrow_buf<bf16>; break;
+        case Dtype::f16: s.buf = &widen_buf<f16>; s.buf_back = &narrow_buf<f16>; break;
+        case Dtype::i8: s.buf = &dequantize; s.buf_back = &quantize; break;
+        case Dtype::f32: case Dtype::f64: break;
+    }
+    return s;
+}
+
+int64_t bytes_of(Dtype d) { return kItemsize[static_cast<int>(d)]; }
+
+// Runs body(tensor, a, e) over the blocks [a, e) of each tensor, the tensors' blocks split as
+// one concatenated range across the threads (partition.hpp).
+template <class Body>
+int for_each_block_range(const TensorRef* tensors, std::size_t count, const Kind& kind,
+                         const Launch& launch, const Body& body) {
+    int64_t total = 0;
+    for (std::size_t i = 0; i < count; ++i) total += blocks_of(tensors[i].size);
+    const int64_t block_bytes =
+        kQuantBlock * (bytes_of(kind.param) + bytes_of(kind.grad) + bytes_of(kind.buf));
+    return for_each_part(total, block_bytes, launch, [&](int64_t lo, int64_t hi) {
+        int64_t start = 0;  // the first block of tensor i in the concatenated range of blocks
+        for (std::size_t i = 0; i < count && start < hi; ++i) {
+            const TensorRef& t = tensors[i];
+            const int64_t blocks = blocks_of(t.size);
+            const int64_t a = std::max(lo, start) - start, e = std::min(hi, start + blocks) - start;
+            start += blocks;
+            if (a < e) body(t, a, e);
+        }
+    });
+}
+
+// The stochastic rounding's key of a tensor (rules::rounding_key), 0 for the other roundings.
+std::uint64_t key_of(const TensorRef& t, const Hyper& h, const Kind& kind) {
+    return kind.rounding == Rounding::stochastic ? rules::rounding_key(h.seed, h.step, t.stream) : 0;
+}
+
+// Ranges of blocks end at multiples of kKeyBlocks, so none crosses an element index that is a
+// multiple of 2^32 (the kernels take the stochastic rounding's key of the index's high bits once
+// per range).
+constexpr int64_t kKeyBlocks = (int64_t{1} << 32) / kQuantBlock;
+
+int fused(const TensorRef* tensors, std::size_t count, const Hyper& h, const Kind& kind,
+          const Launch& launch, const Coeffs<float>& k, FusedFn regular, FusedFn first) {
+    return for_each_block_range(tensors, count, kind, launch, [&](const TensorRef& t, int64_t a, int64_t e) {
+        const std::uint64_t key = key_of(t, h, kind);
+        const FusedFn run = t.first_step ? first : regular;
+        for (int64_t j = a, next; j < e; j = next) {
+            next = std::min(e, (j / kKeyBlocks + 1) * kKeyBlocks);
+            const int64_t off = j * kQuantBlock;
+            run(t, off, std::min(next * kQuantBlock, t.size) - off, k, key);
+        }
+    });
+}
+
+int staged(const TensorRef* tensors, std::size_t count, const Hyper& h, const Kind& kind,
+           const Launch& launch, const Coeffs<float>& k, Decay decay, bool scale_grad) {
+    const SpanFn<float> regular = pick<float>(rules::form_of(h, false), h.nesterov, decay, scale_grad);
+    const SpanFn<float> first = pick<float>(rules::form_of(h, true), h.nesterov, decay, scale_grad);
+    // The torch convention's first step sets b <- g without reading b.
+    const bool first_reads_buf = rules::form_of(h, true) != Form::torch_first;
+    const Stages stages = stages_of(kind);
+    return for_each_block_range(tensors, count, kind, launch, [&](const TensorRef& t, int64_t a, int64_t e) {
+        Chunk param_block, grad_block, buf_block;
+        const std::uint64_t key = key_of(t, h, kind);
+        const SpanFn<float> span = t.first_step ? first : regular;
+        const bool reads_buf = t.buf != nullptr && (!t.first_step || first_reads_buf);
+        // Chunks end at multiples of kChunkBlocks blocks, a divisor of kKeyBlocks.
+        for (int64_t j = a, next; j < e; j = next) {
+            next = std::min(e, (j / kChunkBlocks + 1) * kChunkBlocks);
+            const int64_t off = j * kQuantBlock;
+            const int64_t n = std::min((next - j) * kQuantBlock, t.size - off);
+            float* p = stages.param ? param_block : static_cast<float*>(t.param) + off;
+            const float* g = stages.grad ? grad_block : static_cast<const float*>(t.grad) + off;
+            float* b = t.buf == nullptr ? nullptr : stages.buf ? buf_block : static_cast<float*>(t.buf) + off;
+            if (stages.param) stages.param(t, off, n, p);
+            if (stages.grad) stages.grad(t, off, n, grad_block);
+            if (b && stages.buf && reads_buf) stages.buf(t, off, n, buf_block);
+            span(TensorRef{p, g, b, n, t.first_step}, 0, n, k);
+            if (stages.param_back) stages.param_back(t, off, n, p, key);
+            if (b && stages.buf_back) stages.buf_back(t, off, n, b);
+        }
+    });
+}
+
+}  // namespace
+
+int sgd_lowp(const TensorRef* tensors, std::size_t count, const Hyper& h, const Kind& kind,
+             const Launch& launch) {
+    const Coeffs<float> k = rules::coeffs<float>(h);
+    const Decay decay = rules::decay_of(h, k);
+    const bool scale_grad = rules::scales_grad(k);
+    const FusedFn regular = fused_kernel(kind, rules::form_of(h, false), h.nesterov, decay, scale_grad);
+    const FusedFn first = fused_kernel(kind, rules::form_of(h, true), h.nesterov, decay, scale_grad);
+    if (regular != nullptr && first != nullptr)
+        return fused(tensors, count, h, kind, launch, k, regular, first);
+    return staged(tensors, count, h, kind, launch, k, decay, scale_grad);
+}
+
+}  // namespace fastmomentum::FM_ISA
