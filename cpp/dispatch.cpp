@@ -70,8 +70,8 @@ bool msvc_supports(Isa isa) {
     __cpuid(r, 0);
     if (r[0] < 7) return false;
     __cpuid(r, 1);
-    const std::uint32_t fma = 1u << 12, osxsave = 1u << 27, avx = 1u << 28;
-    if (!has(r[2], fma | osxsave | avx)) return false;
+    const std::uint32_t fma = 1u << 12, osxsave = 1u << 27, avx = 1u << 28, f16c = 1u << 29;
+    if (!has(r[2], fma | osxsave | avx | f16c)) return false;
     const unsigned long long xcr0 = _xgetbv(0);
     const unsigned long long sse_ymm = 0x6, opmask_zmm = 0xe0;
     __cpuidex(r, 7, 0);
@@ -125,7 +125,8 @@ bool isa_supported(Isa isa) {
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
     // libgcc's checks include the OS's XSAVE support for the wide registers.
     __builtin_cpu_init();
-    const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                      __builtin_cpu_supports("f16c");
     if (isa == Isa::avx2) return avx2;
     return avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw");

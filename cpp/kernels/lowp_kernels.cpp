@@ -23,6 +23,7 @@
 #include <type_traits>
 
 #include "fastmomentum/kernels.hpp"
+#include "f16c.hpp"
 #include "fastmomentum/rules.hpp"
 #include "lowp_kernels.hpp"
 #include "partition.hpp"
@@ -81,28 +82,52 @@ struct Streams {
     Stored* b;
 };
 
-// One range of a 16-bit buffer's kind (or of no buffer): every array in one pass. The range
-// never crosses an index that is a multiple of 2^32 (the driver cuts it), so the stochastic
-// rounding's key of the index's high bits is taken once.
+// One range [0, n) of a 16-bit buffer's kind (or of no buffer, or of a float32 buffer on the
+// stack): every array in one pass. `high` and `low` key the stochastic rounding of element i.
 template <class P, Rounding R, class B, Form F, bool N, Decay D, bool S>
-void fused_span(const TensorRef& t, int64_t off, int64_t n, const Coeffs<float> k,
-                std::uint64_t key) {
-    using Io = Streams<P, R, B>;
-    const Io io(t, off);
-    P* __restrict p = io.p;
-    const P* __restrict g = io.g;
-    P* __restrict c = io.c;
-    typename Io::Stored* __restrict b = io.b;
-    const std::uint32_t high = rules::index_key(key, off);
-    const auto low = static_cast<std::uint32_t>(off);
+void fused_loop(P* __restrict p, const P* __restrict g, P* __restrict c, B* __restrict b,
+                int64_t n, const Coeffs<float> k, std::uint32_t high, std::uint32_t low) {
+    constexpr bool kBuffered = !std::is_same_v<B, NoBuffer>;
 #pragma omp simd
     for (int64_t i = 0; i < n; ++i) {
         float param = read_param<P, R>(p, c, i), buffer = 0.0f;
-        if constexpr (Io::kBuffered && F != Form::torch_first) buffer = rules::widen(b[i]);
+        if constexpr (kBuffered && F != Form::torch_first) buffer = rules::widen(b[i]);
         rules::update<float, F, N, D, S>(param, buffer, rules::widen(g[i]), k);
         write_param<P, R>(param, p, c, i, high, low);
-        if constexpr (Io::kBuffered) rules::narrow(buffer, b[i]);
+        if constexpr (kBuffered) rules::narrow(buffer, b[i]);
     }
+}
+
+// A range [off, off + n) of a tensor. It never crosses an index that is a multiple of 2^32 (the
+// driver cuts it), so the stochastic rounding's key of the index's high bits is taken once.
+template <class P, Rounding R, class B, Form F, bool N, Decay D, bool S>
+void fused_span(const TensorRef& t, int64_t off, int64_t n, const Coeffs<float> k,
+                std::uint64_t key) {
+    const Streams<P, R, B> io(t, off);
+    const std::uint32_t high = rules::index_key(key, off);
+    const auto low = static_cast<std::uint32_t>(off);
+#ifdef FM_HAVE_F16C
+    if constexpr (std::is_same_v<B, f16>) {
+        // A block of the float16 buffer is widened by F16C onto the stack, updated there with
+        // the other arrays in one pass, and narrowed back by F16C.
+        alignas(32) float buffer[kQuantBlock];
+        for (int64_t start = 0; start < n; start += kQuantBlock) {
+            const int64_t m = std::min(kQuantBlock, n - start), whole = m / 8 * 8;
+            f16* b = io.b + start;
+            if constexpr (F != Form::torch_first) {
+                for (int64_t i = 0; i < whole; i += 8) widen8(b + i, buffer + i);
+                for (int64_t i = whole; i < m; ++i) buffer[i] = rules::widen(b[i]);
+            }
+            fused_loop<P, R, float, F, N, D, S>(io.p + start, io.g + start,
+                                                io.c ? io.c + start : nullptr, buffer, m, k, high,
+                                                low + static_cast<std::uint32_t>(start));
+            for (int64_t i = 0; i < whole; i += 8) narrow8(buffer + i, b + i);
+            for (int64_t i = whole; i < m; ++i) rules::narrow(buffer[i], b[i]);
+        }
+        return;
+    }
+#endif
+    fused_loop<P, R, B, F, N, D, S>(io.p, io.g, io.c, io.b, n, k, high, low);
 }
 
 // The same with an 8-bit buffer, block by block: the block's new values are kept in L1 with

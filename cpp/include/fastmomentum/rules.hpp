@@ -211,6 +211,9 @@ FM_HOST_DEVICE inline float widen(const f16 h) {
     return float_of(o | ((std::uint32_t{h.bits} & 0x8000u) << 16));
 }
 
+// float32 storage narrows to itself (for templates over storage).
+FM_HOST_DEVICE inline void narrow(const float x, float& out) { out = x; }
+
 // Narrowing to nearest, ties to even: ml_dtypes' float32 -> bfloat16 and NumPy's float32 ->
 // float16 (overflow to infinity, subnormals kept). A NaN stays a (quiet) NaN. The result is an
 // out-parameter so that templates over the storage type pick the overload.
