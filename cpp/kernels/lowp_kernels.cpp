@@ -9,14 +9,15 @@
 //   * fused, for the kinds people train with (fused_kernel lists them): ONE vectorised loop per
 //     element range reads and widens p, g and b, updates, narrows and writes. At these byte
 //     counts the conversions, not memory, bound the step, and the streams flow best when every
-//     array advances together. Each is a template over the kind and the update's variant (48
-//     with a buffer, 8 without), so these kinds multiply instantiations: 7 kinds, 352 loops,
-//     about 24 s of compile time and 0.8 MB of code per ISA object. (Always scaling the
-//     gradient and folding "no decay" into a factor 1 would be exact and need 132, but costs a
-//     third more compute per element, which is the bound here.)
-//   * staged, for every other kind: a chunk of blocks is widened into float32 buffers on the
-//     stack, updated there by the float32 span (update_span.hpp, the float32 kernel's own
-//     instantiations) and narrowed back. The storage combinations add up instead of multiplying.
+//     array advances together. Each is a template over the kind and the update's variant (32
+//     with a buffer, 8 without: the torch convention's first step, once per parameter, is
+//     staged), so these kinds multiply instantiations: 7 kinds, 240 loops. (Always scaling the
+//     gradient and folding "no decay" into a factor 1 would be exact and need a third of them,
+//     but costs a third more compute per element, which is the bound here.)
+//   * staged, for every other kind and for the first step: a chunk of blocks is widened into
+//     float32 buffers on the stack, updated there by the float32 span (update_span.hpp, the
+//     float32 kernel's own instantiations) and narrowed back. The storage combinations add up
+//     instead of multiplying.
 
 #include <algorithm>
 #include <cstdint>
@@ -90,8 +91,8 @@ void fused_loop(P* __restrict p, const P* __restrict g, P* __restrict c, B* __re
     constexpr bool kBuffered = !std::is_same_v<B, NoBuffer>;
 #pragma omp simd
     for (int64_t i = 0; i < n; ++i) {
-        float param = read_param<P, R>(p, c, i), buffer = 0.0f;
-        if constexpr (kBuffered && F != Form::torch_first) buffer = rules::widen(b[i]);
+        float param = read_param<P, R>(p, c, i), buffer = 0.0f;  // no buffer: plain form
+        if constexpr (kBuffered) buffer = rules::widen(b[i]);
         rules::update<float, F, N, D, S>(param, buffer, rules::widen(g[i]), k);
         write_param<P, R>(param, p, c, i, high, low);
         if constexpr (kBuffered) rules::narrow(buffer, b[i]);
@@ -114,10 +115,8 @@ void fused_span(const TensorRef& t, int64_t off, int64_t n, const Coeffs<float> 
         for (int64_t start = 0; start < n; start += kQuantBlock) {
             const int64_t m = std::min(kQuantBlock, n - start), whole = m / 8 * 8;
             f16* b = io.b + start;
-            if constexpr (F != Form::torch_first) {
-                for (int64_t i = 0; i < whole; i += 8) widen8(b + i, buffer + i);
-                for (int64_t i = whole; i < m; ++i) buffer[i] = rules::widen(b[i]);
-            }
+            for (int64_t i = 0; i < whole; i += 8) widen8(b + i, buffer + i);
+            for (int64_t i = whole; i < m; ++i) buffer[i] = rules::widen(b[i]);
             fused_loop<P, R, float, F, N, D, S>(io.p + start, io.g + start,
                                                 io.c ? io.c + start : nullptr, buffer, m, k, high,
                                                 low + static_cast<std::uint32_t>(start));
@@ -150,8 +149,7 @@ void fused_quantized(const TensorRef& t, int64_t off, int64_t n, const Coeffs<fl
         float largest = 0.0f, nonfinite = 0.0f;
 #pragma omp simd reduction(max : largest) reduction(+ : nonfinite)
         for (int64_t i = 0; i < m; ++i) {
-            float param = read_param<P, R>(p, c, i), buffer = 0.0f;
-            if constexpr (F != Form::torch_first) buffer = rules::dequantized(codes[i], scale);
+            float param = read_param<P, R>(p, c, i), buffer = rules::dequantized(codes[i], scale);
             rules::update<float, F, N, D, S>(param, buffer, rules::widen(g[i]), k);
             write_param<P, R>(param, p, c, i, high, low);
             fresh[i] = buffer;
@@ -173,8 +171,10 @@ FusedFn fused_of(Form f, bool nesterov, Decay d, bool scale_grad) {
         constexpr Form F = decltype(Fc)::value;
         constexpr bool N = decltype(Nc)::value, S = decltype(Sc)::value;
         constexpr Decay D = decltype(Dc)::value;
-        // A kind with a buffer in a call without one (momentum 0): staged.
-        if constexpr (std::is_same_v<B, NoBuffer> != (F == Form::plain)) return nullptr;
+        // A kind with a buffer in a call without one (momentum 0), and the torch convention's
+        // first step (once per parameter), are staged.
+        if constexpr (std::is_same_v<B, NoBuffer> != (F == Form::plain) || F == Form::torch_first)
+            return nullptr;
         else if constexpr (std::is_same_v<B, Quantized>) return &fused_quantized<P, R, F, N, D, S>;
         else return &fused_span<P, R, B, F, N, D, S>;
     });
@@ -374,47 +374,59 @@ std::uint64_t key_of(const TensorRef& t, const Hyper& h, const Kind& kind) {
 // per range).
 constexpr int64_t kKeyBlocks = (int64_t{1} << 32) / kQuantBlock;
 
-int fused(const TensorRef* tensors, std::size_t count, const Hyper& h, const Kind& kind,
-          const Launch& launch, const Coeffs<float>& k, FusedFn regular, FusedFn first) {
-    return for_each_block_range(tensors, count, kind, launch, [&](const TensorRef& t, int64_t a, int64_t e) {
-        const std::uint64_t key = key_of(t, h, kind);
-        const FusedFn run = t.first_step ? first : regular;
-        for (int64_t j = a, next; j < e; j = next) {
-            next = std::min(e, (j / kKeyBlocks + 1) * kKeyBlocks);
-            const int64_t off = j * kQuantBlock;
-            run(t, off, std::min(next * kQuantBlock, t.size) - off, k, key);
-        }
-    });
-}
+// The staged path of one call: run(t, a, e) updates tensor t's blocks [a, e).
+class Staged {
+public:
+    Staged(const Hyper& h, const Kind& kind, const Coeffs<float>& k, Decay decay, bool scale_grad)
+        : h_(h),
+          kind_(kind),
+          k_(k),
+          regular_(pick<float>(rules::form_of(h, false), h.nesterov, decay, scale_grad)),
+          first_(pick<float>(rules::form_of(h, true), h.nesterov, decay, scale_grad)),
+          // The torch convention's first step sets b <- g without reading b.
+          first_reads_buf_(rules::form_of(h, true) != Form::torch_first),
+          stages_(stages_of(kind)) {}
 
-int staged(const TensorRef* tensors, std::size_t count, const Hyper& h, const Kind& kind,
-           const Launch& launch, const Coeffs<float>& k, Decay decay, bool scale_grad) {
-    const SpanFn<float> regular = pick<float>(rules::form_of(h, false), h.nesterov, decay, scale_grad);
-    const SpanFn<float> first = pick<float>(rules::form_of(h, true), h.nesterov, decay, scale_grad);
-    // The torch convention's first step sets b <- g without reading b.
-    const bool first_reads_buf = rules::form_of(h, true) != Form::torch_first;
-    const Stages stages = stages_of(kind);
-    return for_each_block_range(tensors, count, kind, launch, [&](const TensorRef& t, int64_t a, int64_t e) {
+    void run(const TensorRef& t, int64_t a, int64_t e) const {
         Chunk param_block, grad_block, buf_block;
-        const std::uint64_t key = key_of(t, h, kind);
-        const SpanFn<float> span = t.first_step ? first : regular;
-        const bool reads_buf = t.buf != nullptr && (!t.first_step || first_reads_buf);
+        const std::uint64_t key = key_of(t, h_, kind_);
+        const SpanFn<float> span = t.first_step ? first_ : regular_;
+        const bool reads_buf = t.buf != nullptr && (!t.first_step || first_reads_buf_);
+        const Stages& s = stages_;
         // Chunks end at multiples of kChunkBlocks blocks, a divisor of kKeyBlocks.
         for (int64_t j = a, next; j < e; j = next) {
             next = std::min(e, (j / kChunkBlocks + 1) * kChunkBlocks);
             const int64_t off = j * kQuantBlock;
             const int64_t n = std::min((next - j) * kQuantBlock, t.size - off);
-            float* p = stages.param ? param_block : static_cast<float*>(t.param) + off;
-            const float* g = stages.grad ? grad_block : static_cast<const float*>(t.grad) + off;
-            float* b = t.buf == nullptr ? nullptr : stages.buf ? buf_block : static_cast<float*>(t.buf) + off;
-            if (stages.param) stages.param(t, off, n, p);
-            if (stages.grad) stages.grad(t, off, n, grad_block);
-            if (b && stages.buf && reads_buf) stages.buf(t, off, n, buf_block);
-            span(TensorRef{p, g, b, n, t.first_step}, 0, n, k);
-            if (stages.param_back) stages.param_back(t, off, n, p, key);
-            if (b && stages.buf_back) stages.buf_back(t, off, n, b);
+            float* p = s.param ? param_block : static_cast<float*>(t.param) + off;
+            const float* g = s.grad ? grad_block : static_cast<const float*>(t.grad) + off;
+            float* b = t.buf == nullptr ? nullptr : s.buf ? buf_block : static_cast<float*>(t.buf) + off;
+            if (s.param) s.param(t, off, n, p);
+            if (s.grad) s.grad(t, off, n, grad_block);
+            if (b && s.buf && reads_buf) s.buf(t, off, n, buf_block);
+            span(TensorRef{p, g, b, n, t.first_step}, 0, n, k_);
+            if (s.param_back) s.param_back(t, off, n, p, key);
+            if (b && s.buf_back) s.buf_back(t, off, n, b);
         }
-    });
+    }
+
+private:
+    const Hyper& h_;
+    const Kind& kind_;
+    const Coeffs<float> k_;
+    const SpanFn<float> regular_, first_;
+    const bool first_reads_buf_;
+    const Stages stages_;
+};
+
+// The fused function's run over tensor t's blocks [a, e), cut at multiples of kKeyBlocks.
+void run_fused(FusedFn fn, const TensorRef& t, int64_t a, int64_t e, const Coeffs<float>& k,
+               std::uint64_t key) {
+    for (int64_t j = a, next; j < e; j = next) {
+        next = std::min(e, (j / kKeyBlocks + 1) * kKeyBlocks);
+        const int64_t off = j * kQuantBlock;
+        fn(t, off, std::min(next * kQuantBlock, t.size) - off, k, key);
+    }
 }
 
 }  // namespace
@@ -426,9 +438,12 @@ int sgd_lowp(const TensorRef* tensors, std::size_t count, const Hyper& h, const 
     const bool scale_grad = rules::scales_grad(k);
     const FusedFn regular = fused_kernel(kind, rules::form_of(h, false), h.nesterov, decay, scale_grad);
     const FusedFn first = fused_kernel(kind, rules::form_of(h, true), h.nesterov, decay, scale_grad);
-    if (regular != nullptr && first != nullptr)
-        return fused(tensors, count, h, kind, launch, k, regular, first);
-    return staged(tensors, count, h, kind, launch, k, decay, scale_grad);
+    const Staged staged(h, kind, k, decay, scale_grad);
+    return for_each_block_range(tensors, count, kind, launch, [&](const TensorRef& t, int64_t a, int64_t e) {
+        const FusedFn fused = t.first_step ? first : regular;
+        if (fused == nullptr) staged.run(t, a, e);
+        else run_fused(fused, t, a, e, k, key_of(t, h, kind));
+    });
 }
 
 }  // namespace fastmomentum::FM_ISA
