@@ -310,3 +310,19 @@ def test_gpu_arrays_are_refused():
     with pytest.raises(TypeError, match=r"params\[1\] is a CUDA array: fastmomentum\.distributed "
                                         r"updates NumPy arrays only"):
         FlatGrads([host, FakeCudaArray()])
+
+
+def test_low_precision_state_with_distributed_sgd(tmp_path):
+    """DistributedSGD stores the momentum as fm.SGD does for each state_dtype (the same bits as
+    fm.SGD stepped with the averaged gradients, 2 ranks); 16-bit parameters and ShardedSGD's
+    state_dtype are refused on every rank, saying what to do."""
+    mpirun(2, "lowp", str(tmp_path))
+    for r in range(2):
+        lines = (tmp_path / f"lowp.rank{r}.txt").read_text().splitlines()
+        found = dict(line.split(": ", 1) for line in lines)
+        assert found.keys() == {"bfloat16", "float16", "int8", "bf16-params", "sharded-state"}
+        assert found["bfloat16"] == found["float16"] == found["int8"] == "True", lines
+        assert "params[1] is bfloat16: fastmomentum.distributed reduces gradients with MPI, " \
+               "which has no 16-bit float type" in found["bf16-params"]
+        assert "state_dtype='int8': ShardedSGD keeps each shard's momentum in its parameters' " \
+               "dtype" in found["sharded-state"]

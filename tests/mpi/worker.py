@@ -204,6 +204,41 @@ def mismatch(out: Path) -> None:
     (out / f"mismatch.rank{RANK}.txt").write_text("\n".join(messages))
 
 
+def lowp(out: Path) -> None:
+    """DistributedSGD with each state_dtype against fm.SGD stepped with the gradients it reduced
+    (its grad_buffers after a step): "<state_dtype>: <same bits>"; then the refusals of 16-bit
+    parameters and of ShardedSGD's state_dtype, "<what>: <message>"."""
+    import ml_dtypes
+
+    lines = []
+    case = CASES["torch-heavyball"]
+    for state_dtype in ("bfloat16", "float16", "int8"):
+        hyper = dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3,
+                     state_dtype=state_dtype)
+        dist = DistributedSGD(COMM, make_params(case, SEED), deterministic=True, **hyper)
+        alone = fm.SGD(make_params(case, SEED), **hyper)
+        for step in range(3):
+            dist.step(make_grads(case, SEED, step, RANK, WORLD))
+            # the buffers hold the ranks' sum, which the step scales by 1/world as a loss scale
+            alone.step([g.copy() for g in dist.grad_buffers], loss_scale=WORLD)
+        def stored(opt: Any) -> list[bytes]:  # each buffer's bytes (an 8-bit one's two arrays)
+            return [np.asarray(a).tobytes() for entry in opt.state_dict()["state"].values()
+                    for buf in entry.values() for a in (buf if isinstance(buf, tuple) else [buf])]
+
+        same = [p.tobytes() for p in dist._params()] == [p.tobytes() for p in alone._params()] \
+            and stored(dist) == stored(alone)
+        lines.append(f"{state_dtype}: {same and dist.state_nbytes == alone.state_nbytes}")
+    try:
+        DistributedSGD(COMM, [np.ones(4, np.float32), np.ones(4, ml_dtypes.bfloat16)], lr=0.1)
+    except TypeError as error:
+        lines.append(f"bf16-params: {error}")
+    try:
+        ShardedSGD(COMM, make_params(case, SEED), lr=0.1, momentum=0.9, state_dtype="int8")
+    except ValueError as error:
+        lines.append(f"sharded-state: {error}")
+    (out / f"lowp.rank{RANK}.txt").write_text("\n".join(lines))
+
+
 def peeking_schedule(peek: bool) -> str:
     """A ShardedSGD's parameters after 3 steps whose schedule (``peek``) gathers the state
     between the step's reduce-scatter and its kernels, as a schedule that logs it would."""
@@ -230,5 +265,7 @@ if __name__ == "__main__":
         resume(Path(sys.argv[3]), out, sys.argv[4])
     elif mode == "mismatch":
         mismatch(out)
+    elif mode == "lowp":
+        lowp(out)
     else:
         raise SystemExit(f"unknown mode {mode!r}")

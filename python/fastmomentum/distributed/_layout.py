@@ -49,6 +49,11 @@ class FlatGrads:
             if is_device_array(p):  # the buffers, messages and shards here are host memory
                 raise TypeError(f"params[{i}] is a CUDA array: fastmomentum.distributed updates "
                                 "NumPy arrays only (GPU arrays are not supported)")
+            if p.dtype not in (np.float32, np.float64):  # MPI has no 16-bit float type
+                raise TypeError(f"params[{i}] is {p.dtype}: fastmomentum.distributed reduces "
+                                "gradients with MPI, which has no 16-bit float type; keep "
+                                "float32 parameters (DistributedSGD's state_dtype= stores the "
+                                "momentum in 16 or 8 bits) or step 16-bit ones with fm.SGD")
         sizes: dict[np.dtype[Any], int] = {}
         self.places: list[Place] = []
         for i, p in enumerate(params):

@@ -110,7 +110,8 @@ class DistributedSGD(SGD):
         """One array per parameter (its shape and dtype, in parameter order), views into the
         flat buffers that are reduced: gradients written there (e.g. ``np.matmul(..., out=...)``)
         and passed to :meth:`step` as they are, ``step(opt.grad_buffers)``, are not copied. After
-        a step they hold the averaged gradients. Any other array passed is copied in."""
+        a step they hold the ranks' sum of the gradients (the update divides it by the world size,
+        as it would a loss scale). Any other array passed is copied in."""
         return list(self._grads.views)
 
     @property

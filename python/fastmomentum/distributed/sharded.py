@@ -75,6 +75,11 @@ class ShardedSGD(SGD):
         self.comm: MPI.Intracomm = check_comm(comm)
         refused: Exception | None = None
         try:  # a rank whose arrays or arguments are refused raises on every rank, not alone
+            if options.get("state_dtype") not in (None, "float32", "float64"):
+                raise ValueError(
+                    f"state_dtype={options['state_dtype']!r}: ShardedSGD keeps each shard's "
+                    "momentum in its parameters' dtype (state_dict() gathers the shards into one "
+                    "buffer per parameter); low-precision state is for fm.SGD and DistributedSGD")
             groups = group_arrays(params)
             shard_groups = self._shard(groups, deterministic)
             super().__init__(shard_groups, lr, momentum, dampening, weight_decay, nesterov,
