@@ -146,17 +146,16 @@ void fused_quantized(const TensorRef& t, int64_t off, int64_t n, const Coeffs<fl
         const float scale = t.scales[at / kQuantBlock];
         const auto low = static_cast<std::uint32_t>(at);
         alignas(64) float fresh[kQuantBlock];
-        float largest = 0.0f, nonfinite = 0.0f;
-#pragma omp simd reduction(max : largest) reduction(+ : nonfinite)
+        std::uint32_t largest = 0;
+#pragma omp simd reduction(max : largest)
         for (int64_t i = 0; i < m; ++i) {
             float param = read_param<P, R>(p, c, i), buffer = rules::dequantized(codes[i], scale);
             rules::update<float, F, N, D, S>(param, buffer, rules::widen(g[i]), k);
             write_param<P, R>(param, p, c, i, high, low);
             fresh[i] = buffer;
-            largest = rules::larger_magnitude(largest, buffer);
-            nonfinite += rules::nonfinite_term(buffer);
+            largest = std::max(largest, rules::magnitude_bits(buffer));
         }
-        const rules::QuantScale q = rules::quant_scale(largest, nonfinite == 0.0f);
+        const rules::QuantScale q = rules::quant_scale_of_bits(largest);
         rules::encode_block(fresh, m, q, codes);
         t.scales[at / kQuantBlock] = q.scale;
     }

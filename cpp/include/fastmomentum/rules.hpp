@@ -13,6 +13,7 @@
 // is compiled for (FM_ISA), so each ISA's copy has its own mangled names and the linker can never
 // substitute, say, the AVX-512 copy into the baseline path (cmake/check_isa_symbols.cmake checks).
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -402,11 +403,15 @@ FM_HOST_DEVICE inline T nonfinite_term(const T g) {
 #if !defined(__CUDACC__)
 // Host code (the CPU kernels and _core.convert); the CUDA kernel reduces across its threads.
 
-// One step of a block's reduction: the largest magnitude so far, with v. (Beside it, a sum of
-// nonfinite_term tells whether every value was finite.)
-inline float larger_magnitude(const float largest, const float v) {
-    const float a = std::fabs(v);
-    return a > largest ? a : largest;
+// A block's reduction runs over the bits of its values' magnitudes: as integers they order as
+// the magnitudes do, and every infinity's and NaN's exceed every finite value's, so one integer
+// maximum gives both the largest magnitude and whether all were finite (one vector operation
+// per element, where a float maximum would need a second reduction to see a NaN).
+inline std::uint32_t magnitude_bits(const float v) { return bits_of(v) & 0x7fffffffu; }
+
+// The scale of a block whose largest magnitude_bits is `largest`.
+inline QuantScale quant_scale_of_bits(const std::uint32_t largest) {
+    return quant_scale(float_of(largest), largest < 0x7f800000u);
 }
 
 // The codes of one 8-bit block of n <= kQuantBlock new values x, whose scale is q.
@@ -419,13 +424,10 @@ inline void encode_block(const float* __restrict x, const std::int64_t n, const 
 // One 8-bit block of n <= kQuantBlock new values x: its codes into `codes`, its scale returned.
 inline float quantize_block(const float* __restrict x, const std::int64_t n,
                             std::int8_t* __restrict codes) {
-    float largest = 0.0f, nonfinite = 0.0f;
-#pragma omp simd reduction(max : largest) reduction(+ : nonfinite)
-    for (std::int64_t i = 0; i < n; ++i) {
-        largest = larger_magnitude(largest, x[i]);
-        nonfinite += nonfinite_term(x[i]);
-    }
-    const QuantScale q = quant_scale(largest, nonfinite == 0.0f);
+    std::uint32_t largest = 0;
+#pragma omp simd reduction(max : largest)
+    for (std::int64_t i = 0; i < n; ++i) largest = std::max(largest, magnitude_bits(x[i]));
+    const QuantScale q = quant_scale_of_bits(largest);
     encode_block(x, n, q, codes);
     return q.scale;
 }
