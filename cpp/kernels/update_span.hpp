@@ -7,11 +7,7 @@
 #include <cstdint>
 
 #include "fastmomentum/kernels.hpp"
-#include "fastmomentum/rules.hpp"
-
-#ifndef FM_ISA
-#error "Define FM_ISA (the instruction-set namespace) first."
-#endif
+#include "fastmomentum/rules.hpp"  // (which stops a build without FM_ISA)
 
 namespace fastmomentum::FM_ISA {
 namespace {
