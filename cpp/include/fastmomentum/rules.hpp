@@ -340,10 +340,13 @@ FM_HOST_DEVICE inline float quant_magnitude(const std::uint32_t m) {
 }
 
 FM_HOST_DEVICE inline float dequantized(const std::int8_t k, const float scale) {
+    // |k| as (k ^ sign) - sign in 32 bits: the compilers' own abs of an int8 widens the codes
+    // twice (once for the magnitude, once for the sign), a quarter of the decoding's time.
     const std::int32_t code = k;
-    const float magnitude = quant_magnitude(static_cast<std::uint32_t>(code < 0 ? -code : code));
+    const std::int32_t sign = code >> 31;  // 0 or -1
+    const float magnitude = quant_magnitude(static_cast<std::uint32_t>((code ^ sign) - sign));
     // k's sign bit onto the magnitude: (k < 0 ? -F : F), negation being exact.
-    return float_of(bits_of(magnitude) | (static_cast<std::uint32_t>(code) & 0x80000000u)) * scale;
+    return float_of(bits_of(magnitude) | (static_cast<std::uint32_t>(sign) & 0x80000000u)) * scale;
 }
 
 // A block's scale, and the factor its values are multiplied by before rounding to a code, from
