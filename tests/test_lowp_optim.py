@@ -193,6 +193,63 @@ def test_a_bfloat16_run_resumes_from_a_checkpoint_bit_for_bit(tmp_path):
         same(a, b)
 
 
+def test_the_seed_is_saved_and_a_resumed_run_takes_it():
+    """An optimizer built with another seed continues the saved run's stochastic rounding bit for
+    bit: load_state_dict restores the saved seed."""
+    def make(params, seed):
+        return fm.SGD(params, lr=0.05, momentum=0.9, param_rounding="stochastic", seed=seed)
+
+    straight = arrays(BF16)
+    opt = make(straight, 1234)
+    for step in range(4):
+        opt.step(grads_at(step))
+    resumed = arrays(BF16)
+    first = make(resumed, 1234)
+    for step in range(2):
+        first.step(grads_at(step))
+    saved = first.state_dict()
+    assert saved["seed"] == 1234 and saved["param_rounding"] == "stochastic"
+    second = make(resumed, 0)
+    second.load_state_dict(saved)
+    assert second.seed == 1234
+    for step in range(2, 4):
+        second.step(grads_at(step))
+    for a, b in zip(straight, resumed, strict=True):
+        same(a, b)
+
+
+@pytest.mark.parametrize(("name", "value"), [("param_rounding", "nearest"),
+                                             ("state_dtype", "int8"), ("seed", 5)])
+def test_the_storage_settings_are_fixed_at_construction(name, value):
+    """Changing param_rounding on a live optimizer would drop (or keep using) the compensations
+    the state holds; state_dtype and seed are the state's too: setting them says what to do."""
+    params = arrays(BF16)
+    opt = fm.SGD(params, lr=1e-3, momentum=0.9)
+    opt.step(grads_at(0))
+    before = getattr(opt, name)
+    with pytest.raises(AttributeError, match=rf"{name} is fixed at construction .* build a new "
+                                             r"optimizer .* load_state_dict\(old.state_dict\(\)\)"):
+        setattr(opt, name, value)
+    assert getattr(opt, name) == before
+
+
+@pytest.mark.parametrize("rounding", ["stochastic", "nearest"])
+def test_kahan_compensations_are_refused_where_they_would_be_dropped(rounding):
+    """A Kahan state loaded into an optimizer that rounds otherwise would lose the parameters'
+    low bits: refused, and nothing changes."""
+    params = arrays(BF16)
+    kahan = fm.SGD(params, lr=1e-3, momentum=0.9)
+    kahan.step(grads_at(0))
+    other = fm.SGD([p.copy() for p in params], lr=1e-3, momentum=0.9, param_rounding=rounding)
+    before = other.state_dict()
+    with pytest.raises(ValueError, match=r"state\[0\] holds a Kahan compensation, the low bits "
+                                         rf"of its parameter, but this optimizer's "
+                                         rf"param_rounding is '{rounding}'"):
+        other.load_state_dict(kahan.state_dict())
+    assert other.state_dict()["state"].keys() == before["state"].keys()
+    assert other.iterations == 0
+
+
 def test_a_kahan_state_survives_a_checkpoint(tmp_path):
     params = arrays(BF16)
     opt = fm.SGD(params, lr=1e-3, momentum=0.9)

@@ -397,9 +397,9 @@ class SGD:
         if param_rounding not in ("kahan", "stochastic", "nearest"):
             raise ValueError("param_rounding must be 'kahan', 'stochastic' or 'nearest', got "
                              f"{param_rounding!r}")
-        self.state_dtype: StateDtype | None = state_dtype
-        self.param_rounding: ParamRounding = param_rounding
-        self.seed = _count(seed, "seed")
+        self._state_dtype: StateDtype | None = state_dtype
+        self._param_rounding: ParamRounding = param_rounding
+        self._seed = _count(seed, "seed")
         self.nonfinite: NonFinite = nonfinite
         self.max_grad_norm = max_grad_norm
         _core.check_guard(self._guard(1.0))
@@ -523,7 +523,7 @@ class SGD:
 
     def _check_storage(self, params: Sequence[Any]) -> None:
         """The state storage suits every parameter (the arrays are checked already)."""
-        if self.state_dtype is not None and self.on_device:
+        if self._state_dtype is not None and self.on_device:
             raise ValueError(f"state_dtype={self.state_dtype!r}: low-precision state is for NumPy "
                              "arrays (the CUDA kernels take float32 and float64 state only)")
         for p in params:
@@ -536,7 +536,7 @@ class SGD:
 
     def _add_compensations(self, params: Sequence[Any], state: ArrayState) -> None:
         """Zero Kahan compensations, in ``state``, for the 16-bit parameters that have none."""
-        if self.param_rounding != "kahan":
+        if self._param_rounding != "kahan":
             return
         for p in params:
             if isinstance(p, np.ndarray) and p.dtype.itemsize == 2 and p.dtype.kind in "fV":
@@ -593,8 +593,8 @@ class SGD:
             weight_decay = _evaluate(weight_decay, step, "weight_decay")
         hyper = _new_hyper((self.style, lr, momentum, group["dampening"], nesterov,
                             weight_decay, group["weight_decay_mode"], s, group["maximize"],
-                            "stochastic" if self.param_rounding == "stochastic" else "nearest",
-                            self.seed, step))
+                            "stochastic" if self._param_rounding == "stochastic" else "nearest",
+                            self._seed, step))
         return hyper, momentum != 0.0
 
     @staticmethod
@@ -842,13 +842,44 @@ class SGD:
 
     # -- checkpoints ------------------------------------------------------------------------
 
+    @property
+    def state_dtype(self) -> StateDtype | None:
+        """How the momentum buffers are stored (the constructor's ``state_dtype``; fixed: the
+        state's arrays are made for it)."""
+        return self._state_dtype
+
+    @state_dtype.setter
+    def state_dtype(self, value: Any) -> None:
+        raise _fixed_at_construction("state_dtype", value)
+
+    @property
+    def param_rounding(self) -> ParamRounding:
+        """How 16-bit parameters take their updates (the constructor's ``param_rounding``;
+        fixed: with ``"kahan"`` the state holds compensations that the others would drop)."""
+        return self._param_rounding
+
+    @param_rounding.setter
+    def param_rounding(self, value: Any) -> None:
+        raise _fixed_at_construction("param_rounding", value)
+
+    @property
+    def seed(self) -> int:
+        """The stochastic rounding's seed (the constructor's, or a loaded state dict's)."""
+        return self._seed
+
+    @seed.setter
+    def seed(self, value: Any) -> None:
+        raise _fixed_at_construction("seed", value)
+
     def state_dict(self) -> dict[str, Any]:
         """PyTorch's layout, with only NumPy arrays and plain data::
 
             {"state": {index: {"momentum_buffer": array}},    # "velocity" for style="keras"
              "param_groups": [{"lr": ..., ..., "params": [index, ...]}],
              "style": "torch", "iterations": n,
-             "skipped_steps": k, "consecutive_skips": c}
+             "skipped_steps": k, "consecutive_skips": c,
+             "seed": s, "param_rounding": r}     # the stochastic rounding's seed, and how
+                                                 # 16-bit parameters round
 
         ``index`` is the parameter's position over all groups. Buffers are the live arrays (as in
         PyTorch): save or copy them before stepping on. A schedule from
@@ -871,14 +902,18 @@ class SGD:
             groups.append(saved)
         return {"state": state, "param_groups": groups, "style": self.style,
                 "iterations": self._iterations, "skipped_steps": self._skipped_steps,
-                "consecutive_skips": self._consecutive_skips}
+                "consecutive_skips": self._consecutive_skips, "seed": self._seed,
+                "param_rounding": self._param_rounding}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore ``state_dict()``'s content, or a ``torch.optim.SGD`` one (with NumPy arrays
         for its tensors; missing group keys take this optimizer's defaults). Buffers are copied
         into new arrays of the parameters' dtype; a state entry's other items are kept (deep
-        copies), and another style's buffer is refused. Everything is checked first, with the
-        rules of the constructor and a step: on an error, nothing changes."""
+        copies), and another style's buffer is refused. The stochastic rounding's seed is the
+        saved one (so that a resumed run continues bit for bit); Kahan compensations are refused
+        by an optimizer whose ``param_rounding`` is not ``"kahan"`` (they hold the parameters'
+        low bits). Everything is checked first, with the rules of the constructor and a step: on
+        an error, nothing changes."""
         busy = self._busy  # the lock released is the one taken (see _after_fork_in_child)
         if not busy.acquire(False):  # see _busy_error (not blocking)
             raise _busy_error("load_state_dict()")
@@ -920,6 +955,7 @@ class SGD:
                              f"{self.style!r}; convert it with fastmomentum.convert_state_dict")
         counters = {name: _count(state_dict.get(name, 0), name)
                     for name in ("iterations", "skipped_steps", "consecutive_skips")}
+        seed = _count(state_dict.get("seed", self._seed), "seed")
         iterations = counters["iterations"]
         saved_groups = state_dict["param_groups"]
         if not isinstance(saved_groups, (list, tuple)) or len(saved_groups) != len(params):
@@ -974,12 +1010,18 @@ class SGD:
             buf = entry.get(key)
             extras = copy.deepcopy({k: v for k, v in entry.items() if k != key})
             if extras.get(COMPENSATION_KEY) is not None:
+                if self._param_rounding != "kahan":
+                    raise ValueError(
+                        f"state[{saved_index}] holds a Kahan compensation, the low bits of its "
+                        f"parameter, but this optimizer's param_rounding is "
+                        f"{self._param_rounding!r}; build it with param_rounding='kahan' to keep "
+                        "them")
                 extras[COMPENSATION_KEY] = _compensation(
                     extras[COMPENSATION_KEY], p, f"state[{saved_index}][{COMPENSATION_KEY!r}]")
             buffers.append((p, _NO_BUFFER if buf is None else
                             _host_buffer(buf, p, f"state[{saved_index}][{key!r}]"), extras))
         return _LoadedState(new_groups, buffers, iterations, counters["skipped_steps"],
-                            counters["consecutive_skips"])
+                            counters["consecutive_skips"], seed)
 
     def _install(self, loaded: _LoadedState, state: ArrayState) -> None:
         """Make a checked state dict's content this optimizer's (assignments only)."""
@@ -988,7 +1030,7 @@ class SGD:
         # leave half of them); a new groups list, as torch.optim's load_state_dict makes.
         self.__dict__.update(param_groups=loaded.groups, _state=state,
                              _iterations=loaded.iterations, _skipped_steps=loaded.skipped_steps,
-                             _consecutive_skips=loaded.consecutive_skips)
+                             _consecutive_skips=loaded.consecutive_skips, _seed=loaded.seed)
 
     # -- copies -----------------------------------------------------------------------------
 
@@ -1084,6 +1126,13 @@ def _new_guard(values: tuple[Any, ...]) -> Guard:
 _NO_BUFFER: Any = object()
 
 
+def _fixed_at_construction(name: str, value: Any) -> AttributeError:
+    return AttributeError(
+        f"{name} is fixed at construction (the optimizer's state is made for it), so "
+        f"{name}={value!r} cannot be set now: build a new optimizer with {name}={value!r} and "
+        "load_state_dict(old.state_dict()) into it")
+
+
 class _LoadedState(NamedTuple):
     """A state dict's content, checked (SGD._read_state_dict)."""
 
@@ -1093,6 +1142,7 @@ class _LoadedState(NamedTuple):
     iterations: int
     skipped_steps: int
     consecutive_skips: int
+    seed: int
 
 
 def _host_buffer(buf: Any, param: Any, where: str) -> Any:
