@@ -217,7 +217,7 @@ class State:
         out = [(f"params{at(i)}", p) for i, p in enumerate(self.params)]
         out += [(f"grads{at(i)}", g) for i, g in enumerate(self.grads)]
         for i, b in enumerate(self.buffers or []):
-            if isinstance(b, tuple):  # (codes, scales), or a bad tuple of another length
+            if isinstance(b, (tuple, list)):  # (codes, scales), or a bad tuple, or a list
                 parts = [".codes", ".scales"] + [f"[{k}]" for k in range(2, len(b))]
                 out += [(f"buffers{at(i)}{part}", a) for part, a in zip(parts, b, strict=False)]
             elif b is not None:

@@ -318,6 +318,47 @@ def test_a_missing_ml_dtypes_is_named(monkeypatch):
         fm.SGD([np.zeros(3, np.float32)], lr=0.1, state_dtype="bfloat16")
 
 
+def _bad_pairs(good):
+    return [((good.codes.copy(), good.scales[:2].copy()), ValueError,
+             r"\.scales must have shape \(3,\), one scale per block of 256 codes"),
+            ((good.codes.copy(), good.scales.astype(np.float64)), TypeError,
+             r"\.scales has dtype float64; an 8-bit buffer's scales are float32"),
+            ((good.codes.astype(np.int16), good.scales.copy()), TypeError,
+             r"\.codes has dtype int16; an 8-bit buffer's codes are int8"),
+            ([good.codes.copy(), good.scales.copy()], TypeError,
+             r" is a list: a buffer is a NumPy array, an 8-bit one a \(codes, scales\) tuple")]
+
+
+@pytest.mark.parametrize("case", range(4))
+def test_a_bad_saved_8bit_buffer_is_named_as_the_state_dict_holds_it(case):
+    p = np.ones(600, np.float32)
+    opt = fm.SGD([p], lr=0.1, momentum=0.9, state_dtype="int8")
+    opt.step([np.ones(600, np.float32)])
+    good = opt.state[p]["momentum_buffer"]
+    bad, error, message = _bad_pairs(good)[case]
+    saved = {**opt.state_dict(), "state": {0: {"momentum_buffer": bad}}}
+    with pytest.raises(error, match=r"state\[0\]\['momentum_buffer'\]" + message):
+        opt.load_state_dict(saved)
+    assert opt.state[p]["momentum_buffer"] is good
+
+
+def test_a_bfloat16_checkpoint_without_ml_dtypes_says_to_install_it(tmp_path, monkeypatch):
+    """An intact file is not called corrupt: the error names the package to install."""
+    import builtins
+
+    fm.checkpoint.save(tmp_path / "b.npz", {"w": np.ones(3, BF16)})
+    real_import = builtins.__import__
+
+    def no_ml_dtypes(name, *args, **kwargs):
+        if name == "ml_dtypes":
+            raise ImportError("No module named 'ml_dtypes'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_ml_dtypes)
+    with pytest.raises(ImportError, match=r"bfloat16 arrays need the ml_dtypes package"):
+        fm.checkpoint.load(tmp_path / "b.npz")
+
+
 def test_a_saved_compensation_must_match_its_parameter():
     params = arrays(BF16)
     opt = fm.SGD(params, lr=0.1)

@@ -74,7 +74,12 @@ CASES = [
     ("compensations-too-many", lambda s: s.comps.append(None), {},
      ValueError, r"compensations has 4 entries but params has 3"),
     ("codes-uint8", lambda s: _with_codes(s, 2, np.zeros(SHAPES[2], np.uint8)), {},
-     TypeError, r"buffers\[2\]\.codes has dtype uint8"),
+     TypeError, r"buffers\[2\]\.codes has dtype uint8; an 8-bit buffer's codes are int8"),
+    ("codes-int16", lambda s: _with_codes(s, 2, np.zeros(SHAPES[2], np.int16)), {},
+     TypeError, r"buffers\[2\]\.codes has dtype int16; an 8-bit buffer's codes are int8"),
+    ("buffer-as-list", lambda s: s.buffers.__setitem__(2, list(s.buffers[2])), {},
+     TypeError, r"buffers\[2\] must be a numpy\.ndarray, got list \(an 8-bit buffer is a "
+                r"\(codes, scales\) tuple: fastmomentum\.QuantizedBuffer\)"),
     ("codes-float32", lambda s: _with_codes(s, 2, np.zeros(SHAPES[2], np.float32)), {},
      TypeError, r"buffers\[2\]\.codes has dtype float32; an 8-bit buffer's codes are int8"),
     ("codes-flat-for-2d", lambda s: s.buffers.__setitem__(

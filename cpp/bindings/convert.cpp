@@ -89,9 +89,14 @@ void convert(py::handle src_obj, py::handle dst_obj) {
         if (side->scales) {
             const Checked& codes = *side->values;
             const Checked& scales = *side->scales;
-            if (codes.desc.dtype != Dtype::i8 || scales.desc.dtype != Dtype::f32)
-                throw py::type_error(codes.where.str() + ": an 8-bit buffer's codes are int8 and "
-                                     "its scales float32");
+            if (codes.desc.dtype != Dtype::i8)
+                throw py::type_error(codes.where.str() + " has dtype " +
+                                     dtype_name(codes.desc.dtype) +
+                                     "; an 8-bit buffer's codes are int8");
+            if (scales.desc.dtype != Dtype::f32)
+                throw py::type_error(scales.where.str() + " has dtype " +
+                                     dtype_name(scales.desc.dtype) +
+                                     "; an 8-bit buffer's scales are float32");
             const std::int64_t blocks = (codes.desc.size + kQuantBlock - 1) / kQuantBlock;
             if (scales.desc.ndim != 1 || scales.desc.shape[0] != blocks)
                 throw py::value_error(scales.where.str() + " must have shape (" +

@@ -25,6 +25,9 @@ constexpr int kWriteable = py::detail::npy_api::NPY_ARRAY_WRITEABLE_;
     std::string msg = where.str() + " must be a numpy.ndarray, got " + type_name(obj);
     if (PyObject_HasAttrString(reinterpret_cast<PyObject*>(Py_TYPE(obj)), "__cuda_array_interface__"))
         msg += " (a CUDA array: a step's arrays must all be NumPy arrays or all be on one GPU)";
+    else if (PyList_Check(obj) && where.part[0] == '\0' &&
+             (std::string(where.list) == "buffers" || std::string(where.list) == "velocities"))
+        msg += " (an 8-bit buffer is a (codes, scales) tuple: fastmomentum.QuantizedBuffer)";
     throw py::type_error(msg);
 }
 
@@ -61,9 +64,12 @@ void read_host_array(Checked& out, PyObject* obj, Access access) {
         a.dtype = Dtype::bf16;
     } else {
         const std::string dtype = py::str(reinterpret_cast<PyObject*>(fields->descr)).cast<std::string>();
+        // An 8-bit buffer's parts have dtypes of their own (the step checks float ones there).
+        const bool codes = std::string(where.part) == ".codes";
         throw py::type_error(where.str() + " has dtype " + dtype +
-                             "; expected float32, float64, bfloat16 (ml_dtypes) or float16 in "
-                             "native byte order");
+                             (codes ? "; an 8-bit buffer's codes are int8"
+                                    : "; expected float32, float64, bfloat16 (ml_dtypes) or "
+                                      "float16 in native byte order"));
     }
     a.data = fields->data;
     a.ndim = fields->nd;

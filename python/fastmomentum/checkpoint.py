@@ -246,11 +246,14 @@ def from_arrays(arrays: Mapping[str, Any]) -> Any:
     """Rebuild the tree from :func:`to_arrays`' mapping (or an opened ``np.load`` file), format
     ``/2`` or ``/1``, after the checks of the module docstring.
 
-    Raises ``ValueError`` for anything that is not an intact fastmomentum checkpoint."""
+    Raises ``ValueError`` for anything that is not an intact fastmomentum checkpoint, and
+    ``ImportError`` for bfloat16 arrays without ml_dtypes installed."""
     try:
         return _read(arrays, fresh=False)
     except _Refused as e:
         raise ValueError(str(e)) from None
+    except ImportError:  # an intact file whose bfloat16 arrays need ml_dtypes: says to install it
+        raise
     except Exception as e:  # whatever a damaged zip member makes NumPy or zipfile raise
         raise ValueError(f"corrupt fastmomentum checkpoint: {type(e).__name__}: {e}") from e
 
@@ -490,7 +493,8 @@ def load(path: PathLike) -> Any:
     the bytes its header declares. So the arrays a file makes ``load`` allocate never exceed the
     file's own size; the description's JSON, parsed into Python objects, costs up to about 25
     bytes per character of its text (a list of empty dicts; the file stores 4 bytes per
-    character). A missing or unreadable file raises ``OSError`` as ``open`` does."""
+    character). A missing or unreadable file raises ``OSError`` as ``open`` does; bfloat16 arrays
+    without ml_dtypes installed raise ``ImportError``."""
     name = os.fspath(path)
     with open(path, "rb") as file:
         try:
@@ -502,6 +506,8 @@ def load(path: PathLike) -> Any:
             file.seek(0)
             with np.load(file, allow_pickle=False) as arrays:
                 return _read(arrays, fresh=True)
+        except ImportError:  # an intact file whose bfloat16 arrays need ml_dtypes
+            raise
         except Exception as e:  # whatever a damaged file makes zipfile or NumPy raise
             what = str(e) if isinstance(e, _Refused) else \
                 f"corrupt fastmomentum checkpoint: {type(e).__name__}: {e}"

@@ -1158,8 +1158,14 @@ def _host_buffer(buf: Any, param: Any, where: str) -> Any:
         if _SHAPE(quantized.codes) != param_shape:
             raise ValueError(f"{where}'s codes have shape {_SHAPE(quantized.codes)} but its "
                              f"parameter has shape {param_shape}")
-        quantized.to_array()  # the kernels' checks of the pair (dtypes, scales' length)
+        try:  # the kernels' checks of the pair (dtypes, the scales' length, layouts)
+            quantized.to_array()
+        except (TypeError, ValueError) as error:  # named as the state dict holds it
+            raise type(error)(str(error).replace("src[0]", where)) from None
         return quantized
+    if isinstance(buf, list):
+        raise TypeError(f"{where} is a list: a buffer is a NumPy array, an 8-bit one a (codes, "
+                        "scales) tuple (fastmomentum.storage.QuantizedBuffer)")
     if is_device_array(buf):
         buf = backend_for(buf).to_host(buf)
     if not isinstance(buf, np.ndarray):
