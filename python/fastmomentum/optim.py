@@ -325,7 +325,7 @@ class SGD:
             ``seed``, the step count and the parameter's index, so a resumed run continues bit
             for bit) or ``"nearest"`` (lossy: an update below half a unit in the last place is
             lost).
-        seed: the key of stochastic rounding's random numbers (an int >= 0).
+        seed: the key of stochastic rounding's random numbers (an int >= 0 and < 2**63).
 
     Attributes:
         param_groups: the groups (dicts), editable between steps as in PyTorch.
