@@ -314,13 +314,16 @@ def test_gpu_arrays_are_refused():
 
 def test_low_precision_state_with_distributed_sgd(tmp_path):
     """DistributedSGD stores the momentum as fm.SGD does for each state_dtype (the same bits as
-    fm.SGD stepped with the averaged gradients, 2 ranks); 16-bit parameters and ShardedSGD's
-    state_dtype are refused on every rank, saying what to do."""
+    fm.SGD stepped with the reduced gradients, 2 ranks); 16-bit parameters and ShardedSGD's
+    state_dtype are refused on every rank, saying what to do; an 8-bit state dict loads into
+    ShardedSGD as its values."""
     mpirun(2, "lowp", str(tmp_path))
     for r in range(2):
         lines = (tmp_path / f"lowp.rank{r}.txt").read_text().splitlines()
         found = dict(line.split(": ", 1) for line in lines)
-        assert found.keys() == {"bfloat16", "float16", "int8", "bf16-params", "sharded-state"}
+        assert found.keys() == {"bfloat16", "float16", "int8", "bf16-params", "sharded-state",
+                                "sharded-int8-load"}
+        assert found["sharded-int8-load"] == "True", lines
         assert found["bfloat16"] == found["float16"] == found["int8"] == "True", lines
         assert "params[1] is bfloat16: fastmomentum.distributed reduces gradients with MPI, " \
                "which has no 16-bit float type" in found["bf16-params"]

@@ -218,19 +218,47 @@ def test_the_seed_is_saved_and_a_resumed_run_takes_it():
         same(a, b)
 
 
-@pytest.mark.parametrize(("name", "value"), [("param_rounding", "nearest"),
-                                             ("state_dtype", "int8"), ("seed", 5)])
-def test_the_storage_settings_are_fixed_at_construction(name, value):
+@pytest.mark.parametrize(("name", "value", "how"), [
+    ("param_rounding", "nearest", r"build a new optimizer with param_rounding='nearest' and "
+                                  r"load_state_dict\(old\.state_dict\(\)\) into it \(from 'kahan', "
+                                  r"fold the compensations into the parameters first"),
+    ("state_dtype", "int8", r"build a new optimizer with state_dtype='int8' and "
+                            r"load_state_dict\(old\.state_dict\(\)\) into it"),
+    ("seed", 5, r"load_state_dict restores the saved seed: set state_dict\['seed'\] = 5")])
+def test_the_storage_settings_are_fixed_at_construction(name, value, how):
     """Changing param_rounding on a live optimizer would drop (or keep using) the compensations
     the state holds; state_dtype and seed are the state's too: setting them says what to do."""
     params = arrays(BF16)
     opt = fm.SGD(params, lr=1e-3, momentum=0.9)
     opt.step(grads_at(0))
     before = getattr(opt, name)
-    with pytest.raises(AttributeError, match=rf"{name} is fixed at construction .* build a new "
-                                             r"optimizer .* load_state_dict\(old.state_dict\(\)\)"):
+    with pytest.raises(AttributeError, match=rf"{name} is fixed at construction .*: {how}"):
         setattr(opt, name, value)
     assert getattr(opt, name) == before
+
+
+@pytest.mark.parametrize("seed", [2**63, 2**64 + 5, np.uint64(2**63)])
+def test_a_seed_no_step_could_take_is_refused_on_load(seed):
+    params = arrays(BF16)
+    opt = fm.SGD(params, lr=1e-3, momentum=0.9, param_rounding="stochastic", seed=3)
+    saved = {**opt.state_dict(), "seed": seed}
+    with pytest.raises(ValueError, match=r"seed must be an int >= 0 and < 2\*\*63"):
+        opt.load_state_dict(saved)
+    assert opt.seed == 3
+    opt.step(grads_at(0))
+
+
+def test_a_pickle_from_before_the_settings_were_properties_still_steps():
+    """An optimizer pickled when state_dtype, param_rounding and seed were plain attributes (or
+    did not exist) unpickles with them as properties."""
+    opt = fm.SGD(arrays(np.float32), lr=0.1, momentum=0.9)
+    state = opt.__getstate__()
+    for name in ("_state_dtype", "_param_rounding", "_seed"):
+        del state[name]
+    old = fm.SGD.__new__(fm.SGD)
+    old.__setstate__({**state, "seed": 7})
+    assert (old.state_dtype, old.param_rounding, old.seed) == (None, "kahan", 7)
+    old.step(grads_at(0))
 
 
 @pytest.mark.parametrize("rounding", ["stochastic", "nearest"])
@@ -244,7 +272,8 @@ def test_kahan_compensations_are_refused_where_they_would_be_dropped(rounding):
     before = other.state_dict()
     with pytest.raises(ValueError, match=r"state\[0\] holds a Kahan compensation, the low bits "
                                          rf"of its parameter, but this optimizer's "
-                                         rf"param_rounding is '{rounding}'"):
+                                         rf"param_rounding is '{rounding}'; .* to leave Kahan, "
+                                         r"fold each into its parameter"):
         other.load_state_dict(kahan.state_dict())
     assert other.state_dict()["state"].keys() == before["state"].keys()
     assert other.iterations == 0
@@ -326,10 +355,12 @@ def _bad_pairs(good):
             ((good.codes.astype(np.int16), good.scales.copy()), TypeError,
              r"\.codes has dtype int16; an 8-bit buffer's codes are int8"),
             ([good.codes.copy(), good.scales.copy()], TypeError,
-             r" is a list: a buffer is a NumPy array, an 8-bit one a \(codes, scales\) tuple")]
+             r" is a list: a buffer is a NumPy array, an 8-bit one a \(codes, scales\) tuple"),
+            ((good.codes.copy(), good.scales.astype(np.int32)), TypeError,
+             r"\.scales has dtype int32; an 8-bit buffer's scales are float32")]
 
 
-@pytest.mark.parametrize("case", range(4))
+@pytest.mark.parametrize("case", range(5))
 def test_a_bad_saved_8bit_buffer_is_named_as_the_state_dict_holds_it(case):
     p = np.ones(600, np.float32)
     opt = fm.SGD([p], lr=0.1, momentum=0.9, state_dtype="int8")
@@ -357,6 +388,37 @@ def test_a_bfloat16_checkpoint_without_ml_dtypes_says_to_install_it(tmp_path, mo
     monkeypatch.setattr(builtins, "__import__", no_ml_dtypes)
     with pytest.raises(ImportError, match=r"bfloat16 arrays need the ml_dtypes package"):
         fm.checkpoint.load(tmp_path / "b.npz")
+
+
+def test_a_strided_saved_8bit_buffer_loads_copied():
+    """The load makes the optimizer's own buffer: a saved pair need not be contiguous."""
+    p = np.ones(600, np.float32)
+    opt = fm.SGD([p], lr=0.1, momentum=0.9, state_dtype="int8")
+    opt.step([np.ones(600, np.float32)])
+    good = opt.state[p]["momentum_buffer"]
+    codes, scales = np.repeat(good.codes, 2)[::2], np.repeat(good.scales, 2)[::2]
+    opt.load_state_dict({**opt.state_dict(), "state": {0: {"momentum_buffer": (codes, scales)}}})
+    same(opt.state[p]["momentum_buffer"].codes, good.codes)
+
+
+def test_an_8bit_state_converts_between_conventions():
+    """convert_state_dict takes an 8-bit buffer's values (float32; a load re-encodes them)."""
+    p = np.ones(600, np.float32)
+    opt = fm.SGD([p], lr=0.1, momentum=0.9, state_dtype="int8")
+    opt.step([np.linspace(-1, 1, 600, dtype=np.float32)])
+    keras = fm.convert_state_dict(opt.state_dict(), "keras")
+    velocity = keras["state"][0]["velocity"]
+    np.testing.assert_array_equal(
+        velocity, opt.state[p]["momentum_buffer"].to_array() * np.float32(-0.1))
+
+
+def test_a_compensation_for_a_float32_parameter_is_refused():
+    p = np.ones(6, np.float32)
+    opt = fm.SGD([p], lr=0.1, momentum=0.9)
+    saved = {**opt.state_dict(), "state": {0: {"compensation": np.zeros(6, np.float32)}}}
+    with pytest.raises(ValueError, match=r"state\[0\]\['compensation'\] is given but its parameter "
+                                         r"is float32: only bfloat16 and float16 parameters"):
+        opt.load_state_dict(saved)
 
 
 def test_a_saved_compensation_must_match_its_parameter():

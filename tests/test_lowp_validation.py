@@ -91,6 +91,8 @@ CASES = [
      ValueError, r"buffers\[2\]\.codes is not C-contiguous"),
     ("scales-float64", lambda s: _with_scales(s, 2, np.zeros(4, np.float64)), {},
      TypeError, r"buffers\[2\]\.scales has dtype float64; an 8-bit buffer's scales are float32"),
+    ("scales-int32", lambda s: _with_scales(s, 2, np.zeros(4, np.int32)), {},
+     TypeError, r"buffers\[2\]\.scales has dtype int32; an 8-bit buffer's scales are float32"),
     ("scales-float16", lambda s: _with_scales(s, 2, np.zeros(4, np.float16)), {},
      TypeError, r"buffers\[2\]\.scales has dtype float16"),
     ("scales-too-short", lambda s: _with_scales(s, 2, np.zeros(3, np.float32)), {},

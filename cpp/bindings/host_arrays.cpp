@@ -25,7 +25,7 @@ constexpr int kWriteable = py::detail::npy_api::NPY_ARRAY_WRITEABLE_;
     std::string msg = where.str() + " must be a numpy.ndarray, got " + type_name(obj);
     if (PyObject_HasAttrString(reinterpret_cast<PyObject*>(Py_TYPE(obj)), "__cuda_array_interface__"))
         msg += " (a CUDA array: a step's arrays must all be NumPy arrays or all be on one GPU)";
-    else if (PyList_Check(obj) && where.part[0] == '\0' &&
+    else if (PyList_Check(obj) && PyList_GET_SIZE(obj) == 2 && where.part[0] == '\0' &&
              (std::string(where.list) == "buffers" || std::string(where.list) == "velocities"))
         msg += " (an 8-bit buffer is a (codes, scales) tuple: fastmomentum.QuantizedBuffer)";
     throw py::type_error(msg);
@@ -65,11 +65,14 @@ void read_host_array(Checked& out, PyObject* obj, Access access) {
     } else {
         const std::string dtype = py::str(reinterpret_cast<PyObject*>(fields->descr)).cast<std::string>();
         // An 8-bit buffer's parts have dtypes of their own (the step checks float ones there).
-        const bool codes = std::string(where.part) == ".codes";
+        const std::string part = where.part;
         throw py::type_error(where.str() + " has dtype " + dtype +
-                             (codes ? "; an 8-bit buffer's codes are int8"
-                                    : "; expected float32, float64, bfloat16 (ml_dtypes) or "
-                                      "float16 in native byte order"));
+                             (part == ".codes"    ? "; an 8-bit buffer's codes are int8"
+                              : part == ".scales" ? "; an 8-bit buffer's scales are float32 in "
+                                                    "native byte order"
+                                                  : "; expected float32, float64, bfloat16 "
+                                                    "(ml_dtypes) or float16 in native byte "
+                                                    "order"));
     }
     a.data = fields->data;
     a.ndim = fields->nd;

@@ -956,6 +956,10 @@ class SGD:
         counters = {name: _count(state_dict.get(name, 0), name)
                     for name in ("iterations", "skipped_steps", "consecutive_skips")}
         seed = _count(state_dict.get("seed", self._seed), "seed")
+        rounding = state_dict.get("param_rounding", self._param_rounding)
+        if rounding not in ("kahan", "stochastic", "nearest"):
+            raise ValueError("the state dict's param_rounding must be 'kahan', 'stochastic' or "
+                             f"'nearest', got {rounding!r}")
         iterations = counters["iterations"]
         saved_groups = state_dict["param_groups"]
         if not isinstance(saved_groups, (list, tuple)) or len(saved_groups) != len(params):
@@ -979,7 +983,8 @@ class SGD:
                         for k, v in saved.items() if k != "params"}
             new_group = {**self.defaults, **restored, "params": group["params"]}
             _check_group(new_group)
-            _core.check_hyper(self._hyper(new_group, iterations)[0],
+            # (with the loaded seed: the kernels' parser refuses one that no step could take)
+            _core.check_hyper(self._hyper(new_group, iterations)[0]._replace(seed=seed),
                               self._backend.dtypes(group_params))
             new_groups.append(new_group)
             saved_order += indices
@@ -1015,7 +1020,9 @@ class SGD:
                         f"state[{saved_index}] holds a Kahan compensation, the low bits of its "
                         f"parameter, but this optimizer's param_rounding is "
                         f"{self._param_rounding!r}; build it with param_rounding='kahan' to keep "
-                        "them")
+                        f"them, or, to leave Kahan, fold each into its parameter (p[...] = "
+                        f"p.astype(np.float32) + c.astype(np.float32), rounded) and delete the "
+                        f"{COMPENSATION_KEY!r} entries")
                 extras[COMPENSATION_KEY] = _compensation(
                     extras[COMPENSATION_KEY], p, f"state[{saved_index}][{COMPENSATION_KEY!r}]")
             buffers.append((p, _NO_BUFFER if buf is None else
@@ -1042,6 +1049,10 @@ class SGD:
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        # Pickles from before these settings were read-only properties (or existed) hold them
+        # under their public names (or not at all).
+        for name, default in (("state_dtype", None), ("param_rounding", "kahan"), ("seed", 0)):
+            state.setdefault(f"_{name}", state.pop(name, default))
         self.__dict__.update(state)
         self._busy = threading.Lock()
         self._lists = None
@@ -1127,10 +1138,15 @@ _NO_BUFFER: Any = object()
 
 
 def _fixed_at_construction(name: str, value: Any) -> AttributeError:
-    return AttributeError(
-        f"{name} is fixed at construction (the optimizer's state is made for it), so "
-        f"{name}={value!r} cannot be set now: build a new optimizer with {name}={value!r} and "
-        "load_state_dict(old.state_dict()) into it")
+    how = {"seed": f"load_state_dict restores the saved seed: set state_dict['seed'] = "
+                   f"{value!r} in the dict you load",
+           "param_rounding": f"build a new optimizer with param_rounding={value!r} and "
+                             "load_state_dict(old.state_dict()) into it (from 'kahan', fold the "
+                             "compensations into the parameters first: the load says how)",
+           "state_dtype": f"build a new optimizer with state_dtype={value!r} and "
+                          "load_state_dict(old.state_dict()) into it (the buffers are converted)"}
+    return AttributeError(f"{name} is fixed at construction (the optimizer's state is made for "
+                          f"it), so {name}={value!r} cannot be set now: {how[name]}")
 
 
 class _LoadedState(NamedTuple):
@@ -1153,7 +1169,11 @@ def _host_buffer(buf: Any, param: Any, where: str) -> Any:
         if len(buf) != 2 or not all(isinstance(x, np.ndarray) for x in buf):
             raise TypeError(f"{where} is a tuple: an 8-bit buffer is a (codes, scales) pair of "
                             "NumPy arrays (fastmomentum.storage.QuantizedBuffer)")
-        quantized = storage.QuantizedBuffer(*(np.ndarray.view(x, np.ndarray) for x in buf))
+        # (contiguous copies where needed: the load makes the optimizer's own buffer anyway;
+        # np.ascontiguousarray would make a 0-d array 1-d)
+        quantized = storage.QuantizedBuffer(*(
+            x if x.flags.c_contiguous else x.copy(order="C")
+            for x in (np.ndarray.view(x, np.ndarray) for x in buf)))
         param_shape = _SHAPE(param) if isinstance(param, np.ndarray) else tuple(param.shape)
         if _SHAPE(quantized.codes) != param_shape:
             raise ValueError(f"{where}'s codes have shape {_SHAPE(quantized.codes)} but its "
@@ -1165,7 +1185,7 @@ def _host_buffer(buf: Any, param: Any, where: str) -> Any:
         return quantized
     if isinstance(buf, list):
         raise TypeError(f"{where} is a list: a buffer is a NumPy array, an 8-bit one a (codes, "
-                        "scales) tuple (fastmomentum.storage.QuantizedBuffer)")
+                        "scales) tuple: fastmomentum.QuantizedBuffer")
     if is_device_array(buf):
         buf = backend_for(buf).to_host(buf)
     if not isinstance(buf, np.ndarray):
@@ -1292,16 +1312,24 @@ def convert_state_dict(state_dict: dict[str, Any], style: str) -> dict[str, Any]
             lr = lr_of[index]
             if source == "keras" and lr == 0:
                 raise ValueError(f"cannot recover state[{index}] from a velocity at lr == 0")
+            if isinstance(buf, tuple):  # an 8-bit buffer: its float32 values (a load re-encodes)
+                buf = storage.QuantizedBuffer(*buf).to_array()
             t = buf.dtype.type
             buf = buf * t(-lr) if style == "keras" else buf / t(-lr)
-        entry[new_key] = None if buf is None else np.array(buf)
+        entry[new_key] = None if buf is None else \
+            storage.QuantizedBuffer(*(np.array(x) for x in buf)) if isinstance(buf, tuple) \
+            else np.array(buf)
         state[index] = entry
     groups = [dict(group) for group in state_dict["param_groups"]]
     return {**state_dict, "state": state, "param_groups": groups, "style": style}
 
 
 def _compensation(comp: Any, param: Any, where: str) -> Any:
-    """A saved Kahan compensation: a NumPy array of its parameter's dtype and shape."""
+    """A saved Kahan compensation: a NumPy array of its parameter's dtype and shape, for a
+    16-bit parameter (float32 and float64 ones are exact)."""
+    if isinstance(param, np.ndarray) and _DTYPE(param).itemsize > 2:
+        raise ValueError(f"{where} is given but its parameter is {_DTYPE(param)}: only bfloat16 "
+                         "and float16 parameters have compensations")
     if not isinstance(comp, np.ndarray) or not isinstance(param, np.ndarray) \
             or _DTYPE(comp) != _DTYPE(param) or _SHAPE(comp) != _SHAPE(param):
         raise ValueError(f"{where} must be a NumPy array of its parameter's dtype and shape "

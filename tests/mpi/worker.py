@@ -236,6 +236,17 @@ def lowp(out: Path) -> None:
         ShardedSGD(COMM, make_params(case, SEED), lr=0.1, momentum=0.9, state_dtype="int8")
     except ValueError as error:
         lines.append(f"sharded-state: {error}")
+    # an 8-bit state dict (fm.SGD's, DistributedSGD's) loads into ShardedSGD as its values
+    single = fm.SGD(make_params(case, SEED), lr=0.05, momentum=0.9, state_dtype="int8")
+    single.step(make_grads(case, SEED, 0, 0, 1))
+    saved = single.state_dict()
+    sharded = ShardedSGD(COMM, make_params(case, SEED), lr=0.05, momentum=0.9)
+    sharded.load_state_dict(saved)
+    got = sharded.state_dict()["state"]
+    want = {i: entry["momentum_buffer"].to_array() for i, entry in saved["state"].items()}
+    same = got.keys() == want.keys() and all(np.array_equal(got[i]["momentum_buffer"], want[i])
+                                             for i in want)
+    lines.append(f"sharded-int8-load: {same}")
     (out / f"lowp.rank{RANK}.txt").write_text("\n".join(lines))
 
 

@@ -10,7 +10,7 @@ import numpy as np
 from mpi4py import MPI
 from numpy.typing import NDArray
 
-from .. import _core
+from .. import _core, storage
 from ..functional import Array, HostArray
 from ..guards import StepResult
 from ..optim import BUFFER_KEY, SGD, ArrayState, Schedulable, _busy_error, group_arrays
@@ -266,6 +266,9 @@ class ShardedSGD(SGD):
                 if full_buffer is None:
                     continue
                 entry: dict[str, Any] = {}
+                if isinstance(full_buffer, tuple):  # an 8-bit buffer (fm.SGD's, DistributedSGD's):
+                    # its values, in the shards' dtype below
+                    full_buffer = storage.QuantizedBuffer(*full_buffer).to_array()
                 if isinstance(full_buffer, np.ndarray):  # not the marker of an empty entry
                     offset = self._grads.places[place.param].start
                     entry[key] = np.array(full_buffer.reshape(-1)[place.start - offset:
