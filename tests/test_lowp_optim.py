@@ -331,7 +331,8 @@ def test_float64_parameters_keep_float64_state(state_dtype):
     assert len(opt.param_groups) == 1
 
 
-def test_a_missing_ml_dtypes_is_named(monkeypatch):
+def hide_ml_dtypes(monkeypatch):
+    """From here on, `import ml_dtypes` fails as it does where the package is not installed."""
     import builtins
 
     real_import = builtins.__import__
@@ -342,6 +343,10 @@ def test_a_missing_ml_dtypes_is_named(monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_ml_dtypes)
+
+
+def test_a_missing_ml_dtypes_is_named(monkeypatch):
+    hide_ml_dtypes(monkeypatch)
     with pytest.raises(ImportError, match=r"bfloat16 arrays need the ml_dtypes package.*"
                                           r"pip install ml_dtypes"):
         fm.SGD([np.zeros(3, np.float32)], lr=0.1, state_dtype="bfloat16")
@@ -375,17 +380,8 @@ def test_a_bad_saved_8bit_buffer_is_named_as_the_state_dict_holds_it(case):
 
 def test_a_bfloat16_checkpoint_without_ml_dtypes_says_to_install_it(tmp_path, monkeypatch):
     """An intact file is not called corrupt: the error names the package to install."""
-    import builtins
-
     fm.checkpoint.save(tmp_path / "b.npz", {"w": np.ones(3, BF16)})
-    real_import = builtins.__import__
-
-    def no_ml_dtypes(name, *args, **kwargs):
-        if name == "ml_dtypes":
-            raise ImportError("No module named 'ml_dtypes'")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_ml_dtypes)
+    hide_ml_dtypes(monkeypatch)
     with pytest.raises(ImportError, match=r"bfloat16 arrays need the ml_dtypes package"):
         fm.checkpoint.load(tmp_path / "b.npz")
 
