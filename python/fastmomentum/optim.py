@@ -1183,7 +1183,7 @@ def _host_buffer(buf: Any, param: Any, where: str) -> Any:
         except (TypeError, ValueError) as error:  # named as the state dict holds it
             raise type(error)(str(error).replace("src[0]", where)) from None
         return quantized
-    if isinstance(buf, list):
+    if isinstance(buf, list) and len(buf) == 2:  # (a list of values: not an array, below)
         raise TypeError(f"{where} is a list: a buffer is a NumPy array, an 8-bit one a (codes, "
                         "scales) tuple: fastmomentum.QuantizedBuffer")
     if is_device_array(buf):
