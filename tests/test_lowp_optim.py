@@ -378,6 +378,20 @@ def test_a_bad_saved_8bit_buffer_is_named_as_the_state_dict_holds_it(case):
     assert opt.state[p]["momentum_buffer"] is good
 
 
+def test_convert_names_its_arguments():
+    """_core.convert's errors say src and dst, or the name the caller gives src."""
+    from fastmomentum import _core
+
+    codes, scales = np.zeros(600, np.int16), np.zeros(3, np.float32)
+    out = np.empty(600, np.float32)
+    with pytest.raises(TypeError, match=r"^src\.codes has dtype int16; an 8-bit buffer's codes"):
+        _core.convert((codes, scales), out)
+    with pytest.raises(TypeError, match=r"^state\[4\]\.codes has dtype int16"):
+        _core.convert((codes, scales), out, src_name="state[4]")
+    with pytest.raises(ValueError, match=r"^src has 599 elements but dst has 600"):
+        _core.convert(np.zeros(599, np.float32), out)
+
+
 def test_a_bfloat16_checkpoint_without_ml_dtypes_says_to_install_it(tmp_path, monkeypatch):
     """An intact file is not called corrupt: the error names the package to install."""
     fm.checkpoint.save(tmp_path / "b.npz", {"w": np.ones(3, BF16)})

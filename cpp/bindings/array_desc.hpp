@@ -33,13 +33,16 @@ inline const char* dtype_name(Dtype d) {
     return "int8";
 }
 
-// Where an array is in a call, for messages: "grads[3]", "buffers[2].scales".
+// Where an array is in a call, for messages: "grads[3]", "buffers[2].scales"; or, for an array
+// of its own (index kNamed), its name: "src.codes".
 struct Where {
-    const char* list;   // "params", "grads", "buffers", "velocities", "compensations"
-    std::size_t index;  // as the caller numbers it
+    static constexpr std::size_t kNamed = static_cast<std::size_t>(-1);
+    const char* list;   // "params", "grads", "buffers", "velocities", "compensations", or a name
+    std::size_t index;  // as the caller numbers it, or kNamed
     const char* part = "";  // within an 8-bit buffer: ".codes" or ".scales"
     std::string str() const {
-        return std::string(list) + "[" + std::to_string(index) + "]" + part;
+        return std::string(list) + (index == kNamed ? "" : "[" + std::to_string(index) + "]") +
+               part;
     }
 };
 

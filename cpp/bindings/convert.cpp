@@ -32,16 +32,16 @@ struct Side {
 Side read_side(Step& step, PyObject* obj, const char* name, Access access) {
     HostReader read;
     if (!PyTuple_Check(obj)) {
-        const Checked& a = step.arrays[step.add(read, obj, Where{name, 0}, access)];
+        const Checked& a = step.arrays[step.add(read, obj, Where{name, Where::kNamed}, access)];
         if (a.desc.dtype == Dtype::f64 || a.desc.dtype == Dtype::i8)
             throw py::type_error(a.where.str() + " has dtype " + dtype_name(a.desc.dtype) +
                                  "; convert takes float32, bfloat16 and float16 arrays and 8-bit "
                                  "buffers (float64 converts with NumPy's astype)");
         return Side{&a, nullptr};
     }
-    if (PyTuple_GET_SIZE(obj) != 2) quantized_buffer_size_error(Where{name, 0}, obj);
-    const std::size_t c = step.add(read, PyTuple_GET_ITEM(obj, 0), Where{name, 0, ".codes"}, access);
-    const std::size_t s = step.add(read, PyTuple_GET_ITEM(obj, 1), Where{name, 0, ".scales"}, access);
+    if (PyTuple_GET_SIZE(obj) != 2) quantized_buffer_size_error(Where{name, Where::kNamed}, obj);
+    const std::size_t c = step.add(read, PyTuple_GET_ITEM(obj, 0), Where{name, Where::kNamed, ".codes"}, access);
+    const std::size_t s = step.add(read, PyTuple_GET_ITEM(obj, 1), Where{name, Where::kNamed, ".scales"}, access);
     return Side{&step.arrays[c], &step.arrays[s]};
 }
 
@@ -79,11 +79,11 @@ void narrow_block(const Side& side, std::int64_t off, std::int64_t n, const floa
     }
 }
 
-void convert(py::handle src_obj, py::handle dst_obj) {
+void convert(py::handle src_obj, py::handle dst_obj, const std::string& src_name) {
     resolve_bfloat16();  // phase 1
     Step step;
     step.arrays.reserve(4);
-    const Side src = read_side(step, src_obj.ptr(), "src", Access::read);
+    const Side src = read_side(step, src_obj.ptr(), src_name.c_str(), Access::read);
     const Side dst = read_side(step, dst_obj.ptr(), "dst", Access::write);
     for (const Side* side : {&src, &dst})
         if (side->scales) {
@@ -107,8 +107,8 @@ void convert(py::handle src_obj, py::handle dst_obj) {
                                  "a (codes, scales) fastmomentum.QuantizedBuffer");
         }
     if (src.values->desc.size != dst.values->desc.size)
-        throw py::value_error("src has " + std::to_string(src.values->desc.size) + " elements but "
-                              "dst has " + std::to_string(dst.values->desc.size));
+        throw py::value_error(src_name + " has " + std::to_string(src.values->desc.size) +
+                              " elements but dst has " + std::to_string(dst.values->desc.size));
     step.check_disjoint();
     const std::int64_t size = src.values->desc.size;
     float block[kQuantBlock];
@@ -122,11 +122,11 @@ void convert(py::handle src_obj, py::handle dst_obj) {
 }  // namespace
 
 void register_convert(py::module_& m) {
-    m.def("convert", &convert, py::arg("src"), py::arg("dst"),
+    m.def("convert", &convert, py::arg("src"), py::arg("dst"), py::arg("src_name") = "src",
           "Write src's values into dst's storage with the kernels' conversions (float32, "
           "bfloat16 and float16 arrays and (codes, scales) 8-bit buffers; nearest rounding). Both "
           "are checked first (sizes, dtypes, layout, dst writeable, no shared memory); nothing is "
-          "written on an error.");
+          "written on an error. Errors call src src_name (e.g. where a state dict holds it).");
 }
 
 }  // namespace fastmomentum::bindings

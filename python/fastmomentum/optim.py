@@ -1178,10 +1178,9 @@ def _host_buffer(buf: Any, param: Any, where: str) -> Any:
         if _SHAPE(quantized.codes) != param_shape:
             raise ValueError(f"{where}'s codes have shape {_SHAPE(quantized.codes)} but its "
                              f"parameter has shape {param_shape}")
-        try:  # the kernels' checks of the pair (dtypes, the scales' length, layouts)
-            quantized.to_array()
-        except (TypeError, ValueError) as error:  # named as the state dict holds it
-            raise type(error)(str(error).replace("src[0]", where)) from None
+        # the kernels' checks of the pair (dtypes, the scales' length, layouts), named as the
+        # state dict holds it
+        _core.convert(quantized, np.empty(_SHAPE(quantized.codes), np.float32), src_name=where)
         return quantized
     if isinstance(buf, list) and len(buf) == 2:  # (a list of values: not an array, below)
         raise TypeError(f"{where} is a list: a buffer is a NumPy array, an 8-bit one a (codes, "
