@@ -583,7 +583,7 @@ class SGD:
                 constructing and not callable(group["momentum"])):
             nesterov = False
         if group["weight_decay_mode"] == "sgdw":
-            s = self._schedule_multiplier(group, lr, step)
+            s = schedule_multiplier(group, lr, step)
         else:  # unused; a number is still checked, as the functional steps check it
             s = group["schedule_multiplier"]
             if s is None or callable(s):
@@ -596,24 +596,6 @@ class SGD:
                             "stochastic" if self._param_rounding == "stochastic" else "nearest",
                             self._seed, step))
         return hyper, momentum != 0.0
-
-    @staticmethod
-    def _schedule_multiplier(group: dict[str, Any], lr: float, step: int) -> Any:
-        s = group["schedule_multiplier"]
-        if s is not None:
-            return _evaluate(s, step, "schedule_multiplier")
-        scheduled = callable(group["lr"]) or "initial_lr" in group
-        base = _real(_evaluate(group["lr"], 0, "lr") if callable(group["lr"])
-                     else group.get("initial_lr", lr), "initial_lr")
-        if base:
-            return lr / base
-        if scheduled and _real(_evaluate(group["weight_decay"], step, "weight_decay"),
-                               "weight_decay"):
-            # lr / 0: a schedule that starts at 0 (a warm-up) has no multiplier to scale by.
-            raise ValueError("weight_decay_mode='sgdw' scales the decay by lr / initial_lr, but "
-                             "the lr schedule starts at 0; pass schedule_multiplier (a number or "
-                             "a callable of the step)")
-        return 1.0
 
     def step(self, grads: Sequence[Array | None], *, loss_scale: float = 1.0) -> StepResult:
         """One update of every parameter that has a gradient, in ONE fused kernel call.
@@ -1234,6 +1216,26 @@ def _check_group(group: dict[str, Any]) -> None:
     schedulers, read by SGDW's default multiplier) must be a real number."""
     if "initial_lr" in group:
         _real(group["initial_lr"], "initial_lr")
+
+
+def schedule_multiplier(group: dict[str, Any], lr: float, step: int) -> Any:
+    """SGDW's multiplier ``s`` of a group at ``step``: its ``schedule_multiplier``, else
+    ``lr / initial_lr`` (the lr schedule's multiplier), else 1."""
+    s = group["schedule_multiplier"]
+    if s is not None:
+        return _evaluate(s, step, "schedule_multiplier")
+    scheduled = callable(group["lr"]) or "initial_lr" in group
+    base = _real(_evaluate(group["lr"], 0, "lr") if callable(group["lr"])
+                 else group.get("initial_lr", lr), "initial_lr")
+    if base:
+        return lr / base
+    if scheduled and _real(_evaluate(group["weight_decay"], step, "weight_decay"),
+                           "weight_decay"):
+        # lr / 0: a schedule that starts at 0 (a warm-up) has no multiplier to scale by.
+        raise ValueError("weight_decay_mode='sgdw' scales the decay by lr / initial_lr, but "
+                         "the lr schedule starts at 0; pass schedule_multiplier (a number or "
+                         "a callable of the step)")
+    return 1.0
 
 
 def _real(value: Any, name: str) -> float:

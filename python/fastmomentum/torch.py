@@ -1,0 +1,438 @@
+"""``fastmomentum.torch.SGD``: a ``torch.optim.Optimizer`` stepped by fastmomentum's fused kernel.
+
+It is ``torch.optim.SGD`` — the same arguments, defaults, errors, parameter groups (named ones
+too), ``step(closure)``, ``zero_grad``, hooks, schedulers, ``state_dict`` — with ONE kernel call
+per step for every parameter of every group (torch's CPU default loops over the tensors), and
+fastmomentum's options as keywords: the Keras and EMA conventions, the three weight-decay forms,
+the fused guards (non-finite gradients, clipping by the global norm), momentum stored in 16 bits
+and bfloat16 parameters with Kahan compensation or stochastic rounding.
+
+CPU tensors are updated in place through NumPy views of their memory (no copy; the tensors'
+autograd version counters are bumped as an in-place update would), CUDA tensors by the CUDA
+module on the current stream. torch is an optional dependency of this module only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Literal, NamedTuple, overload
+
+import numpy as np
+import torch
+from torch.autograd.graph import increment_version
+from torch.optim import Optimizer
+
+from . import _core, storage
+from ._backend import Backend, backend_for
+from ._protocol import Call, Guard, Hyper
+from .guards import StepResult
+from .optim import BUFFER_KEY, COMPENSATION_KEY, schedule_multiplier
+
+__all__ = ["SGD"]
+
+Style = Literal["torch", "keras", "ema"]
+WeightDecayMode = Literal["coupled", "decoupled", "sgdw"]
+NonFinite = Literal["ignore", "skip", "raise"]
+ParamRounding = Literal["nearest", "stochastic", "kahan"]
+StateDtype = Literal["float32", "bfloat16", "float16"]
+
+_STATE_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# The key of fastmomentum's own records in a state dict (torch.optim.SGD ignores it).
+_RECORD_KEY = "fastmomentum"
+
+
+class _Pending(NamedTuple):
+    """A step whose kernels were called: what it made, and the counts before it."""
+
+    outcome: Any  # _core.StepOutcome
+    created: list[tuple[torch.Tensor, str, torch.Tensor]]
+    touched: list[torch.Tensor]
+    iterations: int
+    skipped_steps: int
+
+
+def _host_view(t: torch.Tensor) -> np.ndarray:
+    """A NumPy array on ``t``'s memory (a CPU tensor): writes through it update ``t``. Complex
+    tensors are seen as their real and imaginary parts (SGD's update is the same on both)."""
+    t = t.detach()
+    if t.is_complex():
+        t = torch.view_as_real(t)
+    if t.dtype == torch.bfloat16:  # NumPy has no bfloat16 of its own: ml_dtypes' is the kernels'
+        return t.view(torch.int16).numpy().view(storage.bfloat16())
+    return t.numpy()
+
+
+def _device_view(t: torch.Tensor) -> torch.Tensor:
+    """What the CUDA module takes for a CUDA tensor: the tensor without autograd."""
+    t = t.detach()
+    return torch.view_as_real(t) if t.is_complex() else t
+
+
+class SGD(Optimizer):
+    """``torch.optim.SGD`` on fastmomentum's kernels (its formula below, in the ``"torch"`` style).
+
+    For each parameter ``p`` with gradient ``g`` (``b``: its ``state["momentum_buffer"]``)::
+
+        g <- -g                          if maximize
+        g <- g + wd*p                    weight_decay_mode="coupled" (default, torch's)
+        p <- p * (1 - lr*wd)             weight_decay_mode="decoupled"
+        p <- p * (1 - s*wd)              weight_decay_mode="sgdw" (s = lr / initial_lr)
+        b <- g                           on p's first step with momentum
+        b <- momentum*b + (1-dampening)*g
+        g <- g + momentum*b if nesterov else b
+        p <- p - lr*g
+
+    Args:
+        params, lr, momentum, dampening, weight_decay, nesterov, maximize: ``torch.optim.SGD``'s,
+            with its defaults and its errors (``lr`` may be a one-element tensor).
+        foreach, fused: accepted for compatibility (saved in the groups); every step is fused.
+        differentiable: must be False: the step runs outside autograd.
+        style: ``"torch"`` (default), ``"keras"`` (a velocity with the lr inside, state key
+            ``"velocity"``) or ``"ema"`` (``b <- m*b + (1-m)*g``), as
+            :class:`fastmomentum.SGD`; only ``"torch"``'s state is ``torch.optim.SGD``'s.
+        weight_decay_mode: ``"coupled"``, ``"decoupled"`` or ``"sgdw"`` (default ``"coupled"``,
+            ``"decoupled"`` for ``style="keras"``).
+        nonfinite: ``"ignore"`` (default, torch's behaviour), ``"skip"`` (a step with a NaN or an
+            infinity in any gradient changes nothing and counts in :attr:`skipped_steps`) or
+            ``"raise"`` (``FloatingPointError``, nothing changed).
+        max_grad_norm: clip by the global norm of all gradients, as
+            ``torch.nn.utils.clip_grad_norm_(params, max_grad_norm)`` before the step, fused into
+            it (one read pass over the gradients instead of clip_grad_norm_'s two).
+        state_dtype: the momentum buffers' storage: None (the parameter's dtype), ``"float32"``,
+            ``"bfloat16"`` or ``"float16"`` (half the bytes; the update is float32, the buffer
+            rounded to nearest).
+        param_rounding: how bfloat16 and float16 parameters take their float32 update back:
+            ``"nearest"`` (default: torch's, lossy for small updates), ``"kahan"`` (a
+            compensation tensor in the state, key ``"compensation"``) or ``"stochastic"``
+            (random numbers keyed by ``seed``, the step count and the element).
+        seed: stochastic rounding's key, an int >= 0.
+
+    Attributes:
+        last_result: the last step's :class:`fastmomentum.StepResult` (skipped, the norm).
+        iterations, skipped_steps: steps applied and skipped (saved in the state dict).
+
+    ``torch.amp.GradScaler`` is supported the way it supports torch's fused optimizers: the step
+    divides the gradients by the scale itself and applies nothing when the scaler found an
+    infinity. All parameters must be on one device (one optimizer per device otherwise); a
+    step's arrays are checked before any is written: a refused step changes nothing.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float | torch.Tensor = 1e-3,
+        momentum: float = 0,
+        dampening: float = 0,
+        weight_decay: float | torch.Tensor = 0,
+        nesterov: bool = False,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        differentiable: bool = False,
+        fused: bool | None = None,
+        style: Style = "torch",
+        weight_decay_mode: WeightDecayMode | None = None,
+        nonfinite: NonFinite = "ignore",
+        max_grad_norm: float | None = None,
+        state_dtype: StateDtype | None = None,
+        param_rounding: ParamRounding = "nearest",
+        seed: int = 0,
+    ) -> None:
+        # torch.optim.SGD's checks, in its order and words.
+        if isinstance(lr, torch.Tensor) and lr.numel() != 1:
+            raise ValueError("Tensor lr must be 1-element")
+        if lr < 0.0:
+            raise ValueError(f"Invalid learning rate: {lr}")
+        if momentum < 0.0:
+            raise ValueError(f"Invalid momentum value: {momentum}")
+        if weight_decay < 0.0:
+            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError("Nesterov momentum requires a momentum and zero dampening")
+        if differentiable:
+            raise RuntimeError("fastmomentum.torch.SGD does not support differentiable=True: "
+                               "its step runs outside autograd; use torch.optim.SGD")
+        if style not in BUFFER_KEY:
+            raise ValueError(f"style must be 'torch', 'keras' or 'ema', got {style!r}")
+        if state_dtype is not None and state_dtype not in _STATE_DTYPES:
+            raise ValueError("state_dtype must be None, 'float32', 'bfloat16' or 'float16', got "
+                             f"{state_dtype!r} (8-bit state: fastmomentum.SGD on NumPy arrays)")
+        if param_rounding not in ("nearest", "stochastic", "kahan"):
+            raise ValueError("param_rounding must be 'nearest', 'stochastic' or 'kahan', got "
+                             f"{param_rounding!r}")
+        if weight_decay_mode is None:
+            weight_decay_mode = "decoupled" if style == "keras" else "coupled"
+        defaults = {"lr": lr, "momentum": momentum, "dampening": dampening,
+                    "weight_decay": weight_decay, "nesterov": nesterov, "maximize": maximize,
+                    "foreach": foreach, "differentiable": differentiable, "fused": fused,
+                    "weight_decay_mode": weight_decay_mode, "schedule_multiplier": None}
+        self.style: Style = style
+        self.nonfinite: NonFinite = nonfinite
+        self.max_grad_norm = max_grad_norm
+        self._state_dtype = state_dtype
+        self._param_rounding: ParamRounding = param_rounding
+        self._seed = int(_core.real(seed, "seed")) if not isinstance(seed, int) else seed
+        if isinstance(seed, bool) or self._seed < 0 or self._seed >= 2**63:
+            raise ValueError(f"seed must be an int >= 0 and < 2**63, got {seed!r}")
+        _core.check_guard(self._guard(1.0))
+        self.iterations = 0
+        self.skipped_steps = 0
+        self.last_result: StepResult | None = None
+        self._pending: _Pending | None = None
+        self._backend: Backend | None = None
+        self._device: torch.device | None = None
+        # NumPy views of CPU parameters and of their state's tensors, kept between steps:
+        # param -> (its data pointer when the view was made, the view).
+        self._param_views: dict[torch.Tensor, tuple[int, Any]] = {}
+        self._state_views: dict[tuple[torch.Tensor, str], tuple[torch.Tensor, Any]] = {}
+        super().__init__(params, defaults)
+        # GradScaler hands this optimizer the scale and its verdict instead of unscaling.
+        self._step_supports_amp_scaling = True
+
+    # -- groups -----------------------------------------------------------------------------
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        try:
+            for p in group["params"]:
+                self._check_param(p)
+            _core.check_hyper(self._hyper(group), self._dtypes(group["params"]))
+        except BaseException:
+            self.param_groups.pop()
+            raise
+
+    def _check_param(self, p: torch.Tensor) -> None:
+        """A parameter the kernels can take: on this optimizer's device, dense (the kernels check
+        layouts at every step; this is the early, clear error)."""
+        if self._device is None:
+            self._device = p.device
+            self._backend = backend_for(_device_view(p)) if p.device.type == "cuda" else None
+        elif p.device != self._device:
+            raise ValueError(f"fastmomentum.torch.SGD updates the parameters of one device in one "
+                             f"kernel call: this one has parameters on {self._device} and "
+                             f"{p.device}; make one optimizer per device")
+        if p.device.type not in ("cpu", "cuda"):
+            raise ValueError(f"fastmomentum.torch.SGD updates CPU and CUDA tensors, not "
+                             f"{p.device.type} ones; use torch.optim.SGD")
+        if p.is_sparse or p.layout != torch.strided:
+            raise ValueError(f"fastmomentum.torch.SGD updates dense (strided) tensors, not "
+                             f"{p.layout} ones; use torch.optim.SGD")
+
+    @staticmethod
+    def _dtypes(params: Sequence[torch.Tensor]) -> tuple[str, ...]:
+        """The kernels' dtypes among ``params``, for the hyper-parameters' checks."""
+        names = {torch.float64: "float64", torch.complex128: "float64"}
+        return tuple(sorted({names.get(p.dtype, "float32") for p in params}))
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:  # groups saved by torch.optim.SGD lack fastmomentum's
+            group.setdefault("nesterov", False)
+            group.setdefault("maximize", False)
+            group.setdefault("foreach", None)
+            group.setdefault("differentiable", False)
+            group.setdefault("fused", False)
+            group.setdefault("weight_decay_mode",
+                             "decoupled" if getattr(self, "style", "torch") == "keras"
+                             else "coupled")
+            group.setdefault("schedule_multiplier", None)
+
+    # -- stepping ---------------------------------------------------------------------------
+
+    def _hyper(self, group: dict[str, Any]) -> Hyper:
+        """The group's hyper-parameters now, as the kernels' parser takes them."""
+        lr = group["lr"]
+        lr = float(lr) if isinstance(lr, torch.Tensor) else lr
+        momentum = group["momentum"]
+        weight_decay = group["weight_decay"]
+        if isinstance(weight_decay, torch.Tensor):
+            weight_decay = float(weight_decay)
+        # While the momentum is 0 a step is plain SGD: torch ignores nesterov then (a scheduler
+        # with cycle_momentum may take it there).
+        nesterov = group["nesterov"] and momentum != 0
+        s = (schedule_multiplier(group, lr, self.iterations)
+             if group["weight_decay_mode"] == "sgdw" else 1.0)
+        rounding = "stochastic" if self._param_rounding == "stochastic" else "nearest"
+        return Hyper(self.style, lr, momentum, group["dampening"], nesterov, weight_decay,
+                     group["weight_decay_mode"], s, group["maximize"], rounding, self._seed,
+                     self.iterations)
+
+    def _guard(self, loss_scale: float) -> Guard:
+        return Guard(self.nonfinite, self.max_grad_norm, loss_scale, None, "torch", None)
+
+    def _view(self, t: torch.Tensor) -> Any:
+        return _host_view(t) if self._backend is None else _device_view(t)
+
+    def _param_view(self, p: torch.Tensor) -> Any:
+        """``p``'s array for the kernels, kept while ``p`` keeps its memory."""
+        ptr = p.data_ptr()
+        kept = self._param_views.get(p)
+        if kept is not None and kept[0] == ptr and kept[1].shape == self._view_shape(p):
+            return kept[1]
+        view = self._view(p)
+        self._param_views[p] = (ptr, view)
+        return view
+
+    @staticmethod
+    def _view_shape(p: torch.Tensor) -> tuple[int, ...]:
+        return (*p.shape, 2) if p.is_complex() else tuple(p.shape)
+
+    def _state_view(self, p: torch.Tensor, key: str, t: torch.Tensor) -> Any:
+        """The array of state tensor ``t`` (``state[p][key]``), kept while it is the same."""
+        kept = self._state_views.get((p, key))
+        if kept is not None and kept[0] is t:
+            return kept[1]
+        view = self._view(t)
+        self._state_views[(p, key)] = (t, view)
+        return view
+
+    def _new_state_tensor(self, p: torch.Tensor, dtype: torch.dtype | None, zero: bool
+                          ) -> torch.Tensor:
+        """A buffer or compensation for ``p``: its layout (the kernels update a parameter, its
+        gradient and its state in one memory order), on its device."""
+        make = torch.zeros_like if zero else torch.empty_like
+        return make(p, dtype=dtype, memory_format=torch.preserve_format)
+
+    @overload
+    def step(self, closure: None = None) -> None: ...
+
+    @overload
+    def step(self, closure: Callable[[], float]) -> float: ...
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        """One update of every parameter that has a ``.grad``, in one fused kernel call.
+
+        ``closure`` re-evaluates the model and returns the loss (run with grad enabled, as
+        torch does). Returns the closure's loss. What the guards did is in :attr:`last_result`.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        grad_scale = getattr(self, "grad_scale", None)
+        found_inf = getattr(self, "found_inf", None)
+        if found_inf is not None and float(found_inf) != 0.0:
+            # GradScaler saw an infinity or a NaN: torch's fused step applies nothing.
+            self.last_result = StepResult(skipped=True, grad_norm=None)
+            return loss
+        self._settle()
+        self._apply(self._guard(1.0 if grad_scale is None else float(grad_scale)))
+        return loss
+
+    def _apply(self, guard: Guard) -> None:
+        key = BUFFER_KEY[self.style]
+        low = self._state_dtype
+        state_dtype = None if low is None else _STATE_DTYPES[low]
+        calls: list[Call] = []
+        grads: list[Any] = []
+        touched: list[torch.Tensor] = []
+        created: list[tuple[torch.Tensor, str, torch.Tensor]] = []
+        index = 0
+        for group in self.param_groups:
+            hyper = self._hyper(group)
+            has_momentum = hyper.momentum != 0
+            params, buffers, first, compensations = [], [], [], []
+            for p in group["params"]:
+                g = p.grad
+                if g is None:
+                    continue
+                if g.is_sparse:
+                    raise RuntimeError("fastmomentum.torch.SGD does not support sparse "
+                                       "gradients; use torch.optim.SGD")
+                params.append(self._param_view(p))
+                grads.append(self._view(g))
+                touched.append(p)
+                entry = self.state[p]
+                if has_momentum:
+                    buf = entry.get(key)
+                    is_first = buf is None
+                    if buf is None:
+                        buf = self._new_state_tensor(p, state_dtype, zero=self.style != "torch")
+                        created.append((p, key, buf))
+                    buffers.append(self._state_view(p, key, buf))
+                    first.append(is_first and self.style == "torch")
+                comp = None
+                if self._param_rounding == "kahan" and p.dtype in (torch.bfloat16,
+                                                                   torch.float16):
+                    c = entry.get(COMPENSATION_KEY)
+                    if c is None:
+                        c = self._new_state_tensor(p, None, zero=True)
+                        created.append((p, COMPENSATION_KEY, c))
+                    comp = self._state_view(p, COMPENSATION_KEY, c)
+                compensations.append(comp)
+            if not params:
+                continue
+            calls.append(Call(params, buffers if has_momentum else None, first, hyper, index,
+                              compensations if any(c is not None for c in compensations)
+                              else None))
+            index += len(params)
+        outcome = _core.StepOutcome()
+        if not calls:  # no gradient at all: the step counts, as fastmomentum.SGD's does
+            self.iterations += 1
+            self.last_result = StepResult(skipped=False, grad_norm=None)
+            return
+        self._pending = _Pending(outcome, created, touched, self.iterations, self.skipped_steps)
+        try:
+            if self._backend is None:
+                _core.sgd_steps(calls, grads, guard, outcome)
+            else:
+                self._backend.steps(calls, grads, guard, outcome)
+        finally:
+            self._settle()  # the kernels' decision recorded, whatever is being raised
+        self.last_result = outcome.result(grads)  # raises for nonfinite="raise"
+
+    def _settle(self) -> None:
+        """Records what the last step's kernels did: the state tensors it made, the counts. A step
+        records itself in a ``finally`` block; should an interrupt cut that short, the next step
+        or state dict completes it (every assignment is of the value it takes after the step)."""
+        pending = self._pending
+        if pending is None:
+            return
+        outcome = pending.outcome
+        if outcome.ran and outcome.applied:
+            for p, key, t in pending.created:
+                self.state[p][key] = t
+            self.iterations = pending.iterations + 1
+        elif outcome.ran:
+            self.skipped_steps = pending.skipped_steps + 1
+        self._pending = None
+        if outcome.ran and outcome.applied:
+            increment_version(pending.touched)  # as torch's in-place update: autograd sees it
+
+    # -- checkpoints ------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """``torch.optim.SGD``'s state dict (``torch.optim.SGD`` loads it, and this loads its),
+        with this optimizer's counts under the key ``"fastmomentum"``."""
+        self._settle()
+        out = super().state_dict()
+        out[_RECORD_KEY] = {"iterations": self.iterations, "skipped_steps": self.skipped_steps}
+        return out
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Loads this optimizer's or ``torch.optim.SGD``'s state dict. Buffers are stored as this
+        optimizer's ``state_dtype`` (torch casts them to the parameters' dtype) and in their
+        parameters' memory layout."""
+        self._settle()
+        record = state_dict.get(_RECORD_KEY, {})
+        iterations = int(record.get("iterations", 0))
+        skipped = int(record.get("skipped_steps", 0))
+        super().load_state_dict({k: v for k, v in state_dict.items() if k != _RECORD_KEY})
+        key = BUFFER_KEY[self.style]
+        low = self._state_dtype
+        for p, entry in self.state.items():
+            buf = entry.get(key)
+            if buf is None:
+                continue
+            dtype = p.dtype if low is None else _STATE_DTYPES[low]
+            if buf.dtype != dtype or buf.stride() != p.stride():
+                new = self._new_state_tensor(p, dtype, zero=False)
+                new.copy_(buf)
+                entry[key] = new
+        self._state_views.clear()
+        self.iterations, self.skipped_steps = iterations, skipped
+
+
