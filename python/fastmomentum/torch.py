@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch.autograd.graph import increment_version
 from torch.optim import Optimizer
+from torch.optim import optimizer as _torch_optimizer
 
 from . import _core, storage
 from ._backend import Backend, backend_for
@@ -38,8 +39,17 @@ StateDtype = Literal["float32", "bfloat16", "float16"]
 
 _STATE_DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_NO_STATE: dict[str, Any] = {}
 # The key of fastmomentum's own records in a state dict (torch.optim.SGD ignores it).
 _RECORD_KEY = "fastmomentum"
+
+
+def _global_step_hooks() -> bool:
+    """Whether a global optimizer step hook is registered (torch keeps them in private dicts;
+    where they are not found, every step takes torch's wrapper)."""
+    pre = getattr(_torch_optimizer, "_global_optimizer_pre_hooks", None)
+    post = getattr(_torch_optimizer, "_global_optimizer_post_hooks", None)
+    return pre is None or post is None or bool(pre) or bool(post)
 
 
 class _Pending(NamedTuple):
@@ -182,10 +192,11 @@ class SGD(Optimizer):
         self._pending: _Pending | None = None
         self._backend: Backend | None = None
         self._device: torch.device | None = None
-        # NumPy views of CPU parameters and of their state's tensors, kept between steps:
-        # param -> (its data pointer when the view was made, the view).
-        self._param_views: dict[torch.Tensor, tuple[int, Any]] = {}
-        self._state_views: dict[tuple[torch.Tensor, str], tuple[torch.Tensor, Any]] = {}
+        # The kernels' arrays of the parameters and of their state's tensors, kept between steps
+        # (a NumPy view costs a microsecond, a small model's whole step a few), keyed by id:
+        # torch hashes tensors in Python. Each holds its tensor, so no id is reused meanwhile.
+        self._param_views: dict[int, tuple[torch.Tensor, Any, Any, bool]] = {}
+        self._state_views: dict[tuple[int, str], tuple[torch.Tensor, Any]] = {}
         super().__init__(params, defaults)
         # GradScaler hands this optimizer the scale and its verdict instead of unscaling.
         self._step_supports_amp_scaling = True
@@ -265,27 +276,30 @@ class SGD(Optimizer):
     def _view(self, t: torch.Tensor) -> Any:
         return _host_view(t) if self._backend is None else _device_view(t)
 
-    def _param_view(self, p: torch.Tensor) -> Any:
-        """``p``'s array for the kernels, kept while ``p`` keeps its memory."""
-        ptr = p.data_ptr()
-        kept = self._param_views.get(p)
-        if kept is not None and kept[0] == ptr and kept[1].shape == self._view_shape(p):
-            return kept[1]
+    def _keep_param_view(self, p: torch.Tensor) -> tuple[torch.Tensor, Any, Any, bool]:
+        """``p``'s array for the kernels, kept while ``p`` keeps its memory and layout (its
+        ``.data`` may be replaced between steps), and whether NumPy takes ``p`` (so, as a rule,
+        its gradient) as it is: a CPU tensor of a dtype NumPy has, not complex."""
         view = self._view(p)
-        self._param_views[p] = (ptr, view)
-        return view
+        plain = self._backend is None and p.dtype in (torch.float32, torch.float64,
+                                                      torch.float16)
+        kept = (p, (p.data_ptr(), p.shape, p.stride()), view, plain)
+        self._param_views[id(p)] = kept
+        return kept
 
-    @staticmethod
-    def _view_shape(p: torch.Tensor) -> tuple[int, ...]:
-        return (*p.shape, 2) if p.is_complex() else tuple(p.shape)
+    def _grad_view(self, g: torch.Tensor) -> Any:
+        if g.is_sparse or g.layout != torch.strided:
+            raise RuntimeError("fastmomentum.torch.SGD does not support sparse gradients; use "
+                               "torch.optim.SGD")
+        return self._view(g)
 
     def _state_view(self, p: torch.Tensor, key: str, t: torch.Tensor) -> Any:
         """The array of state tensor ``t`` (``state[p][key]``), kept while it is the same."""
-        kept = self._state_views.get((p, key))
+        kept = self._state_views.get((id(p), key))
         if kept is not None and kept[0] is t:
             return kept[1]
         view = self._view(t)
-        self._state_views[(p, key)] = (t, view)
+        self._state_views[(id(p), key)] = (t, view)
         return view
 
     def _new_state_tensor(self, p: torch.Tensor, dtype: torch.dtype | None, zero: bool
@@ -301,13 +315,25 @@ class SGD(Optimizer):
     @overload
     def step(self, closure: Callable[[], float]) -> float: ...
 
-    @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
         """One update of every parameter that has a ``.grad``, in one fused kernel call.
 
         ``closure`` re-evaluates the model and returns the loss (run with grad enabled, as
         torch does). Returns the closure's loss. What the guards did is in :attr:`last_result`.
+        Step hooks (the optimizer's and the global ones) and the profiler's record run as in
+        torch; without them the step skips their wrapper, which costs more than a small model's
+        whole update.
         """
+        if (self._optimizer_step_pre_hooks or self._optimizer_step_post_hooks
+                or _global_step_hooks() or torch.autograd.profiler._is_profiler_enabled):
+            return _HOOKED_STEP(self, closure)
+        return self._step(closure)
+
+    # torch's Optimizer.__init__ wraps a subclass's step in its hooks' wrapper unless the step
+    # says it is hooked: this one calls that wrapper itself, when there is something to run.
+    step.hooked = True  # type: ignore[attr-defined]
+
+    def _step(self, closure: Callable[[], float] | None = None) -> float | None:
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -331,6 +357,8 @@ class SGD(Optimizer):
         touched: list[torch.Tensor] = []
         created: list[tuple[torch.Tensor, str, torch.Tensor]] = []
         index = 0
+        param_views = self._param_views
+        torch_first = self.style == "torch"  # PyTorch's first step: b <- g
         for group in self.param_groups:
             hyper = self._hyper(group)
             has_momentum = hyper.momentum != 0
@@ -339,13 +367,19 @@ class SGD(Optimizer):
                 g = p.grad
                 if g is None:
                     continue
-                if g.is_sparse:
-                    raise RuntimeError("fastmomentum.torch.SGD does not support sparse "
-                                       "gradients; use torch.optim.SGD")
-                params.append(self._param_view(p))
-                grads.append(self._view(g))
+                kept = param_views.get(id(p))
+                if kept is None or kept[1] != (p.data_ptr(), p.shape, p.stride()):
+                    kept = self._keep_param_view(p)
+                params.append(kept[2])
+                if kept[3]:  # a CPU tensor NumPy sees as it is: its gradient too, as a rule
+                    try:
+                        grads.append(g.numpy())
+                    except (TypeError, RuntimeError):  # a gradient that requires grad, ...
+                        grads.append(self._grad_view(g))
+                else:
+                    grads.append(self._grad_view(g))
                 touched.append(p)
-                entry = self.state[p]
+                entry = self.state.get(p, _NO_STATE)  # (indexing would add an entry)
                 if has_momentum:
                     buf = entry.get(key)
                     is_first = buf is None
@@ -353,7 +387,7 @@ class SGD(Optimizer):
                         buf = self._new_state_tensor(p, state_dtype, zero=self.style != "torch")
                         created.append((p, key, buf))
                     buffers.append(self._state_view(p, key, buf))
-                    first.append(is_first and self.style == "torch")
+                    first.append(is_first and torch_first)
                 comp = None
                 if self._param_rounding == "kahan" and p.dtype in (torch.bfloat16,
                                                                    torch.float16):
@@ -365,7 +399,8 @@ class SGD(Optimizer):
                 compensations.append(comp)
             if not params:
                 continue
-            calls.append(Call(params, buffers if has_momentum else None, first, hyper, index,
+            calls.append(Call(params, buffers if has_momentum else None,
+                              first if has_momentum else False, hyper, index,
                               compensations if any(c is not None for c in compensations)
                               else None))
             index += len(params)
@@ -436,3 +471,5 @@ class SGD(Optimizer):
         self.iterations, self.skipped_steps = iterations, skipped
 
 
+# torch's wrapper of a step in its hooks and the profiler's record.
+_HOOKED_STEP = Optimizer.profile_hook_step(SGD._step)
