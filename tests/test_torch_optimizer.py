@@ -204,7 +204,7 @@ def test_closure_hooks_and_zero_grad_are_torchs() -> None:
         return loss
 
     loss = opt.step(closure)
-    assert float(loss) == 5.0
+    assert float(loss.detach()) == 5.0
     assert calls == ["pre", "post"]
     np.testing.assert_array_equal(w.detach().numpy(), np.array([0.8, -1.6], np.float32))
     opt.zero_grad()
