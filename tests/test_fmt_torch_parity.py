@@ -319,3 +319,25 @@ def test_one_device_only_and_clear_errors() -> None:
         opt.add_param_group({"params": [torch.nn.Parameter(torch.ones(2))],
                              "weight_decay_mode": "sideways"})
     assert len(opt.param_groups) == 1  # the refused group was not added
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_a_copy_continues_as_the_original(how: str) -> None:
+    import copy
+    import pickle
+
+    ps = _model(torch.float32)
+    opt = fmt.SGD(_groups(ps), lr=0.05, momentum=0.9, style="keras", max_grad_norm=2.0)
+    _train(opt, ps, 5)
+    if how == "deepcopy":
+        copied = copy.deepcopy(opt)
+    else:
+        copied = pickle.loads(pickle.dumps(opt))
+    qs = [p for g in copied.param_groups for p in g["params"]]
+    assert all(q.data_ptr() != p.data_ptr() for p, q in zip(ps, qs, strict=True))
+    assert copied.style == "keras" and copied.max_grad_norm == 2.0 and copied.iterations == 5
+    _train(opt, ps, 5, seed=9)
+    _train(copied, qs, 5, seed=9)
+    for p, q in zip(ps, qs, strict=True):
+        assert torch.equal(p, q)
+    assert copied.iterations == 10

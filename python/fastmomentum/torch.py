@@ -237,8 +237,29 @@ class SGD(Optimizer):
         names = {torch.float64: "float64", torch.complex128: "float64"}
         return tuple(sorted({names.get(p.dtype, "float32") for p in params}))
 
+    # The settings a copy or a pickle keeps beside torch's (defaults, state, param_groups); the
+    # kernels' arrays, the device and a step's record are made again.
+    _SETTINGS = ("style", "nonfinite", "max_grad_norm", "_state_dtype", "_param_rounding",
+                 "_seed", "iterations", "skipped_steps", "last_result")
+
+    def __getstate__(self) -> dict[str, Any]:
+        self._settle()
+        state = dict(super().__getstate__())
+        state.update({name: getattr(self, name) for name in self._SETTINGS})
+        return state
+
     def __setstate__(self, state: dict[str, Any]) -> None:
+        # torch calls this from load_state_dict too, with the state and the groups only.
         super().__setstate__(state)
+        if "_param_views" not in self.__dict__:  # unpickled or copied
+            self._param_views = {}
+            self._state_views = {}
+            self._pending = None
+            self._backend = None
+            self._device = None
+            for group in self.param_groups:
+                for p in group["params"]:
+                    self._check_param(p)
         for group in self.param_groups:  # groups saved by torch.optim.SGD lack fastmomentum's
             group.setdefault("nesterov", False)
             group.setdefault("maximize", False)
@@ -246,8 +267,7 @@ class SGD(Optimizer):
             group.setdefault("differentiable", False)
             group.setdefault("fused", False)
             group.setdefault("weight_decay_mode",
-                             "decoupled" if getattr(self, "style", "torch") == "keras"
-                             else "coupled")
+                             "decoupled" if self.style == "keras" else "coupled")
             group.setdefault("schedule_multiplier", None)
 
     # -- stepping ---------------------------------------------------------------------------
