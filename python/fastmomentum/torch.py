@@ -360,11 +360,12 @@ class SGD(Optimizer):
                 loss = closure()
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
+        self._settle()
         if found_inf is not None and float(found_inf) != 0.0:
             # GradScaler saw an infinity or a NaN: torch's fused step applies nothing.
+            self.skipped_steps += 1
             self.last_result = StepResult(skipped=True, grad_norm=None)
             return loss
-        self._settle()
         self._apply(self._guard(1.0 if grad_scale is None else float(grad_scale)))
         return loss
 
