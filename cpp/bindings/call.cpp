@@ -60,13 +60,15 @@ bool is_16bit(Dtype d) { return d == Dtype::bf16 || d == Dtype::f16; }
     throw py::type_error(a.where.str() + " has dtype " + dtype_name(a.desc.dtype) + "; " + expected);
 }
 
-void check_shape(const Checked& a, const Checked& ref) {
+// `a` must have the shape of `ref` and its layout: the kernels pair their elements in memory order.
+void check_shape_and_layout(const Checked& a, const Checked& ref) {
     bool same = a.desc.ndim == ref.desc.ndim;
     for (int d = 0; same && d < a.desc.ndim; ++d) same = a.desc.shape[d] == ref.desc.shape[d];
     if (!same)
         throw py::value_error(a.where.str() + " has shape " + tuple_str(a.desc.shape, a.desc.ndim) +
                               " but " + ref.where.str() + " has shape " +
                               tuple_str(ref.desc.shape, ref.desc.ndim) + "; they must match");
+    check_same_layout(a, ref);
 }
 
 // An 8-bit buffer's codes (int8, the parameter's shape) and scales (float32, one per block).
@@ -75,8 +77,21 @@ void check_quantized(const Checked& codes, const Checked& scales, const Checked&
         throw py::type_error(codes.where.str() + ": a float64 parameter's buffer is a float64 "
                              "array; 8-bit buffers are for float32, bfloat16 and float16 ones");
     if (codes.desc.dtype != Dtype::i8) dtype_error(codes, "an 8-bit buffer's codes are int8");
-    check_shape(codes, p);
+    // Its blocks are runs of kQuantBlock elements in index (C) order: a step runs in memory
+    // order, so it keeps them only for C-contiguous arrays; and codes in another order, saved as
+    // a plain array (np.save writes C or Fortran order), would come back with their blocks
+    // scrambled against the scales. Other layouts have 16- and 32-bit buffers.
+    if (!p.desc.c_order)
+        throw py::value_error(codes.where.str() + ": an 8-bit buffer is for a C-contiguous "
+                              "parameter, but " + p.where.str() + " has shape " +
+                              tuple_str(p.desc.shape, p.desc.ndim) + " and strides " +
+                              strides_str(p.desc) + " (its blocks of " +
+                              std::to_string(kQuantBlock) + " are in C order); give it a "
+                              "float32, bfloat16 or float16 buffer (state_dtype), or keep the "
+                              "parameter C-contiguous");
+    check_shape_and_layout(codes, p);
     if (scales.desc.dtype != Dtype::f32) dtype_error(scales, "an 8-bit buffer's scales are float32");
+    check_scales_order(scales);
     const std::int64_t blocks = (p.desc.size + kQuantBlock - 1) / kQuantBlock;
     if (scales.desc.ndim != 1 || scales.desc.shape[0] != blocks)
         throw py::value_error(scales.where.str() + " has shape " +
@@ -87,6 +102,15 @@ void check_quantized(const Checked& codes, const Checked& scales, const Checked&
 }
 
 }  // namespace
+
+void check_scales_order(const Checked& scales) {
+    // Dense in reverse is not enough: scales[k] is block k's, block k the k-th in memory order.
+    if (!scales.desc.c_order)
+        throw py::value_error(scales.where.str() + " is not C-contiguous (strides " +
+                              strides_str(scales.desc) + "); an 8-bit buffer's scales are one "
+                              "float32 per block of its codes in memory order, in that order: "
+                              "use the scales of fastmomentum.QuantizedBuffer.zeros_like");
+}
 
 void quantized_buffer_size_error(const Where& where, PyObject* tuple) {
     throw py::type_error(where.str() + " is a tuple of " + std::to_string(PyTuple_GET_SIZE(tuple)) +
@@ -103,7 +127,7 @@ Kind kind_of(const Checked& p, const Checked& g, const Checked* buffer, const Ch
         dtype_error(g, std::string("a ") + dtype_name(pd) + " parameter's gradient is " +
                            dtype_name(pd) + " or float32 (" + p.where.str() + ")");
     }
-    check_shape(g, p);
+    check_shape_and_layout(g, p);
     Kind kind{pd, g.desc.dtype, pd, Rounding::nearest};
     if (buffer && scales) {
         check_quantized(*buffer, *scales, p);
@@ -116,7 +140,7 @@ Kind kind_of(const Checked& p, const Checked& g, const Checked* buffer, const Ch
                                  "float32, bfloat16 or float16 array, or an 8-bit "
                                  "fastmomentum.QuantizedBuffer (" + p.where.str() + ")");
         }
-        check_shape(*buffer, p);
+        check_shape_and_layout(*buffer, p);
         kind.buf = bd;
     }
     if (compensation) {
