@@ -150,13 +150,13 @@ std::string strides_str(const ArrayDesc& a) {
     return tuple_str(s.data(), a.ndim);
 }
 
-void check_layout(const ArrayDesc& a, const Where& where, Access access) {
+void check_layout(const ArrayDesc& a, const Where& where, Access access, const char* hint) {
     if (!a.dense)
         throw py::value_error(
             where.str() + " is not dense (shape " + tuple_str(a.shape, a.ndim) + ", strides " +
             strides_str(a) + "): its elements leave gaps or overlap in memory; fastmomentum never "
             "copies: update an array whose elements fill its memory, in any order (make one once, "
-            "e.g. np.ascontiguousarray, then keep using it)");
+            "e.g. np.ascontiguousarray, then keep using it)" + hint);
     if ((reinterpret_cast<std::uintptr_t>(a.data) & (itemsize(a.dtype) - 1)) != 0)  // a power of 2
         throw py::value_error(where.str() + " is not aligned to its dtype; fastmomentum never "
                               "copies: use an aligned array");

@@ -115,7 +115,8 @@ std::string strides_str(const ArrayDesc& a);
 
 // The rules of one array: layout (dense), alignment to its dtype, and writeable when
 // `access` is write. The dtype is the reader's to check (only it can name a foreign dtype).
-void check_layout(const ArrayDesc& a, const Where& where, Access access);
+// `hint` ends the message of an array that is not dense (a reader's advice for its kind).
+void check_layout(const ArrayDesc& a, const Where& where, Access access, const char* hint = "");
 
 // The errors of check_matches and check_same_layout.
 [[noreturn]] void mismatch(const Checked& other, const Checked& ref);

@@ -207,11 +207,13 @@ void DeviceReader::collect_one(PyObject* obj, const Where& at) {
     } else if (PyErr_ExceptionMatches(PyExc_Exception)) {
         // The producer refuses (e.g. a PyTorch tensor that requires grad): say which array.
         py::error_already_set e;
-        throw py::type_error(where + ": " + e.what() +
+        // (Advice before the producer's words, which may end in a traceback.)
+        throw py::type_error(where + ": " +
                              (bindings::from_torch(obj)
-                                  ? " (for PyTorch parameters use fastmomentum.torch.SGD, or pass "
-                                    "p.detach(), which shares memory)"
-                                  : ""));
+                                  ? "(for PyTorch parameters use fastmomentum.torch.SGD, or pass "
+                                    "p.detach(), which shares memory) "
+                                  : "") +
+                             e.what());
     } else {
         throw py::error_already_set();  // KeyboardInterrupt and the like: the caller's
     }
@@ -242,14 +244,14 @@ void DeviceReader::operator()(Checked& out, PyObject* obj, Access access) const 
     if (it == infos_.end())  // None, or an object phase 1 did not see
         throw py::type_error(out.where.str() + where_not_device(obj));
     out.desc = it->second.desc;
-    if (!out.desc.dense && bindings::from_torch(obj))  // an error path: it may look the type up
-        throw py::value_error(out.where.str() + " is a PyTorch tensor that is not dense (shape " +
-                              bindings::tuple_str(out.desc.shape, out.desc.ndim) + ", strides " +
-                              bindings::strides_str(out.desc) + "): its elements leave gaps or "
-                              "overlap in memory; fastmomentum never copies: update the tensor "
-                              "that owns the memory (a model's parameters are dense in any "
-                              "memory format: fastmomentum.torch.SGD takes them as they are)");
-    bindings::check_layout(out.desc, out.where, access);
+    // An error path may look the type up: say what to do with a PyTorch tensor.
+    const bool torch_gapped = !out.desc.dense && bindings::from_torch(obj);
+    bindings::check_layout(out.desc, out.where, access,
+                           torch_gapped ? " (a PyTorch tensor: update the tensor that owns the "
+                                          "memory; a model's parameters are dense in every "
+                                          "memory format, and fastmomentum.torch.SGD takes them "
+                                          "as they are)"
+                                        : "");
     out.access = access;
     out.owner = it->second.owner;
 }

@@ -9,8 +9,8 @@ overlaps: C order, Fortran order, a transpose, a reversed view, PyTorch's channe
 aligned, and the written ones writeable; arrays are never copied. The update is element-wise and
 runs in memory order, so one index's arrays must have the same strides in elements (create
 buffers with ``np.zeros_like(p)``, which keeps a layout; a reversed view's buffer must be
-reversed too); an 8-bit buffer is for a C-contiguous parameter. Any violation raises ``TypeError`` or
-``ValueError`` naming the argument and index, and then NO array has been modified.
+reversed too); an 8-bit buffer is for a C-contiguous parameter. Any violation raises
+``TypeError`` or ``ValueError`` naming the argument and index, and then NO array has been modified.
 
 The arrays are NumPy arrays, or all CUDA arrays on one GPU (CuPy arrays, PyTorch CUDA tensors,
 anything with ``__cuda_array_interface__`` or ``__dlpack__``; the first parameter decides). A

@@ -60,11 +60,12 @@ def _dense_layout(like: NDArray[Any]) -> tuple[tuple[int, ...], int] | None:
         return None
     strides = tuple(s // item for s in _STRIDES(like))
     expected = 1  # ranked by magnitude, each stride is the product of the extents below it
-    for magnitude, extent in sorted((abs(s), n) for s, n in zip(strides, shape) if n != 1):
+    ranked = sorted((abs(s), n) for s, n in zip(strides, shape, strict=True) if n != 1)
+    for magnitude, extent in ranked:
         if magnitude != expected:
             return None
         expected *= extent
-    return strides, sum(-s * (n - 1) for s, n in zip(strides, shape) if s < 0)
+    return strides, sum(-s * (n - 1) for s, n in zip(strides, shape, strict=True) if s < 0)
 
 
 def new_like(like: NDArray[Any], dtype: Any, zero: bool) -> NDArray[Any]:
