@@ -80,8 +80,9 @@ def new_like(like: NDArray[Any], dtype: Any, zero: bool) -> NDArray[Any]:
         return out
     strides, offset = layout
     flat = make(like.size, dtype)
-    return np.ndarray(_SHAPE(like), dtype, buffer=flat, offset=offset * dtype.itemsize,
-                      strides=tuple(s * dtype.itemsize for s in strides))
+    out = np.ndarray(_SHAPE(like), dtype, buffer=flat, offset=offset * dtype.itemsize,
+                     strides=tuple(s * dtype.itemsize for s in strides))
+    return out
 
 
 class QuantizedBuffer(NamedTuple):
