@@ -182,8 +182,10 @@ def test_a_producer_that_refuses_is_named(arrays):
     ({"typestr": ">f4"}, TypeError, r"params\[0\] has dtype '>f4'; .* native byte order"),
     ({"typestr": ">f2"}, TypeError, r"params\[0\] has dtype '>f2'; .* native byte order"),
     ({"typestr": "<V4"}, TypeError, r"params\[0\] has dtype '<V4'"),
-    ({"strides": (8,)}, ValueError, r"params\[0\] is not C-contiguous \(shape \(6,\), strides "
-                                    r"\(8,\)\); fastmomentum never copies"),
+    ({"strides": (8,)}, ValueError, r"params\[0\] is not dense \(shape \(6,\), strides "
+                                    r"\(8,\)\): its elements leave gaps or overlap in memory; "
+                                    r"fastmomentum never copies"),
+    ({"strides": (0,)}, ValueError, r"params\[0\] is not dense \(shape \(6,\), strides \(0,\)\)"),
     ({"mask": (1,)}, ValueError, r"params\[0\] has a mask"),
     ({"stream": 0}, ValueError, r"params\[0\]\.__cuda_array_interface__\['stream'\] is 0"),
     ({"data": None}, ValueError, r"params\[0\]\.__cuda_array_interface__ has no 'data'"),
@@ -228,6 +230,73 @@ def test_strides_that_are_c_contiguous_are_accepted(arrays):
                     [fake(b.reshape(1, 6))])
 
 
+def _dense_layouts(v):
+    """(name, an array of v's values in another dense layout) pairs."""
+    m = v.reshape(2, 3)
+    return [("fortran", np.asfortranarray(m)), ("transposed", np.ascontiguousarray(m.T).T),
+            ("reversed", np.ascontiguousarray(v[::-1])[::-1]),
+            ("channels-last", np.ascontiguousarray(v.reshape(1, 3, 2, 1).transpose(0, 2, 3, 1))
+             .transpose(0, 3, 1, 2))]
+
+
+def test_dense_layouts_of_one_index_are_accepted(arrays):
+    """Each reaches the last check (where the memory lives), past every rule of the arrays: the
+    stand-ins declare their strides, and the data pointer is the first element's (not the lowest
+    address, under negative strides)."""
+    p, g, b = arrays[:3]
+    layouts = zip(*(_dense_layouts(x) for x in (p, g, b)), strict=True)
+    for (name, lp), (_, lg), (_, lb) in layouts:
+        assert not lp.flags.c_contiguous, name
+        with pytest.raises((RuntimeError, ValueError), match=WHERE_THE_MEMORY_LIVES):
+            device_step([fake(lp, strides=lp.strides)], [fake(lg, strides=lg.strides)],
+                        [fake(lb, strides=lb.strides)])
+
+
+def test_a_layout_mismatch_is_refused_with_the_host_words(arrays):
+    p, g, b = arrays[:3]
+    before = snapshot(arrays)
+    lp = np.asfortranarray(p.reshape(2, 3))
+    with pytest.raises(ValueError, match=r"^grads\[0\] has strides \(12, 4\) but params\[0\] has "
+                                         r"strides \(4, 8\) \(shape \(2, 3\)\); a parameter, its "
+                                         r"gradient and its buffers must share one memory layout"):
+        device_step([fake(lp, strides=lp.strides)], [fake(g.reshape(2, 3))],
+                    [fake(b.reshape(2, 3))])
+    assert unchanged(arrays, before)
+
+
+class _TorchLike(FakeCudaArray):
+    """A stand-in whose type says it is PyTorch's (by its module's name, as torch's types do)."""
+
+
+_TorchLike.__module__ = "torch"
+_TorchLike.__qualname__ = "Tensor"
+
+
+class _TorchRefusing(RefusingArray):
+    pass
+
+
+_TorchRefusing.__module__ = "torch"
+_TorchRefusing.__qualname__ = "Tensor"
+
+
+def test_a_torch_tensor_refused_for_its_layout_is_told_what_to_do(arrays):
+    p, g = arrays[:2]
+    with pytest.raises(ValueError, match=r"^params\[0\] is not dense \(shape \(3,\), strides "
+                                         r"\(8,\)\): .*\(a PyTorch tensor: update the tensor that "
+                                         r"owns the memory; .*fastmomentum.torch.SGD"):
+        device_step([_TorchLike(p[::2], strides=(8,))], [fake(g[::2], strides=(8,))],
+                    momentum=0.0, nesterov=False)
+    with pytest.raises(ValueError, match=r"^params\[0\] is not dense \(shape \(3,\), strides "
+                                         r"\(8,\)\): .*then keep using it\)$"):  # not torch's
+        device_step([fake(p[::2], strides=(8,))], [fake(g[::2], strides=(8,))],
+                    momentum=0.0, nesterov=False)
+    with pytest.raises(TypeError, match=r"^grads\[0\]: \(for PyTorch parameters use "
+                                        r"fastmomentum.torch.SGD, or pass p.detach\(\), which "
+                                        r"shares memory\) RuntimeError: .*requires grad"):
+        device_step([fake(p)], [_TorchRefusing()], momentum=0.0, nesterov=False)
+
+
 def test_a_misaligned_pointer_is_refused():
     raw = np.zeros(16, np.uint8)
     p = fake(np.zeros(2, np.float32), data=(raw.ctypes.data + 1, False))
@@ -259,6 +328,13 @@ def _cases(arrays):
         "style": (([p], [g], [b]), {"style": "adam"}),
         "first_step": (([p], [g], [b]), {"first_step": [True, False]}),
         "overflow": (([p], [g], [b]), {"lr": 1e39}),
+        # dense layouts: gapped, overlapping, or not the parameter's
+        "gapped grad": (([p], [g[::2]], [b]), {}),
+        "overlapping param": (([np.lib.stride_tricks.as_strided(p, (6,), (0,))], [g], [b]), {}),
+        "reversed buffer": (([p], [g], [b[::-1]]), {}),
+        "transposed grad": (([p.reshape(2, 3)], [g.reshape(3, 2).T], [b.reshape(2, 3)]), {}),
+        "fortran param, c grad": (([np.asfortranarray(p.reshape(2, 3))], [g.reshape(2, 3)],
+                                   [np.asfortranarray(b.reshape(2, 3))]), {}),
     }
 
 
@@ -269,8 +345,9 @@ def test_the_device_module_refuses_what_the_host_module_refuses_with_its_words(a
     with pytest.raises((TypeError, ValueError)) as host:
         core_step(params, grads, buffers, **overrides)
 
-    def as_fake(items):
-        return None if items is None else [fake(a) for a in items]
+    def as_fake(items):  # the host array's own strides, where they are not C order's
+        return None if items is None else [
+            fake(a, strides=None if a.flags.c_contiguous else a.strides) for a in items]
 
     with pytest.raises(type(host.value), match=f"^{re.escape(str(host.value))}$"):
         device_step(as_fake(params), as_fake(grads), as_fake(buffers), **overrides)

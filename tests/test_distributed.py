@@ -260,7 +260,7 @@ def test_constructor_and_step_refuse_bad_input(tmp_path):
         assert "grads[0] is None" in found["none"]
         assert "loss_scale must be a finite number > 0, got 0.0" in found["scale"]
         assert "holds ['ema']; ShardedSGD keeps only the buffer" in found["extras"]
-        assert found["strided"].startswith("params[4] is not C-contiguous"), found["strided"]
+        assert found["strided"].startswith("params[4] is not dense"), found["strided"]
         assert "lr=1e+39 overflows float32" in found["dtype-init"]
         unchanged, message = found["dtype-step"].split(" ", 1)
         assert unchanged == "True" and "overflows float32" in message

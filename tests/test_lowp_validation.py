@@ -88,7 +88,7 @@ CASES = [
     ("codes-one-too-many", lambda s: _with_codes(s, 2, np.zeros(1001, np.int8)), {},
      ValueError, r"buffers\[2\]\.codes has shape \(1001,\)"),
     ("codes-strided", lambda s: _with_codes(s, 2, np.zeros(2000, np.int8)[::2]), {},
-     ValueError, r"buffers\[2\]\.codes is not C-contiguous"),
+     ValueError, r"buffers\[2\]\.codes is not dense"),
     ("scales-float64", lambda s: _with_scales(s, 2, np.zeros(4, np.float64)), {},
      TypeError, r"buffers\[2\]\.scales has dtype float64; an 8-bit buffer's scales are float32"),
     ("scales-int32", lambda s: _with_scales(s, 2, np.zeros(4, np.int32)), {},

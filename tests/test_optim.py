@@ -181,7 +181,7 @@ def test_construction_checks_like_pytorch():
     with pytest.raises(ValueError, match="style must be"):
         fm.SGD([p], style="adam")
     opt = fm.SGD([p], lr=0.1)
-    with pytest.raises(ValueError, match=r"params\[1\] is not C-contiguous"):
+    with pytest.raises(ValueError, match=r"params\[1\] is not dense"):
         opt.add_param_group({"params": [np.zeros(6)[::2]]})
     assert len(opt.param_groups) == 1
 

@@ -438,7 +438,9 @@ def _bad_calls(draw, kind):
                                hnp.array_shapes(min_dims=2, max_dims=3, min_side=2, max_side=4)))
         fresh(shape)
         args[which][i] = _strided(draw, dtype, shape)
-        return style, args, hyper, ValueError, rf"{name}\[{i}\] is not C-contiguous"
+        # gapped: not dense; reversed or Fortran: dense, but not the layout of the index's
+        # C-contiguous others (the message names both, this one among them)
+        return style, args, hyper, ValueError, rf"{name}\[{i}\] (is not dense|has strides)"
     if kind == "readonly":  # gradients may be read-only: only params and buffers are written
         which = draw(st.sampled_from(["params", "buffers"]))
         args[which][i] = _readonly(np.zeros(shape, dtype))
@@ -658,7 +660,8 @@ def _bad_steps(draw, kind):
         grads[i] = np.zeros(2 * p.size, p.dtype)[::2].reshape(p.shape) if p.ndim <= 1 \
             else np.asfortranarray(np.zeros(p.shape, p.dtype))
         assume(not grads[i].flags.c_contiguous)
-        return opt, params, grads, ValueError, rf"grads\[{i}\] is not C-contiguous"
+        # gapped: not dense; Fortran: dense, but not its C-contiguous parameter's layout
+        return opt, params, grads, ValueError, rf"grads\[{i}\] (is not dense|has strides)"
     if kind == "alias-param":
         j = draw(st.sampled_from([j for j, q in enumerate(params)
                                   if q.shape == p.shape and q.dtype == p.dtype]))

@@ -68,13 +68,21 @@ BAD_ARRAYS = [
      r"buffers\[2\] has dtype float64; a float32 parameter's buffer is a float32, bfloat16 or "
      r"float16 array"),
     ("params-strided", _set("params", 2, lambda c: np.zeros(2 * N, np.float32)[::2]), ValueError,
-     r"params\[2\] is not C-contiguous \(shape \(64,\), strides \(8,\)\)"),
-    ("params-fortran", _set("params", 2, lambda c: np.asfortranarray(np.zeros((8, 8), np.float32))),
-     ValueError, r"params\[2\] is not C-contiguous \(shape \(8, 8\), strides \(4, 32\)\)"),
+     r"params\[2\] is not dense \(shape \(64,\), strides \(8,\)\): its elements leave gaps or "
+     r"overlap in memory; fastmomentum never copies"),
+    # 2-D, with gaps between its columns (dense layouts of any order are accepted:
+    # tests/test_dense_layouts.py)
+    ("params-gapped-2d", _set("params", 2, lambda c: np.zeros((8, 16), np.float32)[:, ::2]),
+     ValueError, r"params\[2\] is not dense \(shape \(8, 8\), strides \(64, 8\)\)"),
+    ("params-broadcast", _set("params", 2, lambda c: np.lib.stride_tricks.as_strided(
+        np.zeros(1, np.float32), (N,), (0,))), ValueError,
+     r"params\[2\] is not dense \(shape \(64,\), strides \(0,\)\)"),
     ("grads-strided", _set("grads", 2, lambda c: np.zeros(2 * N, np.float32)[::2]), ValueError,
-     r"grads\[2\] is not C-contiguous"),
+     r"grads\[2\] is not dense"),
+    # dense, but not the layout of its parameter: the update pairs elements in memory order
     ("buffers-reversed", _set("buffers", 2, lambda c: np.zeros(N, np.float32)[::-1]), ValueError,
-     r"buffers\[2\] is not C-contiguous"),
+     r"buffers\[2\] has strides \(-4,\) but params\[2\] has strides \(4,\) \(shape \(64,\)\); "
+     r"a parameter, its gradient and its buffers must share one memory layout"),
     ("params-unaligned", _set("params", 2, lambda c: _unaligned()), ValueError,
      r"params\[2\] is not aligned"),
     ("params-readonly", _set("params", 2, lambda c: _readonly(np.zeros(N, np.float32))), ValueError,

@@ -250,6 +250,8 @@ std::string type_name(PyObject* obj) {
     return name;
 }
 
+bool from_torch(PyObject* obj) { return type_name(obj).rfind("torch.", 0) == 0; }
+
 double real(PyObject* obj, const char* name) {
     if (PyFloat_CheckExact(obj)) return PyFloat_AS_DOUBLE(obj);  // the usual case
     if (never_real(obj) || array_like_not_real(obj)) not_real(obj, name);

@@ -46,6 +46,10 @@ inline bool is_ndarray(PyObject* obj) {
 // The type's name for messages: "numpy.ndarray", "int", "torch.Tensor".
 std::string type_name(PyObject* obj);
 
+// Whether `obj` is a PyTorch object (its type's module is torch or under it), for messages that
+// say what to do with one; found by name, without importing torch.
+bool from_torch(PyObject* obj);
+
 // A real number: float, int or any object with __float__ / __index__ (NumPy and PyTorch scalars),
 // never a bool, a complex, a str or a NumPy array. An int too large for a float64 is refused by
 // name; an exception raised by the object's own conversion (a KeyboardInterrupt, say) propagates.

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cstdint>
 #include <limits>
+#include <string>
+#include <vector>
 
 namespace fastmomentum::bindings {
 namespace {
@@ -72,19 +74,115 @@ void count_elements(ArrayDesc& desc, const Where& where) {
     desc.nbytes = static_cast<std::size_t>(bytes);
 }
 
-void check_layout(const ArrayDesc& a, const Where& where, Access access) {
-    if (!a.contiguous)
+void find_layout(ArrayDesc& a) {
+    const auto item = static_cast<std::int64_t>(itemsize(a.dtype));
+    if (a.size == 0 || a.strides == nullptr) {
+        a.c_order = a.dense = true;
+        return;
+    }
+    // Every product below is of some of the extents, none 0: at most size, times the itemsize at
+    // most nbytes, which count_elements checked.
+    bool c_order = true;
+    std::int64_t expected = item;
+    for (int d = a.ndim; d-- > 0;) {
+        if (a.shape[d] != 1 && a.strides[d] != expected) {
+            c_order = false;
+            break;
+        }
+        expected *= a.shape[d];
+    }
+    a.c_order = c_order;
+    a.dense = true;
+    if (c_order) return;
+    // Dense in another order: ranked by the magnitude of their strides (ties by dimension), each
+    // dimension's stride must be the product of the extents ranked below it, times the itemsize.
+    // Two dimensions with one stride, or a stride of 0, fail it. O(ndim^2) with no storage: only
+    // arrays that are not C-contiguous come here.
+    const auto magnitude = [](std::int64_t s) {
+        return s < 0 ? std::uint64_t{0} - static_cast<std::uint64_t>(s) : static_cast<std::uint64_t>(s);
+    };
+    std::int64_t offset = 0;  // from the first element down to the lowest address, in bytes
+    for (int d = 0; d < a.ndim; ++d) {
+        if (a.shape[d] == 1) continue;
+        const std::uint64_t mine = magnitude(a.strides[d]);
+        std::int64_t below = item;
+        for (int e = 0; e < a.ndim; ++e) {
+            if (e == d || a.shape[e] == 1) continue;
+            const std::uint64_t theirs = magnitude(a.strides[e]);
+            if (theirs < mine || (theirs == mine && e < d)) below *= a.shape[e];
+        }
+        if (mine != static_cast<std::uint64_t>(below)) {
+            a.dense = false;
+            return;
+        }
+        if (a.strides[d] < 0) offset += a.strides[d] * (a.shape[d] - 1);  // dense: within nbytes
+    }
+    a.data = static_cast<char*>(a.data) + offset;
+}
+
+bool same_strides(const ArrayDesc& a, const ArrayDesc& b) {
+    if (a.size == 0) return true;  // and so is b, of a's shape
+    // C order fixes the strides of a shape: a C-contiguous and a dense other array differ.
+    if (a.c_order || b.c_order) return a.c_order == b.c_order;
+    const auto ia = static_cast<std::int64_t>(itemsize(a.dtype));
+    const auto ib = static_cast<std::int64_t>(itemsize(b.dtype));
+    for (int d = 0; d < a.ndim; ++d)  // dense strides are whole multiples of the itemsize
+        if (a.shape[d] != 1 && a.strides[d] / ia != b.strides[d] / ib) return false;
+    return true;
+}
+
+namespace {
+
+std::vector<std::int64_t> byte_strides(const ArrayDesc& a) {
+    std::vector<std::int64_t> s(static_cast<std::size_t>(a.ndim));
+    std::int64_t step = static_cast<std::int64_t>(itemsize(a.dtype));
+    for (int d = a.ndim; d-- > 0;) {
+        s[static_cast<std::size_t>(d)] = a.strides ? a.strides[d] : step;
+        step *= a.shape[d];
+    }
+    return s;
+}
+
+}  // namespace
+
+std::string strides_str(const ArrayDesc& a) {
+    const std::vector<std::int64_t> s = byte_strides(a);
+    return tuple_str(s.data(), a.ndim);
+}
+
+void check_layout(const ArrayDesc& a, const Where& where, Access access, const char* hint) {
+    if (!a.dense)
         throw py::value_error(
-            where.str() + " is not C-contiguous (shape " + tuple_str(a.shape, a.ndim) +
-            ", strides " + (a.strides ? tuple_str(a.strides, a.ndim) : std::string("unknown")) +
-            "); fastmomentum never copies: update a contiguous array (make it contiguous once, "
-            "e.g. np.ascontiguousarray, then keep using it)");
+            where.str() + " is not dense (shape " + tuple_str(a.shape, a.ndim) + ", strides " +
+            strides_str(a) + "): its elements leave gaps or overlap in memory; fastmomentum never "
+            "copies: update an array whose elements fill its memory, in any order (make one once, "
+            "e.g. np.ascontiguousarray, then keep using it)" + hint);
     if ((reinterpret_cast<std::uintptr_t>(a.data) & (itemsize(a.dtype) - 1)) != 0)  // a power of 2
         throw py::value_error(where.str() + " is not aligned to its dtype; fastmomentum never "
                               "copies: use an aligned array");
     if (access == Access::write && !a.writeable)
         throw py::value_error(where.str() +
                               " is read-only; it is updated in place and must be writeable");
+}
+
+void layout_mismatch(const Checked& other, const Checked& ref) {
+    const ArrayDesc& a = other.desc;
+    const ArrayDesc& b = ref.desc;
+    std::string msg = other.where.str() + " has strides " + strides_str(a) + " but " +
+                      ref.where.str() + " has strides " + strides_str(b);
+    if (itemsize(a.dtype) != itemsize(b.dtype)) {
+        std::vector<std::int64_t> sa = byte_strides(a), sb = byte_strides(b);
+        for (auto& s : sa) s /= static_cast<std::int64_t>(itemsize(a.dtype));
+        for (auto& s : sb) s /= static_cast<std::int64_t>(itemsize(b.dtype));
+        msg += " (in elements " + tuple_str(sa.data(), a.ndim) + " and " +
+               tuple_str(sb.data(), b.ndim) + ")";
+    }
+    throw py::value_error(msg + " (shape " + tuple_str(b.shape, b.ndim) + "); a parameter, its "
+                          "gradient and its buffers must share one memory layout, as the update "
+                          "runs in memory order: create them with np.empty_like(param) or "
+                          "torch.empty_like(param), which keep it (fastmomentum's optimizers "
+                          "make their buffers so; for PyTorch parameters use "
+                          "fastmomentum.torch.SGD)");
 }
 
 void mismatch(const Checked& other, const Checked& ref) {

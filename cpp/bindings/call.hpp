@@ -96,6 +96,9 @@ struct Step {
     }
 };
 
+// An 8-bit buffer's scales must be C-contiguous (also for _core.convert).
+void check_scales_order(const Checked& scales);
+
 // The error for a tuple in buffers that is not a (codes, scales) pair (also for _core.convert).
 [[noreturn]] void quantized_buffer_size_error(const Where& where, PyObject* tuple);
 

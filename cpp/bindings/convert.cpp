@@ -102,6 +102,7 @@ void convert(py::handle src_obj, py::handle dst_obj, const std::string& src_name
                 throw py::value_error(scales.where.str() + " must have shape (" +
                                       std::to_string(blocks) + ",), one scale per block of " +
                                       std::to_string(kQuantBlock) + " codes");
+            check_scales_order(scales);
         } else if (side->values->desc.dtype == Dtype::i8) {
             throw py::type_error(side->values->where.str() + " has dtype int8: an 8-bit buffer is "
                                  "a (codes, scales) fastmomentum.QuantizedBuffer");
@@ -109,6 +110,21 @@ void convert(py::handle src_obj, py::handle dst_obj, const std::string& src_name
     if (src.values->desc.size != dst.values->desc.size)
         throw py::value_error(src_name + " has " + std::to_string(src.values->desc.size) +
                               " elements but dst has " + std::to_string(dst.values->desc.size));
+    // Converted in memory order: element for element only if both lay them out alike. Arrays in
+    // C order may differ in shape (a flat state of a shaped parameter); others must match.
+    const ArrayDesc& s = src.values->desc;
+    const ArrayDesc& d = dst.values->desc;
+    if (!(s.c_order && d.c_order)) {
+        bool same = s.ndim == d.ndim;
+        for (int k = 0; same && k < s.ndim; ++k) same = s.shape[k] == d.shape[k];
+        if (!same || !same_strides(s, d))
+            throw py::value_error(src.values->where.str() + " has shape " +
+                                  tuple_str(s.shape, s.ndim) + " and strides " + strides_str(s) +
+                                  " but " + dst.values->where.str() + " has shape " +
+                                  tuple_str(d.shape, d.ndim) + " and strides " + strides_str(d) +
+                                  "; an array that is not C-contiguous converts into one of its "
+                                  "shape and layout (the same strides in elements)");
+    }
     step.check_disjoint();
     const std::int64_t size = src.values->desc.size;
     float block[kQuantBlock];

@@ -23,7 +23,11 @@ constexpr int kWriteable = py::detail::npy_api::NPY_ARRAY_WRITEABLE_;
 // The error for an object that is not a NumPy array (an error path: it may look the type up).
 [[noreturn]] void not_an_array(PyObject* obj, const Where& where) {
     std::string msg = where.str() + " must be a numpy.ndarray, got " + type_name(obj);
-    if (PyObject_HasAttrString(reinterpret_cast<PyObject*>(Py_TYPE(obj)), "__cuda_array_interface__"))
+    if (from_torch(obj))
+        msg += std::string(" (for PyTorch tensors use fastmomentum.torch.SGD, or pass ") +
+               (where.list == std::string("grads") ? "p.grad.numpy()" : "p.detach().numpy()") +
+               ", which shares memory)";
+    else if (PyObject_HasAttrString(reinterpret_cast<PyObject*>(Py_TYPE(obj)), "__cuda_array_interface__"))
         msg += " (a CUDA array: a step's arrays must all be NumPy arrays or all be on one GPU)";
     else if (PyList_Check(obj) && PyList_GET_SIZE(obj) == 2 && where.part[0] == '\0' &&
              (std::string(where.list) == "buffers" || std::string(where.list) == "velocities"))
@@ -78,9 +82,10 @@ void read_host_array(Checked& out, PyObject* obj, Access access) {
     a.ndim = fields->nd;
     a.shape = reinterpret_cast<const std::int64_t*>(fields->dimensions);
     a.strides = reinterpret_cast<const std::int64_t*>(fields->strides);
-    a.contiguous = (fields->flags & kCContiguous) != 0;
     a.writeable = (fields->flags & kWriteable) != 0;
     count_elements(a, where);
+    if ((fields->flags & kCContiguous) != 0) a.c_order = a.dense = true;  // NumPy's rules are ours
+    else find_layout(a);  // any other order of strides: dense, or gapped or overlapping
     check_layout(a, where, access);
     out.access = access;
     out.owner = py::reinterpret_borrow<py::object>(obj);

@@ -55,7 +55,7 @@ inline bool read_plain_host_array(Checked& out, PyObject* obj, Access access) {
     a.ndim = fields->nd;
     a.shape = reinterpret_cast<const std::int64_t*>(fields->dimensions);
     a.strides = reinterpret_cast<const std::int64_t*>(fields->strides);
-    a.contiguous = true;
+    a.c_order = a.dense = true;
     a.writeable = (flags & npy::npy_api::NPY_ARRAY_WRITEABLE_) != 0;
     // NumPy guarantees that an array's element count and size in bytes fit an npy_intp.
     std::int64_t size = 1;

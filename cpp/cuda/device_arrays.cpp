@@ -43,19 +43,6 @@ std::vector<std::int64_t> int_tuple(PyObject* obj, const std::string& what) {
     return out;
 }
 
-// The C-contiguity of NumPy's rules: extents of 1 may have any stride, an empty array is
-// contiguous. `strides` in bytes; the products are bounded by nbytes (count_elements checked).
-bool c_contiguous(const std::vector<std::int64_t>& shape, const std::vector<std::int64_t>& strides,
-                  std::int64_t size, std::int64_t itemsize) {
-    if (size == 0) return true;
-    std::int64_t expected = itemsize;
-    for (std::size_t d = shape.size(); d-- > 0;) {
-        if (shape[d] != 1 && strides[d] != expected) return false;
-        expected *= shape[d];
-    }
-    return true;
-}
-
 struct Fields {
     Dtype dtype;
     std::vector<std::int64_t> shape, strides;  // strides in bytes, empty: contiguous
@@ -220,7 +207,13 @@ void DeviceReader::collect_one(PyObject* obj, const Where& at) {
     } else if (PyErr_ExceptionMatches(PyExc_Exception)) {
         // The producer refuses (e.g. a PyTorch tensor that requires grad): say which array.
         py::error_already_set e;
-        throw py::type_error(where + ": " + e.what());
+        // (Advice before the producer's words, which may end in a traceback.)
+        throw py::type_error(where + ": " +
+                             (bindings::from_torch(obj)
+                                  ? "(for PyTorch parameters use fastmomentum.torch.SGD, or pass "
+                                    "p.detach(), which shares memory) "
+                                  : "") +
+                             e.what());
     } else {
         throw py::error_already_set();  // KeyboardInterrupt and the like: the caller's
     }
@@ -237,9 +230,7 @@ void DeviceReader::collect_one(PyObject* obj, const Where& at) {
     a.strides = info.strides.empty() ? nullptr : info.strides.data();
     a.writeable = !f.readonly;
     bindings::count_elements(a, at);
-    a.contiguous = info.strides.empty() ||
-                   c_contiguous(info.shape, info.strides, a.size,
-                                static_cast<std::int64_t>(bindings::itemsize(a.dtype)));
+    bindings::find_layout(a);  // a.data: then the lowest address
     if (f.stream != 0 && f.stream != stream_ &&
         std::find(producers_.begin(), producers_.end(), f.stream) == producers_.end())
         producers_.push_back(f.stream);
@@ -253,7 +244,14 @@ void DeviceReader::operator()(Checked& out, PyObject* obj, Access access) const 
     if (it == infos_.end())  // None, or an object phase 1 did not see
         throw py::type_error(out.where.str() + where_not_device(obj));
     out.desc = it->second.desc;
-    bindings::check_layout(out.desc, out.where, access);
+    // An error path may look the type up: say what to do with a PyTorch tensor.
+    const bool torch_gapped = !out.desc.dense && bindings::from_torch(obj);
+    bindings::check_layout(out.desc, out.where, access,
+                           torch_gapped ? " (a PyTorch tensor: update the tensor that owns the "
+                                          "memory; a model's parameters are dense in every "
+                                          "memory format, and fastmomentum.torch.SGD takes them "
+                                          "as they are)"
+                                        : "");
     out.access = access;
     out.owner = it->second.owner;
 }

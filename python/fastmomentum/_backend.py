@@ -62,7 +62,8 @@ class Backend(Protocol):
         """A NumPy copy of ``x`` (the array itself on the host)."""
 
     def from_host(self, host: np.ndarray, like: Any) -> Any:
-        """A new C-contiguous array with ``host``'s values, ``like``'s dtype, device and library."""
+        """A new array with ``host``'s values, ``like``'s dtype, device, library and memory layout
+        (a dense ``like``'s strides, as a step requires of its buffers)."""
 
 
 # ndarray's own shape and dtype getters, which a subclass's properties cannot replace.
@@ -86,16 +87,24 @@ class HostBackend:
                     state_dtype: str | None = None) -> list[Any]:
         """Views into ONE block per dtype, in order, so that parameters adjacent in memory (e.g.
         a :class:`fastmomentum.flat.FlatGroup`) get adjacent buffers, which the kernel updates as
-        one span. 8-bit buffers (``state_dtype="int8"``) are one per parameter."""
+        one span. A parameter that is not C-contiguous gets an array of its own with its layout
+        (a step requires it: :func:`fastmomentum.storage.new_like`). 8-bit buffers
+        (``state_dtype="int8"``) are one per parameter."""
         if state_dtype == "int8":
             return [storage.QuantizedBuffer.zeros(_SHAPE(p)) if isinstance(p, np.ndarray)
                     else None for p in params]
         out: list[Any] = [None] * len(params)  # None where a param is no array: the step's
         # check names it before reaching its buffer. Shapes and dtypes are read from the arrays'
         # C structs, as the step's check reads them (a subclass's properties never run).
-        arrays = [(i, _SHAPE(p), _DTYPE(p) if state_dtype is None
-                   else storage.dtype_of(state_dtype)) for i, p in enumerate(params)
-                  if isinstance(p, np.ndarray)]
+        arrays = []
+        for i, p in enumerate(params):
+            if not isinstance(p, np.ndarray):
+                continue
+            dtype = _DTYPE(p) if state_dtype is None else storage.dtype_of(state_dtype)
+            if p.flags.c_contiguous:
+                arrays.append((i, _SHAPE(p), dtype))
+            else:
+                out[i] = storage.new_like(p, dtype, zero)
         for dtype in {dtype for _, _, dtype in arrays}:
             chosen = [(i, shape) for i, shape, d in arrays if d == dtype]
             total = sum(math.prod(shape) for _, shape in chosen)
@@ -114,7 +123,9 @@ class HostBackend:
         return np.asarray(x)
 
     def from_host(self, host: np.ndarray, like: Any) -> Any:
-        return np.array(host, dtype=like.dtype, order="C", copy=True)
+        out = storage.new_like(like, like.dtype, zero=False)  # like's layout, as a step needs
+        out[...] = host
+        return out
 
 
 class Adapter(Protocol):
@@ -124,7 +135,7 @@ class Adapter(Protocol):
         """The stream a step on ``x`` runs on, as ``__cuda_array_interface__`` numbers streams."""
 
     def new_array(self, like: Any, zero: bool) -> Any:
-        """A C-contiguous array of ``like``'s shape and dtype on its device."""
+        """A new array of ``like``'s shape, dtype and memory layout on its device."""
 
     def to_host(self, x: Any) -> np.ndarray:
         """A NumPy copy of ``x``."""
@@ -144,7 +155,8 @@ class TorchAdapter:
     def new_array(self, like: Any, zero: bool) -> Any:
         torch = sys.modules["torch"]
         make = torch.zeros_like if zero else torch.empty_like
-        return make(like, memory_format=torch.contiguous_format)
+        # a dense tensor's strides (channels_last too), as a step requires of its buffers
+        return make(like, memory_format=torch.preserve_format)
 
     def to_host(self, x: Any) -> np.ndarray:
         return np.asarray(x.detach().cpu().numpy())
@@ -164,8 +176,8 @@ class CupyAdapter:
 
     def new_array(self, like: Any, zero: bool) -> Any:
         cupy = sys.modules["cupy"]
-        with like.device:
-            return (cupy.zeros if zero else cupy.empty)(like.shape, like.dtype)
+        with like.device:  # order "K": like's layout, as a step requires of its buffers
+            return (cupy.zeros_like if zero else cupy.empty_like)(like, order="K")
 
     def to_host(self, x: Any) -> np.ndarray:
         return np.asarray(x.get())
@@ -239,7 +251,12 @@ class CudaBackend:
         return x if isinstance(x, np.ndarray) else self._adapter.to_host(x)
 
     def from_host(self, host: np.ndarray, like: Any) -> Any:
-        return self._adapter.to_device(np.ascontiguousarray(host, dtype=_numpy_dtype(like)), like)
+        values = np.ascontiguousarray(host, dtype=_numpy_dtype(like))
+        out = self._adapter.new_array(like, zero=False)  # like's layout, as a step requires
+        if out.flags.c_contiguous if hasattr(out, "flags") else out.is_contiguous():
+            return self._adapter.to_device(values, like)
+        out[...] = self._adapter.to_device(values, like)  # the library's own copy, on the device
+        return out
 
 
 def _numpy_dtype(x: Any) -> np.dtype[Any]:

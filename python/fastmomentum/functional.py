@@ -4,9 +4,13 @@ Every function updates ``params`` (and the buffers) in place and returns a
 :class:`~fastmomentum.guards.StepResult`. The functions are compiled entry points that take their
 keyword arguments directly (no Python wrapper runs per call); their signatures, types and
 docstrings are those below. All arrays of
-one index must share dtype (float32 or float64) and shape, be C-contiguous and aligned, and the
-written ones writeable; arrays are never copied. Any violation raises ``TypeError`` or
-``ValueError`` naming the argument and index, and then NO array has been modified.
+one index must share dtype (float32 or float64), shape and memory layout, be dense (no gaps, no
+overlaps: C order, Fortran order, a transpose, a reversed view, PyTorch's channels_last...) and
+aligned, and the written ones writeable; arrays are never copied. The update is element-wise and
+runs in memory order, so one index's arrays must have the same strides in elements (create
+buffers with ``np.zeros_like(p)``, which keeps a layout; a reversed view's buffer must be
+reversed too); an 8-bit buffer is for a C-contiguous parameter. Any violation raises
+``TypeError`` or ``ValueError`` naming the argument and index, and then NO array has been modified.
 
 The arrays are NumPy arrays, or all CUDA arrays on one GPU (CuPy arrays, PyTorch CUDA tensors,
 anything with ``__cuda_array_interface__`` or ``__dlpack__``; the first parameter decides). A

@@ -271,7 +271,7 @@ class SGD:
     a step is plain SGD and leaves the buffers as they are (as PyTorch does).
 
     Args:
-        params: the arrays to optimise (C-contiguous, writeable float32/float64) and/or
+        params: the arrays to optimise (dense in any layout, writeable float32/float64) and/or
             parameter-group dicts ``{"params": [...], **overrides}`` as in PyTorch. Unlike
             PyTorch, the two may be mixed: each run of bare arrays forms a group with the
             defaults.
@@ -542,9 +542,9 @@ class SGD:
             if isinstance(p, np.ndarray) and p.dtype.itemsize == 2 and p.dtype.kind in "fV":
                 entry = state.entry(p)
                 if entry is None:
-                    state.counted(p, {COMPENSATION_KEY: np.zeros_like(p)})
+                    state.counted(p, {COMPENSATION_KEY: storage.new_like(p, p.dtype, zero=True)})
                 elif entry.get(COMPENSATION_KEY) is None:
-                    entry[COMPENSATION_KEY] = np.zeros_like(p)
+                    entry[COMPENSATION_KEY] = storage.new_like(p, p.dtype, zero=True)
 
     @property
     def state_nbytes(self) -> int:
@@ -1336,4 +1336,11 @@ def _compensation(comp: Any, param: Any, where: str) -> Any:
         raise ValueError(f"{where} must be a NumPy array of its parameter's dtype and shape "
                          f"({_DTYPE(param) if isinstance(param, np.ndarray) else '?'}, "
                          f"{_SHAPE(param) if isinstance(param, np.ndarray) else '?'})")
+    if not (comp.flags.c_contiguous and param.flags.c_contiguous) \
+            and np.ndarray.strides.__get__(comp) != np.ndarray.strides.__get__(param):
+        # a step pairs a compensation with its parameter in memory order: give it the
+        # parameter's layout (a copy, as a loaded buffer is)
+        laid_out = storage.new_like(param, _DTYPE(param), zero=False)
+        laid_out[...] = comp
+        return laid_out
     return np.ndarray.view(comp, np.ndarray)

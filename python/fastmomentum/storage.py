@@ -44,10 +44,55 @@ def bfloat16() -> np.dtype[Any]:
     return dtype
 
 
+# ndarray's own getters, which a subclass's properties cannot replace.
+_SHAPE = np.ndarray.shape.__get__
+_STRIDES = np.ndarray.strides.__get__
+
+
+def _dense_layout(like: NDArray[Any]) -> tuple[tuple[int, ...], int] | None:
+    """The strides in elements of a dense array that is not C-contiguous, and the elements from
+    its first element down to the lowest address of its memory (negative strides); None for a
+    C-contiguous or empty array, or one that is not dense (which a step refuses)."""
+    if like.flags.c_contiguous or like.size == 0:
+        return None
+    shape, item = _SHAPE(like), like.itemsize
+    if any(s % item for s in _STRIDES(like)):
+        return None
+    strides = tuple(s // item for s in _STRIDES(like))
+    expected = 1  # ranked by magnitude, each stride is the product of the extents below it
+    ranked = sorted((abs(s), n) for s, n in zip(strides, shape, strict=True) if n != 1)
+    for magnitude, extent in ranked:
+        if magnitude != expected:
+            return None
+        expected *= extent
+    return strides, sum(-s * (n - 1) for s, n in zip(strides, shape, strict=True) if s < 0)
+
+
+def new_like(like: NDArray[Any], dtype: Any, zero: bool) -> NDArray[Any]:
+    """A new array of ``like``'s shape and memory layout (its strides in elements, whatever their
+    order or signs: what a step requires of a parameter's gradient and buffers), of ``dtype``;
+    zeros, or uninitialised. C order for a C-contiguous ``like`` (or one a step would refuse)."""
+    make = np.zeros if zero else np.empty
+    dtype = np.dtype(dtype)
+    layout = _dense_layout(like)
+    if layout is None:
+        out: NDArray[Any] = make(_SHAPE(like), dtype)
+        return out
+    strides, offset = layout
+    flat = make(like.size, dtype)
+    out = np.ndarray(_SHAPE(like), dtype, buffer=flat, offset=offset * dtype.itemsize,
+                     strides=tuple(s * dtype.itemsize for s in strides))
+    return out
+
+
 class QuantizedBuffer(NamedTuple):
     """An 8-bit momentum buffer: ``codes`` (int8, the parameter's shape) and ``scales`` (float32,
     one per block of :data:`BLOCK_SIZE` elements); see the module's docstring for the map. Plain
-    NumPy arrays, updated in place by the steps: save them as any arrays."""
+    NumPy arrays, updated in place by the steps: save them as any arrays.
+
+    The blocks are runs of the codes in C (index) order, and a step runs in memory order: an
+    8-bit buffer is for a C-contiguous parameter (with C-contiguous codes); a step refuses one
+    for a parameter of another layout (give it a 16- or 32-bit buffer)."""
 
     codes: NDArray[np.int8]
     scales: NDArray[np.float32]
@@ -67,6 +112,8 @@ class QuantizedBuffer(NamedTuple):
     def from_array(cls, values: Any) -> QuantizedBuffer:
         """``values`` (a float32, bfloat16 or float16 array) quantized, as a step stores them."""
         out = cls.zeros(np.shape(values))
+        if isinstance(values, np.ndarray) and not values.flags.c_contiguous:
+            values = values.copy(order="C")  # the blocks are in C order
         _core.convert(values, out)
         return out
 
@@ -92,8 +139,7 @@ def new_buffer(param: NDArray[Any], state_dtype: str | None, zero: bool) -> Any:
     zeros, or uninitialised where the first step writes it whole (not for 8-bit: its scales)."""
     if state_dtype == "int8":
         return QuantizedBuffer.zeros(param.shape)
-    dtype = param.dtype if state_dtype is None else dtype_of(state_dtype)
-    return (np.zeros if zero else np.empty)(param.shape, dtype)
+    return new_like(param, param.dtype if state_dtype is None else dtype_of(state_dtype), zero)
 
 
 def converted(values: Any, like: Any) -> Any:
@@ -102,7 +148,7 @@ def converted(values: Any, like: Any) -> Any:
     if isinstance(like, tuple):
         out: Any = QuantizedBuffer.zeros(np.shape(like[0]))
     else:
-        out = np.empty(np.shape(like), like.dtype)
+        out = new_like(like, like.dtype, zero=False)  # like's layout
     if isinstance(values, tuple):
         values = QuantizedBuffer(*values).to_array()
     if not isinstance(out, tuple) and (out.dtype == np.float64 or values.dtype == np.float64):
@@ -110,7 +156,13 @@ def converted(values: Any, like: Any) -> Any:
     else:
         if values.dtype.kind == "f" and values.dtype not in (np.float32, np.float16):
             values = values.astype(np.float32)  # e.g. float128: NumPy's nearest
-        _core.convert(np.ascontiguousarray(values), out)
+        values = np.ascontiguousarray(values)
+        if not isinstance(out, tuple) and not out.flags.c_contiguous:
+            # the kernels convert in memory order: values first in out's layout (a NumPy copy)
+            laid_out = new_like(out, values.dtype, zero=False)
+            laid_out[...] = values.reshape(np.shape(out))
+            values = laid_out
+        _core.convert(values, out)
     return out
 
 

@@ -11,7 +11,9 @@
 
 namespace fastmomentum {
 
-// One tensor of a call: C-contiguous, aligned memory of `size` elements of its list's Kind.
+// One tensor of a call: dense, aligned memory of `size` elements of its list's Kind, from its
+// lowest address (the update is element-wise: every array of a tensor has one layout, so memory
+// order pairs their elements).
 // `buf` is null when the call has no momentum buffer (momentum == 0). The low-precision kinds
 // also use `scales` (an 8-bit buffer's, one float32 per kQuantBlock elements), `comp` (a Kahan
 // compensation, the parameter's dtype) and `stream` (the parameter's index in the step, which
