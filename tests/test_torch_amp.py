@@ -18,7 +18,7 @@ import math
 import pytest
 
 torch = pytest.importorskip("torch")
-fmt = pytest.importorskip("fastmomentum.torch")
+import fastmomentum.torch as fmt  # noqa: E402  (after torch: a broken module must fail, not skip)
 
 STEPS = 30
 INF_STEP = 12  # a step whose scaled gradient holds an infinity: every optimizer must skip it
