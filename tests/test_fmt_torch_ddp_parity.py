@@ -1,7 +1,7 @@
 """fastmomentum.torch.SGD under DistributedDataParallel and ZeroRedundancyOptimizer, with two real
 processes on the gloo backend (skipped without torch or gloo).
 
-This file is also the workers' program: ``python test_torch_distributed.py RANK WORLD STORE OUT
+This file is also the workers' program: ``python test_fmt_torch_ddp_parity.py RANK WORLD STORE OUT
 MODE`` joins a process group through a FileStore, trains the same model with fmt.SGD and with
 torch.optim.SGD(foreach=False), plain DDP and DDP + ZeRO, and saves what it has in OUT/rankN.pt; the
 tests compare. A worker that fails fails the test with its traceback; one that hangs is killed.

@@ -149,8 +149,6 @@ def test_fmt_records_the_skipped_step(runs):
     assert run["opt"].iterations == STEPS - 1
 
 
-@pytest.mark.xfail(strict=True, reason="fmt.SGD.step returns on GradScaler's found_inf without "
-                   "counting the step in skipped_steps (torch.py, step); nonfinite='skip' counts")
 def test_fmt_counts_the_skipped_step(runs):
     assert runs[("fmt", True)]["opt"].skipped_steps == 1
 
