@@ -338,3 +338,42 @@ def test_a_copy_continues_as_the_original(how: str) -> None:
     for p, q in zip(ps, qs, strict=True):
         assert torch.equal(p, q)
     assert copied.iterations == 10
+
+
+def test_channels_last_parameters_are_updated_in_place_and_load_any_layout() -> None:
+    """A channels_last weight, its gradient and its buffer share one memory order: updated in
+    place; a saved buffer of another layout (a contiguous model's) is loaded into this one's."""
+    def model() -> Any:
+        torch.manual_seed(0)
+        conv = torch.nn.Conv2d(3, 4, 3)
+        return conv.to(memory_format=torch.channels_last)
+
+    ours, theirs = model(), model()
+    assert not ours.weight.is_contiguous()
+    ptr = ours.weight.data_ptr()
+    opt = fmt.SGD(ours.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3)
+    topt = torch.optim.SGD(theirs.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3,
+                           foreach=False)
+    for step in range(30):
+        x = torch.randn(2, 3, 6, 6, generator=torch.Generator().manual_seed(step))
+        for m, o in ((ours, opt), (theirs, topt)):
+            o.zero_grad()
+            m(x.to(memory_format=torch.channels_last)).square().mean().backward()
+            o.step()
+    assert ours.weight.data_ptr() == ptr
+    buf = opt.state[ours.weight]["momentum_buffer"]
+    assert buf.stride() == ours.weight.stride()
+    assert _deviation(list(ours.parameters()), list(theirs.parameters())) <= BOUND[torch.float32]
+
+    # A contiguous model's state, loaded into the channels_last one: the buffer takes its layout.
+    flat = torch.nn.Conv2d(3, 4, 3)
+    flat_opt = torch.optim.SGD(flat.parameters(), lr=0.05, momentum=0.9)
+    flat.weight.grad, flat.bias.grad = torch.ones_like(flat.weight), torch.ones_like(flat.bias)
+    flat_opt.step()
+    opt.load_state_dict(flat_opt.state_dict())
+    loaded = opt.state[ours.weight]["momentum_buffer"]
+    assert loaded.stride() == ours.weight.stride()
+    assert torch.equal(loaded, flat_opt.state[flat.weight]["momentum_buffer"])
+    for p in ours.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()  # the kernels take it
