@@ -231,7 +231,8 @@ def test_a_refused_step_changes_nothing() -> None:
         p.grad = torch.ones_like(p)
     ps[-1].grad = torch.ones(2 * ps[-1].numel())[::2]
     before = [p.detach().clone() for p in ps]
-    with pytest.raises(ValueError, match=r"grads\[3\]"):
+    with pytest.raises(ValueError, match=re.escape("the .grad of param_groups[1]['params'][1] is "
+                                                   "not dense")):
         opt.step()
     for p, b in zip(ps, before, strict=True):
         assert torch.equal(p, b)

@@ -231,8 +231,9 @@ class _Pending(NamedTuple):
     consecutive_skips: int
 
 
-# Live optimizers, for the fork handler below (a set of weak references: it keeps none alive).
-_OPTIMIZERS: weakref.WeakSet[SGD] = weakref.WeakSet()
+# Live optimizers, for the fork handler below (a set of weak references: it keeps none alive):
+# this module's and fastmomentum.torch's, each with a ``_busy`` lock.
+_OPTIMIZERS: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 def _after_fork_in_child() -> None:

@@ -14,6 +14,8 @@ module on the current stream. torch is an optional dependency of this module onl
 
 from __future__ import annotations
 
+import re
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal, NamedTuple, overload
 
@@ -27,7 +29,16 @@ from . import _core, storage
 from ._backend import Backend, backend_for
 from ._protocol import Call, Guard, Hyper
 from .guards import StepResult
-from .optim import BUFFER_KEY, COMPENSATION_KEY, schedule_multiplier
+from .optim import (
+    _OPTIMIZERS,
+    BUFFER_KEY,
+    COMPENSATION_KEY,
+    _busy_error,
+    _new_call,
+    _new_guard,
+    _new_hyper,
+    schedule_multiplier,
+)
 
 __all__ = ["SGD"]
 
@@ -44,12 +55,12 @@ _NO_STATE: dict[str, Any] = {}
 _RECORD_KEY = "fastmomentum"
 
 
-def _global_step_hooks() -> bool:
-    """Whether a global optimizer step hook is registered (torch keeps them in private dicts;
-    where they are not found, every step takes torch's wrapper)."""
-    pre = getattr(_torch_optimizer, "_global_optimizer_pre_hooks", None)
-    post = getattr(_torch_optimizer, "_global_optimizer_post_hooks", None)
-    return pre is None or post is None or bool(pre) or bool(post)
+# torch's global step hooks, in private dicts that registration fills in place; where this torch
+# has none by these names, a stand-in that is never empty sends every step through its wrapper.
+_ALWAYS: dict[Any, Any] = {None: None}
+_GLOBAL_PRE_HOOKS = getattr(_torch_optimizer, "_global_optimizer_pre_hooks", _ALWAYS)
+_GLOBAL_POST_HOOKS = getattr(_torch_optimizer, "_global_optimizer_post_hooks", _ALWAYS)
+_PROFILER = torch.autograd.profiler
 
 
 class _Pending(NamedTuple):
@@ -58,8 +69,63 @@ class _Pending(NamedTuple):
     outcome: Any  # _core.StepOutcome
     created: list[tuple[torch.Tensor, str, torch.Tensor]]
     touched: list[torch.Tensor]
+    nonfinite: str  # the step's guard's
     iterations: int
     skipped_steps: int
+
+
+def _param_key(t: torch.Tensor) -> tuple[Any, ...]:
+    """What a kept array of parameter ``t`` depends on: its memory, layout, dtype and torch's
+    lazy bits (a change of shape alone, at the same address and strides, the kernels refuse:
+    the gradient's shape is not the array's)."""
+    return (t.data_ptr(), t.stride(), t.dtype, t.is_conj(), t.is_neg())
+
+
+def _state_key(t: torch.Tensor) -> tuple[Any, ...]:
+    """What a kept array of state tensor ``t`` depends on: ``t.data = ...`` moves its memory
+    (other changes of a state tensor's layout or dtype the kernels refuse)."""
+    return (t.data_ptr(), t.dtype)
+
+
+def _check_bits(t: torch.Tensor, at: str) -> None:
+    """Refuses a tensor whose memory does not hold its values (torch's lazy conjugation and
+    negation): the kernels read and write memory."""
+    for lazy, bit, resolve in ((t.is_conj(), "conjugate", "resolve_conj"),
+                               (t.is_neg(), "negative", "resolve_neg")):
+        if lazy:
+            raise RuntimeError(f"{at} has torch's {bit} bit set: its memory holds another value "
+                               f"than the tensor; use a resolved tensor (t.{resolve}()) and keep "
+                               "using that")
+
+
+def _param_name(opt: Optimizer, group: int, position: int) -> str:
+    """How errors name a parameter: by its group and position, and its name if it has one."""
+    at = f"param_groups[{group}]['params'][{position}]"
+    names = opt.param_groups[group].get("param_names")
+    return f"{at} ({names[position]!r})" if names and position < len(names) else at
+
+
+# The kernels' names of a step's arrays, numbered over the call.
+_KERNEL_ARRAY = re.compile(r"\b(params|grads|buffers|velocities|compensations)\[(\d+)\]")
+
+
+def _renamed(message: str, opt: Optimizer, where: Sequence[tuple[int, int]], key: str) -> str:
+    """A kernel error's message with its arrays named as the optimizer's user knows them."""
+    def name(m: re.Match[str]) -> str:
+        k = int(m.group(2))
+        if k >= len(where):
+            return m.group(0)
+        param = _param_name(opt, *where[k])
+        kind = m.group(1)
+        if kind == "params":
+            return param
+        if kind == "grads":
+            return f"the .grad of {param}"
+        return f"state[{param}][{COMPENSATION_KEY if kind == 'compensations' else key!r}]"
+
+    # The kernels' advice to torch users names this optimizer: it is the one running.
+    message = message.replace("; for PyTorch parameters use fastmomentum.torch.SGD", "")
+    return _KERNEL_ARRAY.sub(name, message)
 
 
 def _host_view(t: torch.Tensor) -> np.ndarray:
@@ -196,23 +262,32 @@ class SGD(Optimizer):
         # (a NumPy view costs a microsecond, a small model's whole step a few), keyed by id:
         # torch hashes tensors in Python. Each holds its tensor, so no id is reused meanwhile.
         self._param_views: dict[int, tuple[torch.Tensor, Any, Any, bool]] = {}
-        self._state_views: dict[tuple[int, str], tuple[torch.Tensor, Any]] = {}
+        self._state_views: dict[tuple[int, str], tuple[torch.Tensor, tuple[Any, ...], Any]] = {}
+        self._busy = threading.Lock()  # held by the method that is running; never waited for
         super().__init__(params, defaults)
-        # GradScaler hands this optimizer the scale and its verdict instead of unscaling.
-        self._step_supports_amp_scaling = True
+        _OPTIMIZERS.add(self)  # its lock is made new in a forked child
+
+    # GradScaler hands this optimizer the scale and its verdict instead of unscaling the grads.
+    _step_supports_amp_scaling = True
 
     # -- groups -----------------------------------------------------------------------------
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        super().add_param_group(param_group)
-        group = self.param_groups[-1]
+        busy = self._busy
+        if not busy.acquire(False):
+            raise _busy_error("add_param_group()")
         try:
-            for p in group["params"]:
-                self._check_param(p)
-            _core.check_hyper(self._hyper(group), self._dtypes(group["params"]))
-        except BaseException:
-            self.param_groups.pop()
-            raise
+            super().add_param_group(param_group)
+            group = self.param_groups[-1]
+            try:
+                for p in group["params"]:
+                    self._check_param(p)
+                _core.check_hyper(self._hyper(group), self._dtypes(group["params"]))
+            except BaseException:
+                self.param_groups.pop()
+                raise
+        finally:
+            busy.release()
 
     def _check_param(self, p: torch.Tensor) -> None:
         """A parameter the kernels can take: on this optimizer's device, dense (the kernels check
@@ -230,6 +305,8 @@ class SGD(Optimizer):
         if p.is_sparse or p.layout != torch.strided:
             raise ValueError(f"fastmomentum.torch.SGD updates dense (strided) tensors, not "
                              f"{p.layout} ones; use torch.optim.SGD")
+        if p.dtype == torch.bfloat16 and self._backend is None:
+            storage.bfloat16()  # NumPy's bfloat16 is ml_dtypes': names it when it is missing
 
     @staticmethod
     def _dtypes(params: Sequence[torch.Tensor]) -> tuple[str, ...]:
@@ -252,6 +329,8 @@ class SGD(Optimizer):
         # torch calls this from load_state_dict too, with the state and the groups only.
         super().__setstate__(state)
         if "_param_views" not in self.__dict__:  # unpickled or copied
+            self._busy = threading.Lock()
+            _OPTIMIZERS.add(self)
             self._param_views = {}
             self._state_views = {}
             self._pending = None
@@ -275,52 +354,85 @@ class SGD(Optimizer):
     def _hyper(self, group: dict[str, Any]) -> Hyper:
         """The group's hyper-parameters now, as the kernels' parser takes them."""
         lr = group["lr"]
-        lr = float(lr) if isinstance(lr, torch.Tensor) else lr
+        lr = float(lr.detach()) if isinstance(lr, torch.Tensor) else lr
         momentum = group["momentum"]
         weight_decay = group["weight_decay"]
         if isinstance(weight_decay, torch.Tensor):
-            weight_decay = float(weight_decay)
+            weight_decay = float(weight_decay.detach())
         # While the momentum is 0 a step is plain SGD: torch ignores nesterov then (a scheduler
         # with cycle_momentum may take it there).
         nesterov = group["nesterov"] and momentum != 0
         s = (schedule_multiplier(group, lr, self.iterations)
              if group["weight_decay_mode"] == "sgdw" else 1.0)
         rounding = "stochastic" if self._param_rounding == "stochastic" else "nearest"
-        return Hyper(self.style, lr, momentum, group["dampening"], nesterov, weight_decay,
-                     group["weight_decay_mode"], s, group["maximize"], rounding, self._seed,
-                     self.iterations)
+        return _new_hyper((self.style, lr, momentum, group["dampening"], nesterov, weight_decay,
+                           group["weight_decay_mode"], s, group["maximize"], rounding,
+                           self._seed, self.iterations))
 
     def _guard(self, loss_scale: float) -> Guard:
-        return Guard(self.nonfinite, self.max_grad_norm, loss_scale, None, "torch", None)
+        return _new_guard((self.nonfinite, self.max_grad_norm, loss_scale, None, "torch", None))
 
     def _view(self, t: torch.Tensor) -> Any:
         return _host_view(t) if self._backend is None else _device_view(t)
 
-    def _keep_param_view(self, p: torch.Tensor) -> tuple[torch.Tensor, Any, Any, bool]:
-        """``p``'s array for the kernels, kept while ``p`` keeps its memory and layout (its
-        ``.data`` may be replaced between steps), and whether NumPy takes ``p`` (so, as a rule,
-        its gradient) as it is: a CPU tensor of a dtype NumPy has, not complex."""
+    def _keep_param_view(self, p: torch.Tensor, at: str) -> tuple[Any, ...]:
+        """``p``'s array for the kernels (``p`` is ``at``), kept while ``p`` keeps its memory,
+        layout and dtype (its ``.data`` may be replaced between steps: ``model.to(...)``, then
+        its state is converted to match), and whether NumPy takes ``p`` (so, as a rule, its
+        gradient) as it is: a CPU tensor of a dtype NumPy has, not complex."""
+        if p.is_inference():
+            raise RuntimeError(f"{at} is an inference tensor: an in-place update outside "
+                               "InferenceMode is not allowed (as in torch.optim.SGD)")
+        _check_bits(p, at)
         view = self._view(p)
         plain = self._backend is None and p.dtype in (torch.float32, torch.float64,
                                                       torch.float16)
-        kept = (p, (p.data_ptr(), p.shape, p.stride()), view, plain)
+        kept = (p, _param_key(p), view, plain)
         self._param_views[id(p)] = kept
+        self._match_state(p)
         return kept
 
-    def _grad_view(self, g: torch.Tensor) -> Any:
+    def _match_state(self, p: torch.Tensor) -> None:
+        """Converts ``p``'s state tensors to its current dtype and layout, where a change of
+        ``p.data`` (``model.to(memory_format=...)``, ``model.double()``) left them behind: the
+        kernels update a parameter and its state in one memory order. The state entry takes
+        the converted tensor (a reference held elsewhere to the old one is not updated)."""
+        entry = self.state.get(p)
+        if not entry:
+            return
+        low = self._state_dtype
+        for key, dtype in ((BUFFER_KEY[self.style], p.dtype if low is None
+                            else _STATE_DTYPES[low]), (COMPENSATION_KEY, p.dtype)):
+            t = entry.get(key)
+            if isinstance(t, torch.Tensor) and t.shape == p.shape and (
+                    t.dtype != dtype or t.stride() != p.stride() or t.device != p.device):
+                new = self._new_state_tensor(p, dtype, zero=False)
+                new.copy_(t)
+                entry[key] = new
+
+    def _grad_view(self, g: torch.Tensor, at: str) -> Any:
         if g.is_sparse or g.layout != torch.strided:
-            raise RuntimeError("fastmomentum.torch.SGD does not support sparse gradients; use "
-                               "torch.optim.SGD")
+            raise RuntimeError("fastmomentum.torch.SGD does not support sparse gradients "
+                               f"({at}.grad is {g.layout}); use torch.optim.SGD")
+        _check_bits(g, f"{at}.grad")
         return self._view(g)
 
     def _state_view(self, p: torch.Tensor, key: str, t: torch.Tensor) -> Any:
-        """The array of state tensor ``t`` (``state[p][key]``), kept while it is the same."""
+        """The array of state tensor ``t`` (``state[p][key]``), kept while it is the same tensor
+        on the same memory (``t.data`` may be replaced, as people move optimizer state)."""
         kept = self._state_views.get((id(p), key))
-        if kept is not None and kept[0] is t:
-            return kept[1]
+        if kept is not None and kept[0] is t and kept[1] == _state_key(t):
+            return kept[2]
+        _check_bits(t, f"state[...][{key!r}]")
         view = self._view(t)
-        self._state_views[(id(p), key)] = (t, view)
+        self._state_views[(id(p), key)] = (t, _state_key(t), view)
         return view
+
+    def _prune_views(self) -> None:
+        """Drops the kept arrays of tensors no group holds (they would keep their memory)."""
+        live = {id(p) for group in self.param_groups for p in group["params"]}
+        self._param_views = {i: v for i, v in self._param_views.items() if i in live}
+        self._state_views = {k: v for k, v in self._state_views.items() if k[0] in live}
 
     def _new_state_tensor(self, p: torch.Tensor, dtype: torch.dtype | None, zero: bool
                           ) -> torch.Tensor:
@@ -344,10 +456,17 @@ class SGD(Optimizer):
         torch; without them the step skips their wrapper, which costs more than a small model's
         whole update.
         """
-        if (self._optimizer_step_pre_hooks or self._optimizer_step_post_hooks
-                or _global_step_hooks() or torch.autograd.profiler._is_profiler_enabled):
-            return _HOOKED_STEP(self, closure)
-        return self._step(closure)
+        busy = self._busy  # the lock released is the one taken (a fork may replace it)
+        if not busy.acquire(False):
+            raise _busy_error("step()")
+        try:
+            if (self._optimizer_step_pre_hooks or self._optimizer_step_post_hooks
+                    or _GLOBAL_PRE_HOOKS or _GLOBAL_POST_HOOKS
+                    or _PROFILER._is_profiler_enabled):
+                return _HOOKED_STEP(self, closure)
+            return self._step(closure)
+        finally:
+            busy.release()
 
     # torch's Optimizer.__init__ wraps a subclass's step in its hooks' wrapper unless the step
     # says it is hooked: this one calls that wrapper itself, when there is something to run.
@@ -376,30 +495,33 @@ class SGD(Optimizer):
         calls: list[Call] = []
         grads: list[Any] = []
         touched: list[torch.Tensor] = []
+        where: list[tuple[int, int]] = []  # (group, position) of each kernel index
         created: list[tuple[torch.Tensor, str, torch.Tensor]] = []
-        index = 0
         param_views = self._param_views
         torch_first = self.style == "torch"  # PyTorch's first step: b <- g
-        for group in self.param_groups:
+        kahan = self._param_rounding == "kahan"
+        for gi, group in enumerate(self.param_groups):
             hyper = self._hyper(group)
             has_momentum = hyper.momentum != 0
             params, buffers, first, compensations = [], [], [], []
-            for p in group["params"]:
+            first_index = len(grads)
+            for j, p in enumerate(group["params"]):
                 g = p.grad
                 if g is None:
                     continue
                 kept = param_views.get(id(p))
-                if kept is None or kept[1] != (p.data_ptr(), p.shape, p.stride()):
-                    kept = self._keep_param_view(p)
+                if kept is None or kept[1] != _param_key(p):
+                    kept = self._keep_param_view(p, _param_name(self, gi, j))
                 params.append(kept[2])
                 if kept[3]:  # a CPU tensor NumPy sees as it is: its gradient too, as a rule
                     try:
                         grads.append(g.numpy())
-                    except (TypeError, RuntimeError):  # a gradient that requires grad, ...
-                        grads.append(self._grad_view(g))
+                    except (TypeError, RuntimeError):  # it requires grad, has a neg bit, ...
+                        grads.append(self._grad_view(g, _param_name(self, gi, j)))
                 else:
-                    grads.append(self._grad_view(g))
+                    grads.append(self._grad_view(g, _param_name(self, gi, j)))
                 touched.append(p)
+                where.append((gi, j))
                 entry = self.state.get(p, _NO_STATE)  # (indexing would add an entry)
                 if has_momentum:
                     buf = entry.get(key)
@@ -410,8 +532,7 @@ class SGD(Optimizer):
                     buffers.append(self._state_view(p, key, buf))
                     first.append(is_first and torch_first)
                 comp = None
-                if self._param_rounding == "kahan" and p.dtype in (torch.bfloat16,
-                                                                   torch.float16):
+                if kahan and p.dtype in (torch.bfloat16, torch.float16):
                     c = entry.get(COMPENSATION_KEY)
                     if c is None:
                         c = self._new_state_tensor(p, None, zero=True)
@@ -420,30 +541,37 @@ class SGD(Optimizer):
                 compensations.append(comp)
             if not params:
                 continue
-            calls.append(Call(params, buffers if has_momentum else None,
-                              first if has_momentum else False, hyper, index,
-                              compensations if any(c is not None for c in compensations)
-                              else None))
-            index += len(params)
+            calls.append(_new_call((params, buffers if has_momentum else None,
+                                    first if has_momentum else False, hyper, first_index,
+                                    compensations if any(c is not None for c in compensations)
+                                    else None)))
+        if len(self._param_views) > sum(len(group["params"]) for group in self.param_groups):
+            self._prune_views()  # a parameter left the groups: its kept array goes too
         outcome = _core.StepOutcome()
         if not calls:  # no gradient at all: the step counts, as fastmomentum.SGD's does
             self.iterations += 1
             self.last_result = StepResult(skipped=False, grad_norm=None)
             return
-        self._pending = _Pending(outcome, created, touched, self.iterations, self.skipped_steps)
+        self._pending = _Pending(outcome, created, touched, guard.nonfinite, self.iterations,
+                                 self.skipped_steps)
         try:
-            if self._backend is None:
-                _core.sgd_steps(calls, grads, guard, outcome)
-            else:
-                self._backend.steps(calls, grads, guard, outcome)
-        finally:
-            self._settle()  # the kernels' decision recorded, whatever is being raised
-        self.last_result = outcome.result(grads)  # raises for nonfinite="raise"
+            try:
+                if self._backend is None:
+                    _core.sgd_steps(calls, grads, guard, outcome)
+                else:
+                    self._backend.steps(calls, grads, guard, outcome)
+            finally:
+                self._settle()  # the kernels' decision recorded, whatever is being raised
+            self.last_result = outcome.result(grads)  # raises for nonfinite="raise"
+        except (ValueError, TypeError, FloatingPointError) as e:
+            # The kernels number the arrays of the call; the user knows the groups.
+            raise type(e)(_renamed(str(e), self, where, key)) from None
 
     def _settle(self) -> None:
         """Records what the last step's kernels did: the state tensors it made, the counts. A step
         records itself in a ``finally`` block; should an interrupt cut that short, the next step
-        or state dict completes it (every assignment is of the value it takes after the step)."""
+        or state dict completes it (every assignment is of the value it takes after the step,
+        and a second bump of the version counters is harmless)."""
         pending = self._pending
         if pending is None:
             return
@@ -452,18 +580,22 @@ class SGD(Optimizer):
             for p, key, t in pending.created:
                 self.state[p][key] = t
             self.iterations = pending.iterations + 1
-        elif outcome.ran:
+            increment_version(pending.touched)  # as torch's in-place update: autograd sees it
+        elif outcome.ran and pending.nonfinite == "skip":
             self.skipped_steps = pending.skipped_steps + 1
         self._pending = None
-        if outcome.ran and outcome.applied:
-            increment_version(pending.touched)  # as torch's in-place update: autograd sees it
 
     # -- checkpoints ------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
         """``torch.optim.SGD``'s state dict (``torch.optim.SGD`` loads it, and this loads its),
         with this optimizer's counts under the key ``"fastmomentum"``."""
-        self._settle()
+        busy = self._busy
+        if self._pending is not None and busy.acquire(False):  # (not inside a running step)
+            try:
+                self._settle()
+            finally:
+                busy.release()
         out = super().state_dict()
         out[_RECORD_KEY] = {"iterations": self.iterations, "skipped_steps": self.skipped_steps}
         return out
@@ -471,25 +603,47 @@ class SGD(Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Loads this optimizer's or ``torch.optim.SGD``'s state dict. Buffers are stored as this
         optimizer's ``state_dtype`` (torch casts them to the parameters' dtype) and in their
-        parameters' memory layout."""
-        self._settle()
-        record = state_dict.get(_RECORD_KEY, {})
-        iterations = int(record.get("iterations", 0))
-        skipped = int(record.get("skipped_steps", 0))
-        super().load_state_dict({k: v for k, v in state_dict.items() if k != _RECORD_KEY})
-        key = BUFFER_KEY[self.style]
-        low = self._state_dtype
-        for p, entry in self.state.items():
-            buf = entry.get(key)
-            if buf is None:
+        parameters' memory layout. A state tensor whose shape is not its parameter's is refused
+        (naming it) before anything is replaced."""
+        busy = self._busy
+        if not busy.acquire(False):
+            raise _busy_error("load_state_dict()")
+        try:
+            self._settle()
+            self._check_shapes(state_dict)
+            record = state_dict.get(_RECORD_KEY, {})
+            iterations = int(record.get("iterations", 0))
+            skipped = int(record.get("skipped_steps", 0))
+            super().load_state_dict({k: v for k, v in state_dict.items() if k != _RECORD_KEY})
+            for p in list(self.state):
+                self._match_state(p)
+            self._state_views.clear()
+            self.iterations, self.skipped_steps = iterations, skipped
+        finally:
+            busy.release()
+
+    def _check_shapes(self, state_dict: dict[str, Any]) -> None:
+        """Each saved state tensor has its parameter's shape (torch's load would broadcast it
+        into the layout conversion, or fail half-way)."""
+        saved = state_dict.get("param_groups")
+        state = state_dict.get("state")
+        if not isinstance(saved, list) or not isinstance(state, dict):
+            return  # torch's load says what is wrong
+        ids = [i for group in saved if isinstance(group, dict) for i in group.get("params", ())]
+        params = [p for group in self.param_groups for p in group["params"]]
+        if len(ids) != len(params):
+            return
+        for i, p in zip(ids, params, strict=True):
+            entry = state.get(i)
+            if not isinstance(entry, dict):
                 continue
-            dtype = p.dtype if low is None else _STATE_DTYPES[low]
-            if buf.dtype != dtype or buf.stride() != p.stride():
-                new = self._new_state_tensor(p, dtype, zero=False)
-                new.copy_(buf)
-                entry[key] = new
-        self._state_views.clear()
-        self.iterations, self.skipped_steps = iterations, skipped
+            for key, value in entry.items():
+                shape = getattr(value, "shape", None)
+                if key in (BUFFER_KEY[self.style], COMPENSATION_KEY) and shape is not None \
+                        and tuple(shape) != tuple(p.shape):
+                    raise ValueError(f"state[{i!r}][{key!r}] has shape {tuple(shape)} but its "
+                                     f"parameter has shape {tuple(p.shape)}; this state dict is "
+                                     "not for these parameters (nothing was loaded)")
 
 
 # torch's wrapper of a step in its hooks and the profiler's record.
