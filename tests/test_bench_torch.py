@@ -211,3 +211,16 @@ def test_the_gradients_are_clipped_on_every_set():
         params = torch_rows.make_params(pset)
         norm = float(torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in params])))
         assert 2 * torch_rows.MAX_GRAD_NORM < norm < 2 * torch_rows.GRAD_NORM
+
+
+@needs_torch
+def test_what_the_thread_settings_could_not_do_is_noted(capsys):
+    import os
+
+    from fastmomentum.commands.bench.torch_run import run_torch
+
+    many = (os.cpu_count() or 1) + 1
+    results = run_torch(sets=[TINY], threads=[many], **FAST)
+    note = f"{many} threads on {many - 1} logical CPUs: oversubscribed"
+    assert note in results.notes
+    assert f"# note: {note}" in capsys.readouterr().out

@@ -65,8 +65,9 @@ class _Case:
 
 
 def _time_case(case: _Case, threads: int, verdicts: dict[tuple[str, int], str | None],
-               samples: int, min_sample_s: float) -> list[TorchRecord]:
-    """The case's rows at this thread count: the checked ones timed in turn."""
+               samples: int, min_sample_s: float, notes: list[str]) -> list[TorchRecord]:
+    """The case's rows at this thread count: the checked ones timed in turn. What the thread
+    settings could not do (an oversubscribed or capped count) is added to ``notes``."""
     records: dict[str, TorchRecord] = {}
     timed: dict[str, Step] = {}
     with thread_limit(threads, {"torch"}) as report:
@@ -88,6 +89,7 @@ def _time_case(case: _Case, threads: int, verdicts: dict[tuple[str, int], str | 
         meter = CpuMeter()
         taken = interleaved_samples(timed, samples=samples, min_sample_s=min_sample_s)
         others = meter.others()
+    notes += [n for n in report.notes if n not in notes]
     for name, got in taken.items():
         record = records[name]
         if isinstance(got, Exception):
@@ -147,7 +149,8 @@ def run_torch(
             verdicts = case.check(threads)
             gc.collect()  # the check's copies, before the timed optimizers make buffers
             for n in threads:
-                records = _time_case(case, n, verdicts, samples, min_sample_s)
+                records = _time_case(case, n, verdicts, samples, min_sample_s,
+                                     results.notes)
                 results.records += records
                 printer.rows(records)
             del case
@@ -155,7 +158,8 @@ def run_torch(
     results.duration_s = time.perf_counter() - started
     others = run_meter.others()
     results.metadata["others_cpu_during_run"] = others
-    for text in [*target_lines(results), *failure_lines(results)]:
+    for text in [*target_lines(results), *failure_lines(results),
+                 *(f"# note: {note}" for note in results.notes)]:
         printer.line(text)
     summary = busy_summary(others)
     if summary is not None:
