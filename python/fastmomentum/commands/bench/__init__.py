@@ -15,7 +15,11 @@ each result. The README's "Performance" section describes the method and the res
 - :mod:`.cli`: :func:`main`, the command line;
 - ``--state-dtype`` (issue 19's low-precision storage): :mod:`.lowp_kinds` (the kinds, their
   bytes and check), :mod:`.lowp_peers` (torch bf16, optimi, bitsandbytes), :mod:`.lowp_run`
-  (:func:`~.lowp_run.run_lowp`), :mod:`.lowp_results`, :mod:`.lowp_report`.
+  (:func:`~.lowp_run.run_lowp`), :mod:`.lowp_results`, :mod:`.lowp_report`;
+- ``--torch`` (issue 20's ``fastmomentum.torch.SGD`` against ``torch.optim.SGD``):
+  :mod:`.torch_sets` (the models' parameter shapes), :mod:`.torch_rows` (the optimizers, their
+  check), :mod:`.torch_run` (:func:`~.torch_run.run_torch`), :mod:`.torch_results`,
+  :mod:`.torch_report`.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from .._outputs import check_plot_path, check_writable
-from . import cuda, lowp_report
+from . import cuda, lowp_report, torch_report
 from .lowp_kinds import KINDS
 from .lowp_run import DEFAULT_SIZES as LOWP_SIZES
 from .lowp_run import run_lowp
@@ -24,11 +24,17 @@ from .problems import LAYOUTS, VARIANTS, parse_size, size_label
 from .report import write_json
 from .runner import FULL, QUICK, default_threads, run
 from .timing import MIN_SAMPLE_S, MIN_SAMPLES
+from .torch_run import DEFAULT_THREADS as TORCH_THREADS
+from .torch_run import run_torch, torch_missing
+from .torch_sets import SETS
 
 PROG = "python -m fastmomentum bench"
 DTYPES = ["float32", "float64"]
 #: Options that choose the float32/float64 tables' cases: not for --state-dtype.
 NOT_FOR_STATE_DTYPE = ("dtype", "layout", "impl", "plot", "preset", "gpu_library")
+#: Options that choose the array tables' cases: not for --torch (its cases are model sets).
+NOT_FOR_TORCH = ("state_dtype", "sizes", "dtype", "layout", "variant", "impl", "plot", "preset",
+                 "gpu_library")
 #: Bytes per element alive at once in a --state-dtype case, at most: the float32 problem (12),
 #: each kind's own p, g, momentum and compensation (10 + 10 + 9 + 5 + 7) and the peers' tensors
 #: and state (about 60), rounded up.
@@ -81,6 +87,13 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
                         "fastmomentum, the RMW bound scaled to its bytes and the installed "
                         "low-precision peers (torch bf16, optimi, bitsandbytes); one array, "
                         f"sizes default to {' '.join(map(size_label, LOWP_SIZES))}")
+    parser.add_argument("--torch", nargs="*", choices=list(SETS), metavar="SET",
+                        help="instead of the float tables: one opt.step() of "
+                        "fastmomentum.torch.SGD against torch.optim.SGD's default, foreach and "
+                        "fused paths, and clip_grad_norm_ + fused step against the fused guard, "
+                        "on the parameter shapes of " + ", ".join(SETS) + " (default: all; "
+                        "needs torch; threads default to "
+                        f"{' '.join(map(str, TORCH_THREADS))})")
     parser.add_argument("--threads", type=int, nargs="+", metavar="N",
                         help=f"thread counts (default: {' '.join(map(str, default_threads()))})")
     parser.add_argument("--variant", nargs="+", choices=list(VARIANTS),
@@ -117,7 +130,9 @@ def _parse(argv: Sequence[str] | None, prog: str
            ) -> tuple[argparse.Namespace, argparse.ArgumentParser]:
     parser = build_parser(prog)
     args = parser.parse_args(argv)
-    if args.state_dtype is not None:
+    if args.torch is not None:
+        _check_torch(args, parser)
+    elif args.state_dtype is not None:
         _check_state_dtype(args, parser)
     if args.dtype is None:
         args.dtype = list(DTYPES)
@@ -160,6 +175,17 @@ def _check_state_dtype(args: argparse.Namespace, parser: argparse.ArgumentParser
         parser.error(f"--sizes {size_label(max(args.sizes or LOWP_SIZES))}: the kinds and "
                      f"peers need about {need / 2**30:.1f} GiB; this machine has "
                      f"{memory / 2**30:.1f} GiB")
+
+
+def _check_torch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """--torch runs its own table: the array tables' options do not apply."""
+    if args.device == "cuda":
+        parser.error("--torch is for --device cpu (fastmomentum.torch.SGD on CPU tensors)")
+    given = [f"--{name.replace('_', '-')}" if name != "preset" else f"--{args.preset}"
+             for name in NOT_FOR_TORCH if getattr(args, name) not in (None, "")]
+    if given:
+        parser.error(f"{', '.join(given)}: not for --torch (its table is the parameter sets "
+                     "of models, stepped by fastmomentum.torch.SGD and torch.optim.SGD)")
 
 
 def _check_outputs(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
@@ -227,6 +253,8 @@ def main(argv: Sequence[str] | None = None, *, prog: str = PROG, **knobs: Any) -
                          json_path=args.json,
                          command=" ".join([prog, shlex.join(argv)]).strip(),
                          out=sys.stdout if out == "stdout" else out)
+    if args.torch is not None:
+        return _main_torch(args, argv, prog, knobs)
     if args.state_dtype is not None:
         return _main_state_dtype(args, argv, prog, knobs)
     options = {**run_options(args), **knobs}
@@ -269,6 +297,33 @@ def _main_state_dtype(args: argparse.Namespace, argv: Sequence[str], prog: str,
     out = sys.stdout if out == "stdout" else out
     if args.json:
         path = lowp_report.write_json(results, args.json)
+        if out is not None:
+            print(f"# wrote {path}", file=out)
+    return 1 if results.failed else 0
+
+
+def _main_torch(args: argparse.Namespace, argv: Sequence[str], prog: str,
+                knobs: dict[str, Any]) -> int:
+    """``--torch``: :func:`~.torch_run.run_torch` (``knobs``: its test arguments); without
+    torch, a line saying so and nothing timed (exit 0: nothing failed)."""
+    out = knobs.get("out", "stdout")
+    out = sys.stdout if out == "stdout" else out
+    missing = torch_missing()
+    if missing is not None:
+        if out is not None:
+            written = " (no JSON written)" if args.json else ""
+            print(f"# --torch: skipped, {missing}{written}", file=out)
+        return 0
+    options: dict[str, Any] = {
+        "sets": list(dict.fromkeys(args.torch or SETS)),
+        "threads": list(dict.fromkeys(args.threads or TORCH_THREADS)),
+        "samples": args.samples, "min_sample_s": args.min_sample_ms / 1e3,
+        "command": " ".join([prog, shlex.join(argv)]).strip()}
+    options.update({k: v for k, v in knobs.items()
+                    if k in ("out", "samples", "min_sample_s", "sets", "command")})
+    results = run_torch(**options)
+    if args.json:
+        path = torch_report.write_json(results, args.json)
         if out is not None:
             print(f"# wrote {path}", file=out)
     return 1 if results.failed else 0
