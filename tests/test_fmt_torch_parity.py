@@ -378,3 +378,47 @@ def test_channels_last_parameters_are_updated_in_place_and_load_any_layout() -> 
     for p in ours.parameters():
         p.grad = torch.zeros_like(p)
     opt.step()  # the kernels take it
+
+
+CHANGES: dict[str, Callable[[Any, list[Any]], None]] = {
+    "a gradient goes": lambda opt, ps: setattr(ps[1], "grad", None),
+    "a late gradient comes": lambda opt, ps: None,  # _train gives the last one from step LATE
+    "momentum off": lambda opt, ps: opt.param_groups[0].__setitem__("momentum", 0.0),
+    "momentum on again": lambda opt, ps: opt.param_groups[0].__setitem__("momentum", 0.9),
+    "a buffer replaced": lambda opt, ps: opt.state[ps[0]].__setitem__(
+        "momentum_buffer", opt.state[ps[0]]["momentum_buffer"] * 0.5),
+    "a buffer's .data moved": lambda opt, ps: setattr(
+        opt.state[ps[2]]["momentum_buffer"], "data",
+        opt.state[ps[2]]["momentum_buffer"].data.clone() * 2.0),
+    "a parameter's .data moved": lambda opt, ps: setattr(ps[0], "data", ps[0].data.clone()),
+    "a group's parameter swapped": lambda opt, ps: opt.param_groups[1]["params"].reverse(),
+    "a group added": lambda opt, ps: opt.add_param_group(
+        {"params": [torch.nn.Parameter(torch.ones(3, dtype=ps[0].dtype))]}),
+}
+
+
+@pytest.mark.parametrize("change", sorted(CHANGES))
+def test_steps_that_reuse_the_last_steps_lists_see_every_change(change: str) -> None:
+    """From its third step on, a step reuses the previous one's lists when nothing changed: a
+    change between steps, at any step, gives torch.optim.SGD's trajectory."""
+    ours, theirs = _model(torch.float64), _model(torch.float64)
+    kw = dict(lr=0.05, momentum=0.9, weight_decay=1e-3)
+    opt = fmt.SGD(_groups(ours), **kw)
+    topt = torch.optim.SGD(_groups(theirs), foreach=False, **kw)
+    g = torch.Generator().manual_seed(5)
+    for step in range(3 * LATE):
+        grads = [torch.randn(p.shape, generator=g, dtype=p.dtype) for p in ours]
+        for i, (p, q) in enumerate(zip(ours, theirs, strict=True)):
+            late = i == len(ours) - 1 and step < LATE
+            p.grad = q.grad = None if late else grads[i]
+        if step in (4, LATE + 3):
+            for o, ps in ((opt, ours), (topt, theirs)):
+                CHANGES[change](o, ps)
+        opt.step()
+        topt.step()
+    assert _deviation(ours, theirs) <= BOUND[torch.float64]
+    for p, q in zip(ours, theirs, strict=True):
+        b, tb = opt.state[p].get("momentum_buffer"), topt.state[q].get("momentum_buffer")
+        assert (b is None) == (tb is None)
+        if b is not None:
+            assert float((b - tb).abs().max()) <= 1e-13 * float(tb.abs().max() + 1)

@@ -63,6 +63,25 @@ _GLOBAL_POST_HOOKS = getattr(_torch_optimizer, "_global_optimizer_post_hooks", _
 _PROFILER = torch.autograd.profiler
 
 
+# A step's calls, gradients, the parameters it updates (and where they are in the groups), and
+# the state tensors it makes.
+_Lists = tuple[list[Call], list[Any], list[torch.Tensor], list[tuple[int, int]],
+               list[tuple[torch.Tensor, str, torch.Tensor]]]
+
+
+class _Kept(NamedTuple):
+    """What a step's lists were made from, for the next step to reuse them (_kept_lists)."""
+
+    groups: list[tuple[dict[str, Any], Any, tuple[Any, ...]]]  # group, its params, their items
+    # per parameter: (p, has a gradient, _param_key, plain, buffer, _state_key, compensation,
+    # _state_key)
+    items: list[tuple[Any, ...]]
+    shapes: list[tuple[Any, ...]]  # per group: params, buffers, first index, compensations,
+    # momentum on
+    touched: list[torch.Tensor]
+    where: list[tuple[int, int]]
+
+
 class _Pending(NamedTuple):
     """A step whose kernels were called: what it made, and the counts before it."""
 
@@ -263,6 +282,7 @@ class SGD(Optimizer):
         # torch hashes tensors in Python. Each holds its tensor, so no id is reused meanwhile.
         self._param_views: dict[int, tuple[torch.Tensor, Any, Any, bool]] = {}
         self._state_views: dict[tuple[int, str], tuple[torch.Tensor, tuple[Any, ...], Any]] = {}
+        self._kept: _Kept | None = None  # the last step's lists (_kept_lists)
         self._busy = threading.Lock()  # held by the method that is running; never waited for
         super().__init__(params, defaults)
         _OPTIMIZERS.add(self)  # its lock is made new in a forked child
@@ -333,6 +353,7 @@ class SGD(Optimizer):
             _OPTIMIZERS.add(self)
             self._param_views = {}
             self._state_views = {}
+            self._kept = None
             self._pending = None
             self._backend = None
             self._device = None
@@ -490,61 +511,11 @@ class SGD(Optimizer):
 
     def _apply(self, guard: Guard) -> None:
         key = BUFFER_KEY[self.style]
-        low = self._state_dtype
-        state_dtype = None if low is None else _STATE_DTYPES[low]
-        calls: list[Call] = []
-        grads: list[Any] = []
-        touched: list[torch.Tensor] = []
-        where: list[tuple[int, int]] = []  # (group, position) of each kernel index
-        created: list[tuple[torch.Tensor, str, torch.Tensor]] = []
-        param_views = self._param_views
-        torch_first = self.style == "torch"  # PyTorch's first step: b <- g
-        kahan = self._param_rounding == "kahan"
-        for gi, group in enumerate(self.param_groups):
-            hyper = self._hyper(group)
-            has_momentum = hyper.momentum != 0
-            params, buffers, first, compensations = [], [], [], []
-            first_index = len(grads)
-            for j, p in enumerate(group["params"]):
-                g = p.grad
-                if g is None:
-                    continue
-                kept = param_views.get(id(p))
-                if kept is None or kept[1] != _param_key(p):
-                    kept = self._keep_param_view(p, _param_name(self, gi, j))
-                params.append(kept[2])
-                if kept[3]:  # a CPU tensor NumPy sees as it is: its gradient too, as a rule
-                    try:
-                        grads.append(g.numpy())
-                    except (TypeError, RuntimeError):  # it requires grad, has a neg bit, ...
-                        grads.append(self._grad_view(g, _param_name(self, gi, j)))
-                else:
-                    grads.append(self._grad_view(g, _param_name(self, gi, j)))
-                touched.append(p)
-                where.append((gi, j))
-                entry = self.state.get(p, _NO_STATE)  # (indexing would add an entry)
-                if has_momentum:
-                    buf = entry.get(key)
-                    is_first = buf is None
-                    if buf is None:
-                        buf = self._new_state_tensor(p, state_dtype, zero=self.style != "torch")
-                        created.append((p, key, buf))
-                    buffers.append(self._state_view(p, key, buf))
-                    first.append(is_first and torch_first)
-                comp = None
-                if kahan and p.dtype in (torch.bfloat16, torch.float16):
-                    c = entry.get(COMPENSATION_KEY)
-                    if c is None:
-                        c = self._new_state_tensor(p, None, zero=True)
-                        created.append((p, COMPENSATION_KEY, c))
-                    comp = self._state_view(p, COMPENSATION_KEY, c)
-                compensations.append(comp)
-            if not params:
-                continue
-            calls.append(_new_call((params, buffers if has_momentum else None,
-                                    first if has_momentum else False, hyper, first_index,
-                                    compensations if any(c is not None for c in compensations)
-                                    else None)))
+        hypers = [self._hyper(group) for group in self.param_groups]
+        lists = self._kept_lists(hypers, key)
+        if lists is None:
+            lists = self._make_lists(hypers, key)
+        calls, grads, touched, where, created = lists
         if len(self._param_views) > sum(len(group["params"]) for group in self.param_groups):
             self._prune_views()  # a parameter left the groups: its kept array goes too
         outcome = _core.StepOutcome()
@@ -566,6 +537,125 @@ class SGD(Optimizer):
         except (ValueError, TypeError, FloatingPointError) as e:
             # The kernels number the arrays of the call; the user knows the groups.
             raise type(e)(_renamed(str(e), self, where, key)) from None
+
+    def _make_lists(self, hypers: Sequence[Hyper], key: str) -> _Lists:
+        """A step's calls and gradients, every array looked up, made or converted as needed; and
+        the record that lets the next step reuse them (_kept_lists) when this one made no state."""
+        low = self._state_dtype
+        state_dtype = None if low is None else _STATE_DTYPES[low]
+        calls: list[Call] = []
+        grads: list[Any] = []
+        touched: list[torch.Tensor] = []
+        where: list[tuple[int, int]] = []  # (group, position) of each kernel index
+        created: list[tuple[torch.Tensor, str, torch.Tensor]] = []
+        items: list[tuple[Any, ...]] = []  # per parameter, what _kept_lists checks
+        shapes: list[tuple[Any, ...]] = []  # per group: its call's lists
+        param_views = self._param_views
+        torch_first = self.style == "torch"  # PyTorch's first step: b <- g
+        kahan = self._param_rounding == "kahan"
+        for gi, (group, hyper) in enumerate(zip(self.param_groups, hypers, strict=True)):
+            has_momentum = hyper.momentum != 0
+            params, buffers, first, compensations = [], [], [], []
+            first_index = len(grads)
+            for j, p in enumerate(group["params"]):
+                g = p.grad
+                if g is None:
+                    items.append((p, False, None, False, None, None, None, None))
+                    continue
+                kept = param_views.get(id(p))
+                if kept is None or kept[1] != _param_key(p):
+                    kept = self._keep_param_view(p, _param_name(self, gi, j))
+                params.append(kept[2])
+                if kept[3]:  # a CPU tensor NumPy sees as it is: its gradient too, as a rule
+                    try:
+                        grads.append(g.numpy())
+                    except (TypeError, RuntimeError):  # it requires grad, has a neg bit, ...
+                        grads.append(self._grad_view(g, _param_name(self, gi, j)))
+                else:
+                    grads.append(self._grad_view(g, _param_name(self, gi, j)))
+                touched.append(p)
+                where.append((gi, j))
+                entry = self.state.get(p, _NO_STATE)  # (indexing would add an entry)
+                buf = None
+                if has_momentum:
+                    buf = entry.get(key)
+                    is_first = buf is None
+                    if buf is None:
+                        buf = self._new_state_tensor(p, state_dtype, zero=self.style != "torch")
+                        created.append((p, key, buf))
+                    buffers.append(self._state_view(p, key, buf))
+                    first.append(is_first and torch_first)
+                comp = None
+                if kahan and p.dtype in (torch.bfloat16, torch.float16):
+                    comp = entry.get(COMPENSATION_KEY)
+                    if comp is None:
+                        comp = self._new_state_tensor(p, None, zero=True)
+                        created.append((p, COMPENSATION_KEY, comp))
+                    compensations.append(self._state_view(p, COMPENSATION_KEY, comp))
+                else:
+                    compensations.append(None)
+                items.append((p, True, kept[1], kept[3], buf,
+                              None if buf is None else _state_key(buf), comp,
+                              None if comp is None else _state_key(comp)))
+            comps = compensations if any(c is not None for c in compensations) else None
+            shapes.append((params, buffers if has_momentum else None, first_index, comps,
+                           has_momentum))
+            if params:
+                calls.append(_new_call((params, buffers if has_momentum else None,
+                                        first if has_momentum else False, hyper, first_index,
+                                        comps)))
+        self._kept = None if created else _Kept(
+            [(group, group["params"], tuple(group["params"])) for group in self.param_groups],
+            items, shapes, touched, where)
+        return calls, grads, touched, where, created
+
+    def _kept_lists(self, hypers: Sequence[Hyper], key: str) -> _Lists | None:
+        """The last step's lists again, with this step's gradients and hyper-parameters, if
+        nothing they depend on changed: the groups and their parameters, which parameters have a
+        gradient, each parameter's and state tensor's memory, layout and dtype, the state's
+        tensors, the momentum on or off. None otherwise (_make_lists looks everything up)."""
+        kept = self._kept
+        if kept is None or len(kept.groups) != len(self.param_groups):
+            return None
+        for (group, params, snapshot), now in zip(kept.groups, self.param_groups, strict=True):
+            if now is not group or group["params"] is not params \
+                    or not _core.same_items(params, snapshot):
+                return None
+        state = self.state
+        grads: list[Any] = []
+        view = self._view
+        for p, used, pkey, plain, buf, bkey, comp, ckey in kept.items:
+            g = p.grad
+            if not used:
+                if g is not None:
+                    return None
+                continue
+            if g is None or _param_key(p) != pkey:
+                return None
+            if buf is not None or comp is not None:
+                entry = state.get(p)
+                if entry is None or (buf is not None and (
+                        entry.get(key) is not buf or _state_key(buf) != bkey)) or (
+                        comp is not None and (entry.get(COMPENSATION_KEY) is not comp
+                                              or _state_key(comp) != ckey)):
+                    return None
+            if plain:
+                try:
+                    grads.append(g.numpy())
+                except (TypeError, RuntimeError):
+                    return None  # (_make_lists says why, or takes it)
+            elif g.is_sparse or g.layout != torch.strided or g.is_conj() or g.is_neg():
+                return None
+            else:
+                grads.append(view(g))
+        calls: list[Call] = []
+        for hyper, (params, buffers, first_index, comps, has_momentum) in zip(
+                hypers, kept.shapes, strict=True):
+            if (hyper.momentum != 0) != has_momentum:
+                return None
+            if params:
+                calls.append(_new_call((params, buffers, False, hyper, first_index, comps)))
+        return calls, grads, kept.touched, kept.where, []
 
     def _settle(self) -> None:
         """Records what the last step's kernels did: the state tensors it made, the counts. A step
@@ -618,6 +708,7 @@ class SGD(Optimizer):
             for p in list(self.state):
                 self._match_state(p)
             self._state_views.clear()
+            self._kept = None
             self.iterations, self.skipped_steps = iterations, skipped
         finally:
             busy.release()
