@@ -160,15 +160,21 @@ def _parse(argv: Sequence[str] | None, prog: str
     return args, parser
 
 
+def _refuse_given(args: argparse.Namespace, parser: argparse.ArgumentParser,
+                  names: Sequence[str], mode: str) -> None:
+    """A mode with its own table refuses the options of the others: ``names`` given."""
+    given = [f"--{name.replace('_', '-')}" if name != "preset" else f"--{args.preset}"
+             for name in names if getattr(args, name) not in (None, "")]
+    if given:
+        parser.error(f"{', '.join(given)}: not for {mode}")
+
+
 def _check_state_dtype(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     """--state-dtype runs its own table: the float tables' options do not apply."""
     if args.device == "cuda":
         parser.error("--state-dtype is for --device cpu")
-    given = [f"--{name.replace('_', '-')}" if name != "preset" else f"--{args.preset}"
-             for name in NOT_FOR_STATE_DTYPE if getattr(args, name) not in (None, "")]
-    if given:
-        parser.error(f"{', '.join(given)}: not for --state-dtype (its table is one array, "
-                     "float32 fastmomentum, the bound and the low-precision peers)")
+    _refuse_given(args, parser, NOT_FOR_STATE_DTYPE, "--state-dtype (its table is one array, "
+                  "float32 fastmomentum, the bound and the low-precision peers)")
     memory = _physical_memory()
     need = STATE_DTYPE_BYTES_ALIVE * max(args.sizes or LOWP_SIZES)
     if memory is not None and need > memory:
@@ -181,11 +187,8 @@ def _check_torch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> N
     """--torch runs its own table: the array tables' options do not apply."""
     if args.device == "cuda":
         parser.error("--torch is for --device cpu (fastmomentum.torch.SGD on CPU tensors)")
-    given = [f"--{name.replace('_', '-')}" if name != "preset" else f"--{args.preset}"
-             for name in NOT_FOR_TORCH if getattr(args, name) not in (None, "")]
-    if given:
-        parser.error(f"{', '.join(given)}: not for --torch (its table is the parameter sets "
-                     "of models, stepped by fastmomentum.torch.SGD and torch.optim.SGD)")
+    _refuse_given(args, parser, NOT_FOR_TORCH, "--torch (its table is the parameter sets of "
+                  "models, stepped by fastmomentum.torch.SGD and torch.optim.SGD)")
 
 
 def _check_outputs(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:

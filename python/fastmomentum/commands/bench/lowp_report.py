@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
-from .._words import count
-from .contention import BUSY_WARNING
+from .lines import (
+    MISSING,
+    LinePrinter,
+    busy_cell,
+    closing_header_lines,
+    dump_json,
+    time_line,
+    versions,
+)
 from .lowp_kinds import BOUND_TARGET, STEPS
 from .lowp_results import LowpRecord, LowpResults
 from .problems import size_label
@@ -16,7 +22,6 @@ JSON_SCHEMA = "fastmomentum-bench-lowp/1"
 #: (title, width) of each column after size and threads.
 COLUMNS = (("row", 21), ("B/el", 6), ("ns/el", 7), ("vs f32", 6), ("want", 6), ("/bound", 6),
            ("want", 6), ("speed", 5), ("bound", 5), ("busy", 5))
-MISSING = "--"
 
 
 def _yes_no(value: bool | None) -> str:
@@ -34,31 +39,21 @@ def row_cells(r: LowpRecord) -> list[str]:
     timed = r.ns_per_element
     ns = (_fmt(timed, ".3f") if timed is not None else
           "FAILED" if r.status == "failed" else MISSING)
-    busy = r.others_cpu
     return [size_label(r.size), str(r.threads), r.name, f"{r.bytes_per_element:.2f}", ns,
             _fmt(r.speedup_vs_float32, ".2f"),
             MISSING if r.target_speedup is None else f">={r.target_speedup:.2f}",
             _fmt(r.ratio_to_scaled_bound, ".2f"),
             f"<={BOUND_TARGET:.2f}" if r.source == "fastmomentum" else MISSING,
             _yes_no(r.speed_target_met), _yes_no(r.bound_target_met),
-            MISSING if busy is None else f"{busy:.1f}" + ("!" if busy > BUSY_WARNING else "")]
+            busy_cell(r.others_cpu)]
 
 
-class LowpPrinter:
+class LowpPrinter(LinePrinter):
     """Prints the header, each table's title and its rows as they are measured."""
-
-    def __init__(self, out: TextIO | None) -> None:
-        self.out = out
-
-    def line(self, text: str = "") -> None:
-        """One line on ``out`` (nothing when ``out`` is ``None``)."""
-        if self.out is not None:
-            print(text, file=self.out, flush=True)
 
     def header(self, results: LowpResults) -> None:
         """The command, versions, machine, method and row legend."""
-        for text in header_lines(results):
-            self.line(text)
+        self.lines(header_lines(results))
 
     def table_start(self, variant: str) -> None:
         """The title and column titles of one update's table."""
@@ -84,7 +79,6 @@ def header_lines(results: LowpResults) -> list[str]:
     """The lines before the tables."""
     meta, opts = results.metadata, results.options
     config = meta["fastmomentum_config"]
-    versions = ", ".join(f"{k} {v or 'not installed'}" for k, v in meta["versions"].items())
     lines = [
         "# fastmomentum benchmark, low-precision state (issue 19): one in-place momentum-SGD "
         "step per call",
@@ -93,15 +87,13 @@ def header_lines(results: LowpResults) -> list[str]:
         f"{' '.join(map(size_label, opts['sizes']))} --threads "
         f"{' '.join(map(str, opts['threads']))} --variant {' '.join(opts['variants'])} "
         f"--samples {opts['samples']} --min-sample-ms {opts['min_sample_s'] * 1e3:g}",
-        f"# versions: {versions}",
+        f"# versions: {versions(meta)}",
         f"# CPU: {meta['cpu_model']}, {meta['logical_cpus']} logical CPUs; fastmomentum ISA in "
         f"use {config.get('isa')}, OpenMP {config.get('openmp_version')}",
         "# update: torch-convention momentum with coupled weight decay, lr=0.01, momentum=0.9, "
         "weight_decay=1e-4, dampening 0; p in [-1, 1), g in [-1e-3, 1e-3), the momentum set by "
         "a first step (b <- g + wd*p), each kind on its own arrays",
-        f"# time: median of {count(opts['samples'], 'sample')}, each >= "
-        f"{opts['min_sample_s'] * 1e3:g} ms of back-to-back calls, after a warm-up; the rows of "
-        "one (size, threads) sampled in turn, in one process",
+        time_line(opts, "the rows of one (size, threads) sampled in turn, in one process"),
         f"# checked before timing: each kind {STEPS} steps (lr 0.1) vs float32 NumPy from the "
         "same widened start, within its storage's rounding; each peer 2 steps vs float64; "
         "FAILED = not timed",
@@ -117,10 +109,7 @@ def header_lines(results: LowpResults) -> list[str]:
     lines += [f"#   {name:>21} = {info['description']}"
               + (f" [{info['status']}: {info['note']}]" if info["status"] != "ok" else "")
               for name, info in results.rows.items()]
-    if opts["samples"] < 7 or opts["min_sample_s"] < 0.020:
-        lines.append("# WARNING: fewer samples or shorter ones than honest timings need "
-                     "(a test run): do not quote these numbers")
-    lines += [f"# note: {note}" for note in results.notes]
+    lines += closing_header_lines(opts, results.notes)
     return lines
 
 
@@ -148,6 +137,4 @@ def to_json(results: LowpResults) -> dict[str, Any]:
 
 def write_json(results: LowpResults, path: str | Path) -> Path:
     """Write :func:`to_json` to ``path``; returns the path."""
-    target = Path(path)
-    target.write_text(json.dumps(to_json(results), indent=1) + "\n")
-    return target
+    return dump_json(to_json(results), path)

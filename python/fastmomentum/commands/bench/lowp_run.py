@@ -4,21 +4,21 @@ RMW bound and the installed low-precision peers, checked then timed side by side
 from __future__ import annotations
 
 import gc
-import statistics
 import sys
 import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
 from . import lowp_kinds, lowp_peers, metadata
-from .contention import CpuMeter, busy_summary
+from .contention import CpuMeter
+from .lines import close_run
 from .lowp_kinds import KINDS, Kind
 from .lowp_report import LowpPrinter, failure_lines
 from .lowp_results import BOUND, FLOAT32, LowpRecord, LowpResults, derive
 from .peers import IMPLEMENTATIONS, Unavailable
 from .problems import SINGLE, VARIANTS, make_layout_problem, size_label
 from .threads import thread_limit
-from .timing import MIN_SAMPLE_S, MIN_SAMPLES, Step, interleaved_samples
+from .timing import MIN_SAMPLE_S, MIN_SAMPLES, Step, time_rows
 
 #: Sizes without --sizes: issue 19's targets hold at n >= 1e7 (3e7 is past the L3 here).
 DEFAULT_SIZES = [10**7, 3 * 10**7]
@@ -118,18 +118,7 @@ def _time_case(case: _Case, threads: int, rows: dict[str, dict[str, Any]],
             except Exception as exc:  # checked, yet broke on the timed problem: say so, go on
                 record.status, record.note = "failed", f"while building: {type(exc).__name__}: " \
                     f"{exc}".splitlines()[0]
-        meter = CpuMeter()
-        taken = interleaved_samples(timed, samples=samples, min_sample_s=min_sample_s)
-        others = meter.others()
-    for name, got in taken.items():
-        record = records[name]
-        if isinstance(got, Exception):
-            record.status, record.note = "failed", f"while timing: {type(got).__name__}: {got}"
-            continue
-        record.samples = got
-        record.seconds = statistics.median(got)
-    for record in records.values():
-        record.others_cpu = others
+        time_rows(records, timed, samples=samples, min_sample_s=min_sample_s)
     ordered = list(records.values())
     derive(ordered)
     return ordered
@@ -211,14 +200,6 @@ def run_lowp(
                 printer.rows(records)
             del case
             gc.collect()  # torch tensors hold their arrays: free them before the next size
-    results.duration_s = time.perf_counter() - started
-    others = run_meter.others()
-    results.metadata["others_cpu_during_run"] = others
-    for text in failure_lines(results):
-        printer.line(text)
-    summary = busy_summary(others)
-    if summary is not None:
-        printer.line(summary)
-    printer.line(f"# done in {results.duration_s:.0f} s ({size_label(max(sizes))} elements at "
-                 "most)")
+    close_run(printer, results, started, run_meter, failure_lines(results),
+              f" ({size_label(max(sizes))} elements at most)")
     return results

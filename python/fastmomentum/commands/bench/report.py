@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, TextIO
 
-from .._words import count
 from .contention import BUSY_WARNING
+from .lines import (
+    MISSING,
+    LinePrinter,
+    busy_cell,
+    closing_header_lines,
+    dump_json,
+    time_line,
+    versions,
+)
 from .problems import LAYOUTS, RTOL, VARIANTS, size_label
 from .results import FAILED, NOT_APPLICABLE, OK, UNAVAILABLE, Record, Results, Row
 
 JSON_SCHEMA = "fastmomentum-bench/1"
 SUMMARY_COLUMNS = (("GB/s", 6), ("/bound", 6), ("/best", 5), ("best peer", 18), ("vs numpy", 8),
                    ("busy", 5))
-MISSING = "--"
 
 
 def _ns(value: float) -> str:
@@ -33,23 +39,17 @@ def cell(record: Record | None) -> str:
     return _ns(ns) if ns is not None else MISSING
 
 
-class TablePrinter:
+class TablePrinter(LinePrinter):
     """Prints the header, then each table's title, column titles and rows as they come."""
 
     def __init__(self, out: TextIO | None, implementations: dict[str, dict[str, Any]]) -> None:
-        self.out = out
+        super().__init__(out)
         self.impls = implementations
         self.widths = {name: max(len(info["label"]), 7) for name, info in implementations.items()}
 
-    def line(self, text: str = "") -> None:
-        """One line on ``out`` (nothing when ``out`` is ``None``)."""
-        if self.out is not None:
-            print(text, file=self.out, flush=True)
-
     def header(self, results: Results) -> None:
         """The command, versions, machine, method and column legend."""
-        for text in header_lines(results):
-            self.line(text)
+        self.lines(header_lines(results))
 
     def table_start(self, dtype: str, layout: str, variant: str) -> None:
         """The title and column titles of the table for one (dtype, layout, variant)."""
@@ -75,24 +75,12 @@ class TablePrinter:
             value = summary[key]
             return MISSING if value is None else f"{value:{spec}}{suffix}"
 
-        busy = summary["others_cpu"]
         values = (fmt("fastmomentum_gb_per_s", ".1f"), fmt("ratio_to_bound", ".2f"),
                   fmt("ratio_to_best_peer", ".2f"), summary["best_peer"] or MISSING,
                   fmt("speedup_over_numpy", ".1f", "x"),
-                  fmt("others_cpu", ".1f", "!" if busy is not None and busy > BUSY_WARNING
-                      else ""))
+                  busy_cell(summary["others_cpu"]))
         cells += [f"{v:>{w}}" for v, (_, w) in zip(values, SUMMARY_COLUMNS, strict=True)]
         self.line("  ".join(cells))
-
-
-def _versions(metadata: dict[str, Any]) -> str:
-    parts = []
-    for name, ver in metadata["versions"].items():
-        extra = ""
-        if name == "numba" and metadata.get("numba_threading_layer"):
-            extra = f" (threading layer {metadata['numba_threading_layer']})"
-        parts.append(f"{name} {ver or 'not installed'}{extra}")
-    return ", ".join(parts)
 
 
 def _grain(config: dict[str, Any]) -> str:
@@ -114,7 +102,7 @@ def header_lines(results: Results) -> list[str]:
         "# fastmomentum benchmark: one in-place momentum-SGD step per call",
         f"# command: {results.command}",
         f"# resolved: {resolved_options(opts)}",
-        f"# versions: {_versions(meta)}",
+        f"# versions: {versions(meta)}",
         f"# python: {meta['python_executable']}; {meta['platform']}",
         f"# CPU: {meta['cpu_model']}, {meta['logical_cpus']} logical CPUs, caches {caches}; "
         f"ISA flags: {' '.join(meta['cpu_isa_flags']) or 'unknown'}",
@@ -123,10 +111,8 @@ def header_lines(results: Results) -> list[str]:
         f"{_grain(config)}, fp_contract {config.get('fp_contract')}",
         "# update: torch-convention momentum with coupled weight decay, lr=0.01, momentum=0.9, "
         "weight_decay=1e-4, dampening 0 (heavy-ball or Nesterov)",
-        f"# time: median of {count(opts['samples'], 'sample')}, each >= "
-        f"{opts['min_sample_s'] * 1e3:g} ms "
-        "of back-to-back calls, after a warm-up; every implementation steps the same arrays, "
-        "in one process, the row's implementations sampled in turn",
+        time_line(opts, "every implementation steps the same arrays, in one process, the "
+                  "row's implementations sampled in turn"),
         f"# verified before timing: {3} steps on fresh copies of a problem of the same "
         f"structure with min(size, {size_label(opts['verify_max_elements'])}) elements, vs the "
         "reference, fastmomentum.commands.bench.numpy_baseline (plain NumPy in the dtype); "
@@ -145,10 +131,7 @@ def header_lines(results: Results) -> list[str]:
         f"#   busy = CPUs' worth of work by other processes during the row ('!' above "
         f"{BUSY_WARNING:g}: a shared machine disturbed the timings, multi-thread ones first)",
     ]
-    if opts["samples"] < 7 or opts["min_sample_s"] < 0.020:
-        lines.append("# WARNING: fewer samples or shorter ones than honest timings need "
-                     "(a test run): do not quote these numbers")
-    lines += [f"# note: {note}" for note in results.notes]
+    lines += closing_header_lines(opts, results.notes)
     return lines
 
 
@@ -199,7 +182,5 @@ def to_json(results: Results) -> dict[str, Any]:
 
 def write_json(results: Results, path: str | Path) -> Path:
     """Write :func:`to_json` to ``path``; returns the path."""
-    target = Path(path)
-    target.write_text(json.dumps(to_json(results), indent=1) + "\n")
-    return target
+    return dump_json(to_json(results), path)
 

@@ -13,7 +13,8 @@ import numpy as np
 
 from .._progress import Progress
 from . import metadata
-from .contention import CpuMeter, busy_summary
+from .contention import CpuMeter
+from .lines import close_run
 from .peers import IMPLEMENTATIONS, Builder, Implementation, Unavailable
 from .problems import LAYOUTS, VARIANTS, Layout, Problem, make_layout_problem, size_label
 from .report import TablePrinter, failure_lines
@@ -252,13 +253,5 @@ def run(
                 for size in per_layout[layout_name]:
                     session.case(LAYOUTS[layout_name], dtype, variant, size, threads)
     bar.clear()
-    results.duration_s = time.perf_counter() - started
-    others = run_meter.others()
-    results.metadata["others_cpu_during_run"] = others
-    for text in failure_lines(results):
-        printer.line(text)
-    summary = busy_summary(others)
-    if summary is not None:
-        printer.line(summary)
-    printer.line(f"# done in {results.duration_s:.0f} s")
+    close_run(printer, results, started, run_meter, failure_lines(results))
     return results

@@ -5,6 +5,9 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable, Mapping
+from typing import Protocol
+
+from .contention import CpuMeter
 
 Step = Callable[[], object]
 
@@ -66,6 +69,35 @@ def interleaved_samples(steps: Mapping[str, Step], *, samples: int, min_sample_s
             except Exception as exc:
                 out[name] = exc
     return out
+
+
+class TimedRow(Protocol):
+    """A mode's record of one row at one thread count, as :func:`time_rows` fills it."""
+
+    status: str
+    note: str
+    samples: list[float]
+    seconds: float | None
+    others_cpu: float | None
+
+
+def time_rows(records: Mapping[str, TimedRow], steps: Mapping[str, Step], *, samples: int,
+              min_sample_s: float) -> None:
+    """Sample ``steps`` in turn (:func:`interleaved_samples`) into their ``records``: the
+    samples and their median, or ``failed`` with the exception. Every record, timed or not,
+    gets the CPUs other processes kept busy meanwhile (the busy column)."""
+    meter = CpuMeter()
+    taken = interleaved_samples(steps, samples=samples, min_sample_s=min_sample_s)
+    others = meter.others()
+    for name, got in taken.items():
+        record = records[name]
+        if isinstance(got, Exception):
+            record.status, record.note = "failed", f"while timing: {type(got).__name__}: {got}"
+            continue
+        record.samples = got
+        record.seconds = statistics.median(got)
+    for record in records.values():
+        record.others_cpu = others
 
 
 def seconds_per_call(step: Step, *, samples: int, min_sample_s: float) -> float:

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from .._words import count
-from .contention import BUSY_WARNING
+from .lines import (
+    MISSING,
+    LinePrinter,
+    busy_cell,
+    closing_header_lines,
+    dump_json,
+    time_line,
+    versions,
+)
 from .torch_results import TorchRecord, TorchResults
 from .torch_rows import CHECK_STEPS, CLIP_TARGET, FM_ROW, ROWS
 from .torch_sets import ParamSet
@@ -17,7 +24,6 @@ JSON_SCHEMA = "fastmomentum-bench-torch/1"
 #: (title, width) of each column.
 COLUMNS = (("set", 9), ("thr", 3), ("row", 17), ("ms/step", 9), ("fm x", 6), ("want", 6),
            ("met", 4), ("busy", 5))
-MISSING = "--"
 
 
 def _ms(seconds: float) -> str:
@@ -32,29 +38,19 @@ def row_cells(r: TorchRecord) -> list[str]:
     it, the target, whether it is met, other processes' CPUs."""
     time = (_ms(r.seconds) if r.seconds is not None else
             "FAILED" if r.status == "failed" else MISSING)
-    busy = r.others_cpu
     return [r.set, str(r.threads), r.name, time,
             MISSING if r.speedup is None else f"{r.speedup:.2f}",
             MISSING if r.target is None else f">={r.target:.2f}",
             MISSING if r.target_met is None else "yes" if r.target_met else "NO",
-            MISSING if busy is None else f"{busy:.1f}" + ("!" if busy > BUSY_WARNING else "")]
+            busy_cell(r.others_cpu)]
 
 
-class TorchPrinter:
+class TorchPrinter(LinePrinter):
     """Prints the header, each set's title and its rows as they are measured."""
-
-    def __init__(self, out: TextIO | None) -> None:
-        self.out = out
-
-    def line(self, text: str = "") -> None:
-        """One line on ``out`` (nothing when ``out`` is ``None``)."""
-        if self.out is not None:
-            print(text, file=self.out, flush=True)
 
     def header(self, results: TorchResults) -> None:
         """The command, versions, machine, method and legends."""
-        for text in header_lines(results):
-            self.line(text)
+        self.lines(header_lines(results))
 
     def table_start(self, pset: ParamSet) -> None:
         """The title and column titles of one set's table."""
@@ -79,7 +75,6 @@ def header_lines(results: TorchResults) -> list[str]:
     """The lines before the tables."""
     meta, opts = results.metadata, results.options
     config = meta["fastmomentum_config"]
-    versions = ", ".join(f"{k} {v or 'not installed'}" for k, v in meta["versions"].items())
     lines = [
         "# fastmomentum benchmark, PyTorch optimizers (issue 20): one opt.step() per call on a "
         "model's parameter set, float32 CPU tensors",
@@ -87,7 +82,7 @@ def header_lines(results: TorchResults) -> list[str]:
         f"# resolved: --torch {' '.join(opts['sets'])} --threads "
         f"{' '.join(map(str, opts['threads']))} --samples {opts['samples']} --min-sample-ms "
         f"{opts['min_sample_s'] * 1e3:g}",
-        f"# versions: {versions}",
+        f"# versions: {versions(meta)}",
         f"# CPU: {meta['cpu_model']}, {meta['logical_cpus']} logical CPUs; fastmomentum ISA in "
         f"use {config.get('isa')}, OpenMP {config.get('openmp_version')}; torch.set_num_threads "
         "and fastmomentum.set_num_threads both set to the row's thread count",
@@ -98,9 +93,7 @@ def header_lines(results: TorchResults) -> list[str]:
         f"{opts['max_grad_norm']:g}",
         "# tensors: the step rows share one set of parameters and gradients (each optimizer "
         "its own buffers); clip+torch-fused, which scales the gradients in place, has its own",
-        f"# time: median of {count(opts['samples'], 'sample')}, each >= "
-        f"{opts['min_sample_s'] * 1e3:g} ms of back-to-back calls, after a warm-up; the rows of "
-        "one (set, group, threads) sampled in turn, in one process",
+        time_line(opts, "the rows of one (set, group, threads) sampled in turn, in one process"),
         f"# checked before timing: each row {CHECK_STEPS} steps on copies of the set vs "
         "torch.optim.SGD(foreach=False) (clip rows: after clip_grad_norm_(foreach=False)), "
         "per tensor within rtol 1e-6, atol 1e-6 x max|reference|; FAILED = not timed",
@@ -115,10 +108,7 @@ def header_lines(results: TorchResults) -> list[str]:
               f"{info['parameters']:,} parameters" for name, info in results.sets.items()]
     lines.append("# rows:")
     lines += [f"#   {name:>17} = {description}" for name, description in results.rows.items()]
-    if opts["samples"] < 7 or opts["min_sample_s"] < 0.020:
-        lines.append("# WARNING: fewer samples or shorter ones than honest timings need "
-                     "(a test run): do not quote these numbers")
-    lines += [f"# note: {note}" for note in results.notes]
+    lines += closing_header_lines(opts, results.notes)
     return lines
 
 
@@ -169,6 +159,4 @@ def to_json(results: TorchResults) -> dict[str, Any]:
 
 def write_json(results: TorchResults, path: str | Path) -> Path:
     """Write :func:`to_json` to ``path``; returns the path."""
-    target = Path(path)
-    target.write_text(json.dumps(to_json(results), indent=1) + "\n")
-    return target
+    return dump_json(to_json(results), path)

@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import gc
 import importlib
-import statistics
 import sys
 import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
 from . import metadata, torch_rows
-from .contention import CpuMeter, busy_summary
+from .contention import CpuMeter
+from .lines import close_run
 from .threads import thread_limit
-from .timing import MIN_SAMPLE_S, MIN_SAMPLES, Step, interleaved_samples
+from .timing import MIN_SAMPLE_S, MIN_SAMPLES, Step, time_rows
 from .torch_report import TorchPrinter, failure_lines, target_lines
 from .torch_results import TorchRecord, TorchResults, derive
 from .torch_rows import GROUPS, ROWS
@@ -86,19 +86,8 @@ def _time_case(case: _Case, threads: int, verdicts: dict[tuple[str, int], str | 
             except Exception as exc:  # checked, yet broke on the timed tensors: say so, go on
                 record.status = "failed"
                 record.note = f"while building: {type(exc).__name__}: {exc}".splitlines()[0]
-        meter = CpuMeter()
-        taken = interleaved_samples(timed, samples=samples, min_sample_s=min_sample_s)
-        others = meter.others()
+        time_rows(records, timed, samples=samples, min_sample_s=min_sample_s)
     notes += [n for n in report.notes if n not in notes]
-    for name, got in taken.items():
-        record = records[name]
-        if isinstance(got, Exception):
-            record.status, record.note = "failed", f"while timing: {type(got).__name__}: {got}"
-            continue
-        record.samples = got
-        record.seconds = statistics.median(got)
-    for record in records.values():
-        record.others_cpu = others
     ordered = list(records.values())
     derive(ordered)
     return ordered
@@ -155,14 +144,7 @@ def run_torch(
                 printer.rows(records)
             del case
             gc.collect()  # a BERT-base group holds gigabytes: free them before the next
-    results.duration_s = time.perf_counter() - started
-    others = run_meter.others()
-    results.metadata["others_cpu_during_run"] = others
-    for text in [*target_lines(results), *failure_lines(results),
-                 *(f"# note: {note}" for note in results.notes)]:
-        printer.line(text)
-    summary = busy_summary(others)
-    if summary is not None:
-        printer.line(summary)
-    printer.line(f"# done in {results.duration_s:.0f} s")
+    close_run(printer, results, started, run_meter,
+              [*target_lines(results), *failure_lines(results),
+               *(f"# note: {note}" for note in results.notes)])
     return results
