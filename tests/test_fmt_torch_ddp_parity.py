@@ -89,6 +89,11 @@ def _worker(rank: int, world: int, store: str, out: str, mode: str) -> None:
         results = {f"{'zero' if zero else 'ddp'}-{kind}": _train(rank, kind, zero)
                    for zero in (False, True) for kind in OPTIMIZERS}
         torch.save(results, Path(out) / f"rank{rank}.pt")
+        # No rank tears gloo down while another still talks to it: a rank done first (ZeRO's
+        # consolidation sends to rank 0) destroyed its process group under rank 0's pending
+        # receive, and died in C++ ("terminate called without an active exception"), now and
+        # then, in CI's wheel stage.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
