@@ -516,8 +516,6 @@ class SGD(Optimizer):
         if lists is None:
             lists = self._make_lists(hypers, key)
         calls, grads, touched, where, created = lists
-        if len(self._param_views) > sum(len(group["params"]) for group in self.param_groups):
-            self._prune_views()  # a parameter left the groups: its kept array goes too
         outcome = _core.StepOutcome()
         if not calls:  # no gradient at all: the step counts, as fastmomentum.SGD's does
             self.iterations += 1
@@ -604,6 +602,8 @@ class SGD(Optimizer):
                 calls.append(_new_call((params, buffers if has_momentum else None,
                                         first if has_momentum else False, hyper, first_index,
                                         comps)))
+        if len(self._param_views) > sum(len(group["params"]) for group in self.param_groups):
+            self._prune_views()  # a parameter left the groups: its kept array goes too
         self._kept = None if created else _Kept(
             [(group, group["params"], tuple(group["params"])) for group in self.param_groups],
             items, shapes, touched, where)
