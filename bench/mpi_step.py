@@ -22,6 +22,15 @@ all-gather), a reduce-scatter or an all-gather ``(n-1)/n·B``, the rank-order re
 per step (none on one rank, except the baseline's). ``state MB/rank``: the momentum buffers this
 rank holds (``state_nbytes``).
 
+The second table splits each step into its phases, in ms per step (the median over the steps of
+the ranks' mean; ``_mpi_phases.py`` wraps the library's calls from outside it): the copy of the
+gradients into the flat buffer(s), each MPI collective by name (its time includes waiting for the
+other ranks), the reduce-scatter's local work (moving MPI's sums into place, or the rank-order
+additions), the update kernel call, ShardedSGD's copies around the all-gather, and ``other``: the
+rest of the rank's step (Python, checks); and ``faults``, the minor page faults of a rank's step
+(the median): memory the step maps afresh, such as a collective's scratch buffer, costs a fault
+per 4 KiB page on first touch. ``--json PATH`` writes every row, phases included.
+
 Several ranks on fewer cores (``--oversubscribe``) share the cores and the memory bandwidth: there,
 compare the rows of one world size with each other, not across world sizes.
 """
@@ -36,6 +45,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -47,11 +57,13 @@ VARIANTS = ["baseline", "DistributedSGD", "DistributedSGD det", "ShardedSGD", "S
 
 def measure(size: int, arrays: int, steps: int) -> list[dict[str, Any]]:
     """Run under MPI: every variant on this world; rank 0 gets the rows."""
+    from _mpi_phases import CLOCK, PHASES, TimedComm, install
     from mpi4py import MPI
 
     from fastmomentum.distributed import DistributedSGD, ShardedSGD
 
-    comm = MPI.COMM_WORLD
+    install()
+    comm = TimedComm(MPI.COMM_WORLD)
     n = comm.size
     rng = np.random.default_rng(0)
     params = [np.asarray(rng.standard_normal(size // arrays), np.float32) for _ in range(arrays)]
@@ -81,19 +93,30 @@ def measure(size: int, arrays: int, steps: int) -> list[dict[str, Any]]:
             sent = 2 * ring
             messages = 0 if n == 1 else (len(opt.bucket_sizes) * (2 if opt.deterministic else 1)
                                          if kind is DistributedSGD else 2)
-        times = []
+        times, phases, faults = [], [], []
         for i in range(steps + 2):
             comm.Barrier()
+            CLOCK.take()
             begin = time.perf_counter()
             step()
-            elapsed = comm.allreduce(time.perf_counter() - begin, op=MPI.MAX)
+            mine = time.perf_counter() - begin
+            spent, step_faults = CLOCK.take()
+            spent["other"] = mine - sum(spent.values())
+            elapsed = comm.allreduce(mine, op=MPI.MAX)
+            everyone = comm.allgather(spent)
             if i >= 2:
                 times.append(elapsed)
+                phases.append({phase: sum(r.get(phase, 0.0) for r in everyone) / n
+                               for phase in PHASES})
+                faults.append(comm.allreduce(step_faults) / n)
         state = opt.state_nbytes if hasattr(opt, "state_nbytes") else sum(
             e["momentum_buffer"].nbytes for e in opt.state.values())
         rows.append({"world": n, "variant": variant, "step_ms": statistics.median(times) * 1e3,
                      "mb_sent": sent / 1e6, "messages": messages,
-                     "state_mb": comm.allreduce(state, op=MPI.MAX) / 1e6})
+                     "state_mb": comm.allreduce(state, op=MPI.MAX) / 1e6,
+                     "phases_ms": {heading: statistics.median(p[phase] for p in phases) * 1e3
+                                   for phase, heading in PHASES.items()},
+                     "page_faults": statistics.median(faults)})
         del opt, step
     return rows
 
@@ -119,6 +142,7 @@ def main() -> None:
     parser.add_argument("--arrays", type=int, default=50)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--worlds", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--json", type=Path, help="write every row (phases included) here")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -134,6 +158,7 @@ def main() -> None:
           f"median of {args.steps} steps")
     print(f"{'n':>2}  {'variant':<20} {'step ms':>9} {'vs baseline':>11} {'MB sent/rank':>12} "
           f"{'msgs':>5} {'state MB/rank':>13}")
+    everything = []
     for world in args.worlds:
         rows = launch(world, args)
         base = rows[0]["step_ms"]
@@ -141,6 +166,17 @@ def main() -> None:
             print(f"{world:>2}  {row['variant']:<20} {row['step_ms']:>9.2f} "
                   f"{row['step_ms'] / base:>11.2f} {row['mb_sent']:>12.1f} {row['messages']:>5} "
                   f"{row['state_mb']:>13.1f}")
+        everything += rows
+    headings = list(everything[0]["phases_ms"])
+    print("\nms per phase (the ranks' mean; '-': a phase the variant does not have), and the minor "
+          "page faults of a rank's step")
+    print(f"{'n':>2}  {'variant':<20}" + "".join(f" {h:>10}" for h in headings) + "     faults")
+    for row in everything:
+        cells = [f"{ms:>10.2f}" if ms else f"{'-':>10}" for ms in row["phases_ms"].values()]
+        print(f"{row['world']:>2}  {row['variant']:<20} " + " ".join(cells)
+              + f" {row['page_faults']:>10.0f}")
+    if args.json is not None:
+        args.json.write_text(json.dumps(everything, indent=1) + "\n")
 
 
 if __name__ == "__main__":
