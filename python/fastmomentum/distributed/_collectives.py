@@ -99,8 +99,10 @@ class SumReducer:
             scratch = self._scratch[buf.dtype] = np.empty(world * size, buf.dtype)
         parts = scratch[:world * size].reshape(world, size)  # row r: rank r's piece
         self.comm.Alltoallv(_spec(buf, bounds), _spec(parts, [r * size for r in range(world + 1)]))
-        np.copyto(out, parts[0])
-        for r in range(1, world):
+        # The first addition writes into place (world >= 2 here): one pass over the shard fewer
+        # than copying parts[0] there first, and the same additions in the same order.
+        np.add(parts[0], parts[1], out=out)
+        for r in range(2, world):
             np.add(out, parts[r], out=out)
 
 
