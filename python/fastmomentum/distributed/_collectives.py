@@ -48,15 +48,20 @@ def _spec(buf: NDArray[Any], bounds: Sequence[int]) -> list[Any]:
 class SumReducer:
     """Element-wise sums of a buffer over the ranks, in place.
 
-    ``deterministic=False``: ``MPI_Allreduce`` / ``MPI_Reduce_scatter`` with ``MPI_SUM``, whose
-    order of additions is the MPI library's (it may depend on the world size, the message size and
-    the algorithm chosen; the sum is then exact up to that rounding).
+    The reduce-scatter is written here from ``MPI_Alltoallv``, so that every element is summed in
+    rank order, ``((g_0 + g_1) + g_2) + ...`` (left to right, each addition rounded to the dtype),
+    whatever the library, world size or network. It moves the ``(n-1)/n`` of the buffer per rank
+    that a ring reduce-scatter moves, and needs a scratch buffer as large as the part summed (kept
+    between steps). It serves both settings: Open MPI 4.1's ``MPI_Reduce_scatter`` (and the move
+    of its result into place) was never faster on shared memory (``bench/mpi_step.py``, 2 and 4
+    ranks: as fast at 1e5 float32, 1.3x to 1.7x slower at 1e6 and 4e6, 3.1x at 1e7, where it
+    page-faults in a scratch buffer as large as the whole message at every call).
 
-    ``deterministic=True``: a reduce-scatter written here from ``MPI_Alltoallv``, so that every
-    element is summed in rank order, ``((g_0 + g_1) + g_2) + ...`` (left to right, each addition
-    rounded to the dtype), whatever the library, world size or network; the all-reduce is that
-    reduce-scatter followed by ``MPI_Allgatherv``. It moves as many bytes per rank as a ring
-    all-reduce, ``2·(n-1)/n`` of the buffer, and needs a scratch buffer as large as the part summed.
+    The all-reduce, ``deterministic=False``: ``MPI_Allreduce`` with ``MPI_SUM``, whose order of
+    additions is the MPI library's (it may depend on the world size, the message size and the
+    algorithm chosen; the sum is then exact up to that rounding). ``deterministic=True``: the
+    rank-order reduce-scatter followed by ``MPI_Allgatherv``, ``2·(n-1)/n`` of the buffer per rank
+    as a ring all-reduce.
     """
 
     def __init__(self, comm: MPI.Intracomm, deterministic: bool) -> None:
@@ -78,19 +83,12 @@ class SumReducer:
         allgather(self.comm, buf, bounds)
 
     def reduce_scatter(self, buf: NDArray[Any], bounds: Sequence[int]) -> None:
-        """``buf[lo:hi] <- Σ_ranks buf[lo:hi]`` for this rank's ``lo, hi = bounds[rank:rank + 2]``
-        (the rest of ``buf`` is left undefined)."""
+        """``buf[lo:hi] <- Σ_ranks buf[lo:hi]`` for this rank's ``lo, hi = bounds[rank:rank + 2]``,
+        in rank order whatever ``deterministic`` (see the class docstring; the rest of ``buf`` is
+        left undefined)."""
         world, rank = self.comm.size, self.comm.rank
         lo, hi = bounds[rank], bounds[rank + 1]
         if world == 1:
-            return
-        if not self.deterministic:
-            # In place (MPI forbids overlapping send and receive buffers): the sums arrive at the
-            # start of buf, and move to this rank's place.
-            counts = [b - a for a, b in pairwise(bounds)]
-            self.comm.Reduce_scatter(MPI.IN_PLACE, buf, recvcounts=counts, op=MPI.SUM)
-            if lo:
-                buf[lo:hi] = buf[:hi - lo]  # NumPy copies overlapping ranges correctly
             return
         size = hi - lo
         out = buf[lo:hi]

@@ -28,15 +28,17 @@ class ShardedSGD(SGD):
     the momentum buffers of those views only, so state memory per rank is the total divided by
     ``n``. One step, with ``g_r`` rank ``r``'s gradients::
 
-        s <- the shard r of (g_0 + g_1 + ... + g_{n-1})       MPI_Reduce_scatter
+        s <- the shard r of (g_0 + g_1 + ... + g_{n-1})       MPI_Alltoallv, rank-order sums
         p <- the fm.SGD update of the shard r of p with g = s * (1 / (n * loss_scale))
         p <- the updated shards of every rank                  MPI_Allgatherv
 
     The update is ``fm.SGD``'s, in ONE kernel call; the element-wise update does not depend on
-    how the elements are split, so with ``deterministic=True`` (rank-order sums, as
-    :class:`DistributedSGD`'s) the parameters are bit for bit those of ``fm.SGD`` and of
-    ``DistributedSGD``. Communication per rank and step: ``(n-1)/n`` of the gradients' bytes in
-    the reduce-scatter and of the parameters' in the all-gather, as much as one ring all-reduce.
+    how the elements are split, and the sums are formed in rank order whatever ``deterministic``
+    (the reduce-scatter of ``DistributedSGD(deterministic=True)``: faster here than
+    ``MPI_Reduce_scatter``, see ``_collectives.SumReducer``), so the parameters are bit for bit
+    those of ``fm.SGD`` and of ``DistributedSGD(deterministic=True)``. Communication per rank and
+    step: ``(n-1)/n`` of the gradients' bytes in the reduce-scatter and of the parameters' in the
+    all-gather, as much as one ring all-reduce.
     Memory per rank: the parameters, one flat gradient buffer as large as the parameters (it
     receives the all-gather too), and ``1/n`` of the state.
 
