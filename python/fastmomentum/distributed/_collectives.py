@@ -96,12 +96,17 @@ class SumReducer:
         if scratch is None or scratch.size < world * size:
             scratch = self._scratch[buf.dtype] = np.empty(world * size, buf.dtype)
         parts = scratch[:world * size].reshape(world, size)  # row r: rank r's piece
-        self.comm.Alltoallv(_spec(buf, bounds), _spec(parts, [r * size for r in range(world + 1)]))
-        # The first addition writes into place (world >= 2 here): one pass over the shard fewer
-        # than copying parts[0] there first, and the same additions in the same order.
-        np.add(parts[0], parts[1], out=out)
-        for r in range(2, world):
-            np.add(out, parts[r], out=out)
+        # This rank's own piece stays where it is (out), not copied through the exchange.
+        send, receive = _spec(buf, bounds), _spec(parts, [r * size for r in range(world + 1)])
+        send[1][rank] = receive[1][rank] = 0
+        self.comm.Alltoallv(send, receive)
+        # ((g_0 + g_1) + g_2) + ...: the partial sum lives in parts[0] until this rank's term, out,
+        # is added, and in out from then on (world >= 2 here, so every term is added once).
+        total = parts[0] if rank else out
+        for r in range(1, world):
+            target = out if r >= rank else total
+            np.add(total, out if r == rank else parts[r], out=target)
+            total = target
 
 
 def allgather(comm: MPI.Intracomm, buf: NDArray[Any], bounds: Sequence[int]) -> None:
