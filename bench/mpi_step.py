@@ -10,8 +10,11 @@ arrays:
 
 - ``baseline``: ``comm.Allreduce(IN_PLACE, g)`` for each gradient (one message per array), then
   ``fm.SGD.step(grads, loss_scale=n)``;
-- ``DistributedSGD`` (25 MiB buckets) and ``ShardedSGD``, with MPI's sums and with rank-order
-  sums (``det``).
+- ``DistributedSGD`` (25 MiB buckets, or ``--bucket-mb``) and ``ShardedSGD``, with
+  ``deterministic=False`` and ``True`` (``det``; ShardedSGD sums in rank order either way).
+
+``--grad-buffers``: the optimizers' gradients are written into ``opt.grad_buffers`` before each
+step, outside its time, as by a backward pass that computes them there: the step copies nothing in.
 
 ``step ms``: the median over ``--steps`` steps (after two warm-up steps) of the slowest rank's time
 of one whole step (a barrier before each). ``MB sent/rank``: the bytes each rank sends per step,
@@ -25,11 +28,11 @@ rank holds (``state_nbytes``).
 The second table splits each step into its phases, in ms per step (the median over the steps of
 the ranks' mean; ``_mpi_phases.py`` wraps the library's calls from outside it): the copy of the
 gradients into the flat buffer(s), each MPI collective by name (its time includes waiting for the
-other ranks), the reduce-scatter's local work (moving MPI's sums into place, or the rank-order
-additions), the update kernel call, ShardedSGD's copies around the all-gather, and ``other``: the
-rest of the rank's step (Python, checks); and ``faults``, the minor page faults of a rank's step
-(the median): memory the step maps afresh, such as a collective's scratch buffer, costs a fault
-per 4 KiB page on first touch. ``--json PATH`` writes every row, phases included.
+other ranks), the reduce-scatter's local work (the rank-order additions), the update kernel call,
+ShardedSGD's copies around the all-gather, and ``other``: the rest of the rank's step (Python,
+checks); and ``faults``, the minor page faults of a rank's step (the median): memory the step maps
+afresh, such as a collective's scratch buffer, costs a fault per 4 KiB page on first touch.
+``--json PATH`` writes every row, phases included.
 
 Several ranks on fewer cores (``--oversubscribe``) share the cores and the memory bandwidth: there,
 compare the rows of one world size with each other, not across world sizes.
@@ -55,7 +58,8 @@ import fastmomentum as fm
 VARIANTS = ["baseline", "DistributedSGD", "DistributedSGD det", "ShardedSGD", "ShardedSGD det"]
 
 
-def measure(size: int, arrays: int, steps: int) -> list[dict[str, Any]]:
+def measure(size: int, arrays: int, steps: int, bucket_bytes: int | None, in_buffers: bool
+            ) -> list[dict[str, Any]]:
     """Run under MPI: every variant on this world; rank 0 gets the rows."""
     from _mpi_phases import CLOCK, PHASES, TimedComm, install
     from mpi4py import MPI
@@ -85,7 +89,12 @@ def measure(size: int, arrays: int, steps: int) -> list[dict[str, Any]]:
             sent, messages = 2 * ring, arrays
         else:
             kind = DistributedSGD if variant.startswith("Distributed") else ShardedSGD
-            opt = kind(comm, params, lr=1e-3, momentum=0.9, deterministic=variant.endswith("det"))
+            buckets: dict[str, Any] = {"bucket_bytes": bucket_bytes} \
+                if bucket_bytes and kind is DistributedSGD else {}
+            opt = kind(comm, params, lr=1e-3, momentum=0.9, deterministic=variant.endswith("det"),
+                       **buckets)
+            if in_buffers:  # as a backward pass that writes there: no copy in the step
+                work = opt.grad_buffers
 
             def step(opt: Any = opt, work: list[np.ndarray] = work) -> None:
                 opt.step(work)
@@ -95,6 +104,9 @@ def measure(size: int, arrays: int, steps: int) -> list[dict[str, Any]]:
                                          if kind is DistributedSGD else 2)
         times, phases, faults = [], [], []
         for i in range(steps + 2):
+            if in_buffers and variant != "baseline":  # (ShardedSGD all-gathers into them)
+                for g, buffer in zip(grads, work, strict=True):
+                    np.copyto(buffer, g)
             comm.Barrier()
             CLOCK.take()
             begin = time.perf_counter()
@@ -131,7 +143,9 @@ def launch(world: int, args: argparse.Namespace) -> list[dict[str, Any]]:
         command.append("--oversubscribe")
         env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
     command += [sys.executable, "-m", "mpi4py", __file__, "--worker", "--size", str(args.size),
-                "--arrays", str(args.arrays), "--steps", str(args.steps)]
+                "--arrays", str(args.arrays), "--steps", str(args.steps),
+                *(["--bucket-mb", str(args.bucket_mb)] if args.bucket_mb else []),
+                *(["--grad-buffers"] if args.grad_buffers else [])]
     done = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
     return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
 
@@ -142,11 +156,17 @@ def main() -> None:
     parser.add_argument("--arrays", type=int, default=50)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--worlds", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--bucket-mb", type=float,
+                        help="DistributedSGD's bucket_bytes, in MiB (default: its default, 25)")
+    parser.add_argument("--grad-buffers", action="store_true",
+                        help="the optimizers' gradients written into opt.grad_buffers before each "
+                        "step (outside its time), as a backward pass computing them there")
     parser.add_argument("--json", type=Path, help="write every row (phases included) here")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        rows = measure(args.size, args.arrays, args.steps)
+        rows = measure(args.size, args.arrays, args.steps,
+                       int(args.bucket_mb * 2**20) if args.bucket_mb else None, args.grad_buffers)
         from mpi4py import MPI
 
         if MPI.COMM_WORLD.rank == 0:
