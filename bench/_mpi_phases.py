@@ -19,21 +19,18 @@ from typing import Any
 
 from mpi4py import MPI
 
-from fastmomentum.distributed import ShardedSGD, _collectives, _layout
+from fastmomentum.distributed import _collectives, _layout
 from fastmomentum.optim import SGD
 
 #: The phases, in the order a step meets them (a variant shows those it has), and their headings.
 PHASES = {
     "copy_in": "copy in",            # the gradients into the flat buffer(s): FlatGrads.load
     "Allreduce": "Allreduce",
-    "Reduce_scatter": "Red_scat",
-    "Reduce_scatter_block": "RS_block",
     "Alltoallv": "Alltoallv",
-    "local_sum": "local",            # reduce-scatter's own work: the shift of the received sums
-                                     # (MPI's), or the rank-order additions (deterministic)
+    "local_sum": "local",            # the reduce-scatter's own work: the rank-order additions
     "update": "update",              # SGD._apply: the fused kernel, and its Python around it
     "Allgatherv": "Allgatherv",
-    "copy_out": "copy out",          # ShardedSGD: the shard into, the others' out of the buffer
+    "Alltoallw": "Alltoallw",        # ShardedSGD's all-gather, straight into the parameters
     "other": "other",                # the rest of the step: Python, the checks, the lock
 }
 COLLECTIVES = [name for name in PHASES if name[0].isupper()]
@@ -97,7 +94,6 @@ def install() -> None:
         (_layout.FlatGrads, "load", "copy_in"),
         (_collectives.SumReducer, "reduce_scatter", "local_sum"),
         (SGD, "_apply", "update"),
-        (ShardedSGD, "_gather_params", "copy_out"),
     ]
     for owner, name, phase in patches:
         setattr(owner, name, CLOCK.timed(phase, getattr(owner, name)))

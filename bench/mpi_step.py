@@ -29,10 +29,9 @@ The second table splits each step into its phases, in ms per step (the median ov
 the ranks' mean; ``_mpi_phases.py`` wraps the library's calls from outside it): the copy of the
 gradients into the flat buffer(s), each MPI collective by name (its time includes waiting for the
 other ranks), the reduce-scatter's local work (the rank-order additions), the update kernel call,
-ShardedSGD's copies around the all-gather, and ``other``: the rest of the rank's step (Python,
-checks); and ``faults``, the minor page faults of a rank's step (the median): memory the step maps
-afresh, such as a collective's scratch buffer, costs a fault per 4 KiB page on first touch.
-``--json PATH`` writes every row, phases included.
+and ``other``: the rest of the rank's step (Python, checks); and ``faults``, the minor page faults
+of a rank's step (the median): memory the step maps afresh, such as a collective's scratch buffer,
+costs a fault per 4 KiB page on first touch. ``--json PATH`` writes every row, phases included.
 
 Several ranks on fewer cores (``--oversubscribe``) share the cores and the memory bandwidth: there,
 compare the rows of one world size with each other, not across world sizes.
@@ -104,7 +103,7 @@ def measure(size: int, arrays: int, steps: int, bucket_bytes: int | None, in_buf
                                          if kind is DistributedSGD else 2)
         times, phases, faults = [], [], []
         for i in range(steps + 2):
-            if in_buffers and variant != "baseline":  # (ShardedSGD all-gathers into them)
+            if in_buffers and variant != "baseline":  # (a step leaves sums there)
                 for g, buffer in zip(grads, work, strict=True):
                     np.copyto(buffer, g)
             comm.Barrier()
