@@ -5,13 +5,15 @@
   averages the ranks' gradients (bucketed in-place ``MPI_Allreduce``) and applies ``fm.SGD``'s
   fused update: ``g <- Σ_r g_r / n``, then ``p <- p - lr*b`` etc., identically on every rank.
 - :class:`ShardedSGD`: ZeRO stage 1. Rank ``r`` keeps the momentum state of its shard of the
-  flattened parameters only (``1/n`` of it): ``MPI_Reduce_scatter`` of the gradients, the fused
-  update of the shard, ``MPI_Allgatherv`` of the parameters.
+  flattened parameters only (``1/n`` of it): a reduce-scatter of the gradients (``MPI_Alltoallv``
+  and rank-order sums), the fused update of the shard, an all-gather of the parameters
+  (``MPI_Alltoallw`` straight into their memory).
 - :func:`broadcast_parameters`: copy one rank's parameter values to all.
 
 Both take ``fm.SGD``'s arguments and options, its schedulers and its ``state_dict`` layout (a
 checkpoint moves between them, ``fm.SGD``, and any world size); ``deterministic=True`` sums the
-gradients in rank order, which makes the result bitwise reproducible and equal to one process's.
+gradients in rank order, which makes the result bitwise reproducible and equal to one process's
+(ShardedSGD's sums are in rank order either way).
 """
 
 from __future__ import annotations

@@ -56,7 +56,11 @@ class DistributedSGD(SGD):
             the guards act on the averaged gradients, identically on every rank.
         deterministic: sum in rank order (bitwise reproducible, independent of the MPI library
             and the network); default ``False``: ``MPI_Allreduce``.
-        bucket_bytes: the largest message, in bytes (default 25 MiB, as PyTorch's DDP).
+        bucket_bytes: the largest message, in bytes (default 25 MiB, as PyTorch's DDP). Keep it
+            under 32 MiB with Open MPI 4.1: above, its ``MPI_Allreduce`` page-faults in a scratch
+            buffer as large as the message at every call (``bench/mpi_step.py --bucket-mb``, 1e7
+            float32 on 2 ranks: the all-reduce 10.3 ms in one 40 MiB bucket, 6.0 ms in 25 MiB
+            ones and 6.0 in 31 MiB ones, 4.9 in 8 MiB ones).
 
     Schedulers (:mod:`fastmomentum.lr_scheduler`) and schedules attach exactly as to ``fm.SGD``;
     ``state_dict()`` is ``fm.SGD``'s (identical on every rank; save it from one), and loads into

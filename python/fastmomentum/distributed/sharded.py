@@ -14,7 +14,14 @@ from .. import _core, storage
 from ..functional import Array, HostArray
 from ..guards import StepResult
 from ..optim import BUFFER_KEY, SGD, ArrayState, Schedulable, _busy_error, group_arrays
-from ._collectives import SumReducer, allgather, check_comm, check_same_everywhere, raise_everywhere
+from ._collectives import (
+    ParamGather,
+    SumReducer,
+    allgather,
+    check_comm,
+    check_same_everywhere,
+    raise_everywhere,
+)
 from ._layout import FlatGrads, Place, shard_bounds
 
 __all__ = ["ShardedSGD"]
@@ -28,17 +35,19 @@ class ShardedSGD(SGD):
     the momentum buffers of those views only, so state memory per rank is the total divided by
     ``n``. One step, with ``g_r`` rank ``r``'s gradients::
 
-        s <- the shard r of (g_0 + g_1 + ... + g_{n-1})       MPI_Reduce_scatter
+        s <- the shard r of (g_0 + g_1 + ... + g_{n-1})       MPI_Alltoallv, rank-order sums
         p <- the fm.SGD update of the shard r of p with g = s * (1 / (n * loss_scale))
-        p <- the updated shards of every rank                  MPI_Allgatherv
+        p <- the updated shards of every rank                  MPI_Alltoallw, into p itself
 
     The update is ``fm.SGD``'s, in ONE kernel call; the element-wise update does not depend on
-    how the elements are split, so with ``deterministic=True`` (rank-order sums, as
-    :class:`DistributedSGD`'s) the parameters are bit for bit those of ``fm.SGD`` and of
-    ``DistributedSGD``. Communication per rank and step: ``(n-1)/n`` of the gradients' bytes in
-    the reduce-scatter and of the parameters' in the all-gather, as much as one ring all-reduce.
-    Memory per rank: the parameters, one flat gradient buffer as large as the parameters (it
-    receives the all-gather too), and ``1/n`` of the state.
+    how the elements are split, and the sums are formed in rank order whatever ``deterministic``
+    (the reduce-scatter of ``DistributedSGD(deterministic=True)``: faster here than
+    ``MPI_Reduce_scatter``, see ``_collectives.SumReducer``), so the parameters are bit for bit
+    those of ``fm.SGD`` and of ``DistributedSGD(deterministic=True)``. Communication per rank and
+    step: ``(n-1)/n`` of the gradients' bytes in the reduce-scatter and of the parameters' in the
+    all-gather, as much as one ring all-reduce.
+    Memory per rank: the parameters, one flat gradient buffer as large as the parameters, a
+    scratch buffer as large as a shard (the reduce-scatter's), and ``1/n`` of the state.
 
     Args:
         comm, params, lr, momentum, dampening, weight_decay, nesterov, deterministic, **options:
@@ -109,6 +118,7 @@ class ShardedSGD(SGD):
         world, rank = self.comm.size, self.comm.rank
         self._bounds = {dtype: shard_bounds(flat.size, world)
                         for dtype, flat in self._grads.flats.items()}
+        self._gather = ParamGather(self.comm, self.params, self._grads.places, self._bounds)
         # This rank's piece of each parameter that meets its shard: (place, piece of the
         # parameter, piece of its gradient), as views of the parameter's and the flat memory.
         self._pieces: list[tuple[Place, NDArray[Any], NDArray[Any]]] = []
@@ -153,8 +163,7 @@ class ShardedSGD(SGD):
     @property
     def grad_buffers(self) -> list[NDArray[Any]]:
         """As :attr:`DistributedSGD.grad_buffers` (gradients computed there are not copied), but
-        they are also the parameters' all-gather's receive buffers: after a step they hold
-        parameters, not gradients."""
+        after a step only this rank's shard of them holds the ranks' sum (the rest is undefined)."""
         return list(self._grads.views)
 
     @property
@@ -197,22 +206,9 @@ class ShardedSGD(SGD):
             busy.release()
 
     def _gather_params(self) -> None:
-        """Every rank's updated shard into every rank's parameters, through the flat buffers."""
-        if self.comm.size == 1:
-            return  # the one shard is all the parameters, updated in place
-        for _, piece, grad in self._pieces:
-            np.copyto(grad, piece)  # this rank's shard, in place of its gradient sums
-        rank = self.comm.rank
-        for dtype, flat in self._grads.flats.items():
-            allgather(self.comm, flat, self._bounds[dtype])
-        for place in self._grads.places:
-            lo, hi = self._bounds[place.dtype][rank:rank + 2]
-            flat, p = self._grads.flats[place.dtype], self.params[place.param].reshape(-1)
-            # The parts outside this rank's shard (its own part is already in place).
-            for start, stop in ((place.start, min(place.stop, lo)),
-                                (max(place.start, hi), place.stop)):
-                if start < stop:
-                    p[start - place.start:stop - place.start] = flat[start:stop]
+        """Every rank's updated shard into every rank's parameters."""
+        if self.comm.size > 1:  # (on one rank, the one shard is all the parameters)
+            self._gather()
 
     def state_dict(self) -> dict[str, Any]:
         """``fm.SGD.state_dict()``'s layout over :attr:`params`, with the full buffers gathered
