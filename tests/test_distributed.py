@@ -314,6 +314,29 @@ def test_gpu_arrays_are_refused():
         FlatGrads([host, FakeCudaArray()])
 
 
+@pytest.mark.parametrize("layout", ["fortran", "transposed"])
+def test_parameters_not_in_c_order_are_refused_before_anything(layout):
+    """fm.SGD updates any dense layout; the distributed optimizers' flat buffers, messages and
+    shards are C-order runs of each parameter's elements, so they refuse the others by name (on
+    one rank here; a refusal on any rank raises on every rank: test_constructor_and_step_...)."""
+    from mpi4py import MPI
+
+    from fastmomentum.distributed import DistributedSGD, ShardedSGD
+    from fastmomentum.distributed._layout import FlatGrads
+
+    dense = np.arange(12, dtype=np.float32).reshape(3, 4)
+    odd = np.asfortranarray(dense) if layout == "fortran" else dense.copy().T
+    match = r"params\[1\] is not C-contiguous \(strides \(4, 1[26]\)\)"
+    with pytest.raises(ValueError, match=match):
+        FlatGrads([np.zeros(2, np.float32), odd])
+    for kind in (DistributedSGD, ShardedSGD):
+        params = [np.zeros(2, np.float32), odd]
+        before = odd.copy()
+        with pytest.raises(ValueError, match=match):
+            kind(MPI.COMM_SELF, params, lr=0.1, momentum=0.9)
+        np.testing.assert_array_equal(odd, before)
+
+
 def test_low_precision_state_with_distributed_sgd(tmp_path):
     """DistributedSGD stores the momentum as fm.SGD does for each state_dtype (the same bits as
     fm.SGD stepped with the reduced gradients, 2 ranks); 16-bit parameters and ShardedSGD's

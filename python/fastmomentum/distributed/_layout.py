@@ -54,6 +54,11 @@ class FlatGrads:
                                 "gradients with MPI, which has no 16-bit float type; keep "
                                 "float32 parameters (DistributedSGD's state_dtype= stores the "
                                 "momentum in 16 or 8 bits) or step 16-bit ones with fm.SGD")
+            if not p.flags.c_contiguous:  # fm.SGD takes any dense layout; the flat buffers don't
+                raise ValueError(f"params[{i}] is not C-contiguous (strides {p.strides}): "
+                                 "fastmomentum.distributed lays each parameter out as one run of "
+                                 "elements in C order in its flat buffers and shards; pass "
+                                 "C-ordered parameters (fm.SGD steps any dense layout)")
         sizes: dict[np.dtype[Any], int] = {}
         self.places: list[Place] = []
         for i, p in enumerate(params):

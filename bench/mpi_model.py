@@ -1,0 +1,242 @@
+"""The distributed optimizers' communication model: per step, the messages and bytes each rank
+sends for each variant of ``bench/mpi_step.py``, and the step time under the latency-bandwidth
+(alpha-beta) model of ring collectives, projected to clusters.
+
+    python bench/mpi_model.py                 # the README's projection (25 M and 350 M float32
+                                              # parameters, 8/64/256 ranks, 25 and 100 Gb/s)
+    python bench/mpi_model.py --params 1e9 --ranks 512 --link-gbps 400 --latency-us 2
+
+The model, for ``P`` float32 parameters (``B = 4P`` bytes) in ``k`` arrays and ``m`` buckets, on
+``n`` ranks. A collective is a sequence of rounds; each round costs the link's latency ``alpha``,
+and each byte a rank sends costs ``1/beta``. MPI's own collectives are taken as the bandwidth-
+optimal ones MPI libraries use for large messages (recursive halving, then doubling: Rabenseifner's
+all-reduce), with ``L = ceil(log2 n)``:
+
+- all-reduce of ``b`` bytes: ``2L`` rounds, ``2(n-1)/n * b`` bytes sent per rank;
+- reduce-scatter and all-gather: ``L`` rounds, ``(n-1)/n * b`` bytes;
+- the rank-order reduce-scatter (``deterministic=True``, on ``MPI_Alltoallv``): the same bytes in
+  ``n-1`` messages, one to each other rank: its latency grows with ``n``, not ``log n``.
+
+The sums themselves cost the local memory: ``(n-1)/n * b`` bytes of additions per rank in a
+reduce-scatter or an all-reduce, at ``add_ns`` per float32 element (NumPy's in-place add here).
+The update costs ``update_ns`` per element of the parameters a rank updates (all of them, or its
+shard), and ``DistributedSGD``/``ShardedSGD`` first copy the gradients into their flat buffer at
+``copy_ns`` per element (none with ``grad_buffers``). The variants:
+
+- ``baseline``: ``k`` all-reduces of ``B/k``, then the update of ``P``;
+- ``DistributedSGD``: the copy, ``m`` all-reduces of ``B/m``, the update of ``P``; ``det``: each
+  all-reduce is a rank-order reduce-scatter and an all-gather (the same rounds and bytes);
+- ``ShardedSGD`` (ZeRO-1): the copy, one reduce-scatter of ``B``, the update of ``P/n``, one
+  all-gather of ``B``: the all-reduce's bytes, the update of ``1/n``;
+- ``DistributedSGD overlap``: not implemented; what bucket-by-bucket overlap of the reductions
+  with the update would give: the copy, then the larger of the communication and the update,
+  plus one bucket's share of the smaller.
+
+Every variant sends the same ``2(n-1)/n * B`` bytes per rank; they differ in rounds (latency) and
+in the local work. The local constants default to what was measured on this project's 2-core CI
+machine (one thread per rank); the link's are the figures of the link, not measured here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import dataclass
+
+#: DistributedSGD's default bucket size (PyTorch DDP's 25 MiB).
+BUCKET_BYTES = 25 * 2**20
+FLOAT32 = 4
+
+VARIANTS = ["baseline", "DistributedSGD", "DistributedSGD det", "ShardedSGD", "ShardedSGD det",
+            "DistributedSGD overlap"]
+
+
+@dataclass(frozen=True)
+class Link:
+    """A network (or shared memory): ``alpha`` seconds per round, ``beta`` bytes per second."""
+
+    alpha: float
+    beta: float
+
+    @classmethod
+    def of(cls, gbps: float, latency_us: float) -> Link:
+        return cls(alpha=latency_us * 1e-6, beta=gbps * 1e9 / 8)
+
+
+@dataclass(frozen=True)
+class Local:
+    """One rank's memory-bound work, in nanoseconds per float32 element."""
+
+    update_ns: float  # the fused momentum step (reads p, g, b; writes p, b)
+    copy_ns: float  # a gradient copied into the flat buffer
+    add_ns: float  # one in-place addition of a received piece (the collectives' sums)
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """What one rank does in one step: collective rounds, bytes sent, elements summed."""
+
+    rounds: int
+    bytes_sent: float
+    summed: float  # float32 elements added into a buffer
+
+
+def log_rounds(n: int) -> int:
+    return math.ceil(math.log2(n)) if n > 1 else 0
+
+
+def allreduce(n: int, nbytes: float) -> Traffic:
+    """MPI's all-reduce: recursive halving (a reduce-scatter), then doubling (an all-gather)."""
+    return Traffic(2 * log_rounds(n), 2 * (n - 1) / n * nbytes, (n - 1) / n * nbytes / FLOAT32)
+
+
+def reduce_scatter(n: int, nbytes: float, rank_order: bool) -> Traffic:
+    """MPI's reduce-scatter, or the rank-order one on ``MPI_Alltoallv`` (one message per rank)."""
+    rounds = n - 1 if rank_order else log_rounds(n)
+    return Traffic(rounds, (n - 1) / n * nbytes, (n - 1) / n * nbytes / FLOAT32)
+
+
+def allgather(n: int, nbytes: float) -> Traffic:
+    return Traffic(log_rounds(n), (n - 1) / n * nbytes, 0.0)
+
+
+def buckets(params: int, arrays: int, bucket_bytes: int = BUCKET_BYTES) -> int:
+    """How many messages DistributedSGD's bucketing makes of ``arrays`` equal arrays: runs of whole
+    arrays of at most ``bucket_bytes`` (an array larger than that is a bucket of its own)."""
+    per_array = params / arrays * FLOAT32
+    per_bucket = max(1, int(bucket_bytes // per_array))
+    return math.ceil(arrays / per_bucket)
+
+
+def traffic(variant: str, n: int, params: int, arrays: int) -> Traffic:
+    """The step's communication for one rank (nothing on one rank)."""
+    if n == 1:
+        return Traffic(0, 0.0, 0.0)
+    total = params * FLOAT32
+    det = variant.endswith("det")
+    if variant == "baseline":
+        parts = [allreduce(n, total / arrays)] * arrays
+    elif variant.startswith("DistributedSGD"):
+        m = buckets(params, arrays)
+        parts = ([reduce_scatter(n, total / m, True), allgather(n, total / m)] if det
+                 else [allreduce(n, total / m)]) * m
+    else:
+        parts = [reduce_scatter(n, total, det), allgather(n, total)]
+    return Traffic(sum(p.rounds for p in parts), sum(p.bytes_sent for p in parts),
+                   sum(p.summed for p in parts))
+
+
+def step_seconds(variant: str, n: int, params: int, arrays: int, link: Link, local: Local) -> float:
+    """The model's step time of ``variant`` (no overlap except in ``DistributedSGD overlap``)."""
+    t = traffic(variant, n, params, arrays)
+    comm = t.rounds * link.alpha + t.bytes_sent / link.beta + t.summed * local.add_ns * 1e-9
+    copy = 0.0 if variant == "baseline" else params * local.copy_ns * 1e-9
+    updated = params / n if variant.startswith("ShardedSGD") else params
+    update = updated * local.update_ns * 1e-9
+    if variant == "DistributedSGD overlap":
+        m = buckets(params, arrays)
+        return copy + max(comm, update) + min(comm, update) / m
+    return copy + comm + update
+
+
+#: ``python bench/mpi_model.py --measure`` on the CI machine (2 cores of an Intel Xeon VM, one
+#: thread): medians, 1e7 float32 elements in 50 arrays.
+MEASURED_HERE = Local(update_ns=0.45, copy_ns=0.28, add_ns=0.27)
+
+
+def measure_local(threads: int = 1, elements: int = 10**7, arrays: int = 50,
+                  repeats: int = 15) -> Local:
+    """This machine's local constants: ``fm.SGD``'s step (momentum 0.9) of ``elements`` float32
+    parameters in ``arrays`` arrays on ``threads`` threads, their copy into one flat buffer, and
+    NumPy's in-place add of two ``elements`` arrays (NumPy's copy and add run on one thread, as in
+    the optimizers); the median of ``repeats`` runs each."""
+    import fastmomentum as fm
+
+    before = fm.get_num_threads()
+    fm.set_num_threads(threads)
+    try:
+        return _measure(elements, arrays, repeats)
+    finally:
+        fm.set_num_threads(before)
+
+
+def _measure(elements: int, arrays: int, repeats: int) -> Local:
+    import statistics
+    import time
+
+    import numpy as np
+
+    import fastmomentum as fm
+
+    rng = np.random.default_rng(0)
+    params = [rng.standard_normal(elements // arrays, dtype=np.float32) for _ in range(arrays)]
+    grads = [rng.standard_normal(elements // arrays, dtype=np.float32) for _ in range(arrays)]
+    flat = np.empty(elements // arrays * arrays, np.float32)
+    opt = fm.SGD(params, lr=1e-3, momentum=0.9)
+
+    def copy() -> None:
+        np.concatenate(grads, out=flat)
+
+    other = flat.copy()
+
+    def add() -> None:
+        np.add(flat, other, out=flat)
+
+    def ns(work: object) -> float:
+        assert callable(work)
+        work()
+        times = []
+        for _ in range(repeats):
+            begin = time.perf_counter()
+            work()
+            times.append(time.perf_counter() - begin)
+        return statistics.median(times) * 1e9 / flat.size
+
+    return Local(update_ns=ns(lambda: opt.step(grads)), copy_ns=ns(copy), add_ns=ns(add))
+
+
+def projection(params: int, arrays: int, ranks: list[int], links: list[tuple[str, Link]],
+               local: Local) -> list[str]:
+    lines = [f"{params:.3g} float32 parameters in {arrays} arrays (DistributedSGD's 25 MiB "
+             f"buckets: {buckets(params, arrays)}); ms per step; update "
+             f"{local.update_ns:.2f} ns/element, copy {local.copy_ns:.2f}, add {local.add_ns:.2f}"]
+    lines.append(f"{'link':<22} {'n':>4}  " + " ".join(f"{v:>22}" for v in VARIANTS))
+    for name, link in links:
+        for n in ranks:
+            cells = [step_seconds(v, n, params, arrays, link, local) * 1e3 for v in VARIANTS]
+            lines.append(f"{name:<22} {n:>4}  " + " ".join(f"{c:>22.1f}" for c in cells))
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--params", type=lambda s: int(float(s)), nargs="+",
+                        default=[25_000_000, 350_000_000])
+    parser.add_argument("--arrays", type=int, nargs="+", default=[161, 390],
+                        help="arrays per --params entry (default: ResNet-50's 161; 390 for 350 M)")
+    parser.add_argument("--ranks", type=int, nargs="+", default=[8, 64, 256])
+    parser.add_argument("--link-gbps", type=float, nargs="+", default=[25.0, 100.0])
+    parser.add_argument("--latency-us", type=float, nargs="+", default=[10.0, 2.0],
+                        help="per-round latency of each link (default: 10 us for 25 Gb/s "
+                             "Ethernet with TCP, 2 us for 100 Gb/s InfiniBand)")
+    parser.add_argument("--measure", action="store_true",
+                        help="measure the local constants on this machine first")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="with --measure: the update's threads (a rank's OMP_NUM_THREADS)")
+    parser.add_argument("--update-ns", type=float, default=MEASURED_HERE.update_ns)
+    parser.add_argument("--copy-ns", type=float, default=MEASURED_HERE.copy_ns)
+    parser.add_argument("--add-ns", type=float, default=MEASURED_HERE.add_ns)
+    args = parser.parse_args()
+    if len(args.arrays) != len(args.params) or len(args.latency_us) != len(args.link_gbps):
+        parser.error("give one --arrays per --params and one --latency-us per --link-gbps")
+    local = (measure_local(args.threads) if args.measure
+             else Local(args.update_ns, args.copy_ns, args.add_ns))
+    links = [(f"{g:g} Gb/s, {a:g} us", Link.of(g, a))
+             for g, a in zip(args.link_gbps, args.latency_us, strict=True)]
+    for params, arrays in zip(args.params, args.arrays, strict=True):
+        print("\n".join(projection(params, arrays, args.ranks, links, local)))
+        print()
+
+
+if __name__ == "__main__":
+    main()
