@@ -14,8 +14,10 @@ all-reduce), with ``L = ceil(log2 n)``:
 
 - all-reduce of ``b`` bytes: ``2L`` rounds, ``2(n-1)/n * b`` bytes sent per rank;
 - reduce-scatter and all-gather: ``L`` rounds, ``(n-1)/n * b`` bytes;
-- the rank-order reduce-scatter (``deterministic=True``, on ``MPI_Alltoallv``): the same bytes in
-  ``n-1`` messages, one to each other rank: its latency grows with ``n``, not ``log n``.
+- the rank-order reduce-scatter (on ``MPI_Alltoallv``: ``DistributedSGD(deterministic=True)``'s,
+  and ``ShardedSGD``'s whatever ``deterministic``) and ``ShardedSGD``'s all-gather (one
+  ``MPI_Alltoallw`` straight into the parameters): the same bytes in ``n-1`` messages, one to
+  each other rank: their latency grows with ``n``, not ``log n``.
 
 The sums themselves cost the local memory: ``(n-1)/n * b`` bytes of additions per rank in a
 reduce-scatter or an all-reduce, at ``add_ns`` per float32 element (NumPy's in-place add here).
@@ -26,8 +28,8 @@ shard), and ``DistributedSGD``/``ShardedSGD`` first copy the gradients into thei
 - ``baseline``: ``k`` all-reduces of ``B/k``, then the update of ``P``;
 - ``DistributedSGD``: the copy, ``m`` all-reduces of ``B/m``, the update of ``P``; ``det``: each
   all-reduce is a rank-order reduce-scatter and an all-gather (the same rounds and bytes);
-- ``ShardedSGD`` (ZeRO-1): the copy, one reduce-scatter of ``B``, the update of ``P/n``, one
-  all-gather of ``B``: the all-reduce's bytes, the update of ``1/n``;
+- ``ShardedSGD`` (ZeRO-1, either setting): the copy, one reduce-scatter of ``B``, the update of
+  ``P/n``, one all-gather of ``B``: the all-reduce's bytes, the update of ``1/n``;
 - ``DistributedSGD overlap``: not implemented; what bucket-by-bucket overlap of the reductions
   with the update would give: the copy, then the larger of the communication and the update,
   plus one bucket's share of the smaller.
@@ -49,6 +51,10 @@ FLOAT32 = 4
 
 VARIANTS = ["baseline", "DistributedSGD", "DistributedSGD det", "ShardedSGD", "ShardedSGD det",
             "DistributedSGD overlap"]
+#: The projection's column headers.
+SHORT = {"baseline": "baseline", "DistributedSGD": "Dist", "DistributedSGD det": "Dist det",
+         "ShardedSGD": "Sharded", "ShardedSGD det": "Sharded det",
+         "DistributedSGD overlap": "Dist overlap"}
 
 
 @dataclass(frozen=True)
@@ -96,8 +102,9 @@ def reduce_scatter(n: int, nbytes: float, rank_order: bool) -> Traffic:
     return Traffic(rounds, (n - 1) / n * nbytes, (n - 1) / n * nbytes / FLOAT32)
 
 
-def allgather(n: int, nbytes: float) -> Traffic:
-    return Traffic(log_rounds(n), (n - 1) / n * nbytes, 0.0)
+def allgather(n: int, nbytes: float, one_message_per_rank: bool = False) -> Traffic:
+    """MPI's all-gather, or ShardedSGD's, one ``MPI_Alltoallw`` straight into the parameters."""
+    return Traffic(n - 1 if one_message_per_rank else log_rounds(n), (n - 1) / n * nbytes, 0.0)
 
 
 def buckets(params: int, arrays: int, bucket_bytes: int = BUCKET_BYTES) -> int:
@@ -120,8 +127,8 @@ def traffic(variant: str, n: int, params: int, arrays: int) -> Traffic:
         m = buckets(params, arrays)
         parts = ([reduce_scatter(n, total / m, True), allgather(n, total / m)] if det
                  else [allreduce(n, total / m)]) * m
-    else:
-        parts = [reduce_scatter(n, total, det), allgather(n, total)]
+    else:  # ShardedSGD sums in rank order whatever deterministic (faster than MPI's here)
+        parts = [reduce_scatter(n, total, True), allgather(n, total, True)]
     return Traffic(sum(p.rounds for p in parts), sum(p.bytes_sent for p in parts),
                    sum(p.summed for p in parts))
 
@@ -141,7 +148,7 @@ def step_seconds(variant: str, n: int, params: int, arrays: int, link: Link, loc
 
 #: ``python bench/mpi_model.py --measure`` on the CI machine (2 cores of an Intel Xeon VM, one
 #: thread): medians, 1e7 float32 elements in 50 arrays.
-MEASURED_HERE = Local(update_ns=0.45, copy_ns=0.28, add_ns=0.27)
+MEASURED_HERE = Local(update_ns=0.44, copy_ns=0.28, add_ns=0.27)
 
 
 def measure_local(threads: int = 1, elements: int = 10**7, arrays: int = 50,
@@ -200,11 +207,11 @@ def projection(params: int, arrays: int, ranks: list[int], links: list[tuple[str
     lines = [f"{params:.3g} float32 parameters in {arrays} arrays (DistributedSGD's 25 MiB "
              f"buckets: {buckets(params, arrays)}); ms per step; update "
              f"{local.update_ns:.2f} ns/element, copy {local.copy_ns:.2f}, add {local.add_ns:.2f}"]
-    lines.append(f"{'link':<22} {'n':>4}  " + " ".join(f"{v:>22}" for v in VARIANTS))
+    lines.append(f"{'link':<16} {'n':>4} " + " ".join(f"{SHORT[v]:>12}" for v in VARIANTS))
     for name, link in links:
         for n in ranks:
             cells = [step_seconds(v, n, params, arrays, link, local) * 1e3 for v in VARIANTS]
-            lines.append(f"{name:<22} {n:>4}  " + " ".join(f"{c:>22.1f}" for c in cells))
+            lines.append(f"{name:<16} {n:>4} " + " ".join(f"{c:>12.1f}" for c in cells))
     return lines
 
 
@@ -213,7 +220,8 @@ def main() -> None:
     parser.add_argument("--params", type=lambda s: int(float(s)), nargs="+",
                         default=[25_000_000, 350_000_000])
     parser.add_argument("--arrays", type=int, nargs="+", default=[161, 390],
-                        help="arrays per --params entry (default: ResNet-50's 161; 390 for 350 M)")
+                        help="arrays per --params entry (default: 161, ResNet-50's count; "
+                             "390 for 350 M)")
     parser.add_argument("--ranks", type=int, nargs="+", default=[8, 64, 256])
     parser.add_argument("--link-gbps", type=float, nargs="+", default=[25.0, 100.0])
     parser.add_argument("--latency-us", type=float, nargs="+", default=[10.0, 2.0],
@@ -231,7 +239,7 @@ def main() -> None:
         parser.error("give one --arrays per --params and one --latency-us per --link-gbps")
     local = (measure_local(args.threads) if args.measure
              else Local(args.update_ns, args.copy_ns, args.add_ns))
-    links = [(f"{g:g} Gb/s, {a:g} us", Link.of(g, a))
+    links = [(f"{g:g} Gb/s {a:g} us", Link.of(g, a))
              for g, a in zip(args.link_gbps, args.latency_us, strict=True)]
     for params, arrays in zip(args.params, args.arrays, strict=True):
         print("\n".join(projection(params, arrays, args.ranks, links, local)))
