@@ -178,13 +178,13 @@ def _measure(elements: int, arrays: int, repeats: int) -> Local:
     rng = np.random.default_rng(0)
     params = [rng.standard_normal(elements // arrays, dtype=np.float32) for _ in range(arrays)]
     grads = [rng.standard_normal(elements // arrays, dtype=np.float32) for _ in range(arrays)]
-    flat = np.empty(elements // arrays * arrays, np.float32)
+    flat = np.zeros(elements // arrays * arrays, np.float32)
     opt = fm.SGD(params, lr=1e-3, momentum=0.9)
 
     def copy() -> None:
         np.concatenate(grads, out=flat)
 
-    other = flat.copy()
+    other = np.ones_like(flat)
 
     def add() -> None:
         np.add(flat, other, out=flat)
@@ -237,6 +237,11 @@ def main() -> None:
     args = parser.parse_args()
     if len(args.arrays) != len(args.params) or len(args.latency_us) != len(args.link_gbps):
         parser.error("give one --arrays per --params and one --latency-us per --link-gbps")
+    for name in ("params", "arrays", "ranks", "link_gbps"):
+        if min(getattr(args, name)) <= 0:
+            parser.error(f"--{name.replace('_', '-')} must be > 0")
+    if min(args.latency_us) < 0 or min(args.update_ns, args.copy_ns, args.add_ns) < 0:
+        parser.error("latencies and local costs must be >= 0")
     local = (measure_local(args.threads) if args.measure
              else Local(args.update_ns, args.copy_ns, args.add_ns))
     links = [(f"{g:g} Gb/s {a:g} us", Link.of(g, a))

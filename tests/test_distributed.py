@@ -354,3 +354,64 @@ def test_low_precision_state_with_distributed_sgd(tmp_path):
                "which has no 16-bit float type" in found["bf16-params"]
         assert "state_dtype='int8': ShardedSGD keeps each shard's momentum in its parameters' " \
                "dtype" in found["sharded-state"]
+
+
+# Per-rank checks, on one rank (COMM_SELF): each rank makes them before its step sends anything.
+
+def _self_optimizer(kind_name, params, **kwargs):
+    from mpi4py import MPI
+
+    from fastmomentum import distributed
+
+    return getattr(distributed, kind_name)(MPI.COMM_SELF, params, lr=0.1, momentum=0.9, **kwargs)
+
+
+def test_a_sharded_optimizer_refuses_to_be_copied_or_pickled():
+    import copy
+    import pickle
+
+    opt = _self_optimizer("ShardedSGD", [np.zeros(4, np.float32)])
+    for make_copy in (copy.copy, copy.deepcopy, pickle.dumps):
+        with pytest.raises(TypeError, match="a ShardedSGD cannot be copied or pickled: its shards "
+                                            r"are views of the parameters.*state_dict\(\)"):
+            make_copy(opt)
+
+
+def test_a_sharded_step_refuses_parameters_moved_or_made_read_only_since_construction():
+    p, q = np.zeros(8, np.float32), np.zeros(3, np.float32)
+    opt = _self_optimizer("ShardedSGD", [p, q])
+    p.resize(16, refcheck=False)  # new memory: the shards and the gather address the old
+    before = p.copy()
+    with pytest.raises(ValueError, match=r"params\[0\]'s memory moved or changed size since the "
+                                         "ShardedSGD was built"):
+        opt.step([np.ones(16, np.float32), np.ones(3, np.float32)])
+    np.testing.assert_array_equal(p, before)
+    opt = _self_optimizer("ShardedSGD", [np.zeros(2, np.float32), q])
+    q.flags.writeable = False
+    with pytest.raises(ValueError, match=r"params\[1\] is read-only: ShardedSGD updates"):
+        opt.step([np.ones(2, np.float32), np.ones(3, np.float32)])
+    np.testing.assert_array_equal(q, 0)
+
+
+@pytest.mark.parametrize("kind_name", KINDS)
+def test_gradients_that_are_other_parameters_buffers_are_refused(kind_name):
+    params = [np.zeros(3, np.float32), np.zeros(3, np.float32)]
+    opt = _self_optimizer(kind_name, params)
+    buffers = opt.grad_buffers
+    buffers[0][:], buffers[1][:] = 1, 2
+    with pytest.raises(ValueError, match=r"grads\[0\] is in the optimizer's gradient buffers but "
+                                         r"is not grad_buffers\[0\]"):
+        opt.step([buffers[1], buffers[0]])  # copied in order, one would overwrite the other
+    np.testing.assert_array_equal(params[0], 0)
+    np.testing.assert_array_equal(params[1], 0)
+    opt.step(buffers)  # each its own: no copy, and the step as fm.SGD's
+    np.testing.assert_allclose(params[0], -0.1)
+    np.testing.assert_allclose(params[1], -0.2)
+
+
+@pytest.mark.parametrize("kind_name", KINDS)
+def test_an_empty_parameter_of_several_dimensions_is_taken(kind_name):
+    params = [np.zeros((0, 4), np.float32), np.zeros(2, np.float32)]
+    opt = _self_optimizer(kind_name, params)
+    opt.step([np.zeros((0, 4), np.float32), np.ones(2, np.float32)])
+    np.testing.assert_allclose(params[1], -0.1)

@@ -133,3 +133,19 @@ def test_measure_local_measures_and_restores_the_thread_count(model: ModuleType)
     local = model.measure_local(threads=2, elements=10_000, arrays=10, repeats=3)
     assert local.update_ns > 0 and local.copy_ns > 0 and local.add_ns > 0
     assert fm.get_num_threads() == before
+
+
+@pytest.mark.parametrize("option, value", [("--params", "0"), ("--arrays", "0"), ("--ranks", "0"),
+                                           ("--link-gbps", "0"), ("--latency-us", "-1"),
+                                           ("--update-ns", "-1")])
+def test_values_that_would_divide_by_zero_are_refused(model: ModuleType, option: str, value: str,
+                                                      monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["mpi_model.py", "--params", "1e6", "--arrays", "10", "--ranks", "2", "--link-gbps",
+            "10", "--latency-us", "5"]
+    at = argv.index(option) + 1 if option in argv else len(argv)
+    argv = [*argv[:at], value, *argv[at + 1:]] if option in argv else [*argv, option, value]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit):
+        model.main()
+    assert "must be" in capsys.readouterr().err

@@ -142,6 +142,24 @@ class ParamGather:
                     lengths.append((stop - start) * size)
             self._types.append(MPI.BYTE.Create_hindexed(lengths, addresses).Commit())
         weakref.finalize(self, _free_types, self._types)
+        # Each parameter's memory as the datatypes address it: ((address, read-only), bytes).
+        self._memory = [(p.__array_interface__["data"], p.nbytes) for p in params]
+
+    def check(self, params: Sequence[NDArray[Any]]) -> None:
+        """Raises ``ValueError`` naming the first parameter whose memory moved, changed size or
+        became read-only since construction (``ndarray.resize``, ``flags.writeable = False``): the
+        datatypes address its old memory, and the shards are views of it, so a step would write
+        elsewhere. Checked by each rank before its step sends anything."""
+        for i, (p, (data, nbytes)) in enumerate(zip(params, self._memory, strict=True)):
+            now = p.__array_interface__["data"]
+            if now == data and p.nbytes == nbytes:
+                continue
+            if now[0] == data[0] and now[1]:
+                raise ValueError(f"params[{i}] is read-only: ShardedSGD updates the parameters in "
+                                 "place (it was writeable when the optimizer was built)")
+            raise ValueError(f"params[{i}]'s memory moved or changed size since the ShardedSGD "
+                             "was built (its shards and all-gather address that memory): build a "
+                             "new ShardedSGD and load_state_dict() the old one's state")
 
     def __call__(self) -> None:
         world, rank = self.comm.size, self.comm.rank
@@ -178,7 +196,7 @@ def check_same_everywhere(comm: MPI.Intracomm, groups: Sequence[dict[str, Any]])
     digest = hashlib.blake2b()
     for g in groups:
         for p in g["params"]:
-            digest.update(memoryview(p).cast("B"))
+            digest.update(memoryview(p.reshape(-1)).cast("B"))  # (C order: checked before)
     differ = _ranks_unlike_rank_0(comm, digest.hexdigest())
     if differ:
         raise ValueError(

@@ -102,6 +102,11 @@ class FlatGrads:
             if g.dtype != view.dtype or g.shape != view.shape:
                 raise ValueError(f"grads[{i}] is {g.dtype} of shape {g.shape} but its parameter "
                                  f"is {view.dtype} of shape {view.shape}")
+            if g is not view and np.may_share_memory(g, self.flats[view.dtype]):
+                # Copied in order, it could be overwritten by an earlier gradient's copy.
+                raise ValueError(f"grads[{i}] is in the optimizer's gradient buffers but is not "
+                                 f"grad_buffers[{i}]: pass each parameter's own buffer, or arrays "
+                                 "of your own")
         for g, view in zip(grads, self.views, strict=True):
             if g is not view:  # a gradient computed into the buffer needs no copy
                 np.copyto(view, g)  # type: ignore[arg-type]  # checked above: not None

@@ -186,6 +186,7 @@ class ShardedSGD(SGD):
         if not busy.acquire(False):  # see optim._busy_error (not blocking)
             raise _busy_error("step()")
         try:
+            self._gather.check(self.params)
             self._grads.load(grads, loss_scale)
             for dtype, flat in self._grads.flats.items():
                 self._reducer.reduce_scatter(flat, self._bounds[dtype])
@@ -204,6 +205,11 @@ class ShardedSGD(SGD):
             return result
         finally:
             busy.release()
+
+    def __getstate__(self) -> dict[str, Any]:
+        raise TypeError("a ShardedSGD cannot be copied or pickled: its shards are views of the "
+                        "parameters, and its all-gather addresses their memory, on this rank; "
+                        "save opt.state_dict() and load it into a new ShardedSGD")
 
     def _gather_params(self) -> None:
         """Every rank's updated shard into every rank's parameters."""
