@@ -356,6 +356,20 @@ def test_low_precision_state_with_distributed_sgd(tmp_path):
                "dtype" in found["sharded-state"]
 
 
+def test_a_state_dict_refused_by_one_rank_is_loaded_by_none(tmp_path):
+    mpirun(2, "load", str(tmp_path))
+    for r in range(2):
+        lines = (tmp_path / f"load.rank{r}.txt").read_text().splitlines()
+        for kind, line in zip(KINDS, lines, strict=True):
+            message, unchanged = line.split(": ", 1)[1].rsplit(" | ", 1)
+            assert line.startswith(f"{kind}: ") and unchanged == "True", line
+            assert "momentum_buffer'] has shape (7,) but its parameter has shape (8,)" in message
+            if r == 0:
+                assert message.startswith("rank(s) [1] could not load the state dict") \
+                    and message.endswith("nothing was loaded on any rank (every rank loads the "
+                                         "same state dict)"), message
+
+
 # Per-rank checks, on one rank (COMM_SELF): each rank makes them before its step sends anything.
 
 def _self_optimizer(kind_name, params, **kwargs):

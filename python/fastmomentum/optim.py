@@ -906,6 +906,10 @@ class SGD:
             busy.release()
 
     def _load(self, state_dict: dict[str, Any]) -> None:
+        self._install(*self._checked_state(state_dict))
+
+    def _checked_state(self, state_dict: dict[str, Any]) -> tuple[_LoadedState, ArrayState]:
+        """What loading ``state_dict`` installs, every check made (nothing changed yet)."""
         loaded = self._read_state_dict(state_dict, [g["params"] for g in self.param_groups])
         new_state = ArrayState()
         for param, buffer, extras in loaded.buffers:
@@ -913,7 +917,7 @@ class SGD:
                               {**extras, BUFFER_KEY[self.style]: self._loaded_buffer(buffer,
                                                                                      param)})
         self._add_compensations(self._params(), new_state)
-        self._install(loaded, new_state)
+        return loaded, new_state
 
     def _loaded_buffer(self, buffer: Any, param: Any) -> Any:
         """A saved buffer (a host array of any float dtype, or an 8-bit one) as a new buffer of

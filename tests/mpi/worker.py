@@ -250,6 +250,28 @@ def lowp(out: Path) -> None:
     (out / f"lowp.rank{RANK}.txt").write_text("\n".join(lines))
 
 
+def load_one_rank_refuses(out: Path) -> None:
+    """A state dict that rank 1's checks refuse (a buffer of a wrong shape there only): every
+    rank raises, and no rank's state changes. "<kind>: <message> | <state unchanged>"."""
+    lines = []
+    for kind in (DistributedSGD, ShardedSGD):
+        opt = kind(COMM, [np.zeros(8, np.float32)], lr=1.0, momentum=0.9)
+        opt.step([np.ones(8, np.float32)])
+        saved = opt.state_dict()
+        before = saved["state"][0]["momentum_buffer"].copy()
+        saved["state"][0]["momentum_buffer"] = before * 10
+        if RANK == 1:
+            saved["state"][0]["momentum_buffer"] = before[:7]
+        try:
+            opt.load_state_dict(saved)
+            message = "loaded"
+        except ValueError as error:
+            message = str(error)
+        after = opt.state_dict()["state"][0]["momentum_buffer"]
+        lines.append(f"{kind.__name__}: {message} | {np.array_equal(after, before)}")
+    (out / f"load.rank{RANK}.txt").write_text("\n".join(lines))
+
+
 def peeking_schedule(peek: bool) -> str:
     """A ShardedSGD's parameters after 3 steps whose schedule (``peek``) gathers the state
     between the step's reduce-scatter and its kernels, as a schedule that logs it would."""
@@ -278,5 +300,7 @@ if __name__ == "__main__":
         mismatch(out)
     elif mode == "lowp":
         lowp(out)
+    elif mode == "load":
+        load_one_rank_refuses(out)
     else:
         raise SystemExit(f"unknown mode {mode!r}")

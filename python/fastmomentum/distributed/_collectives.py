@@ -26,7 +26,10 @@ def check_comm(comm: Any) -> MPI.Intracomm:
     return comm
 
 
-def raise_everywhere(comm: MPI.Intracomm, error: Exception | None) -> None:
+def raise_everywhere(comm: MPI.Intracomm, error: Exception | None,
+                     doing: str = "build the optimizer",
+                     advice: str = "every rank must build it from the same model with the same "
+                                   "arguments") -> None:
     """Collective: raises ``error`` on the rank that had it, and on every other rank a
     ``ValueError`` naming the first rank that had one and its message, so that no rank goes on
     into a collective that a rank which raised will never join. Does nothing if no rank had one."""
@@ -35,9 +38,8 @@ def raise_everywhere(comm: MPI.Intracomm, error: Exception | None) -> None:
         raise error
     failed = [rank for rank, message in enumerate(found) if message is not None]
     if failed:
-        raise ValueError(f"rank(s) {failed} could not build the optimizer (rank {failed[0]}: "
-                         f"{found[failed[0]]}); every rank must build it from the same model "
-                         "with the same arguments")
+        raise ValueError(f"rank(s) {failed} could not {doing} (rank {failed[0]}: "
+                         f"{found[failed[0]]}); {advice}")
 
 
 def _spec(buf: NDArray[Any], bounds: Sequence[int]) -> list[Any]:
@@ -172,6 +174,21 @@ def _free_types(types: list[Any]) -> None:
     if not MPI.Is_finalized():  # (after MPI_Finalize, at exit, MPI has freed them)
         for datatype in types:
             datatype.Free()
+
+
+def load_everywhere(comm: MPI.Intracomm, opt: Any, state_dict: dict[str, Any]) -> None:
+    """Collective: ``opt`` (an ``fm.SGD`` subclass) loads ``state_dict`` on every rank, or, if any
+    rank's checks refuse its dict, on none (``raise_everywhere``): a state loaded by some ranks
+    only would make the replicas, or the shards, of one model disagree."""
+    checked, refused = None, None
+    try:
+        checked = opt._checked_state(state_dict)
+    except Exception as error:  # (a KeyboardInterrupt stops this rank, as MPI programs do)
+        refused = error
+    raise_everywhere(comm, refused, "load the state dict",
+                     "nothing was loaded on any rank (every rank loads the same state dict)")
+    assert checked is not None  # (no rank refused)
+    opt._install(*checked)
 
 
 def _ranks_unlike_rank_0(comm: MPI.Intracomm, value: Any) -> list[int]:

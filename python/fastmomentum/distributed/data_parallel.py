@@ -12,7 +12,13 @@ from numpy.typing import NDArray
 from ..functional import Array, HostArray
 from ..guards import StepResult
 from ..optim import SGD, Schedulable, _busy_error
-from ._collectives import SumReducer, check_comm, check_same_everywhere, raise_everywhere
+from ._collectives import (
+    SumReducer,
+    check_comm,
+    check_same_everywhere,
+    load_everywhere,
+    raise_everywhere,
+)
 from ._layout import FlatGrads
 
 __all__ = ["DistributedSGD"]
@@ -104,6 +110,9 @@ class DistributedSGD(SGD):
     def deterministic(self) -> bool:
         """Whether gradients are summed in rank order (see the class docstring)."""
         return self._reducer.deterministic
+
+    def _load(self, state_dict: dict[str, Any]) -> None:
+        load_everywhere(self.comm, self, state_dict)  # all ranks load, or none
 
     def _layout(self) -> None:
         self._grads = FlatGrads(self._params())

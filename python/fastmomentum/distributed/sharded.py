@@ -20,6 +20,7 @@ from ._collectives import (
     allgather,
     check_comm,
     check_same_everywhere,
+    load_everywhere,
     raise_everywhere,
 )
 from ._layout import FlatGrads, Place, shard_bounds
@@ -246,37 +247,38 @@ class ShardedSGD(SGD):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a full state dict (``state_dict()``'s, ``fm.SGD``'s or ``DistributedSGD``'s, from
-        any world size), keeping this rank's shard of the buffers. Checked as ``fm.SGD`` checks
-        (against :attr:`params`): on an error, nothing changes."""
-        busy = self._busy  # the lock released is the one taken (see optim._after_fork_in_child)
-        if not busy.acquire(False):  # see optim._busy_error (not blocking)
-            raise _busy_error("load_state_dict()")
-        try:
-            full = [group["params"] for group in self._full_groups()]
-            loaded = self._read_state_dict(state_dict, full)
-            buffer_of = {}
-            for p, buf, extras in loaded.buffers:
-                if extras:  # state_dict() gathers the buffers alone: refused, not dropped
-                    raise ValueError(f"the state of a parameter holds {sorted(extras, key=repr)}"
-                                     f"; ShardedSGD keeps only the buffer, "
-                                     f"{BUFFER_KEY[self.style]!r}")
-                buffer_of[id(p)] = buf
-            key = BUFFER_KEY[self.style]
-            shard_state = ArrayState()
-            for place, piece, _ in self._pieces:
-                full_buffer = buffer_of.get(id(self.params[place.param]))
-                if full_buffer is None:
-                    continue
-                entry: dict[str, Any] = {}
-                if isinstance(full_buffer, tuple):  # an 8-bit buffer (fm.SGD's, DistributedSGD's):
-                    # its values, in the shards' dtype below
-                    full_buffer = storage.QuantizedBuffer(*full_buffer).to_array()
-                if isinstance(full_buffer, np.ndarray):  # not the marker of an empty entry
-                    offset = self._grads.places[place.param].start
-                    entry[key] = np.array(full_buffer.reshape(-1)[place.start - offset:
-                                                                  place.stop - offset],
-                                          dtype=piece.dtype, order="C", copy=True)
-                shard_state.counted(piece, entry)
-            self._install(loaded, shard_state)  # its groups hold the shards' views, as now
-        finally:
-            busy.release()
+        any world size), keeping this rank's shard of the buffers (collective). Checked as
+        ``fm.SGD`` checks (against :attr:`params`) on every rank: if any rank's checks refuse its
+        dict, every rank raises and nothing changes anywhere."""
+        super().load_state_dict(state_dict)
+
+    def _load(self, state_dict: dict[str, Any]) -> None:
+        load_everywhere(self.comm, self, state_dict)
+
+    def _checked_state(self, state_dict: dict[str, Any]) -> tuple[Any, ArrayState]:
+        full = [group["params"] for group in self._full_groups()]
+        loaded = self._read_state_dict(state_dict, full)
+        buffer_of = {}
+        for p, buf, extras in loaded.buffers:
+            if extras:  # state_dict() gathers the buffers alone: refused, not dropped
+                raise ValueError(f"the state of a parameter holds {sorted(extras, key=repr)}"
+                                 f"; ShardedSGD keeps only the buffer, "
+                                 f"{BUFFER_KEY[self.style]!r}")
+            buffer_of[id(p)] = buf
+        key = BUFFER_KEY[self.style]
+        shard_state = ArrayState()
+        for place, piece, _ in self._pieces:
+            full_buffer = buffer_of.get(id(self.params[place.param]))
+            if full_buffer is None:
+                continue
+            entry: dict[str, Any] = {}
+            if isinstance(full_buffer, tuple):  # an 8-bit buffer (fm.SGD's, DistributedSGD's):
+                # its values, in the shards' dtype below
+                full_buffer = storage.QuantizedBuffer(*full_buffer).to_array()
+            if isinstance(full_buffer, np.ndarray):  # not the marker of an empty entry
+                offset = self._grads.places[place.param].start
+                entry[key] = np.array(full_buffer.reshape(-1)[place.start - offset:
+                                                              place.stop - offset],
+                                      dtype=piece.dtype, order="C", copy=True)
+            shard_state.counted(piece, entry)
+        return loaded, shard_state  # its groups hold the shards' views, as now
