@@ -18,7 +18,7 @@ step, outside its time, as by a backward pass that computes them there: the step
 
 ``step ms``: the median over ``--steps`` steps (after two warm-up steps) of the slowest rank's time
 of one whole step (a barrier before each). ``MB sent/rank``: the bytes each rank sends per step,
-counted from the messages the code issues under the ring model of the collectives (the algorithm
+as ``mpi_model.py``'s ``traffic`` counts them for the collectives the code issues (the algorithm
 MPI picks may move more): an all-reduce of ``B`` bytes sends ``2(n-1)/n·B`` (reduce-scatter then
 all-gather), a reduce-scatter or an all-gather ``(n-1)/n·B``, the rank-order reduce-scatter
 (``MPI_Alltoallv``) exactly the ``(n-1)/n·B`` bound for the other ranks. ``msgs``: collective calls
@@ -62,6 +62,7 @@ def measure(size: int, arrays: int, steps: int, bucket_bytes: int | None, in_buf
     """Run under MPI: every variant on this world; rank 0 gets the rows."""
     from _mpi_phases import CLOCK, PHASES, TimedComm, install
     from mpi4py import MPI
+    from mpi_model import traffic
 
     from fastmomentum.distributed import DistributedSGD, ShardedSGD
 
@@ -72,8 +73,6 @@ def measure(size: int, arrays: int, steps: int, bucket_bytes: int | None, in_buf
     params = [np.asarray(rng.standard_normal(size // arrays), np.float32) for _ in range(arrays)]
     grads = [np.asarray(np.random.default_rng([1, comm.rank, i]).standard_normal(p.size) * 1e-3,
                         np.float32) for i, p in enumerate(params)]
-    total = sum(p.nbytes for p in params)
-    ring = (n - 1) / n * total  # one reduce-scatter or all-gather of every parameter
     rows = []
     for variant in VARIANTS:
         work = [g.copy() for g in grads]  # the baseline reduces in place
@@ -85,7 +84,7 @@ def measure(size: int, arrays: int, steps: int, bucket_bytes: int | None, in_buf
                     comm.Allreduce(MPI.IN_PLACE, g, op=MPI.SUM)
                 opt.step(work, loss_scale=n)
 
-            sent, messages = 2 * ring, arrays
+            messages = arrays
         else:
             kind = DistributedSGD if variant.startswith("Distributed") else ShardedSGD
             buckets: dict[str, Any] = {"bucket_bytes": bucket_bytes} \
@@ -98,9 +97,9 @@ def measure(size: int, arrays: int, steps: int, bucket_bytes: int | None, in_buf
             def step(opt: Any = opt, work: list[np.ndarray] = work) -> None:
                 opt.step(work)
 
-            sent = 2 * ring
             messages = 0 if n == 1 else (len(opt.bucket_sizes) * (2 if opt.deterministic else 1)
                                          if kind is DistributedSGD else 2)
+        sent = traffic(variant, n, sum(p.size for p in params), arrays).bytes_sent  # the model's
         times, phases, faults = [], [], []
         for i in range(steps + 2):
             if in_buffers and variant != "baseline":  # (a step leaves sums there)

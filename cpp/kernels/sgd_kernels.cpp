@@ -50,7 +50,8 @@ bool all_finite(const T* __restrict g, int64_t n) {
     constexpr int64_t kChunk = 1024 / sizeof(T);
     Wide sum = 0;
     for (int64_t start = 0; start < n; start += kChunk) {
-        for (int64_t line = 0; line < kChunk; line += 64 / sizeof(T)) prefetch_ahead(g + start + line);
+        for (int64_t line = 0; line < kChunk; line += 64 / sizeof(T))
+            prefetch_ahead(g + start + line);
         const int64_t end = std::min(n, start + kChunk);
 #pragma omp simd reduction(+ : sum)
         for (int64_t i = start; i < end; ++i) sum += rules::nonfinite_term(rules::widen(g[i]));
