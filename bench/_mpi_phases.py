@@ -24,16 +24,17 @@ from fastmomentum.optim import SGD
 
 #: The phases, in the order a step meets them (a variant shows those it has), and their headings.
 PHASES = {
-    "copy_in": "copy in",            # the gradients into the flat buffer(s): FlatGrads.load
+    "copy_in": "copy in",            # the gradients into the flat buffer(s): FlatGrads.copy_in
     "Allreduce": "Allreduce",
-    "Alltoallv": "Alltoallv",
-    "local_sum": "local",            # the reduce-scatter's own work: the rank-order additions
+    "exchange": "RS sends",          # the reduce-scatter's messages, from the gradients
+    "local_sum": "RS sums",          # the reduce-scatter's own work: the rank-order additions
     "update": "update",              # SGD._apply: the fused kernel, and its Python around it
     "Allgatherv": "Allgatherv",
-    "Alltoallw": "Alltoallw",        # ShardedSGD's all-gather, straight into the parameters
+    "gather": "gather",              # ShardedSGD's all-gather, straight into the parameters
     "other": "other",                # the rest of the step: Python, the checks, the lock
 }
-COLLECTIVES = [name for name in PHASES if name[0].isupper()]
+#: The collectives of the caller's communicator that are phases (timed by TimedComm).
+COLLECTIVES = ["Allreduce", "Allgatherv"]
 
 
 class PhaseClock:
@@ -91,8 +92,10 @@ class TimedComm(MPI.Intracomm):
 def install() -> None:
     """Wrap the library's phase functions (once per process; every optimizer of it is timed)."""
     patches: list[tuple[Any, str, str]] = [
-        (_layout.FlatGrads, "load", "copy_in"),
-        (_collectives.SumReducer, "reduce_scatter", "local_sum"),
+        (_layout.FlatGrads, "copy_in", "copy_in"),
+        (_collectives.ReduceScatter, "exchange", "exchange"),
+        (_collectives.ReduceScatter, "add", "local_sum"),
+        (_collectives.ParamGather, "__call__", "gather"),
         (SGD, "_apply", "update"),
     ]
     for owner, name, phase in patches:

@@ -97,8 +97,14 @@ def measure(size: int, arrays: int, steps: int, bucket_bytes: int | None, in_buf
             def step(opt: Any = opt, work: list[np.ndarray] = work) -> None:
                 opt.step(work)
 
-            messages = 0 if n == 1 else (len(opt.bucket_sizes) * (2 if opt.deterministic else 1)
-                                         if kind is DistributedSGD else 2)
+            if n == 1:
+                messages = 0
+            elif kind is ShardedSGD:  # point-to-point sends, both ways
+                messages = opt._reduce_scatter.sends + opt._gather.sends
+            elif opt.deterministic:  # sends, then one Allgatherv (one dtype here)
+                messages = opt._reduce_scatter.sends + 1
+            else:
+                messages = len(opt.bucket_sizes)
         sent = traffic(variant, n, sum(p.size for p in params), arrays).bytes_sent  # the model's
         times, phases, faults = [], [], []
         for i in range(steps + 2):

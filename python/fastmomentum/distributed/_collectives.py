@@ -15,7 +15,7 @@ from mpi4py.util.dtlib import from_numpy_dtype
 from numpy.typing import NDArray
 
 from ..optim import _describe
-from ._layout import Place, shard_bounds
+from ._layout import Place, shard_segments
 
 
 def check_comm(comm: Any) -> MPI.Intracomm:
@@ -48,68 +48,118 @@ def _spec(buf: NDArray[Any], bounds: Sequence[int]) -> list[Any]:
     return [buf, counts, list(bounds[:-1]), from_numpy_dtype(buf.dtype)]
 
 
-class SumReducer:
-    """Element-wise sums of a buffer over the ranks, in place.
+def private_comm(owner: object, comm: MPI.Intracomm) -> MPI.Intracomm:
+    """A duplicate of ``comm`` (collective) for ``owner``'s point-to-point messages: their own
+    context, so that they never match the caller's messages on ``comm``, whatever the tags; freed
+    with ``owner`` (``MPI_Comm_free`` is local in Open MPI and MPICH, so ranks may free it at
+    different times)."""
+    dup = comm.Dup()
+    weakref.finalize(owner, _free, [dup])
+    return dup
 
-    The reduce-scatter is written here from ``MPI_Alltoallv``, so that every element is summed in
-    rank order, ``((g_0 + g_1) + g_2) + ...`` (left to right, each addition rounded to the dtype),
-    whatever the library, world size or network. It moves the ``(n-1)/n`` of the buffer per rank
-    that a ring reduce-scatter moves, and needs a scratch buffer as large as the part summed (kept
-    between steps). It serves both settings: Open MPI 4.1's ``MPI_Reduce_scatter`` (and the move
-    of its result into place) was never faster on shared memory (``bench/mpi_step.py``, 2 and 4
-    ranks: as fast at 1e5 float32, 1.3x to 1.7x slower at 1e6 and 4e6, 3.1x at 1e7, where it
-    page-faults in a scratch buffer as large as the whole message at every call).
 
-    The all-reduce, ``deterministic=False``: ``MPI_Allreduce`` with ``MPI_SUM``, whose order of
-    additions is the MPI library's (it may depend on the world size, the message size and the
-    algorithm chosen; the sum is then exact up to that rounding). ``deterministic=True``: the
-    rank-order reduce-scatter followed by ``MPI_Allgatherv``, ``2·(n-1)/n`` of the buffer per rank
-    as a ring all-reduce.
+def _free(handles: list[Any]) -> None:
+    if not MPI.Is_finalized():  # (after MPI_Finalize, at exit, MPI has freed them)
+        for handle in handles:
+            handle.Free()
+
+
+# Tags of the optimizers' messages on their private communicator: between two ranks, messages of
+# one tag match in the order they were sent, and every rank posts them in the same order.
+_REDUCE_SCATTER, _GATHER = 1, 2
+
+
+class ReduceScatter:
+    """Each rank's shard of the ranks' sum of the gradients, summed in rank order, ``((g_0 + g_1)
+    + g_2) + ...`` (left to right, each addition rounded to the dtype), whatever the library,
+    world size or network.
+
+    The messages go straight from the caller's gradient arrays: each rank sends every other rank
+    the segments of its gradients that fall in that rank's shard (one message per segment,
+    ``Isend``), and receives the others' segments of its own shard into the rows of a scratch
+    buffer (as large as the shard times the world size; persistent receives, set up once). A
+    rank's own piece is never copied: the addition of its term reads it where it is. Per rank and
+    step, ``(n-1)/n`` of the gradients' bytes are sent, as in a ring reduce-scatter, and nothing
+    is copied into a flat buffer first. ``bench/mpi_step.py`` (1e7 float32 in 50 arrays, Open
+    MPI 4.1 on shared memory) measured the messages at 1.9 ms on 2 ranks, against 8.1 ms for the
+    copy into one flat buffer and an ``MPI_Alltoallv`` of it: a large contiguous message is one
+    copy between the processes (``process_vm_readv``), where a copy in first, or a derived
+    datatype, adds one. Open MPI 4.1's ``MPI_Reduce_scatter`` was never faster (1.3x to 3.1x
+    slower from 1e6 float32 on: it page-faults in a scratch buffer as large as the whole message
+    at every call).
+
+    ``places``: the parameters' places in their dtype's flat buffer; ``bounds``: per dtype, the
+    ranks' shards of it; ``flats``: per dtype, the buffer whose shard receives the sums, or
+    ``None``: the sums are left in a row of the scratch buffer, every addition in place (writing
+    them to other memory costs the memory a read for ownership more: 3.6 ms against 1.8 for the
+    sums, 2 ranks, the benchmark's layout). :attr:`sums`: per dtype, where they are (on one rank,
+    nothing: the caller's gradients are the sum).
     """
 
-    def __init__(self, comm: MPI.Intracomm, deterministic: bool) -> None:
-        if not isinstance(deterministic, bool):
-            raise TypeError(f"deterministic must be a bool, got {deterministic!r}")
+    def __init__(self, comm: MPI.Intracomm, places: Sequence[Place],
+                 bounds: Mapping[np.dtype[Any], Sequence[int]],
+                 flats: Mapping[np.dtype[Any], NDArray[Any]] | None) -> None:
         self.comm = comm
-        self.deterministic = deterministic
-        self._scratch: dict[np.dtype[Any], NDArray[Any]] = {}
-
-    def allreduce(self, buf: NDArray[Any]) -> None:
-        """``buf <- Σ_ranks buf``."""
-        if self.comm.size == 1:
-            return  # the sum of one term (MPI would copy, and the rank-order path three times)
-        if not self.deterministic:
-            self.comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
-            return
-        bounds = shard_bounds(buf.size, self.comm.size)
-        self.reduce_scatter(buf, bounds)
-        allgather(self.comm, buf, bounds)
-
-    def reduce_scatter(self, buf: NDArray[Any], bounds: Sequence[int]) -> None:
-        """``buf[lo:hi] <- Σ_ranks buf[lo:hi]`` for this rank's ``lo, hi = bounds[rank:rank + 2]``,
-        in rank order whatever ``deterministic`` (see the class docstring; the rest of ``buf`` is
-        left undefined)."""
-        world, rank = self.comm.size, self.comm.rank
-        lo, hi = bounds[rank], bounds[rank + 1]
+        world, rank = comm.size, comm.rank
+        self._segments = [shard_segments(places, bounds, q) for q in range(world)]
+        #: Per dtype, the shard of the ranks' sum after a call (see the class docstring).
+        self.sums: dict[np.dtype[Any], NDArray[Any]] = {}
+        self._parts: dict[np.dtype[Any], NDArray[Any]] = {}
+        self._receives: list[Any] = []
+        #: The messages this rank sends per step.
+        self.sends = sum(len(segments) for q in range(world) if q != rank
+                         for segments in self._segments[q].values())
         if world == 1:
             return
-        size = hi - lo
-        out = buf[lo:hi]
-        scratch = self._scratch.get(buf.dtype)
-        if scratch is None or scratch.size < world * size:
-            scratch = self._scratch[buf.dtype] = np.empty(world * size, buf.dtype)
-        parts = scratch[:world * size].reshape(world, size)  # row r: rank r's piece
-        # This rank's own piece stays where it is (out), not copied through the exchange.
-        send, receive = _spec(buf, bounds), _spec(parts, [r * size for r in range(world + 1)])
-        send[1][rank] = receive[1][rank] = 0
-        self.comm.Alltoallv(send, receive)
-        # ((g_0 + g_1) + g_2) + ...: the partial sum lives in parts[0] until this rank's term, out,
-        # is added, and in out from then on (world >= 2 here, so every term is added once).
-        total = parts[0] if rank else out
-        for r in range(1, world):
-            target = out if r >= rank else total
-            np.add(total, out if r == rank else parts[r], out=target)
-            total = target
+        for dtype, mine in self._segments[rank].items():
+            lo, hi = bounds[dtype][rank:rank + 2]
+            # Row r: rank r's terms of this shard (this rank's own row stays unused).
+            parts = self._parts[dtype] = np.empty((world, hi - lo), dtype)
+            # The row where the partial sum is when this rank's term is added (see add).
+            self.sums[dtype] = parts[1 if rank == 0 else 0] if flats is None \
+                else flats[dtype][lo:hi]
+            for q in range(world):
+                if q != rank:
+                    self._receives += [
+                        comm.Recv_init(parts[q, s.offset:s.offset + s.stop - s.start], q,
+                                       _REDUCE_SCATTER) for s in mine]
+        weakref.finalize(self, _free, self._receives)
+
+    def __call__(self, grads: Sequence[NDArray[Any]]) -> None:
+        """:attr:`sums` ``<-`` the ranks' sum of this rank's shard (``grads``: this rank's, one
+        per parameter, any layout: one not in C order is copied to it for its messages)."""
+        if self.comm.size > 1:
+            flat = [np.ascontiguousarray(g).reshape(-1) for g in grads]  # (views, in C order)
+            self.exchange(flat)
+            self.add(flat)
+
+    def exchange(self, grads: Sequence[NDArray[Any]]) -> None:
+        """The messages: every rank's segments of this rank's shard into the scratch rows."""
+        world, rank = self.comm.size, self.comm.rank
+        MPI.Prequest.Startall(self._receives)
+        sends = []
+        for step in range(1, world):  # rank + 1 first: each rank starts on a different peer
+            q = (rank + step) % world
+            for segments in self._segments[q].values():
+                sends += [self.comm.Isend(grads[s.param][s.start:s.stop], q, _REDUCE_SCATTER)
+                          for s in segments]
+        MPI.Request.Waitall(self._receives + sends)
+
+    def add(self, grads: Sequence[NDArray[Any]]) -> None:
+        """The rank-order sums of the received rows and this rank's own term (``grads``, read
+        where it is) into :attr:`sums`."""
+        rank = self.comm.rank
+        for dtype, segments in self._segments[rank].items():
+            parts, out = self._parts[dtype], self.sums[dtype]
+            for r in range(1, rank):  # g_0 + g_1 + ... + g_{rank-1}, in row 0
+                np.add(parts[0], parts[r], out=parts[0])
+            for s in segments:  # ... + g_rank; rank 0: g_0 + g_1
+                own, at = grads[s.param][s.start:s.stop], slice(s.offset,
+                                                                s.offset + s.stop - s.start)
+                terms = (own, parts[1, at]) if rank == 0 else (parts[0, at], own)
+                np.add(*terms, out=out[at])
+            for r in range(max(rank + 1, 2), len(parts)):  # ... + g_{n-1}
+                np.add(out, parts[r], out=out)
 
 
 def allgather(comm: MPI.Intracomm, buf: NDArray[Any], bounds: Sequence[int]) -> None:
@@ -119,11 +169,12 @@ def allgather(comm: MPI.Intracomm, buf: NDArray[Any], bounds: Sequence[int]) -> 
 
 class ParamGather:
     """Every rank's updated shard into every rank's parameters, straight into their memory: one
-    ``MPI_Alltoallw`` whose datatype for rank ``q`` lists the bytes of the parameters that ``q``'s
-    shards cover (by address; the arrays are C-contiguous and never move). Through a flat buffer
-    instead, the shard is copied in, gathered, and ``(n-1)/n`` of it copied out to the parameters:
-    ``bench/mpi_step.py`` (1e7 float32 in 50 arrays, Open MPI 4.1, shared memory) measured the
-    gather at 4.4 ms against 5.8 on 2 ranks, and the ShardedSGD step at 41.5 ms against 48-51 on 4.
+    message per segment (where a shard meets a parameter) and peer, persistent requests set up
+    once over the parameters' memory (the arrays are C-contiguous and must not move). Measured
+    with ``bench/mpi_step.py``'s layout (1e7 float32 in 50 arrays, Open MPI 4.1, shared memory):
+    1.2 ms on 2 ranks, against 2.9 ms for one ``MPI_Alltoallw`` of derived datatypes over the
+    same memory, and 1.2 ms for an ``MPI_Allgatherv`` into one flat buffer (which a copy out to
+    the parameters would follow).
 
     ``places``: the parameters' places in the flattened parameters of their dtype (``_layout``);
     ``bounds``: per dtype, the ranks' shards of those."""
@@ -131,26 +182,28 @@ class ParamGather:
     def __init__(self, comm: MPI.Intracomm, params: Sequence[NDArray[Any]],
                  places: Sequence[Place], bounds: Mapping[np.dtype[Any], Sequence[int]]) -> None:
         self.comm = comm
-        self._types: list[Any] = []
-        for q in range(comm.size):
-            lengths, addresses = [], []
-            for place in places:
-                lo, hi = bounds[place.dtype][q:q + 2]
-                start, stop = max(place.start, lo), min(place.stop, hi)
-                if start < stop:
-                    size = place.dtype.itemsize
-                    addresses.append(MPI.Get_address(params[place.param])
-                                     + (start - place.start) * size)
-                    lengths.append((stop - start) * size)
-            self._types.append(MPI.BYTE.Create_hindexed(lengths, addresses).Commit())
-        weakref.finalize(self, _free_types, self._types)
-        # Each parameter's memory as the datatypes address it: ((address, read-only), bytes).
+        world, rank = comm.size, comm.rank
+        flat = [p.reshape(-1) for p in params]  # (views: C order, checked before)
+        self._requests: list[Any] = []
+        mine = shard_segments(places, bounds, rank)
+        for step in range(1, world):
+            q = (rank + step) % world
+            for segments in shard_segments(places, bounds, q).values():
+                self._requests += [comm.Recv_init(flat[s.param][s.start:s.stop], q, _GATHER)
+                                   for s in segments]
+            for segments in mine.values():
+                self._requests += [comm.Send_init(flat[s.param][s.start:s.stop], q, _GATHER)
+                                   for s in segments]
+        weakref.finalize(self, _free, self._requests)
+        #: The messages this rank sends per step.
+        self.sends = (world - 1) * sum(len(segments) for segments in mine.values())
+        # Each parameter's memory as the requests address it: ((address, read-only), bytes).
         self._memory = [(p.__array_interface__["data"], p.nbytes) for p in params]
 
     def check(self, params: Sequence[NDArray[Any]]) -> None:
         """Raises ``ValueError`` naming the first parameter whose memory moved, changed size or
         became read-only since construction (``ndarray.resize``, ``flags.writeable = False``): the
-        datatypes address its old memory, and the shards are views of it, so a step would write
+        requests address its old memory, and the shards are views of it, so a step would write
         elsewhere. Checked by each rank before its step sends anything."""
         for i, (p, (data, nbytes)) in enumerate(zip(params, self._memory, strict=True)):
             now = p.__array_interface__["data"]
@@ -164,16 +217,8 @@ class ParamGather:
                              "new ShardedSGD and load_state_dict() the old one's state")
 
     def __call__(self) -> None:
-        world, rank = self.comm.size, self.comm.rank
-        counts, at = [int(q != rank) for q in range(world)], [0] * world  # own shard in place
-        self.comm.Alltoallw([MPI.BOTTOM, (counts, at), [self._types[rank]] * world],
-                            [MPI.BOTTOM, (counts, at), self._types])
-
-
-def _free_types(types: list[Any]) -> None:
-    if not MPI.Is_finalized():  # (after MPI_Finalize, at exit, MPI has freed them)
-        for datatype in types:
-            datatype.Free()
+        MPI.Prequest.Startall(self._requests)
+        MPI.Request.Waitall(self._requests)
 
 
 def load_everywhere(comm: MPI.Intracomm, opt: Any, state_dict: dict[str, Any]) -> None:

@@ -5,13 +5,13 @@ Parameters are numbered in optimizer order (over all groups). Those of one dtype
 end, in that order, in ONE contiguous 1-D gradient buffer per dtype (MPI reduces contiguous
 memory; one buffer per dtype because a reduction has one datatype). A bucket is a run of whole
 parameters of one such buffer; a shard is the ``[bounds[r], bounds[r + 1])`` range of a buffer
-that rank ``r`` owns.
+that rank ``r`` owns, and its segments are where it meets each parameter: the runs of elements
+that the point-to-point messages of a step carry, straight from or into the arrays' own memory.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from itertools import pairwise
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -33,6 +33,16 @@ class Place(NamedTuple):
     stop: int
 
 
+class Segment(NamedTuple):
+    """Elements ``[start, stop)`` of parameter number ``param`` (flattened, C order), which are
+    elements ``[offset, offset + stop - start)`` of a shard."""
+
+    param: int
+    start: int
+    stop: int
+    offset: int
+
+
 def shard_bounds(size: int, world: int) -> list[int]:
     """``world + 1`` offsets splitting ``size`` elements into contiguous shards, rank ``r``
     owning ``[r*size//world, (r+1)*size//world)``: sizes differ by at most one element, and a
@@ -40,9 +50,24 @@ def shard_bounds(size: int, world: int) -> list[int]:
     return [r * size // world for r in range(world + 1)]
 
 
+def shard_segments(places: Sequence[Place], bounds: Mapping[np.dtype[Any], Sequence[int]],
+                   rank: int) -> dict[np.dtype[Any], list[Segment]]:
+    """Per dtype, the non-empty segments where ``rank``'s shard meets the parameters, in order:
+    they tile the shard. Every rank computes the same lists, so a sender's and a receiver's
+    messages match one for one."""
+    out: dict[np.dtype[Any], list[Segment]] = {dtype: [] for dtype in bounds}
+    for place in places:
+        lo, hi = bounds[place.dtype][rank:rank + 2]
+        start, stop = max(place.start, lo), min(place.stop, hi)
+        if start < stop:
+            out[place.dtype].append(Segment(place.param, start - place.start,
+                                            stop - place.start, start - lo))
+    return out
+
+
 class FlatGrads:
     """One contiguous gradient buffer per dtype (``flats``) and, per parameter, its place and a
-    view shaped like it (``views``), the gradients of a step are copied into."""
+    view shaped like it (``views``): the ranks' sums of a step's gradients end there."""
 
     def __init__(self, params: Sequence[NDArray[Any]]) -> None:
         for i, p in enumerate(params):
@@ -76,21 +101,29 @@ class FlatGrads:
         larger parameter is a bucket of its own): the messages of a bucketed reduction."""
         out: list[NDArray[Any]] = []
         for dtype, flat in self.flats.items():
-            cuts = [0]
+            runs: list[list[Place]] = []
             for place in self.places:
-                if place.dtype == dtype and (place.stop - cuts[-1]) * dtype.itemsize > max_bytes \
-                        and place.start > cuts[-1]:
-                    cuts.append(place.start)
-            cuts.append(flat.size)
-            out += [flat[a:b] for a, b in pairwise(cuts) if b > a]
+                if place.dtype != dtype:
+                    continue
+                if not runs or (place.stop - runs[-1][0].start) * dtype.itemsize > max_bytes:
+                    runs.append([])
+                runs[-1].append(place)
+            out += [flat[run[0].start:run[-1].stop] for run in runs
+                    if run[-1].stop > run[0].start]
         return out
 
-    def load(self, grads: Sequence[Array | None], loss_scale: float) -> None:
-        """Copy ``grads`` (one per parameter, in order) into the views, after checking each (a
-        gradient that IS its view stays): every parameter needs a gradient on every rank (the
-        reduction has a fixed layout). ``loss_scale`` is checked here too (by the kernels' own
-        parser), so that a bad step raises before any communication."""
+    def check(self, grads: Sequence[Array | None] | None, loss_scale: float
+              ) -> list[NDArray[Any]]:
+        """``grads`` (one per parameter, in order; ``None``: the :attr:`views`) checked: every
+        parameter needs a gradient on every rank (the messages have a fixed layout), of its dtype
+        and shape. Returns them (as ``list[NDArray]``, now that none is ``None``).
+        ``loss_scale`` is checked here too (by the kernels' own parser), so that a bad step raises
+        before any communication."""
         _core.check_guard(Guard(loss_scale=loss_scale))
+        if grads is None:
+            return list(self.views)
+        if isinstance(grads, (list, tuple)):
+            grads = list(grads)  # one snapshot: a subclass's __iter__ runs once, before any check
         _check_grads(grads, len(self.views))
         for i, (g, view) in enumerate(zip(grads, self.views, strict=True)):
             if g is None:
@@ -103,10 +136,8 @@ class FlatGrads:
                 raise ValueError(f"grads[{i}] is {g.dtype} of shape {g.shape} but its parameter "
                                  f"is {view.dtype} of shape {view.shape}")
             if g is not view and np.may_share_memory(g, self.flats[view.dtype]):
-                # Copied in order, it could be overwritten by an earlier gradient's copy.
+                # The sums are written there while later gradients are still read.
                 raise ValueError(f"grads[{i}] is in the optimizer's gradient buffers but is not "
                                  f"grad_buffers[{i}]: pass each parameter's own buffer, or arrays "
                                  "of your own")
-        for g, view in zip(grads, self.views, strict=True):
-            if g is not view:  # a gradient computed into the buffer needs no copy
-                np.copyto(view, g)  # type: ignore[arg-type]  # checked above: not None
+        return grads  # type: ignore[return-value]  # checked above: arrays

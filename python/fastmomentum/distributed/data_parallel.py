@@ -13,13 +13,15 @@ from ..functional import Array, HostArray
 from ..guards import StepResult
 from ..optim import SGD, Schedulable, _busy_error
 from ._collectives import (
-    SumReducer,
+    ReduceScatter,
+    allgather,
     check_comm,
     check_same_everywhere,
     load_everywhere,
+    private_comm,
     raise_everywhere,
 )
-from ._layout import FlatGrads
+from ._layout import FlatGrads, shard_bounds
 
 __all__ = ["DistributedSGD"]
 
@@ -98,7 +100,10 @@ class DistributedSGD(SGD):
                     or bucket_bytes <= 0:
                 raise ValueError(f"bucket_bytes must be an integer > 0, got {bucket_bytes!r}")
             self.bucket_bytes: int = int(bucket_bytes)
-            self._reducer: SumReducer = SumReducer(self.comm, deterministic)
+            if not isinstance(deterministic, bool):
+                raise TypeError(f"deterministic must be a bool, got {deterministic!r}")
+            self._deterministic: bool = deterministic
+            self._messages: MPI.Intracomm = private_comm(self, self.comm)
             super().__init__(params, lr, momentum, dampening, weight_decay, nesterov, **options)
             self._layout()  # the flat buffers: a rank short of memory fails here
         except Exception as error:  # (a KeyboardInterrupt stops this rank, as MPI programs do)
@@ -109,7 +114,7 @@ class DistributedSGD(SGD):
     @property
     def deterministic(self) -> bool:
         """Whether gradients are summed in rank order (see the class docstring)."""
-        return self._reducer.deterministic
+        return self._deterministic
 
     def _load(self, state_dict: dict[str, Any]) -> None:
         load_everywhere(self.comm, self, state_dict)  # all ranks load, or none
@@ -117,6 +122,10 @@ class DistributedSGD(SGD):
     def _layout(self) -> None:
         self._grads = FlatGrads(self._params())
         self._buckets = self._grads.buckets(self.bucket_bytes)
+        self._bounds = {dtype: shard_bounds(flat.size, self.comm.size)
+                        for dtype, flat in self._grads.flats.items()}
+        self._reduce_scatter = ReduceScatter(self._messages, self._grads.places, self._bounds,
+                                             self._grads.flats)
 
     @property
     def grad_buffers(self) -> list[NDArray[Any]]:
@@ -143,18 +152,31 @@ class DistributedSGD(SGD):
             raise
         self._layout()
 
-    def step(self, grads: Sequence[Array | None], *, loss_scale: float = 1.0) -> StepResult:
-        """Average ``grads`` (this rank's, one per parameter in order, all present) over the ranks
-        and apply one update (collective). See :meth:`fastmomentum.SGD.step` for the result, the
-        guards and ``loss_scale``."""
+    def step(self, grads: Sequence[Array | None] | None = None, *,
+             loss_scale: float = 1.0) -> StepResult:
+        """Average ``grads`` (this rank's, one per parameter in order, all present; default: the
+        gradients computed into :attr:`grad_buffers`) over the ranks and apply one update
+        (collective). See :meth:`fastmomentum.SGD.step` for the result, the guards and
+        ``loss_scale``."""
         busy = self._busy  # the lock released is the one taken (see optim._after_fork_in_child)
         if not busy.acquire(False):  # see optim._busy_error (not blocking)
             raise _busy_error("step()")
         try:
-            self._grads.load(grads, loss_scale)
-            for bucket in self._buckets:
-                self._reducer.allreduce(bucket)
-            return self._apply(self._grads.views, self._guard(loss_scale * self.comm.size),
-                               reported=grads)
+            checked = self._grads.check(grads, loss_scale)
+            if self.comm.size == 1:  # the sum of one term: the caller's gradients, as they are
+                summed = checked
+            elif self._deterministic or any(
+                    g is not view for g, view in zip(checked, self._grads.views, strict=True)):
+                # In rank order, from where the gradients are (see the class docstring).
+                self._reduce_scatter(checked)
+                for dtype, buffer in self._grads.flats.items():
+                    allgather(self.comm, buffer, self._bounds[dtype])
+                summed = self._grads.views
+            else:  # computed into grad_buffers: MPI's all-reduce, in place, bucket by bucket
+                for bucket in self._buckets:
+                    self.comm.Allreduce(MPI.IN_PLACE, bucket, op=MPI.SUM)
+                summed = self._grads.views
+            return self._apply(summed, self._guard(loss_scale * self.comm.size),
+                               reported=checked)
         finally:
             busy.release()

@@ -16,11 +16,12 @@ from ..guards import StepResult
 from ..optim import BUFFER_KEY, SGD, ArrayState, Schedulable, _busy_error, group_arrays
 from ._collectives import (
     ParamGather,
-    SumReducer,
+    ReduceScatter,
     allgather,
     check_comm,
     check_same_everywhere,
     load_everywhere,
+    private_comm,
     raise_everywhere,
 )
 from ._layout import FlatGrads, Place, shard_bounds
@@ -103,13 +104,21 @@ class ShardedSGD(SGD):
         except Exception as error:  # (a KeyboardInterrupt stops this rank, as MPI programs do)
             refused = error
         raise_everywhere(self.comm, refused)
-        self._piece_grads = [grad for _, _, grad in self._pieces]
+        # Where the ranks' sums of the pieces' gradients are after a reduce-scatter (world > 1).
+        sums = self._reduce_scatter.sums
+        starts = {dtype: bounds[self.comm.rank] for dtype, bounds in self._bounds.items()}
+        self._piece_grads = [] if self.comm.size == 1 else [
+            sums[place.dtype][place.start - starts[place.dtype]:place.stop - starts[place.dtype]]
+            for place, _ in self._pieces]
         check_same_everywhere(self.comm, self._full_groups())
 
     def _shard(self, groups: list[dict[str, Any]], deterministic: bool) -> list[dict[str, Any]]:
         """This rank's shard of ``groups`` (:attr:`params`, the flat buffers, the pieces);
         returns the groups of views that the optimizer steps."""
-        self._reducer: SumReducer = SumReducer(self.comm, deterministic)
+        if not isinstance(deterministic, bool):
+            raise TypeError(f"deterministic must be a bool, got {deterministic!r}")
+        self._deterministic: bool = deterministic
+        messages = private_comm(self, self.comm)
         #: The model's parameters, in order over the groups (the optimizer steps their shards).
         self.params: list[NDArray[Any]] = [p for g in groups for p in g["params"]]
         # The model's arrays, checked as fm.SGD checks them: each rank's steps check only its
@@ -119,10 +128,11 @@ class ShardedSGD(SGD):
         world, rank = self.comm.size, self.comm.rank
         self._bounds = {dtype: shard_bounds(flat.size, world)
                         for dtype, flat in self._grads.flats.items()}
-        self._gather = ParamGather(self.comm, self.params, self._grads.places, self._bounds)
+        self._gather = ParamGather(messages, self.params, self._grads.places, self._bounds)
+        self._reduce_scatter = ReduceScatter(messages, self._grads.places, self._bounds, None)
         # This rank's piece of each parameter that meets its shard: (place, piece of the
         # parameter, piece of its gradient), as views of the parameter's and the flat memory.
-        self._pieces: list[tuple[Place, NDArray[Any], NDArray[Any]]] = []
+        self._pieces: list[tuple[Place, NDArray[Any]]] = []
         shard_groups: list[dict[str, Any]] = []
         self._group_sizes: list[int] = []  # parameters per group (over all ranks)
         index = 0
@@ -140,8 +150,7 @@ class ShardedSGD(SGD):
                     start = stop = place.start
                 if start < stop or empty_here:
                     piece = p.reshape(-1)[start - place.start:stop - place.start]
-                    grad = self._grads.flats[place.dtype][start:stop]
-                    self._pieces.append((place._replace(start=start, stop=stop), piece, grad))
+                    self._pieces.append((place._replace(start=start, stop=stop), piece))
                     views.append(piece)
                 index += 1
             shard_groups.append({**group, "params": views})
@@ -159,7 +168,7 @@ class ShardedSGD(SGD):
     @property
     def deterministic(self) -> bool:
         """Whether gradients are summed in rank order (see :class:`DistributedSGD`)."""
-        return self._reducer.deterministic
+        return self._deterministic
 
     @property
     def grad_buffers(self) -> list[NDArray[Any]]:
@@ -179,33 +188,45 @@ class ShardedSGD(SGD):
         raise NotImplementedError("ShardedSGD's groups are fixed at construction: adding one "
                                   "would move the shards; create it with all its groups")
 
-    def step(self, grads: Sequence[Array | None], *, loss_scale: float = 1.0) -> StepResult:
+    def step(self, grads: Sequence[Array | None] | None = None, *,
+             loss_scale: float = 1.0) -> StepResult:
         """Reduce-scatter ``grads`` (this rank's, one per parameter of :attr:`params` in order,
-        all present), update this rank's shard, all-gather the parameters (collective). Returns
-        the result of :meth:`fastmomentum.SGD.step`, the same on every rank."""
+        all present; default: the gradients computed into :attr:`grad_buffers`), update this
+        rank's shard, all-gather the parameters (collective). Returns the result of
+        :meth:`fastmomentum.SGD.step`, the same on every rank."""
         busy = self._busy  # the lock released is the one taken (see optim._after_fork_in_child)
         if not busy.acquire(False):  # see optim._busy_error (not blocking)
             raise _busy_error("step()")
         try:
             self._gather.check(self.params)
-            self._grads.load(grads, loss_scale)
-            for dtype, flat in self._grads.flats.items():
-                self._reducer.reduce_scatter(flat, self._bounds[dtype])
+            checked = self._grads.check(grads, loss_scale)
+            if self.comm.size == 1:  # the sum of one term: the caller's gradients, as they are
+                piece_grads = self._own_pieces(checked)
+            else:
+                self._reduce_scatter(checked)
+                piece_grads = self._piece_grads
             stats = None
             if self._needs_stats:
-                finite, sum_squares = _core.grad_stats(self._piece_grads)
+                finite, sum_squares = _core.grad_stats(piece_grads)
                 # One message: the sums of squares, and the number of non-finite shards.
                 both = np.array([sum_squares, 0.0 if finite else 1.0])
                 self.comm.Allreduce(MPI.IN_PLACE, both, op=MPI.SUM)
                 stats = (bool(both[1] == 0.0), float(both[0]))
-            result = self._apply(self._piece_grads, self._guard(loss_scale * self.comm.size, stats),
-                                 reported=grads,
+            result = self._apply(piece_grads, self._guard(loss_scale * self.comm.size, stats),
+                                 reported=checked,
                                  dtypes=self._model_dtypes)
             if not result.skipped:
                 self._gather_params()
             return result
         finally:
             busy.release()
+
+    def _own_pieces(self, grads: Sequence[NDArray[Any]]) -> list[NDArray[Any]]:
+        """This rank's pieces of ``grads`` (views, the pieces' order and sizes)."""
+        flat = [np.ascontiguousarray(g).reshape(-1) for g in grads]
+        places = self._grads.places
+        return [flat[p.param][p.start - places[p.param].start:p.stop - places[p.param].start]
+                for p, _ in self._pieces]
 
     def __getstate__(self) -> dict[str, Any]:
         raise TypeError("a ShardedSGD cannot be copied or pickled: its shards are views of the "
@@ -221,12 +242,12 @@ class ShardedSGD(SGD):
         """``fm.SGD.state_dict()``'s layout over :attr:`params`, with the full buffers gathered
         from the shards (collective; the same on every rank; fresh arrays)."""
         key = BUFFER_KEY[self.style]
-        mine = {place.param for place, piece, _ in self._pieces
+        mine = {place.param for place, piece in self._pieces
                 if (self.state.entry(piece) or {}).get(key) is not None}
         present = set().union(*self.comm.allgather(mine))
         # Buffers of their own, not the gradients' (a step may be running: a schedule saving).
         gathered = {dtype: np.zeros_like(flat) for dtype, flat in self._grads.flats.items()}
-        for place, piece, _ in self._pieces:
+        for place, piece in self._pieces:
             buf = (self.state.entry(piece) or {}).get(key)
             if buf is not None:
                 gathered[place.dtype][place.start:place.stop] = buf.reshape(-1)
@@ -267,7 +288,7 @@ class ShardedSGD(SGD):
             buffer_of[id(p)] = buf
         key = BUFFER_KEY[self.style]
         shard_state = ArrayState()
-        for place, piece, _ in self._pieces:
+        for place, piece in self._pieces:
             full_buffer = buffer_of.get(id(self.params[place.param]))
             if full_buffer is None:
                 continue
