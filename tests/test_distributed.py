@@ -167,12 +167,30 @@ def test_matches_single_process(cases_job, case_name):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_gradients_in_the_optimizers_buffers(cases_job, kind):
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_gradients_in_the_optimizers_buffers(cases_job, kind, deterministic):
+    # Passed as opt.grad_buffers (deterministic) or as opt.step()'s default (not): with
+    # deterministic=False, DistributedSGD's MPI_Allreduce path (gradients of its own elsewhere
+    # take the rank-order path).
     n, out = cases_job
     params, opt, _ = reference("torch-heavyball", [n] * STEPS)
-    ranks = load_ranks(out, f"torch-heavyball.{kind}.in-place", n)
+    ranks = load_ranks(out, f"torch-heavyball.{kind}.in-place.{deterministic}", n)
     assert_same_on_every_rank(ranks)
-    assert_matches(ranks[0], params, opt, exact=True)
+    assert_matches(ranks[0], params, opt, exact=deterministic or kind == "ShardedSGD")
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_the_callers_own_messages_are_not_taken_by_a_step(tmp_path, n):
+    # The optimizers' point-to-point messages go on a private duplicate of the communicator: a
+    # receive the caller posted on it (any source, the same tags) gets the caller's message.
+    mpirun(n, "messages", str(tmp_path))
+    for r in range(n):
+        assert (tmp_path / f"messages.rank{r}.txt").read_text() == "received: True"
+    params, opt, _ = reference("torch-heavyball", [n] * STEPS)
+    for kind in KINDS:
+        ranks = load_ranks(tmp_path, f"messages.{kind}", n)
+        assert_same_on_every_rank(ranks)
+        assert_matches(ranks[0], params, opt, exact=True)
 
 
 def test_the_guards_case_skips_and_clips():

@@ -10,6 +10,7 @@ compares the files with a single-process fm.SGD and with each other. Modes:
   then rank 0 saves the parameters, the optimizer's and the scheduler's state to ``OUT/ckpt.npz``.
 - ``resume OUT CKPT KIND``: loads that checkpoint into KIND (``DistributedSGD`` / ``ShardedSGD``)
   at this world size and takes STEPS more steps.
+- ``messages OUT``: the caller's own point-to-point messages, pending while two optimizers step.
 - ``mismatch OUT``: the constructor's errors: replicas that differ, a communicator that is not one,
   a parameter the kernels cannot update in place; the step's and load_state_dict's; and a
   ShardedSGD whose schedule reads ``state_dict()`` mid-step, against one whose schedule does not.
@@ -41,11 +42,13 @@ def build(kind: str, case_name: str, params: list[np.ndarray], deterministic: bo
                        **case.options, **extra)
 
 
-def run(opt: Any, case_name: str, steps: range, scheduler: Any, in_place: bool = False
+def run(opt: Any, case_name: str, steps: range, scheduler: Any, in_place: str = ""
         ) -> list[float]:
     """Steps ``steps`` (the gradients of this rank at those steps), each followed by a step of
     ``scheduler`` (if not None); returns each step's grad norm. ``in_place``: the gradients are
-    written into ``opt.grad_buffers`` and those are passed."""
+    written into ``opt.grad_buffers`` and those are passed (``"passed"``) or not (``"default"``:
+    ``opt.step()``). Otherwise the arrays passed are the caller's, Fortran-ordered at odd steps,
+    and must come back unchanged."""
     case = CASES[case_name]
     norms = []
     order = grad_order(case)
@@ -55,12 +58,19 @@ def run(opt: Any, case_name: str, steps: range, scheduler: Any, in_place: bool =
         if in_place:
             for buffer, g in zip(opt.grad_buffers, grads, strict=True):
                 buffer[...] = g
-            grads = opt.grad_buffers
+            grads = opt.grad_buffers if in_place == "passed" else None
+        elif t % 2:
+            grads = [np.array(g, order="F") for g in grads]  # sent from a copy in C order
+        before = None if in_place else [g.copy(order="K") for g in grads]
         try:
             result = opt.step(grads, loss_scale=case.loss_scale)
         except FloatingPointError:  # nonfinite="raise": on every rank, nothing changed
             norms.append(-1.0)
             continue
+        finally:
+            if before is not None:  # the step reads the caller's gradients, never writes them
+                assert all(a.tobytes("A") == b.tobytes("A") and a.strides == b.strides
+                           for a, b in zip(grads, before, strict=True)), "gradients changed"
         norms.append(np.nan if result.grad_norm is None else result.grad_norm)
         if scheduler is not None:
             scheduler.step()
@@ -86,10 +96,12 @@ def cases(out: Path) -> None:
                 save_result(out / f"{name}.{kind}.{deterministic}.rank{RANK}.npz", opt, params,
                             norms)
     for kind in KINDS:  # gradients computed into the optimizer's buffers
-        params = make_params(CASES["torch-heavyball"], SEED)
-        opt = build(kind, "torch-heavyball", params, True)
-        norms = run(opt, "torch-heavyball", range(STEPS), None, in_place=True)
-        save_result(out / f"torch-heavyball.{kind}.in-place.rank{RANK}.npz", opt, params, norms)
+        for deterministic, passed in ((True, "passed"), (False, "default")):
+            params = make_params(CASES["torch-heavyball"], SEED)
+            opt = build(kind, "torch-heavyball", params, deterministic)
+            norms = run(opt, "torch-heavyball", range(STEPS), None, in_place=passed)
+            save_result(out / f"torch-heavyball.{kind}.in-place.{deterministic}.rank{RANK}.npz",
+                        opt, params, norms)
 
 
 def save(out: Path) -> None:
@@ -272,6 +284,31 @@ def load_one_rank_refuses(out: Path) -> None:
     (out / f"load.rank{RANK}.txt").write_text("\n".join(lines))
 
 
+def messages(out: Path) -> None:
+    """The caller's own point-to-point messages on COMM, with the tags the optimizers use (0, 1,
+    2) and from any source, posted before two optimizers step in turn and delivered after: each
+    must land where the caller posted it. "<kind>: <message received>" lines, and each
+    optimizer's result file (rank-order sums: exact)."""
+    case = CASES["torch-heavyball"]
+    params = {kind: make_params(case, SEED) for kind in KINDS}
+    opts = {kind: build(kind, "torch-heavyball", params[kind], True) for kind in KINDS}
+    box = {tag: np.full(3, -1.0) for tag in (0, 1, 2)}
+    pending = [COMM.Irecv(box[tag], source=MPI.ANY_SOURCE, tag=tag) for tag in box]
+    norms: dict[str, list[float]] = {kind: [] for kind in KINDS}
+    for t in range(STEPS):
+        for kind in KINDS:
+            norms[kind] += run(opts[kind], "torch-heavyball", range(t, t + 1), None)
+    for tag in box:
+        COMM.Send(np.full(3, 100.0 * RANK + tag), dest=(RANK + 1) % WORLD, tag=tag)
+    MPI.Request.Waitall(pending)
+    source = (RANK - 1) % WORLD
+    same = all(np.array_equal(box[tag], np.full(3, 100.0 * source + tag)) for tag in box)
+    for kind in KINDS:
+        save_result(out / f"messages.{kind}.rank{RANK}.npz", opts[kind], params[kind],
+                    norms[kind])
+    (out / f"messages.rank{RANK}.txt").write_text(f"received: {same}")
+
+
 def peeking_schedule(peek: bool) -> str:
     """A ShardedSGD's parameters after 3 steps whose schedule (``peek``) gathers the state
     between the step's reduce-scatter and its kernels, as a schedule that logs it would."""
@@ -302,5 +339,7 @@ if __name__ == "__main__":
         lowp(out)
     elif mode == "load":
         load_one_rank_refuses(out)
+    elif mode == "messages":
+        messages(out)
     else:
         raise SystemExit(f"unknown mode {mode!r}")

@@ -6,6 +6,7 @@ import numbers
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import numpy as np
 from mpi4py import MPI
 from numpy.typing import NDArray
 
@@ -164,7 +165,7 @@ class DistributedSGD(SGD):
         try:
             checked = self._grads.check(grads, loss_scale)
             if self.comm.size == 1:  # the sum of one term: the caller's gradients, as they are
-                summed = checked
+                summed = [g if g.flags.c_contiguous else g.copy() for g in checked]  # (C, as p)
             elif self._deterministic or any(
                     g is not view for g, view in zip(checked, self._grads.views, strict=True)):
                 # In rank order, from where the gradients are (see the class docstring).
