@@ -6,7 +6,6 @@ import numbers
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import numpy as np
 from mpi4py import MPI
 from numpy.typing import NDArray
 
