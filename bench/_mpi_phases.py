@@ -19,15 +19,14 @@ from typing import Any
 
 from mpi4py import MPI
 
-from fastmomentum.distributed import _collectives, _layout
+from fastmomentum.distributed import _collectives
 from fastmomentum.optim import SGD
 
 #: The phases, in the order a step meets them (a variant shows those it has), and their headings.
 PHASES = {
-    "copy_in": "copy in",            # the gradients into the flat buffer(s): FlatGrads.copy_in
     "Allreduce": "Allreduce",
-    "exchange": "RS sends",          # the reduce-scatter's messages, from the gradients
-    "local_sum": "RS sums",          # the reduce-scatter's own work: the rank-order additions
+    "exchange": "RS sends",          # the rank-order reduce-scatter's messages (from the grads)
+    "local_sum": "RS sums",          # its own work: the rank-order additions
     "update": "update",              # SGD._apply: the fused kernel, and its Python around it
     "Allgatherv": "Allgatherv",
     "gather": "gather",              # ShardedSGD's all-gather, straight into the parameters
@@ -92,7 +91,6 @@ class TimedComm(MPI.Intracomm):
 def install() -> None:
     """Wrap the library's phase functions (once per process; every optimizer of it is timed)."""
     patches: list[tuple[Any, str, str]] = [
-        (_layout.FlatGrads, "copy_in", "copy_in"),
         (_collectives.ReduceScatter, "exchange", "exchange"),
         (_collectives.ReduceScatter, "add", "local_sum"),
         (_collectives.ParamGather, "__call__", "gather"),

@@ -14,25 +14,27 @@ all-reduce), with ``L = ceil(log2 n)``:
 
 - all-reduce of ``b`` bytes: ``2L`` rounds, ``2(n-1)/n * b`` bytes sent per rank;
 - reduce-scatter and all-gather: ``L`` rounds, ``(n-1)/n * b`` bytes;
-- the rank-order reduce-scatter (on ``MPI_Alltoallv``: ``DistributedSGD(deterministic=True)``'s,
-  and ``ShardedSGD``'s whatever ``deterministic``) and ``ShardedSGD``'s all-gather (one
-  ``MPI_Alltoallw`` straight into the parameters): the same bytes in ``n-1`` messages, one to
-  each other rank: their latency grows with ``n``, not ``log n``.
+- the rank-order reduce-scatter (point-to-point messages straight from the gradients:
+  ``DistributedSGD``'s with ``deterministic=True`` or gradients of the caller's own, and
+  ``ShardedSGD``'s whatever ``deterministic``) and ``ShardedSGD``'s all-gather (point-to-point
+  messages straight into the parameters): the same bytes, sent to each other rank (one message
+  per segment where its shard meets an array, all posted at once): counted as ``n-1`` rounds,
+  a latency that grows with ``n``, not ``log n``.
 
 The sums themselves cost the local memory: ``(n-1)/n * b`` bytes of additions per rank in a
 reduce-scatter or an all-reduce, at ``add_ns`` per float32 element (NumPy's in-place add here).
 The update costs ``update_ns`` per element of the parameters a rank updates (all of them, or its
-shard), and ``DistributedSGD``/``ShardedSGD`` first copy the gradients into their flat buffer at
-``copy_ns`` per element (none with ``grad_buffers``). The variants:
+shard). No variant copies the gradients: the messages leave from where they are. The variants:
 
 - ``baseline``: ``k`` all-reduces of ``B/k``, then the update of ``P``;
-- ``DistributedSGD``: the copy, ``m`` all-reduces of ``B/m``, the update of ``P``; ``det``: each
-  all-reduce is a rank-order reduce-scatter and an all-gather (the same rounds and bytes);
-- ``ShardedSGD`` (ZeRO-1, either setting): the copy, one reduce-scatter of ``B``, the update of
+- ``DistributedSGD`` (gradients computed into ``grad_buffers``): ``m`` all-reduces of ``B/m``,
+  the update of ``P``; ``det`` (and gradients of the caller's own, either setting): one rank-order
+  reduce-scatter of ``B`` and one all-gather of ``B``, the update of ``P``;
+- ``ShardedSGD`` (ZeRO-1, either setting): one rank-order reduce-scatter of ``B``, the update of
   ``P/n``, one all-gather of ``B``: the all-reduce's bytes, the update of ``1/n``;
 - ``DistributedSGD overlap``: not implemented; what bucket-by-bucket overlap of the reductions
-  with the update would give: the copy, then the larger of the communication and the update,
-  plus one bucket's share of the smaller.
+  with the update would give: the larger of the communication and the update, plus one bucket's
+  share of the smaller.
 
 Every variant sends the same ``2(n-1)/n * B`` bytes per rank; they differ in rounds (latency) and
 in the local work. The local constants default to what was measured on this project's 2-core CI
@@ -74,7 +76,6 @@ class Local:
     """One rank's memory-bound work, in nanoseconds per float32 element."""
 
     update_ns: float  # the fused momentum step (reads p, g, b; writes p, b)
-    copy_ns: float  # a gradient copied into the flat buffer
     add_ns: float  # one in-place addition of a received piece (the collectives' sums)
 
 
@@ -97,13 +98,13 @@ def allreduce(n: int, nbytes: float) -> Traffic:
 
 
 def reduce_scatter(n: int, nbytes: float, rank_order: bool) -> Traffic:
-    """MPI's reduce-scatter, or the rank-order one on ``MPI_Alltoallv`` (one message per rank)."""
+    """MPI's reduce-scatter, or the rank-order one (point to point, to every other rank)."""
     rounds = n - 1 if rank_order else log_rounds(n)
     return Traffic(rounds, (n - 1) / n * nbytes, (n - 1) / n * nbytes / FLOAT32)
 
 
 def allgather(n: int, nbytes: float, one_message_per_rank: bool = False) -> Traffic:
-    """MPI's all-gather, or ShardedSGD's, one ``MPI_Alltoallw`` straight into the parameters."""
+    """MPI's all-gather, or ShardedSGD's, point to point straight into the parameters."""
     return Traffic(n - 1 if one_message_per_rank else log_rounds(n), (n - 1) / n * nbytes, 0.0)
 
 
@@ -125,8 +126,8 @@ def traffic(variant: str, n: int, params: int, arrays: int) -> Traffic:
         parts = [allreduce(n, total / arrays)] * arrays
     elif variant.startswith("DistributedSGD"):
         m = buckets(params, arrays)
-        parts = ([reduce_scatter(n, total / m, True), allgather(n, total / m)] if det
-                 else [allreduce(n, total / m)]) * m
+        parts = ([reduce_scatter(n, total, True), allgather(n, total)] if det
+                 else [allreduce(n, total / m)] * m)
     else:  # ShardedSGD sums in rank order whatever deterministic (faster than MPI's here)
         parts = [reduce_scatter(n, total, True), allgather(n, total, True)]
     return Traffic(sum(p.rounds for p in parts), sum(p.bytes_sent for p in parts),
@@ -137,26 +138,25 @@ def step_seconds(variant: str, n: int, params: int, arrays: int, link: Link, loc
     """The model's step time of ``variant`` (no overlap except in ``DistributedSGD overlap``)."""
     t = traffic(variant, n, params, arrays)
     comm = t.rounds * link.alpha + t.bytes_sent / link.beta + t.summed * local.add_ns * 1e-9
-    copy = 0.0 if variant == "baseline" else params * local.copy_ns * 1e-9
     updated = params / n if variant.startswith("ShardedSGD") else params
     update = updated * local.update_ns * 1e-9
     if variant == "DistributedSGD overlap":
         m = buckets(params, arrays)
-        return copy + max(comm, update) + min(comm, update) / m
-    return copy + comm + update
+        return max(comm, update) + min(comm, update) / m
+    return comm + update
 
 
 #: ``python bench/mpi_model.py --measure`` on the CI machine (2 cores of an Intel Xeon VM, one
 #: thread): medians, 1e7 float32 elements in 50 arrays.
-MEASURED_HERE = Local(update_ns=0.44, copy_ns=0.28, add_ns=0.27)
+MEASURED_HERE = Local(update_ns=0.44, add_ns=0.27)
 
 
 def measure_local(threads: int = 1, elements: int = 10**7, arrays: int = 50,
                   repeats: int = 15) -> Local:
     """This machine's local constants: ``fm.SGD``'s step (momentum 0.9) of ``elements`` float32
-    parameters in ``arrays`` arrays on ``threads`` threads, their copy into one flat buffer, and
-    NumPy's in-place add of two ``elements`` arrays (NumPy's copy and add run on one thread, as in
-    the optimizers); the median of ``repeats`` runs each."""
+    parameters in ``arrays`` arrays on ``threads`` threads, and NumPy's in-place add of two
+    ``elements`` arrays (on one thread, as in the optimizers); the median of ``repeats`` runs
+    each."""
     import fastmomentum as fm
 
     before = fm.get_num_threads()
@@ -180,10 +180,6 @@ def _measure(elements: int, arrays: int, repeats: int) -> Local:
     grads = [rng.standard_normal(elements // arrays, dtype=np.float32) for _ in range(arrays)]
     flat = np.zeros(elements // arrays * arrays, np.float32)
     opt = fm.SGD(params, lr=1e-3, momentum=0.9)
-
-    def copy() -> None:
-        np.concatenate(grads, out=flat)
-
     other = np.ones_like(flat)
 
     def add() -> None:
@@ -199,14 +195,14 @@ def _measure(elements: int, arrays: int, repeats: int) -> Local:
             times.append(time.perf_counter() - begin)
         return statistics.median(times) * 1e9 / flat.size
 
-    return Local(update_ns=ns(lambda: opt.step(grads)), copy_ns=ns(copy), add_ns=ns(add))
+    return Local(update_ns=ns(lambda: opt.step(grads)), add_ns=ns(add))
 
 
 def projection(params: int, arrays: int, ranks: list[int], links: list[tuple[str, Link]],
                local: Local) -> list[str]:
     lines = [f"{params:.3g} float32 parameters in {arrays} arrays (DistributedSGD's 25 MiB "
              f"buckets: {buckets(params, arrays)}); ms per step; update "
-             f"{local.update_ns:.2f} ns/element, copy {local.copy_ns:.2f}, add {local.add_ns:.2f}"]
+             f"{local.update_ns:.2f} ns/element, add {local.add_ns:.2f}"]
     lines.append(f"{'link':<16} {'n':>4} " + " ".join(f"{SHORT[v]:>12}" for v in VARIANTS))
     for name, link in links:
         for n in ranks:
@@ -232,7 +228,6 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="with --measure: the update's threads (a rank's OMP_NUM_THREADS)")
     parser.add_argument("--update-ns", type=float, default=MEASURED_HERE.update_ns)
-    parser.add_argument("--copy-ns", type=float, default=MEASURED_HERE.copy_ns)
     parser.add_argument("--add-ns", type=float, default=MEASURED_HERE.add_ns)
     args = parser.parse_args()
     if len(args.arrays) != len(args.params) or len(args.latency_us) != len(args.link_gbps):
@@ -240,10 +235,10 @@ def main() -> None:
     for name in ("params", "arrays", "ranks", "link_gbps"):
         if min(getattr(args, name)) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be > 0")
-    if min(args.latency_us) < 0 or min(args.update_ns, args.copy_ns, args.add_ns) < 0:
+    if min(args.latency_us) < 0 or min(args.update_ns, args.add_ns) < 0:
         parser.error("latencies and local costs must be >= 0")
     local = (measure_local(args.threads) if args.measure
-             else Local(args.update_ns, args.copy_ns, args.add_ns))
+             else Local(args.update_ns, args.add_ns))
     links = [(f"{g:g} Gb/s {a:g} us", Link.of(g, a))
              for g, a in zip(args.link_gbps, args.latency_us, strict=True)]
     for params, arrays in zip(args.params, args.arrays, strict=True):

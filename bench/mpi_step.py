@@ -10,26 +10,31 @@ arrays:
 
 - ``baseline``: ``comm.Allreduce(IN_PLACE, g)`` for each gradient (one message per array), then
   ``fm.SGD.step(grads, loss_scale=n)``;
-- ``DistributedSGD`` (25 MiB buckets, or ``--bucket-mb``) and ``ShardedSGD``, with
-  ``deterministic=False`` and ``True`` (``det``; ShardedSGD sums in rank order either way).
+- ``DistributedSGD`` and ``ShardedSGD``, with ``deterministic=False`` and ``True`` (``det``),
+  given the same gradient arrays as the baseline, which they must not modify: both sum in rank
+  order, from those arrays (DistributedSGD then all-gathers the sums; ShardedSGD gathers the
+  parameters).
 
 ``--grad-buffers``: the optimizers' gradients are written into ``opt.grad_buffers`` before each
-step, outside its time, as by a backward pass that computes them there: the step copies nothing in.
+step, outside its time, as by a backward pass that computes them there; ``DistributedSGD`` with
+``deterministic=False`` then all-reduces them in place with MPI (25 MiB buckets, or
+``--bucket-mb``).
 
 ``step ms``: the median over ``--steps`` steps (after two warm-up steps) of the slowest rank's time
 of one whole step (a barrier before each). ``MB sent/rank``: the bytes each rank sends per step,
 as ``mpi_model.py``'s ``traffic`` counts them for the collectives the code issues (the algorithm
 MPI picks may move more): an all-reduce of ``B`` bytes sends ``2(n-1)/n·B`` (reduce-scatter then
 all-gather), a reduce-scatter or an all-gather ``(n-1)/n·B``, the rank-order reduce-scatter
-(``MPI_Alltoallv``) exactly the ``(n-1)/n·B`` bound for the other ranks. ``msgs``: collective calls
-per step (none on one rank, except the baseline's). ``state MB/rank``: the momentum buffers this
-rank holds (``state_nbytes``).
+(point to point) exactly the ``(n-1)/n·B`` bound for the other ranks. ``msgs``: the collective
+calls and point-to-point sends a rank starts per step (none on one rank, except the baseline's).
+``state MB/rank``: the momentum buffers this rank holds (``state_nbytes``).
 
 The second table splits each step into its phases, in ms per step (the median over the steps of
-the ranks' mean; ``_mpi_phases.py`` wraps the library's calls from outside it): the copy of the
-gradients into the flat buffer(s), each MPI collective by name (its time includes waiting for the
-other ranks), the reduce-scatter's local work (the rank-order additions), the update kernel call,
-and ``other``: the rest of the rank's step (Python, checks); and ``faults``, the minor page faults
+the ranks' mean; ``_mpi_phases.py`` wraps the library's calls from outside it): each MPI
+collective by name, the rank-order reduce-scatter's messages (``RS sends``) and its local work
+(``RS sums``, the additions), the update kernel call, ShardedSGD's point-to-point all-gather of
+the parameters (``gather``) — the times of messages include waiting for the other ranks — and
+``other``: the rest of the rank's step (Python, checks); and ``faults``, the minor page faults
 of a rank's step (the median): memory the step maps afresh, such as a collective's scratch buffer,
 costs a fault per 4 KiB page on first touch. ``--json PATH`` writes every row, phases included.
 
@@ -101,10 +106,10 @@ def measure(size: int, arrays: int, steps: int, bucket_bytes: int | None, in_buf
                 messages = 0
             elif kind is ShardedSGD:  # point-to-point sends, both ways
                 messages = opt._reduce_scatter.sends + opt._gather.sends
-            elif opt.deterministic:  # sends, then one Allgatherv (one dtype here)
-                messages = opt._reduce_scatter.sends + 1
-            else:
+            elif in_buffers and not opt.deterministic:  # MPI_Allreduce per bucket
                 messages = len(opt.bucket_sizes)
+            else:  # the rank-order path: sends, then one Allgatherv (one dtype here)
+                messages = opt._reduce_scatter.sends + 1
         sent = traffic(variant, n, sum(p.size for p in params), arrays).bytes_sent  # the model's
         times, phases, faults = [], [], []
         for i in range(steps + 2):

@@ -14,8 +14,9 @@ momentum (PyTorch's form), L2 weight decay on the weights, cosine lr decay::
 
     g <- mean over ranks of g_r + wd*p;   b <- 0.9*b + g;   p <- p - lr_t*(g + 0.9*b)
 
-``python -m mpi4py`` makes an exception on one rank abort the whole job instead of leaving the
-others waiting in a collective.
+The distributed optimizers' gradients are computed straight into ``opt.grad_buffers`` and stepped
+by ``opt.step()``: nothing is copied on the way to MPI. ``python -m mpi4py`` makes an exception on
+one rank abort the whole job instead of leaving the others waiting in a collective.
 """
 
 from __future__ import annotations
@@ -59,8 +60,13 @@ def train(comm: Any = None, sharded: bool = False) -> dict[str, Any]:
         order, loss_sum = rng.permutation(POINTS), 0.0
         for start in range(0, POINTS, BATCH):
             mine = order[start + rank * per_rank:start + (rank + 1) * per_rank]
-            loss, (gW1, gb1, gW2, gb2), _ = loss_and_grads(params, X[mine], y[mine])
-            opt.step([gW1, gW2, gb1, gb2])  # averaged over the ranks inside
+            if comm is None:
+                loss, (gW1, gb1, gW2, gb2), _ = loss_and_grads(params, X[mine], y[mine])
+                opt.step([gW1, gW2, gb1, gb2])
+            else:  # computed into the optimizer's buffers (its order: W1, W2, b1, b2)
+                gW1, gW2, gb1, gb2 = opt.grad_buffers
+                loss, _, _ = loss_and_grads(params, X[mine], y[mine], out=[gW1, gb1, gW2, gb2])
+                opt.step()  # averaged over the ranks inside
             loss_sum += loss
         if comm is not None:
             loss_sum = comm.allreduce(loss_sum) / world  # the mean over the ranks' slices

@@ -272,7 +272,8 @@ def test_constructor_and_step_refuse_bad_input(tmp_path):
         assert found.keys() == {"values", "shapes", "hyper", "strided", "comm", "none", "scale",
                                 "extras", "dtype-init", "dtype-step", "dtype-scale",
                                 "local-DistributedSGD", "local-ShardedSGD", "other-DistributedSGD",
-                                "other-ShardedSGD", "not-array", "peek"}, lines
+                                "other-ShardedSGD", "args-DistributedSGD", "args-ShardedSGD",
+                                "not-array", "peek"}, lines
         assert "parameter values of rank(s) [1] differ from rank 0's" in found["values"]
         assert "parameter groups of rank(s) [1] differ" in found["shapes"]
         assert "parameter groups of rank(s) [1] differ" in found["hyper"]
@@ -294,6 +295,11 @@ def test_constructor_and_step_refuse_bad_input(tmp_path):
             assert other.startswith("RuntimeError: out of luck") if r == 1 else other.startswith(
                 "ValueError: rank(s) [1] could not build the optimizer (rank 1: RuntimeError: "
                 "out of luck)"), other
+        for kind, error in (("DistributedSGD", "ValueError: bucket_bytes must be an integer > 0"),
+                            ("ShardedSGD", "TypeError: deterministic must be a bool")):
+            args = found[f"args-{kind}"]
+            assert args.startswith(error) if r == 1 else args.startswith(
+                f"ValueError: rank(s) [1] could not build the optimizer (rank 1: {error}"), args
         assert found["not-array"].startswith("params[1] must be a numpy.ndarray, got list")
         without, with_reads = found["peek"].split()
         assert with_reads == without
@@ -433,7 +439,7 @@ def test_gradients_that_are_other_parameters_buffers_are_refused(kind_name):
     buffers[0][:], buffers[1][:] = 1, 2
     with pytest.raises(ValueError, match=r"grads\[0\] is in the optimizer's gradient buffers but "
                                          r"is not grad_buffers\[0\]"):
-        opt.step([buffers[1], buffers[0]])  # copied in order, one would overwrite the other
+        opt.step([buffers[1], buffers[0]])  # the sums are written where later ones are read
     np.testing.assert_array_equal(params[0], 0)
     np.testing.assert_array_equal(params[1], 0)
     opt.step(buffers)  # each its own: no copy, and the step as fm.SGD's
@@ -447,3 +453,43 @@ def test_an_empty_parameter_of_several_dimensions_is_taken(kind_name):
     opt = _self_optimizer(kind_name, params)
     opt.step([np.zeros((0, 4), np.float32), np.ones(2, np.float32)])
     np.testing.assert_allclose(params[1], -0.1)
+
+
+@pytest.mark.parametrize("kind_name", KINDS)
+def test_step_without_gradients_steps_the_grad_buffers(kind_name):
+    params, twin = [np.ones((2, 3), np.float32), np.ones(4)], [np.ones((2, 3), np.float32),
+                                                              np.ones(4)]
+    opt, other = _self_optimizer(kind_name, params), _self_optimizer(kind_name, twin)
+    for t in range(3):
+        grads = [np.full((2, 3), t + 1.0, np.float32), np.arange(4.0) * t]
+        for buffer, g in zip(opt.grad_buffers, grads, strict=True):
+            buffer[...] = g
+        opt.step()
+        other.step(grads)
+    for p, q in zip(params, twin, strict=True):
+        assert p.tobytes() == q.tobytes()
+
+
+@pytest.mark.parametrize("kind_name", KINDS)
+def test_a_step_reads_the_gradients_once_and_never_writes_them(kind_name):
+    # A list subclass whose second iteration would give other arrays: one snapshot is taken
+    # before any check; the caller's arrays (one in Fortran order) come back unchanged.
+    good = [np.asfortranarray(np.arange(6, dtype=np.float32).reshape(2, 3)), np.ones(4)]
+    kept = [g.copy(order="K") for g in good]
+
+    class Fickle(list):
+        calls = 0
+
+        def __iter__(self):
+            Fickle.calls += 1
+            return iter(good if Fickle.calls == 1 else [np.zeros(1), np.zeros(1)])
+
+    params = [np.ones((2, 3), np.float32), np.ones(4)]
+    twin = [p.copy() for p in params]
+    _self_optimizer(kind_name, params).step(Fickle(good))
+    _self_optimizer(kind_name, twin).step([g.copy() for g in kept])
+    assert Fickle.calls == 1
+    for g, k in zip(good, kept, strict=True):
+        assert g.tobytes("A") == k.tobytes("A") and g.strides == k.strides
+    for p, q in zip(params, twin, strict=True):
+        assert p.tobytes() == q.tobytes()

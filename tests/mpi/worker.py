@@ -208,6 +208,13 @@ def mismatch(out: Path) -> None:
             KINDS[kind](COMM, [np.ones(4, np.float32)], lr=Failing() if RANK == WORLD - 1 else 0.1)
         except (RuntimeError, ValueError) as error:
             messages.append(f"other-{kind}: {type(error).__name__}: {error}")
+    for kind, bad in (("DistributedSGD", {"bucket_bytes": 0}),
+                      ("ShardedSGD", {"deterministic": "yes"})):
+        try:  # one rank's arguments refused: after the collective setup, not half-way through it
+            KINDS[kind](COMM, [np.ones(4, np.float32)], lr=0.1,
+                        **(bad if RANK == WORLD - 1 else {}))
+        except (TypeError, ValueError) as error:
+            messages.append(f"args-{kind}: {type(error).__name__}: {error}")
     try:
         ShardedSGD(COMM, [np.ones(4, np.float32), [1.0, 2.0]], lr=0.1)  # type: ignore[list-item]
     except TypeError as error:

@@ -2,18 +2,22 @@
 "fastmomentum[mpi]"``), one process per rank:
 
 - :class:`DistributedSGD`: data parallelism. Every rank keeps all parameters and state; a step
-  averages the ranks' gradients (bucketed in-place ``MPI_Allreduce``) and applies ``fm.SGD``'s
-  fused update: ``g <- Σ_r g_r / n``, then ``p <- p - lr*b`` etc., identically on every rank.
+  averages the ranks' gradients (bucketed in-place ``MPI_Allreduce`` of gradients computed into
+  its ``grad_buffers``; a rank-order reduce-scatter and all-gather otherwise) and applies
+  ``fm.SGD``'s fused update: ``g <- Σ_r g_r / n``, then ``p <- p - lr*b`` etc., identically on
+  every rank.
 - :class:`ShardedSGD`: ZeRO stage 1. Rank ``r`` keeps the momentum state of its shard of the
-  flattened parameters only (``1/n`` of it): a reduce-scatter of the gradients (``MPI_Alltoallv``
-  and rank-order sums), the fused update of the shard, an all-gather of the parameters
-  (``MPI_Alltoallw`` straight into their memory).
+  flattened parameters only (``1/n`` of it): a reduce-scatter of the gradients (point-to-point
+  messages straight from them, and rank-order sums), the fused update of the shard, an all-gather
+  of the parameters (point-to-point messages straight into their memory).
 - :func:`broadcast_parameters`: copy one rank's parameter values to all.
 
 Both take ``fm.SGD``'s arguments and options, its schedulers and its ``state_dict`` layout (a
 checkpoint moves between them, ``fm.SGD``, and any world size); ``deterministic=True`` sums the
 gradients in rank order, which makes the result bitwise reproducible and equal to one process's
-(ShardedSGD's sums are in rank order either way).
+(ShardedSGD's sums, and DistributedSGD's of gradients not in its ``grad_buffers``, are in rank
+order either way). A step leaves the caller's gradient arrays as they were and copies none of
+them (one not in C order excepted); ``step()`` with no argument steps the ``grad_buffers``.
 """
 
 from __future__ import annotations

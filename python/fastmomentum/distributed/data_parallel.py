@@ -45,12 +45,21 @@ class DistributedSGD(SGD):
     * loss_scale)`` in one process, with ``sum`` added up in rank order; with ``False``, equal up to
     the rounding of the additions, which MPI may associate differently.
 
-    Communication: the gradients are copied into one flat buffer per dtype (unless they were
-    computed there: :attr:`grad_buffers`), which is summed in buckets of whole parameters of at
-    most ``bucket_bytes`` (few large messages, one in-place ``MPI_Allreduce`` each), then the step
-    is ONE kernel call over all groups. Parameters and
-    state are never communicated after construction: every rank computes the same update from the
-    same sums, so replicas stay identical bit for bit.
+    Communication, chosen by measurement (``bench/mpi_step.py``, whose phase table shows it):
+
+    - gradients computed into :attr:`grad_buffers` (passed as they are, or ``step()``'s default)
+      with ``deterministic=False``: the flat buffer (one per dtype) is summed in place, in buckets
+      of whole parameters of at most ``bucket_bytes`` (few large messages, one in-place
+      ``MPI_Allreduce`` each);
+    - otherwise (``deterministic=True``, or gradient arrays of the caller's own, which a step
+      never writes): the rank-order reduce-scatter (``_collectives.ReduceScatter``): point-to-point
+      messages straight from the gradients, each rank summing its shard of the flat buffer, then
+      ``MPI_Allgatherv`` of the shards. Reducing the caller's arrays in MPI's way would need them
+      copied into the buffer first (40 MB: 4-5 ms on 2 ranks here), more than this path costs.
+
+    Then the step is ONE kernel call over all groups. Parameters and state are never
+    communicated after construction: every rank computes the same update from the same sums, so
+    replicas stay identical bit for bit. On one rank, the gradients are stepped where they are.
 
     Args:
         comm: an mpi4py intracommunicator (``MPI.COMM_WORLD``); every rank calls the constructor,
@@ -63,7 +72,8 @@ class DistributedSGD(SGD):
             ``schedule_multiplier``, ``nonfinite``, ``max_grad_norm``, ``max_consecutive_skips``);
             the guards act on the averaged gradients, identically on every rank.
         deterministic: sum in rank order (bitwise reproducible, independent of the MPI library
-            and the network); default ``False``: ``MPI_Allreduce``.
+            and the network); default ``False``: MPI's order where MPI sums (gradients in
+            :attr:`grad_buffers`), rank order elsewhere.
         bucket_bytes: the largest message, in bytes (default 25 MiB, as PyTorch's DDP). Keep it
             under 32 MiB with Open MPI 4.1: above, its ``MPI_Allreduce`` page-faults in a scratch
             buffer as large as the message at every call (``bench/mpi_step.py --bucket-mb``, 1e7
@@ -94,6 +104,8 @@ class DistributedSGD(SGD):
         **options: Any,
     ) -> None:
         self.comm: MPI.Intracomm = check_comm(comm)
+        # Collective: on every rank before anything that one rank alone may refuse.
+        self._messages: MPI.Intracomm = private_comm(self, self.comm)
         refused: Exception | None = None
         try:  # a rank whose arrays or arguments are refused raises on every rank, not alone
             if not isinstance(bucket_bytes, numbers.Integral) or isinstance(bucket_bytes, bool) \
@@ -103,7 +115,6 @@ class DistributedSGD(SGD):
             if not isinstance(deterministic, bool):
                 raise TypeError(f"deterministic must be a bool, got {deterministic!r}")
             self._deterministic: bool = deterministic
-            self._messages: MPI.Intracomm = private_comm(self, self.comm)
             super().__init__(params, lr, momentum, dampening, weight_decay, nesterov, **options)
             self._layout()  # the flat buffers: a rank short of memory fails here
         except Exception as error:  # (a KeyboardInterrupt stops this rank, as MPI programs do)
@@ -131,9 +142,10 @@ class DistributedSGD(SGD):
     def grad_buffers(self) -> list[NDArray[Any]]:
         """One array per parameter (its shape and dtype, in parameter order), views into the
         flat buffers that are reduced: gradients written there (e.g. ``np.matmul(..., out=...)``)
-        and passed to :meth:`step` as they are, ``step(opt.grad_buffers)``, are not copied. After
-        a step they hold the ranks' sum of the gradients (the update divides it by the world size,
-        as it would a loss scale). Any other array passed is copied in."""
+        are stepped by ``step()`` (or ``step(opt.grad_buffers)``), and with ``deterministic=False``
+        summed by MPI's all-reduce in place. After a step they hold the ranks' sum of the
+        gradients (the update divides it by the world size, as it would a loss scale), whatever
+        gradients were passed."""
         return list(self._grads.views)
 
     @property

@@ -37,19 +37,21 @@ class ShardedSGD(SGD):
     the momentum buffers of those views only, so state memory per rank is the total divided by
     ``n``. One step, with ``g_r`` rank ``r``'s gradients::
 
-        s <- the shard r of (g_0 + g_1 + ... + g_{n-1})       MPI_Alltoallv, rank-order sums
+        s <- the shard r of (g_0 + g_1 + ... + g_{n-1})       point to point, rank-order sums
         p <- the fm.SGD update of the shard r of p with g = s * (1 / (n * loss_scale))
-        p <- the updated shards of every rank                  MPI_Alltoallw, into p itself
+        p <- the updated shards of every rank                  point to point, into p itself
 
     The update is ``fm.SGD``'s, in ONE kernel call; the element-wise update does not depend on
     how the elements are split, and the sums are formed in rank order whatever ``deterministic``
-    (the reduce-scatter of ``DistributedSGD(deterministic=True)``: faster here than
-    ``MPI_Reduce_scatter``, see ``_collectives.SumReducer``), so the parameters are bit for bit
-    those of ``fm.SGD`` and of ``DistributedSGD(deterministic=True)``. Communication per rank and
-    step: ``(n-1)/n`` of the gradients' bytes in the reduce-scatter and of the parameters' in the
-    all-gather, as much as one ring all-reduce.
-    Memory per rank: the parameters, one flat gradient buffer as large as the parameters, a
-    scratch buffer as large as a shard (the reduce-scatter's), and ``1/n`` of the state.
+    (``_collectives.ReduceScatter``, which ``DistributedSGD`` uses too: faster here than
+    ``MPI_Reduce_scatter``), so the parameters are bit for bit those of ``fm.SGD`` and of
+    ``DistributedSGD(deterministic=True)``. The messages leave from the caller's gradient arrays
+    and land in the parameters' memory (``_collectives.ParamGather``): nothing is copied through
+    a flat buffer. Communication per rank and step: ``(n-1)/n`` of the gradients' bytes in the
+    reduce-scatter and of the parameters' in the all-gather, as much as one ring all-reduce.
+    Memory per rank: the parameters, ``1/n`` of the state, the reduce-scatter's scratch buffer
+    (``n`` rows as large as a shard, ``(n-1)/n`` of the parameters' bytes touched), and
+    :attr:`grad_buffers` (as large as the parameters; its pages are mapped only if written).
 
     Args:
         comm, params, lr, momentum, dampening, weight_decay, nesterov, deterministic, **options:
@@ -84,6 +86,8 @@ class ShardedSGD(SGD):
         **options: Any,
     ) -> None:
         self.comm: MPI.Intracomm = check_comm(comm)
+        # Collective: on every rank before anything that one rank alone may refuse.
+        self._messages: MPI.Intracomm = private_comm(self, self.comm)
         refused: Exception | None = None
         try:  # a rank whose arrays or arguments are refused raises on every rank, not alone
             if options.get("state_dtype") not in (None, "float32", "float64"):
@@ -118,7 +122,6 @@ class ShardedSGD(SGD):
         if not isinstance(deterministic, bool):
             raise TypeError(f"deterministic must be a bool, got {deterministic!r}")
         self._deterministic: bool = deterministic
-        messages = private_comm(self, self.comm)
         #: The model's parameters, in order over the groups (the optimizer steps their shards).
         self.params: list[NDArray[Any]] = [p for g in groups for p in g["params"]]
         # The model's arrays, checked as fm.SGD checks them: each rank's steps check only its
@@ -128,8 +131,8 @@ class ShardedSGD(SGD):
         world, rank = self.comm.size, self.comm.rank
         self._bounds = {dtype: shard_bounds(flat.size, world)
                         for dtype, flat in self._grads.flats.items()}
-        self._gather = ParamGather(messages, self.params, self._grads.places, self._bounds)
-        self._reduce_scatter = ReduceScatter(messages, self._grads.places, self._bounds, None)
+        self._gather = ParamGather(self._messages, self.params, self._grads.places, self._bounds)
+        self._reduce_scatter = ReduceScatter(self._messages, self._grads.places, self._bounds, None)
         # This rank's piece of each parameter that meets its shard: (place, piece of the
         # parameter, piece of its gradient), as views of the parameter's and the flat memory.
         self._pieces: list[tuple[Place, NDArray[Any]]] = []
@@ -172,8 +175,9 @@ class ShardedSGD(SGD):
 
     @property
     def grad_buffers(self) -> list[NDArray[Any]]:
-        """As :attr:`DistributedSGD.grad_buffers` (gradients computed there are not copied), but
-        after a step only this rank's shard of them holds the ranks' sum (the rest is undefined)."""
+        """One array per parameter of :attr:`params` (its shape and dtype), zero-filled at first,
+        for a backward pass to compute the gradients into: ``step()`` steps them. A step reads
+        them as it reads any gradients and leaves them as they were."""
         return list(self._grads.views)
 
     @property

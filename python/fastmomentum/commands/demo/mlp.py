@@ -22,9 +22,11 @@ def init(inputs: int, hidden: int, classes: int, rng: np.random.Generator,
             np.zeros(classes, dtype)]
 
 
-def loss_and_grads(params: Params, X: np.ndarray, y: np.ndarray) -> tuple[float, Params, float]:
+def loss_and_grads(params: Params, X: np.ndarray, y: np.ndarray, out: Params | None = None
+                   ) -> tuple[float, Params, float]:
     """Mean cross-entropy, its gradients (in the order of ``params``, same dtypes) and the
-    accuracy of ``argmax z``."""
+    accuracy of ``argmax z``. ``out``: arrays shaped like ``params`` to compute the gradients
+    into (e.g. a distributed optimizer's ``grad_buffers``), returned; default: new arrays."""
     W1, b1, W2, b2 = params
     h = np.tanh(X @ W1 + b1)
     z = h @ W2 + b2
@@ -38,7 +40,14 @@ def loss_and_grads(params: Params, X: np.ndarray, y: np.ndarray) -> tuple[float,
     dz[rows, y] -= 1
     dz /= len(y)
     dh = dz @ W2.T * (1 - h * h)
-    return loss, [X.T @ dh, dh.sum(axis=0), h.T @ dz, dz.sum(axis=0)], accuracy
+    if out is None:
+        return loss, [X.T @ dh, dh.sum(axis=0), h.T @ dz, dz.sum(axis=0)], accuracy
+    dW1, db1, dW2, db2 = out
+    np.matmul(X.T, dh, out=dW1)
+    dh.sum(axis=0, out=db1)
+    np.matmul(h.T, dz, out=dW2)
+    dz.sum(axis=0, out=db2)
+    return loss, out, accuracy
 
 
 def grad_check(X: np.ndarray, y: np.ndarray, params: Params, eps: float = 1e-5) -> float:
