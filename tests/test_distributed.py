@@ -167,16 +167,18 @@ def test_matches_single_process(cases_job, case_name):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("deterministic", [True, False])
-def test_gradients_in_the_optimizers_buffers(cases_job, kind, deterministic):
-    # Passed as opt.grad_buffers (deterministic) or as opt.step()'s default (not): with
-    # deterministic=False, DistributedSGD's MPI_Allreduce path (gradients of its own elsewhere
-    # take the rank-order path).
+@pytest.mark.parametrize("passed, deterministic", [("passed", True), ("default", False),
+                                                   ("rank 0", False)])
+def test_gradients_in_the_optimizers_buffers(cases_job, kind, passed, deterministic):
+    # Passed as opt.grad_buffers, or as opt.step()'s default: with deterministic=False,
+    # DistributedSGD's MPI_Allreduce path. "rank 0": rank 0 steps its buffers, the others arrays
+    # of their own: every rank takes the rank-order path (exact), none waits in another.
     n, out = cases_job
     params, opt, _ = reference("torch-heavyball", [n] * STEPS)
-    ranks = load_ranks(out, f"torch-heavyball.{kind}.in-place.{deterministic}", n)
+    ranks = load_ranks(out, f"torch-heavyball.{kind}.{passed}.{deterministic}", n)
     assert_same_on_every_rank(ranks)
-    assert_matches(ranks[0], params, opt, exact=deterministic or kind == "ShardedSGD")
+    exact = deterministic or kind == "ShardedSGD" or (passed == "rank 0" and n > 1)
+    assert_matches(ranks[0], params, opt, exact=exact)
 
 
 @pytest.mark.parametrize("n", [2, 3])
@@ -272,11 +274,13 @@ def test_constructor_and_step_refuse_bad_input(tmp_path):
         assert found.keys() == {"values", "shapes", "hyper", "strided", "comm", "none", "scale",
                                 "extras", "dtype-init", "dtype-step", "dtype-scale",
                                 "local-DistributedSGD", "local-ShardedSGD", "other-DistributedSGD",
-                                "other-ShardedSGD", "args-DistributedSGD", "args-ShardedSGD",
-                                "not-array", "peek"}, lines
+                                "other-ShardedSGD", "settings", "args-DistributedSGD",
+                                "args-ShardedSGD", "not-array", "peek"}, lines
         assert "parameter values of rank(s) [1] differ from rank 0's" in found["values"]
-        assert "parameter groups of rank(s) [1] differ" in found["shapes"]
-        assert "parameter groups of rank(s) [1] differ" in found["hyper"]
+        assert "parameter groups or settings of rank(s) [1] differ" in found["shapes"]
+        assert "parameter groups or settings of rank(s) [1] differ" in found["hyper"]
+        assert "settings of rank(s) [1] differ from rank 0's (number, shapes or dtypes of the " \
+            "arrays, hyper-parameters, or deterministic, bucket_bytes)" in found["settings"]
         assert "comm must be an mpi4py intracommunicator" in found["comm"]
         assert "grads[0] is None" in found["none"]
         assert "loss_scale must be a finite number > 0, got 0.0" in found["scale"]
@@ -404,14 +408,18 @@ def _self_optimizer(kind_name, params, **kwargs):
     return getattr(distributed, kind_name)(MPI.COMM_SELF, params, lr=0.1, momentum=0.9, **kwargs)
 
 
-def test_a_sharded_optimizer_refuses_to_be_copied_or_pickled():
+@pytest.mark.parametrize("kind_name, why", [
+    ("ShardedSGD", "its shards are views of the parameters"),
+    ("DistributedSGD", "its messages go on its own duplicate of the communicator")])
+def test_a_distributed_optimizer_refuses_to_be_copied_or_pickled(kind_name, why):
+    # A copy would share the original's communicator and requests, freed with the original.
     import copy
     import pickle
 
-    opt = _self_optimizer("ShardedSGD", [np.zeros(4, np.float32)])
+    opt = _self_optimizer(kind_name, [np.zeros(4, np.float32)])
     for make_copy in (copy.copy, copy.deepcopy, pickle.dumps):
-        with pytest.raises(TypeError, match="a ShardedSGD cannot be copied or pickled: its shards "
-                                            r"are views of the parameters.*state_dict\(\)"):
+        with pytest.raises(TypeError, match=f"a {kind_name} cannot be copied or pickled: {why}"
+                                            r".*state_dict\(\)"):
             make_copy(opt)
 
 

@@ -47,11 +47,13 @@ def run(opt: Any, case_name: str, steps: range, scheduler: Any, in_place: str = 
     """Steps ``steps`` (the gradients of this rank at those steps), each followed by a step of
     ``scheduler`` (if not None); returns each step's grad norm. ``in_place``: the gradients are
     written into ``opt.grad_buffers`` and those are passed (``"passed"``) or not (``"default"``:
-    ``opt.step()``). Otherwise the arrays passed are the caller's, Fortran-ordered at odd steps,
-    and must come back unchanged."""
+    ``opt.step()``), or so on rank 0 only (``"rank 0"``). Otherwise the arrays passed are the
+    caller's, Fortran-ordered at odd steps, and must come back unchanged."""
     case = CASES[case_name]
     norms = []
     order = grad_order(case)
+    if in_place == "rank 0":  # rank 0 in its buffers, the others with arrays of their own
+        in_place = "default" if RANK == 0 else ""
     for t in steps:
         grads = make_grads(case, SEED, t, RANK, WORLD)
         grads = [grads[i] for i in order]
@@ -96,11 +98,11 @@ def cases(out: Path) -> None:
                 save_result(out / f"{name}.{kind}.{deterministic}.rank{RANK}.npz", opt, params,
                             norms)
     for kind in KINDS:  # gradients computed into the optimizer's buffers
-        for deterministic, passed in ((True, "passed"), (False, "default")):
+        for deterministic, passed in ((True, "passed"), (False, "default"), (False, "rank 0")):
             params = make_params(CASES["torch-heavyball"], SEED)
             opt = build(kind, "torch-heavyball", params, deterministic)
             norms = run(opt, "torch-heavyball", range(STEPS), None, in_place=passed)
-            save_result(out / f"torch-heavyball.{kind}.in-place.{deterministic}.rank{RANK}.npz",
+            save_result(out / f"torch-heavyball.{kind}.{passed}.{deterministic}.rank{RANK}.npz",
                         opt, params, norms)
 
 
@@ -203,6 +205,10 @@ def mismatch(out: Path) -> None:
         def __float__(self) -> float:
             raise RuntimeError("out of luck")
 
+    try:  # settings that would make the ranks' messages differ
+        DistributedSGD(COMM, make_params(case, SEED), deterministic=RANK == 0)
+    except ValueError as error:
+        messages.append(f"settings: {error}")
     for kind in KINDS:
         try:  # an error of any kind, on one rank
             KINDS[kind](COMM, [np.ones(4, np.float32)], lr=Failing() if RANK == WORLD - 1 else 0.1)

@@ -11,7 +11,6 @@ from typing import Any
 
 import numpy as np
 from mpi4py import MPI
-from mpi4py.util.dtlib import from_numpy_dtype
 from numpy.typing import NDArray
 
 from ..optim import _describe
@@ -42,10 +41,16 @@ def raise_everywhere(comm: MPI.Intracomm, error: Exception | None,
                          f"{found[failed[0]]}); {advice}")
 
 
+#: MPI's predefined datatypes of the dtypes the optimizers communicate (``_layout.FlatGrads``
+#: refuses others). Predefined: ``mpi4py.util.dtlib.from_numpy_dtype`` makes a new datatype at
+#: every call, never freed (544 bytes a call, a step's leak).
+_MPI_TYPES = {np.dtype(np.float32): MPI.FLOAT, np.dtype(np.float64): MPI.DOUBLE}
+
+
 def _spec(buf: NDArray[Any], bounds: Sequence[int]) -> list[Any]:
     """mpi4py's ``[buffer, counts, displacements, datatype]`` for ``buf`` cut at ``bounds``."""
     counts = [b - a for a, b in pairwise(bounds)]
-    return [buf, counts, list(bounds[:-1]), from_numpy_dtype(buf.dtype)]
+    return [buf, counts, list(bounds[:-1]), _MPI_TYPES[buf.dtype]]
 
 
 def private_comm(owner: object, comm: MPI.Intracomm) -> MPI.Intracomm:
@@ -171,10 +176,9 @@ class ParamGather:
     """Every rank's updated shard into every rank's parameters, straight into their memory: one
     message per segment (where a shard meets a parameter) and peer, persistent requests set up
     once over the parameters' memory (the arrays are C-contiguous and must not move). Measured
-    with ``bench/mpi_step.py``'s layout (1e7 float32 in 50 arrays, Open MPI 4.1, shared memory):
-    1.2 ms on 2 ranks, against 2.9 ms for one ``MPI_Alltoallw`` of derived datatypes over the
-    same memory, and 1.2 ms for an ``MPI_Allgatherv`` into one flat buffer (which a copy out to
-    the parameters would follow).
+    in ``bench/mpi_step.py``'s ShardedSGD step (1e7 float32 in 50 arrays, Open MPI 4.1, shared
+    memory), two runs: 3.9-4.0 ms on 2 ranks and 10.3-11.8 on 4, against 4.8-4.9 and 13.1-13.4
+    for one ``MPI_Alltoallw`` with a derived datatype per rank over the same memory.
 
     ``places``: the parameters' places in the flattened parameters of their dtype (``_layout``);
     ``bounds``: per dtype, the ranks' shards of those."""
@@ -242,19 +246,21 @@ def _ranks_unlike_rank_0(comm: MPI.Intracomm, value: Any) -> list[int]:
     return [r for r, other in enumerate(values) if other != values[0]]
 
 
-def check_same_everywhere(comm: MPI.Intracomm, groups: Sequence[dict[str, Any]]) -> None:
+def check_same_everywhere(comm: MPI.Intracomm, groups: Sequence[dict[str, Any]],
+                          settings: Mapping[str, Any]) -> None:
     """Raise ``ValueError`` on EVERY rank unless all ranks have the same parameter groups (shapes,
-    dtypes, hyper-parameters) and the same parameter values (a BLAKE2b digest of their bytes):
-    data parallelism keeps identical replicas, and one that starts different never converges."""
+    dtypes, hyper-parameters), the same optimizer ``settings`` (what decides the messages, such as
+    ``deterministic``) and the same parameter values (a BLAKE2b digest of their bytes): data
+    parallelism keeps identical replicas, and one that starts different never converges."""
     layout = [([(p.shape, p.dtype.str) for p in g["params"]],
                sorted((k, repr(_describe(v))) for k, v in g.items() if k != "params"))
               for g in groups]
-    differ = _ranks_unlike_rank_0(comm, layout)
+    differ = _ranks_unlike_rank_0(comm, (layout, sorted(settings.items())))
     if differ:
         raise ValueError(
-            f"the parameter groups of rank(s) {differ} differ from rank 0's (number, shapes or "
-            "dtypes of the arrays, or hyper-parameters): every rank must build the optimizer from "
-            "the same model with the same arguments")
+            f"the parameter groups or settings of rank(s) {differ} differ from rank 0's (number, "
+            f"shapes or dtypes of the arrays, hyper-parameters, or {', '.join(settings)}): every "
+            "rank must build the optimizer from the same model with the same arguments")
     digest = hashlib.blake2b()
     for g in groups:
         for p in g["params"]:

@@ -6,6 +6,7 @@ import numbers
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import numpy as np
 from mpi4py import MPI
 from numpy.typing import NDArray
 
@@ -47,15 +48,16 @@ class DistributedSGD(SGD):
 
     Communication, chosen by measurement (``bench/mpi_step.py``, whose phase table shows it):
 
-    - gradients computed into :attr:`grad_buffers` (passed as they are, or ``step()``'s default)
-      with ``deterministic=False``: the flat buffer (one per dtype) is summed in place, in buckets
-      of whole parameters of at most ``bucket_bytes`` (few large messages, one in-place
-      ``MPI_Allreduce`` each);
-    - otherwise (``deterministic=True``, or gradient arrays of the caller's own, which a step
-      never writes): the rank-order reduce-scatter (``_collectives.ReduceScatter``): point-to-point
-      messages straight from the gradients, each rank summing its shard of the flat buffer, then
-      ``MPI_Allgatherv`` of the shards. Reducing the caller's arrays in MPI's way would need them
-      copied into the buffer first (40 MB: 4-5 ms on 2 ranks here), more than this path costs.
+    - ``deterministic=False`` with the gradients computed into :attr:`grad_buffers` on every
+      rank (passed as they are, or ``step()``'s default; one 4-byte ``MPI_Allreduce`` finds
+      out): the flat buffer (one per dtype) is summed in place, in buckets of whole parameters of
+      at most ``bucket_bytes`` (few large messages, one in-place ``MPI_Allreduce`` each);
+    - otherwise (``deterministic=True``, or gradient arrays of the caller's own on some rank,
+      which a step never writes): the rank-order reduce-scatter (``_collectives.ReduceScatter``):
+      point-to-point messages straight from the gradients, each rank summing its shard of the
+      flat buffer, then ``MPI_Allgatherv`` of the shards. Reducing the caller's arrays in MPI's
+      way would need them copied into the buffer first (40 MB: 4-5 ms on 2 ranks here), more
+      than this path costs.
 
     Then the step is ONE kernel call over all groups. Parameters and state are never
     communicated after construction: every rank computes the same update from the same sums, so
@@ -106,6 +108,7 @@ class DistributedSGD(SGD):
         self.comm: MPI.Intracomm = check_comm(comm)
         # Collective: on every rank before anything that one rank alone may refuse.
         self._messages: MPI.Intracomm = private_comm(self, self.comm)
+        self._in_buffers = np.zeros(1, np.int32)  # (see _all_in_buffers)
         refused: Exception | None = None
         try:  # a rank whose arrays or arguments are refused raises on every rank, not alone
             if not isinstance(bucket_bytes, numbers.Integral) or isinstance(bucket_bytes, bool) \
@@ -120,7 +123,11 @@ class DistributedSGD(SGD):
         except Exception as error:  # (a KeyboardInterrupt stops this rank, as MPI programs do)
             refused = error
         raise_everywhere(self.comm, refused)
-        check_same_everywhere(self.comm, self.param_groups)
+        check_same_everywhere(self.comm, self.param_groups, self._settings())
+
+    def _settings(self) -> dict[str, Any]:
+        """What decides a step's messages, besides the groups: the same on every rank."""
+        return {"deterministic": self._deterministic, "bucket_bytes": self.bucket_bytes}
 
     @property
     def deterministic(self) -> bool:
@@ -143,9 +150,10 @@ class DistributedSGD(SGD):
         """One array per parameter (its shape and dtype, in parameter order), views into the
         flat buffers that are reduced: gradients written there (e.g. ``np.matmul(..., out=...)``)
         are stepped by ``step()`` (or ``step(opt.grad_buffers)``), and with ``deterministic=False``
-        summed by MPI's all-reduce in place. After a step they hold the ranks' sum of the
-        gradients (the update divides it by the world size, as it would a loss scale), whatever
-        gradients were passed."""
+        summed by MPI's all-reduce in place. After a step on several ranks they hold the ranks'
+        sum of the gradients (the update divides it by the world size, as it would a loss scale),
+        whatever gradients were passed; on one rank, what was written there.
+        :meth:`add_param_group` makes new buffers: take this list again after it."""
         return list(self._grads.views)
 
     @property
@@ -158,11 +166,26 @@ class DistributedSGD(SGD):
         """Add a group (collectively, the same on every rank; checked as in the constructor)."""
         super().add_param_group(param_group)
         try:
-            check_same_everywhere(self.comm, self.param_groups)
+            check_same_everywhere(self.comm, self.param_groups, self._settings())
         except ValueError:
             self.param_groups.pop()
             raise
         self._layout()
+
+    def __getstate__(self) -> dict[str, Any]:
+        raise TypeError("a DistributedSGD cannot be copied or pickled: its messages go on its own "
+                        "duplicate of the communicator, with requests set up over its buffers, "
+                        "freed with it; save opt.state_dict() and load it into a new "
+                        "DistributedSGD")
+
+    def _all_in_buffers(self, grads: Sequence[NDArray[Any]]) -> bool:
+        """Whether every rank's gradients are all its :attr:`grad_buffers` (collective: one
+        4-byte ``MPI_Allreduce``), so that every rank takes the same path even when one rank
+        passes arrays of its own (zeros for an empty batch) and the others the buffers."""
+        mine = all(g is view for g, view in zip(grads, self._grads.views, strict=True))
+        self._in_buffers[0] = mine
+        self.comm.Allreduce(MPI.IN_PLACE, self._in_buffers, op=MPI.MIN)
+        return bool(self._in_buffers[0])
 
     def step(self, grads: Sequence[Array | None] | None = None, *,
              loss_scale: float = 1.0) -> StepResult:
@@ -177,8 +200,7 @@ class DistributedSGD(SGD):
             checked = self._grads.check(grads, loss_scale)
             if self.comm.size == 1:  # the sum of one term: the caller's gradients, as they are
                 summed = [g if g.flags.c_contiguous else g.copy() for g in checked]  # (C, as p)
-            elif self._deterministic or any(
-                    g is not view for g, view in zip(checked, self._grads.views, strict=True)):
+            elif self._deterministic or not self._all_in_buffers(checked):
                 # In rank order, from where the gradients are (see the class docstring).
                 self._reduce_scatter(checked)
                 for dtype, buffer in self._grads.flats.items():

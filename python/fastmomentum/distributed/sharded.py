@@ -114,7 +114,7 @@ class ShardedSGD(SGD):
         self._piece_grads = [] if self.comm.size == 1 else [
             sums[place.dtype][place.start - starts[place.dtype]:place.stop - starts[place.dtype]]
             for place, _ in self._pieces]
-        check_same_everywhere(self.comm, self._full_groups())
+        check_same_everywhere(self.comm, self._full_groups(), {"deterministic": deterministic})
 
     def _shard(self, groups: list[dict[str, Any]], deterministic: bool) -> list[dict[str, Any]]:
         """This rank's shard of ``groups`` (:attr:`params`, the flat buffers, the pieces);
