@@ -501,3 +501,13 @@ def test_a_step_reads_the_gradients_once_and_never_writes_them(kind_name):
         assert g.tobytes("A") == k.tobytes("A") and g.strides == k.strides
     for p, q in zip(params, twin, strict=True):
         assert p.tobytes() == q.tobytes()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_all_gathers_use_mpis_predefined_datatypes(dtype):
+    # mpi4py.util.dtlib.from_numpy_dtype makes a new datatype at every call, never freed: a leak
+    # of 1 KiB per step when every all-gather made one.
+    from fastmomentum.distributed import _collectives
+
+    datatype = _collectives._spec(np.zeros(4, dtype), [0, 4])[3]
+    assert datatype.is_predefined and datatype.Get_size() == np.dtype(dtype).itemsize
