@@ -274,7 +274,7 @@ def test_constructor_and_step_refuse_bad_input(tmp_path):
         assert found.keys() == {"values", "shapes", "hyper", "strided", "comm", "none", "scale",
                                 "extras", "dtype-init", "dtype-step", "dtype-scale",
                                 "local-DistributedSGD", "local-ShardedSGD", "other-DistributedSGD",
-                                "other-ShardedSGD", "settings", "args-DistributedSGD",
+                                "other-ShardedSGD", "group", "settings", "args-DistributedSGD",
                                 "args-ShardedSGD", "not-array", "peek"}, lines
         assert "parameter values of rank(s) [1] differ from rank 0's" in found["values"]
         assert "parameter groups or settings of rank(s) [1] differ" in found["shapes"]
@@ -299,6 +299,10 @@ def test_constructor_and_step_refuse_bad_input(tmp_path):
             assert other.startswith("RuntimeError: out of luck") if r == 1 else other.startswith(
                 "ValueError: rank(s) [1] could not build the optimizer (rank 1: RuntimeError: "
                 "out of luck)"), other
+        groups, skipped, message = found["group"].split(" ", 2)
+        assert groups == "1" and skipped == "False", found["group"]
+        assert "Invalid learning rate" in message if r == 1 else message.startswith(
+            "rank(s) [1] could not add the parameter group (rank 1: ValueError: "), message
         for kind, error in (("DistributedSGD", "ValueError: bucket_bytes must be an integer > 0"),
                             ("ShardedSGD", "TypeError: deterministic must be a bool")):
             args = found[f"args-{kind}"]
@@ -511,3 +515,26 @@ def test_the_all_gathers_use_mpis_predefined_datatypes(dtype):
 
     datatype = _collectives._spec(np.zeros(4, dtype), [0, 4])[3]
     assert datatype.is_predefined and datatype.Get_size() == np.dtype(dtype).itemsize
+
+
+@pytest.mark.parametrize("refused, error", [
+    (np.ones(3, np.float16), "no 16-bit float type"),
+    (np.asfortranarray(np.ones((2, 3), np.float32)), "not C-contiguous")])
+def test_a_refused_param_group_changes_nothing(refused, error):
+    # The distributed refusals come before fm.SGD adds the group: the optimizer is as it was.
+    p = np.ones(4, np.float32)
+    opt = _self_optimizer("DistributedSGD", [p])
+    opt.step([np.ones(4, np.float32)])
+    before = opt.state_dict()
+    with pytest.raises((TypeError, ValueError), match=error):
+        opt.add_param_group({"params": [refused]})
+    after = opt.state_dict()
+    assert len(opt.param_groups) == 1 and after["param_groups"] == before["param_groups"]
+    assert after["state"].keys() == before["state"].keys()
+    opt.step([np.ones(4, np.float32)])  # one gradient, one parameter: still
+    q = np.zeros(2)
+    opt.add_param_group({"params": (x for x in [q])})  # a generator, read once
+    for buffer, g in zip(opt.grad_buffers, [np.ones(4, np.float32), np.ones(2)], strict=True):
+        buffer[...] = g  # the new buffers: the old list is stale after add_param_group
+    opt.step()
+    np.testing.assert_allclose(q, -0.1)

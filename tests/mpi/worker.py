@@ -205,6 +205,13 @@ def mismatch(out: Path) -> None:
         def __float__(self) -> float:
             raise RuntimeError("out of luck")
 
+    added = DistributedSGD(COMM, [np.ones(4, np.float32)], lr=0.1)
+    try:  # refused by one rank's fm.SGD checks: added on none, and every rank still steps
+        added.add_param_group({"params": [np.ones(2, np.float32)],
+                               "lr": -1.0 if RANK == WORLD - 1 else 0.1})
+    except ValueError as error:
+        result = added.step([np.ones(4, np.float32)])
+        messages.append(f"group: {len(added.param_groups)} {result.skipped} {error}")
     try:  # settings that would make the ranks' messages differ
         DistributedSGD(COMM, make_params(case, SEED), deterministic=RANK == 0)
     except ValueError as error:

@@ -12,7 +12,7 @@ from numpy.typing import NDArray
 
 from ..functional import Array, HostArray
 from ..guards import StepResult
-from ..optim import SGD, Schedulable, _busy_error
+from ..optim import SGD, Schedulable, _busy_error, _params_list
 from ._collectives import (
     ReduceScatter,
     allgather,
@@ -89,6 +89,9 @@ class DistributedSGD(SGD):
     Every parameter needs a gradient on every rank (no ``None``: pass zeros), and a rank's error
     (a bad gradient) is raised before it communicates, so the other ranks wait: run scripts with
     ``mpirun ... python -m mpi4py script.py`` so that an uncaught exception aborts the whole job.
+    A schedule that raises on one rank only does so after the messages, when the update is
+    computed: that rank changes nothing and the others complete the step, so a rank that catches
+    the error holds a replica one step behind.
     """
 
     def __init__(
@@ -137,8 +140,9 @@ class DistributedSGD(SGD):
     def _load(self, state_dict: dict[str, Any]) -> None:
         load_everywhere(self.comm, self, state_dict)  # all ranks load, or none
 
-    def _layout(self) -> None:
-        self._grads = FlatGrads(self._params())
+    def _layout(self, grads: FlatGrads | None = None) -> None:
+        """The flat buffers (``grads``, else made for the parameters) and what they decide."""
+        self._grads = FlatGrads(self._params()) if grads is None else grads
         self._buckets = self._grads.buckets(self.bucket_bytes)
         self._bounds = {dtype: shard_bounds(flat.size, self.comm.size)
                         for dtype, flat in self._grads.flats.items()}
@@ -163,14 +167,29 @@ class DistributedSGD(SGD):
 
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a group (collectively, the same on every rank; checked as in the constructor)."""
-        super().add_param_group(param_group)
+        """Add a group (collectively, the same on every rank; checked as in the constructor): if
+        any rank refuses it, every rank raises and none adds it. Take :attr:`grad_buffers` again
+        after it (new buffers)."""
+        refused: Exception | None = None
+        added = False
         try:
+            params = _params_list(param_group)  # (read once: the group's params may be a generator)
+            self._backend.check_params([*self._params(), *params], 0)  # fm.SGD's messages first
+            # The distributed refusals (16-bit, not C order, memory), before any change:
+            grads = FlatGrads([*self._params(), *params])
+            super().add_param_group({**param_group, "params": params})
+            added = True
+        except Exception as error:  # (a KeyboardInterrupt stops this rank, as MPI programs do)
+            refused = error
+        try:
+            raise_everywhere(self.comm, refused, "add the parameter group",
+                             "no rank added it (every rank adds the same group)")
             check_same_everywhere(self.comm, self.param_groups, self._settings())
-        except ValueError:
-            self.param_groups.pop()
+        except Exception:
+            if added:
+                self.param_groups.pop()
             raise
-        self._layout()
+        self._layout(grads)
 
     def __getstate__(self) -> dict[str, Any]:
         raise TypeError("a DistributedSGD cannot be copied or pickled: its messages go on its own "
