@@ -392,14 +392,23 @@ def test_a_state_dict_refused_by_one_rank_is_loaded_by_none(tmp_path):
     mpirun(2, "load", str(tmp_path))
     for r in range(2):
         lines = (tmp_path / f"load.rank{r}.txt").read_text().splitlines()
-        for kind, line in zip(KINDS, lines, strict=True):
-            message, unchanged = line.split(": ", 1)[1].rsplit(" | ", 1)
-            assert line.startswith(f"{kind}: ") and unchanged == "True", line
+        assert len(lines) == 5 * len(KINDS), lines
+        for kind, group in zip(KINDS, (lines[:5], lines[5:]), strict=True):
+            refused, *differ, same = group
+            message, unchanged = refused.split(": ", 1)[1].rsplit(" | ", 1)
+            assert refused.startswith(f"{kind}: ") and unchanged == "True", refused
             assert "momentum_buffer'] has shape (7,) but its parameter has shape (8,)" in message
             if r == 0:
                 assert message.startswith("rank(s) [1] could not load the state dict") \
                     and message.endswith("nothing was loaded on any rank (every rank loads the "
                                          "same state dict)"), message
+            # Valid on every rank, but rank 1's differs: refused on every rank, nothing loaded.
+            for what, line in zip(("buffer", "lr", "iterations"), differ, strict=True):
+                assert line == (f"{kind} {what}: the state dicts of rank(s) [1] differ from rank "
+                                "0's (hyper-parameters, counters or buffers): nothing was loaded "
+                                "on any rank; every rank loads the same state dict (read one "
+                                "file, or pass rank 0's with comm.bcast) | True"), line
+            assert same == f"{kind} same: loaded | True"
 
 
 # Per-rank checks, on one rank (COMM_SELF): each rank makes them before its step sends anything.

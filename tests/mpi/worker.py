@@ -18,6 +18,7 @@ compares the files with a single-process fm.SGD and with each other. Modes:
 
 from __future__ import annotations
 
+import copy
 import sys
 from pathlib import Path
 from typing import Any
@@ -301,6 +302,25 @@ def load_one_rank_refuses(out: Path) -> None:
             message = str(error)
         after = opt.state_dict()["state"][0]["momentum_buffer"]
         lines.append(f"{kind.__name__}: {message} | {np.array_equal(after, before)}")
+        for what in ("buffer", "lr", "iterations"):  # valid everywhere, different on rank 1
+            other = copy.deepcopy(opt.state_dict())  # (its buffers are the optimizer's own)
+            if RANK == 1:
+                if what == "buffer":
+                    other["state"][0]["momentum_buffer"][3] += 1
+                elif what == "lr":
+                    other["param_groups"][0]["lr"] = 0.5
+                else:
+                    other["iterations"] += 1
+            try:
+                opt.load_state_dict(other)
+                message = "loaded"
+            except ValueError as error:
+                message = str(error)
+            after = opt.state_dict()["state"][0]["momentum_buffer"]
+            lines.append(f"{kind.__name__} {what}: {message} | {np.array_equal(after, before)}")
+        same = opt.state_dict()
+        opt.load_state_dict(same)  # the same dict everywhere: loaded
+        lines.append(f"{kind.__name__} same: loaded | True")
     (out / f"load.rank{RANK}.txt").write_text("\n".join(lines))
 
 

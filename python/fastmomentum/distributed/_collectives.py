@@ -13,7 +13,7 @@ import numpy as np
 from mpi4py import MPI
 from numpy.typing import NDArray
 
-from ..optim import _describe
+from ..optim import _NO_BUFFER, _describe, _LoadedState
 from ._layout import Place, shard_segments
 
 
@@ -226,18 +226,54 @@ class ParamGather:
 
 
 def load_everywhere(comm: MPI.Intracomm, opt: Any, state_dict: dict[str, Any]) -> None:
-    """Collective: ``opt`` (an ``fm.SGD`` subclass) loads ``state_dict`` on every rank, or, if any
-    rank's checks refuse its dict, on none (``raise_everywhere``): a state loaded by some ranks
-    only would make the replicas, or the shards, of one model disagree."""
-    checked, refused = None, None
+    """Collective: ``opt`` (an ``fm.SGD`` subclass) loads ``state_dict`` on every rank, or on
+    none: if any rank's checks refuse its dict (``raise_everywhere``), or if the ranks' dicts
+    differ (a digest of what each would load: a stale checkpoint on one node), every rank raises.
+    A state loaded by some ranks only, or different on some, would make the replicas, or the
+    shards, of one model disagree."""
+    checked, refused, digest = None, None, ""
     try:
         checked = opt._checked_state(state_dict)
+        digest = _loaded_digest(checked[0])
     except Exception as error:  # (a KeyboardInterrupt stops this rank, as MPI programs do)
         refused = error
     raise_everywhere(comm, refused, "load the state dict",
                      "nothing was loaded on any rank (every rank loads the same state dict)")
+    differ = _ranks_unlike_rank_0(comm, digest)
+    if differ:
+        raise ValueError(
+            f"the state dicts of rank(s) {differ} differ from rank 0's (hyper-parameters, "
+            "counters or buffers): nothing was loaded on any rank; every rank loads the same "
+            "state dict (read one file, or pass rank 0's with comm.bcast)")
     assert checked is not None  # (no rank refused)
     opt._install(*checked)
+
+
+def _loaded_digest(loaded: _LoadedState) -> str:
+    """A BLAKE2b digest of a checked state dict's content: the groups' hyper-parameters (as
+    :func:`_describe` gives them, the same on every rank for the same dict), the counters, and
+    each buffer's dtype, shape and bytes (an 8-bit buffer's two arrays)."""
+    digest = hashlib.blake2b()
+    groups = [sorted((k, repr(_describe(v))) for k, v in g.items() if k != "params")
+              for g in loaded.groups]
+    digest.update(repr((groups, loaded.iterations, loaded.skipped_steps,
+                        loaded.consecutive_skips, loaded.seed)).encode())
+    def add(value: Any) -> None:
+        if isinstance(value, np.ndarray):
+            digest.update(repr((value.dtype.str, value.shape)).encode())
+            digest.update(np.ascontiguousarray(value).reshape(-1).view(np.uint8).data)
+        else:
+            digest.update(repr(value).encode())
+
+    for _, buffer, extras in loaded.buffers:
+        parts = () if buffer is _NO_BUFFER else buffer if isinstance(buffer, tuple) else (buffer,)
+        add(len(parts))
+        for part in parts:
+            add(part)
+        for key in sorted(extras, key=repr):
+            add(key)
+            add(extras[key])
+    return digest.hexdigest()
 
 
 def _ranks_unlike_rank_0(comm: MPI.Intracomm, value: Any) -> list[int]:
