@@ -274,7 +274,7 @@ class ShardedSGD(SGD):
         """Load a full state dict (``state_dict()``'s, ``fm.SGD``'s or ``DistributedSGD``'s, from
         any world size), keeping this rank's shard of the buffers (collective). Checked as
         ``fm.SGD`` checks (against :attr:`params`) on every rank: if any rank's checks refuse its
-        dict, every rank raises and nothing changes anywhere."""
+        dict, or the ranks' dicts differ, every rank raises and nothing changes anywhere."""
         super().load_state_dict(state_dict)
 
     def _load(self, state_dict: dict[str, Any]) -> None:
