@@ -290,20 +290,25 @@ def load_one_rank_refuses(out: Path) -> None:
     for kind in (DistributedSGD, ShardedSGD):
         opt = kind(COMM, [np.zeros(8, np.float32)], lr=1.0, momentum=0.9)
         opt.step([np.ones(8, np.float32)])
-        saved = opt.state_dict()
-        before = saved["state"][0]["momentum_buffer"].copy()
-        saved["state"][0]["momentum_buffer"] = before * 10
-        if RANK == 1:
-            saved["state"][0]["momentum_buffer"] = before[:7]
-        try:
-            opt.load_state_dict(saved)
-            message = "loaded"
-        except ValueError as error:
-            message = str(error)
-        after = opt.state_dict()["state"][0]["momentum_buffer"]
-        lines.append(f"{kind.__name__}: {message} | {np.array_equal(after, before)}")
+        before = opt.state_dict()["state"][0]["momentum_buffer"].copy()
+
+        def load(changed: dict[str, Any], what: str, opt: Any = opt,
+                 before: np.ndarray = before, kind: Any = kind) -> None:
+            """Loads ``changed`` (collectively) and records the message and whether the state
+            is still ``before``."""
+            try:
+                opt.load_state_dict(changed)
+                message = "loaded"
+            except ValueError as error:
+                message = str(error)
+            after = opt.state_dict()["state"][0]["momentum_buffer"]
+            lines.append(f"{kind.__name__}{what}: {message} | {np.array_equal(after, before)}")
+
+        saved = copy.deepcopy(opt.state_dict())  # (its buffers are the optimizer's own)
+        saved["state"][0]["momentum_buffer"] = before[:7] if RANK == 1 else before * 10
+        load(saved, "")
         for what in ("buffer", "lr", "iterations"):  # valid everywhere, different on rank 1
-            other = copy.deepcopy(opt.state_dict())  # (its buffers are the optimizer's own)
+            other = copy.deepcopy(opt.state_dict())
             if RANK == 1:
                 if what == "buffer":
                     other["state"][0]["momentum_buffer"][3] += 1
@@ -311,16 +316,8 @@ def load_one_rank_refuses(out: Path) -> None:
                     other["param_groups"][0]["lr"] = 0.5
                 else:
                     other["iterations"] += 1
-            try:
-                opt.load_state_dict(other)
-                message = "loaded"
-            except ValueError as error:
-                message = str(error)
-            after = opt.state_dict()["state"][0]["momentum_buffer"]
-            lines.append(f"{kind.__name__} {what}: {message} | {np.array_equal(after, before)}")
-        same = opt.state_dict()
-        opt.load_state_dict(same)  # the same dict everywhere: loaded
-        lines.append(f"{kind.__name__} same: loaded | True")
+            load(other, f" {what}")
+        load(copy.deepcopy(opt.state_dict()), " same")  # the same dict everywhere: loaded
     (out / f"load.rank{RANK}.txt").write_text("\n".join(lines))
 
 

@@ -14,7 +14,7 @@ from mpi4py import MPI
 from numpy.typing import NDArray
 
 from ..optim import _NO_BUFFER, _describe, _LoadedState
-from ._layout import Place, shard_segments
+from ._layout import Place, in_c_order, shard_segments
 
 
 def check_comm(comm: Any) -> MPI.Intracomm:
@@ -134,7 +134,7 @@ class ReduceScatter:
         """:attr:`sums` ``<-`` the ranks' sum of this rank's shard (``grads``: this rank's, one
         per parameter, any layout: one not in C order is copied to it for its messages)."""
         if self.comm.size > 1:
-            flat = [np.ascontiguousarray(g).reshape(-1) for g in grads]  # (views, in C order)
+            flat = [g.reshape(-1) for g in in_c_order(grads)]  # (views)
             self.exchange(flat)
             self.add(flat)
 

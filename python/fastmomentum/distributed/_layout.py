@@ -65,6 +65,19 @@ def shard_segments(places: Sequence[Place], bounds: Mapping[np.dtype[Any], Seque
     return out
 
 
+def check_deterministic(value: Any) -> bool:
+    """The optimizers' ``deterministic`` argument: a bool, else ``TypeError``."""
+    if not isinstance(value, bool):
+        raise TypeError(f"deterministic must be a bool, got {value!r}")
+    return value
+
+
+def in_c_order(grads: Sequence[NDArray[Any]]) -> list[NDArray[Any]]:
+    """``grads`` in C order, as the parameters and the messages lay them out: each as it is, or
+    (one in another layout) a C-ordered copy."""
+    return [g if g.flags.c_contiguous else g.copy(order="C") for g in grads]
+
+
 class FlatGrads:
     """One contiguous gradient buffer per dtype (``flats``) and, per parameter, its place and a
     view shaped like it (``views``): the ranks' sums of a step's gradients end there."""

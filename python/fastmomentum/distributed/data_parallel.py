@@ -22,7 +22,7 @@ from ._collectives import (
     private_comm,
     raise_everywhere,
 )
-from ._layout import FlatGrads, shard_bounds
+from ._layout import FlatGrads, check_deterministic, in_c_order, shard_bounds
 
 __all__ = ["DistributedSGD"]
 
@@ -118,9 +118,7 @@ class DistributedSGD(SGD):
                     or bucket_bytes <= 0:
                 raise ValueError(f"bucket_bytes must be an integer > 0, got {bucket_bytes!r}")
             self.bucket_bytes: int = int(bucket_bytes)
-            if not isinstance(deterministic, bool):
-                raise TypeError(f"deterministic must be a bool, got {deterministic!r}")
-            self._deterministic: bool = deterministic
+            self._deterministic: bool = check_deterministic(deterministic)
             super().__init__(params, lr, momentum, dampening, weight_decay, nesterov, **options)
             self._layout()  # the flat buffers: a rank short of memory fails here
         except Exception as error:  # (a KeyboardInterrupt stops this rank, as MPI programs do)
@@ -218,7 +216,7 @@ class DistributedSGD(SGD):
         try:
             checked = self._grads.check(grads, loss_scale)
             if self.comm.size == 1:  # the sum of one term: the caller's gradients, as they are
-                summed = [g if g.flags.c_contiguous else g.copy() for g in checked]  # (C, as p)
+                summed = in_c_order(checked)  # (the parameters' layout)
             elif self._deterministic or not self._all_in_buffers(checked):
                 # In rank order, from where the gradients are (see the class docstring).
                 self._reduce_scatter(checked)

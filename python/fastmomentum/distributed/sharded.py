@@ -24,7 +24,7 @@ from ._collectives import (
     private_comm,
     raise_everywhere,
 )
-from ._layout import FlatGrads, Place, shard_bounds
+from ._layout import FlatGrads, Place, check_deterministic, in_c_order, shard_bounds
 
 __all__ = ["ShardedSGD"]
 
@@ -119,9 +119,7 @@ class ShardedSGD(SGD):
     def _shard(self, groups: list[dict[str, Any]], deterministic: bool) -> list[dict[str, Any]]:
         """This rank's shard of ``groups`` (:attr:`params`, the flat buffers, the pieces);
         returns the groups of views that the optimizer steps."""
-        if not isinstance(deterministic, bool):
-            raise TypeError(f"deterministic must be a bool, got {deterministic!r}")
-        self._deterministic: bool = deterministic
+        self._deterministic: bool = check_deterministic(deterministic)
         #: The model's parameters, in order over the groups (the optimizer steps their shards).
         self.params: list[NDArray[Any]] = [p for g in groups for p in g["params"]]
         # The model's arrays, checked as fm.SGD checks them: each rank's steps check only its
@@ -133,8 +131,8 @@ class ShardedSGD(SGD):
                         for dtype, flat in self._grads.flats.items()}
         self._gather = ParamGather(self._messages, self.params, self._grads.places, self._bounds)
         self._reduce_scatter = ReduceScatter(self._messages, self._grads.places, self._bounds, None)
-        # This rank's piece of each parameter that meets its shard: (place, piece of the
-        # parameter, piece of its gradient), as views of the parameter's and the flat memory.
+        # This rank's piece of each parameter that meets its shard: (its place, the piece of the
+        # parameter, a view of the parameter's memory).
         self._pieces: list[tuple[Place, NDArray[Any]]] = []
         shard_groups: list[dict[str, Any]] = []
         self._group_sizes: list[int] = []  # parameters per group (over all ranks)
@@ -227,7 +225,7 @@ class ShardedSGD(SGD):
 
     def _own_pieces(self, grads: Sequence[NDArray[Any]]) -> list[NDArray[Any]]:
         """This rank's pieces of ``grads`` (views, the pieces' order and sizes)."""
-        flat = [np.ascontiguousarray(g).reshape(-1) for g in grads]
+        flat = [g.reshape(-1) for g in in_c_order(grads)]
         places = self._grads.places
         return [flat[p.param][p.start - places[p.param].start:p.stop - places[p.param].start]
                 for p, _ in self._pieces]
